@@ -1,0 +1,116 @@
+//! Error types shared by every layer.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Why a store could not answer.
+///
+/// Layers never turn this into a service error: each layer maps it to a
+/// response according to its failure policy and logs it with `tracing`.
+#[derive(Debug)]
+pub struct StoreError {
+    kind: StoreErrorKind,
+}
+
+/// The kind of a [`StoreError`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StoreErrorKind {
+    /// The store did not answer within its deadline.
+    Timeout(Duration),
+    /// The circuit breaker is open after repeated failures: the store was not asked.
+    CircuitOpen,
+    /// The backend answered with an error (connection refused, script error, ...).
+    Backend(Box<dyn std::error::Error + Send + Sync>),
+    /// The backend answered with something this crate cannot interpret.
+    Protocol(String),
+}
+
+impl StoreError {
+    pub(crate) fn timeout(after: Duration) -> Self {
+        Self {
+            kind: StoreErrorKind::Timeout(after),
+        }
+    }
+
+    pub(crate) fn circuit_open() -> Self {
+        Self {
+            kind: StoreErrorKind::CircuitOpen,
+        }
+    }
+
+    pub(crate) fn backend(err: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self {
+            kind: StoreErrorKind::Backend(Box::new(err)),
+        }
+    }
+
+    pub(crate) fn protocol(msg: impl Into<String>) -> Self {
+        Self {
+            kind: StoreErrorKind::Protocol(msg.into()),
+        }
+    }
+
+    /// The same error for another waiter of one failed batch call.
+    pub(crate) fn duplicate(&self) -> Self {
+        let kind = match &self.kind {
+            StoreErrorKind::Timeout(d) => StoreErrorKind::Timeout(*d),
+            StoreErrorKind::CircuitOpen => StoreErrorKind::CircuitOpen,
+            StoreErrorKind::Backend(e) => StoreErrorKind::Backend(e.to_string().into()),
+            StoreErrorKind::Protocol(m) => StoreErrorKind::Protocol(m.clone()),
+        };
+        Self { kind }
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> &StoreErrorKind {
+        &self.kind
+    }
+
+    /// `true` when the store did not answer within its deadline.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.kind, StoreErrorKind::Timeout(_))
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            StoreErrorKind::Timeout(d) => write!(f, "store did not answer within {d:?}"),
+            StoreErrorKind::CircuitOpen => {
+                f.write_str("store skipped: circuit breaker open after repeated failures")
+            }
+            StoreErrorKind::Backend(e) => write!(f, "store backend error: {e}"),
+            StoreErrorKind::Protocol(m) => write!(f, "unexpected store reply: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.kind {
+            StoreErrorKind::Backend(e) => Some(&**e),
+            _ => None,
+        }
+    }
+}
+
+/// A layer or store was configured with values that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    msg: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(msg: impl Into<String>) -> Self {
+        Self { msg: msg.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration: {}", self.msg)
+    }
+}
+
+impl std::error::Error for ConfigError {}

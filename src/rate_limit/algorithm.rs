@@ -1,0 +1,255 @@
+//! The in-process home of the algorithms. `scripts/check.lua` is the Redis
+//! home of the same arithmetic, line for line: integer microseconds, the same
+//! floors, so both stores make the same decisions (the conformance tests and
+//! a property test check it).
+
+use std::collections::VecDeque;
+
+use super::policy::{Algorithm, Compiled};
+use super::store::PolicyOutcome;
+
+/// One policy's state for one client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum AlgState {
+    /// GCRA: theoretical arrival time.
+    Tat(u64),
+    /// Token bucket: tokens at `last`.
+    Bucket { tokens: u64, last: u64 },
+    /// Fixed window (`prev` unused) and sliding window counter.
+    Window { idx: u64, count: u64, prev: u64 },
+    /// Sliding log: admission times, oldest first.
+    Log(VecDeque<u64>),
+}
+
+/// What one policy would do with a request.
+pub(crate) struct Peek {
+    pub(crate) allowed: bool,
+    /// Remaining units after the request if allowed, else now.
+    pub(crate) remaining: u64,
+    /// µs until the quota is whole again.
+    pub(crate) reset: u64,
+    /// µs until the request could pass (when not allowed).
+    pub(crate) retry: u64,
+    /// The state to keep if the whole request is allowed.
+    pub(crate) next: Option<AlgState>,
+}
+
+impl Peek {
+    /// µs after `now` at which the state equals a fresh one and can be dropped.
+    pub(crate) fn expires_in(&self) -> u64 {
+        self.reset
+    }
+
+    pub(crate) fn outcome(&self, request_allowed: bool, cost: u64) -> PolicyOutcome {
+        PolicyOutcome {
+            remaining: if self.allowed && !request_allowed {
+                self.remaining + cost
+            } else {
+                self.remaining
+            },
+            reset_us: self.reset,
+            retry_after_us: (!self.allowed).then_some(self.retry),
+        }
+    }
+}
+
+fn floor_div(a: u64, b: u64) -> u64 {
+    a / b
+}
+
+/// Decides one policy for `cost` units at `now` (µs since the epoch).
+pub(crate) fn peek(p: &Compiled, state: Option<&AlgState>, cost: u64, now: u64) -> Peek {
+    match p.algorithm {
+        Algorithm::Gcra => gcra(p, state, cost, now),
+        Algorithm::TokenBucket => bucket(p, state, cost, now),
+        Algorithm::FixedWindow => fixed(p, state, cost, now),
+        Algorithm::SlidingWindow => sliding(p, state, cost, now),
+        Algorithm::SlidingLog => log(p, state, cost, now),
+    }
+}
+
+fn gcra(p: &Compiled, state: Option<&AlgState>, cost: u64, now: u64) -> Peek {
+    let t = p.interval_us;
+    let tau = t * p.capacity;
+    let tat = match state {
+        Some(AlgState::Tat(tat)) => (*tat).max(now),
+        _ => now,
+    };
+    let new_tat = tat + cost * t;
+    let allow_at = new_tat.saturating_sub(tau);
+    if now < allow_at {
+        return Peek {
+            allowed: false,
+            remaining: floor_div((tau + now).saturating_sub(tat), t),
+            reset: tat - now,
+            retry: allow_at - now,
+            next: None,
+        };
+    }
+    Peek {
+        allowed: true,
+        remaining: floor_div(tau + now - new_tat, t),
+        reset: new_tat - now,
+        retry: 0,
+        next: Some(AlgState::Tat(new_tat)),
+    }
+}
+
+fn bucket(p: &Compiled, state: Option<&AlgState>, cost: u64, now: u64) -> Peek {
+    let t = p.interval_us;
+    let cap = p.capacity;
+    let (mut tokens, mut last) = match state {
+        Some(AlgState::Bucket { tokens, last }) => (*tokens, *last),
+        _ => (cap, now),
+    };
+    if now > last {
+        let add = (now - last) / t;
+        tokens += add;
+        last += add * t;
+    }
+    if tokens >= cap {
+        tokens = cap;
+        last = now;
+    }
+    // Time until `n` more tokens have dripped in, counting the partial drip.
+    let refill = |missing: u64| (missing * t + last).saturating_sub(now);
+    if tokens >= cost {
+        let left = tokens - cost;
+        return Peek {
+            allowed: true,
+            remaining: left,
+            reset: refill(cap - left),
+            retry: 0,
+            next: Some(AlgState::Bucket { tokens: left, last }),
+        };
+    }
+    Peek {
+        allowed: false,
+        remaining: tokens,
+        reset: refill(cap - tokens),
+        retry: refill(cost - tokens),
+        next: None,
+    }
+}
+
+fn window_counts(state: Option<&AlgState>, idx: u64) -> (u64, u64) {
+    match state {
+        Some(AlgState::Window {
+            idx: w,
+            count,
+            prev,
+        }) if *w == idx => (*count, *prev),
+        Some(AlgState::Window { idx: w, count, .. }) if *w + 1 == idx => (0, *count),
+        _ => (0, 0),
+    }
+}
+
+fn fixed(p: &Compiled, state: Option<&AlgState>, cost: u64, now: u64) -> Peek {
+    let idx = now / p.period_us;
+    let (count, _) = window_counts(state, idx);
+    let reset = (idx + 1) * p.period_us - now;
+    if count + cost <= p.limit {
+        return Peek {
+            allowed: true,
+            remaining: p.limit - count - cost,
+            reset,
+            retry: 0,
+            next: Some(AlgState::Window {
+                idx,
+                count: count + cost,
+                prev: 0,
+            }),
+        };
+    }
+    Peek {
+        allowed: false,
+        remaining: p.limit.saturating_sub(count),
+        reset,
+        retry: reset,
+        next: None,
+    }
+}
+
+/// The first elapsed time in a window at which `floor(weight * (w - e) / w) <= a`.
+fn decayed_at(weight: u64, a: u64, w: u64) -> u64 {
+    if weight <= a {
+        return 0;
+    }
+    let w_f = w as f64;
+    (w_f - (a + 1) as f64 * w_f / weight as f64).floor() as u64 + 1
+}
+
+fn sliding(p: &Compiled, state: Option<&AlgState>, cost: u64, now: u64) -> Peek {
+    let w = p.period_us;
+    let idx = now / w;
+    let (cur, prev) = window_counts(state, idx);
+    let elapsed = now - idx * w;
+    let weighted = (prev as f64 * (w - elapsed) as f64 / w as f64).floor() as u64;
+    let used = weighted + cur;
+    let reset_for = |cur: u64| {
+        if cur > 0 {
+            (idx + 2) * w - now
+        } else if prev > 0 {
+            (idx + 1) * w - now
+        } else {
+            0
+        }
+    };
+    if used + cost <= p.limit {
+        return Peek {
+            allowed: true,
+            remaining: p.limit - used - cost,
+            reset: reset_for(cur + cost),
+            retry: 0,
+            next: Some(AlgState::Window {
+                idx,
+                count: cur + cost,
+                prev,
+            }),
+        };
+    }
+    let retry = if cur + cost <= p.limit {
+        decayed_at(prev, p.limit - cur - cost, w).saturating_sub(elapsed)
+    } else {
+        (idx + 1) * w - now + decayed_at(cur, p.limit - cost, w)
+    };
+    Peek {
+        allowed: false,
+        remaining: p.limit.saturating_sub(used),
+        reset: reset_for(cur),
+        retry: retry.max(1),
+        next: None,
+    }
+}
+
+fn log(p: &Compiled, state: Option<&AlgState>, cost: u64, now: u64) -> Peek {
+    let w = p.period_us;
+    let mut entries = match state {
+        Some(AlgState::Log(e)) => e.clone(),
+        _ => VecDeque::new(),
+    };
+    while entries.front().is_some_and(|&t| t + w <= now) {
+        entries.pop_front();
+    }
+    let count = entries.len() as u64;
+    if count + cost <= p.limit {
+        entries.extend(std::iter::repeat_n(now, cost as usize));
+        let reset = entries.back().map_or(0, |&t| t + w - now);
+        return Peek {
+            allowed: true,
+            remaining: p.limit - count - cost,
+            reset,
+            retry: 0,
+            next: Some(AlgState::Log(entries)),
+        };
+    }
+    let need = (count + cost - p.limit) as usize;
+    let retry = entries.get(need - 1).map_or(w, |&t| t + w - now);
+    Peek {
+        allowed: false,
+        remaining: p.limit.saturating_sub(count),
+        reset: entries.back().map_or(0, |&t| t + w - now),
+        retry,
+        next: None,
+    }
+}

@@ -1,0 +1,159 @@
+//! The rate-limit response fields: `RateLimit-Policy` and `RateLimit`
+//! (draft-ietf-httpapi-ratelimit-headers, structured fields via `sfv`),
+//! `Retry-After`, and the optional legacy `X-RateLimit-*`.
+
+use std::time::Duration;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use sfv::{key_ref, Integer, ListSerializer, StringRef};
+
+use super::decision::{PolicyMeta, RateLimitDecision};
+
+/// `RateLimit-Policy`.
+pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// `RateLimit`.
+pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+static X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+static X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+/// Whole seconds, rounded up: a client that waits this long is not early.
+pub(crate) fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+fn int(v: u64) -> Integer {
+    Integer::try_from(v).unwrap_or(Integer::MAX)
+}
+
+fn name(n: &str) -> &StringRef {
+    // Policy names are validated to [A-Za-z0-9_.-] at build time.
+    StringRef::from_str(n).unwrap_or(StringRef::constant("policy"))
+}
+
+/// `"name";q=limit;w=window` for each policy, rendered once per layer.
+pub(crate) fn render_policy(meta: &[PolicyMeta]) -> Option<HeaderValue> {
+    let mut ser = ListSerializer::new();
+    for m in meta {
+        _ = ser
+            .bare_item(name(&m.name))
+            .parameter(key_ref("q"), int(m.limit))
+            .parameter(key_ref("w"), int(ceil_secs(m.window)));
+    }
+    HeaderValue::try_from(ser.finish()?).ok()
+}
+
+/// `"name";r=remaining;t=reset` for each policy.
+fn render_state(d: &RateLimitDecision) -> Option<HeaderValue> {
+    let mut ser = ListSerializer::new();
+    for p in &d.policies {
+        _ = ser
+            .bare_item(name(&p.name))
+            .parameter(key_ref("r"), int(p.remaining))
+            .parameter(key_ref("t"), int(ceil_secs(p.reset)));
+    }
+    HeaderValue::try_from(ser.finish()?).ok()
+}
+
+/// Which fields a layer writes.
+#[derive(Debug, Clone)]
+pub(crate) struct HeaderConfig {
+    pub(crate) policy: Option<HeaderValue>,
+    pub(crate) on_allowed: bool,
+    pub(crate) legacy: bool,
+}
+
+impl HeaderConfig {
+    /// Writes the fields of `d`; `rejected` adds `Retry-After`. Fields the
+    /// response already has (a custom rejection may set them) are kept.
+    pub(crate) fn apply(&self, headers: &mut HeaderMap, d: &RateLimitDecision, rejected: bool) {
+        if !rejected && !self.on_allowed || d.policies.is_empty() {
+            return;
+        }
+        if let Some(policy) = &self.policy {
+            headers
+                .entry(&RATELIMIT_POLICY)
+                .or_insert_with(|| policy.clone());
+        }
+        if let Some(state) = render_state(d) {
+            headers.entry(&RATELIMIT).or_insert(state);
+        }
+        if rejected {
+            if let Some(retry) = d.retry_after() {
+                headers
+                    .entry(RETRY_AFTER)
+                    .or_insert_with(|| HeaderValue::from(ceil_secs(retry)));
+            }
+        }
+        if self.legacy {
+            // The tightest policy speaks for the legacy fields.
+            if let Some(p) = d.policies.iter().min_by_key(|p| p.remaining) {
+                headers.insert(&X_LIMIT, HeaderValue::from(p.limit));
+                headers.insert(&X_REMAINING, HeaderValue::from(p.remaining));
+                headers.insert(&X_RESET, HeaderValue::from(ceil_secs(p.reset)));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rate_limit::decision::{DecisionSource, PolicyDecision};
+    use std::sync::Arc;
+
+    fn meta() -> Vec<PolicyMeta> {
+        vec![
+            PolicyMeta {
+                name: "burst".into(),
+                limit: 100,
+                window: Duration::from_secs(60),
+            },
+            PolicyMeta {
+                name: "daily".into(),
+                limit: 1000,
+                window: Duration::from_millis(86_400_500),
+            },
+        ]
+    }
+
+    #[test]
+    fn policy_field_is_a_structured_list() {
+        let v = render_policy(&meta()).unwrap();
+        assert_eq!(v, r#""burst";q=100;w=60, "daily";q=1000;w=86401"#);
+        let parsed: sfv::List = sfv::Parser::new(v.as_bytes()).parse().unwrap();
+        assert_eq!(parsed.len(), 2);
+    }
+
+    #[test]
+    fn state_and_retry_after_on_rejection() {
+        let d = RateLimitDecision {
+            allowed: false,
+            source: DecisionSource::Store,
+            policies: vec![PolicyDecision {
+                name: Arc::from("burst"),
+                limit: 100,
+                window: Duration::from_secs(60),
+                remaining: 0,
+                reset: Duration::from_millis(11_200),
+                retry_after: Some(Duration::from_millis(1_500)),
+            }],
+        };
+        let cfg = HeaderConfig {
+            policy: render_policy(&meta()[..1]),
+            on_allowed: false,
+            legacy: true,
+        };
+        let mut h = HeaderMap::new();
+        cfg.apply(&mut h, &d, true);
+        assert_eq!(h[&RATELIMIT], r#""burst";r=0;t=12"#);
+        assert_eq!(h[RETRY_AFTER], "2");
+        assert_eq!(h["x-ratelimit-remaining"], "0");
+        let mut allowed = HeaderMap::new();
+        cfg.apply(&mut allowed, &d, false);
+        assert!(
+            allowed.is_empty(),
+            "headers on allowed responses are switched off"
+        );
+    }
+}

@@ -1,0 +1,97 @@
+//! [`RateLimit`]: the middleware service.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower_service::Service;
+
+use super::decision::{DecisionSource, RateLimitDecision};
+use super::future::ResponseFuture;
+use super::layer::{Config, MissingKey};
+use super::response::{is_grpc, rejection};
+use super::store::Question;
+use crate::body::ResponseBody;
+use crate::key::{KeyError, RequestView};
+use crate::problem::bad_request;
+
+/// Rate-limits requests to the inner service; built by
+/// [`RateLimitLayer`](super::RateLimitLayer).
+#[derive(Clone, Debug)]
+pub struct RateLimit<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S> RateLimit<S> {
+    pub(crate) fn new(inner: S, config: Arc<Config>) -> Self {
+        Self { inner, config }
+    }
+
+    define_inner_service_accessors!();
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let cfg = &self.config;
+        let grpc = is_grpc(&req);
+        let view = RequestView::new(&req);
+        let key = match cfg.key.extract(&view) {
+            Ok(key) => key,
+            Err(KeyError::Invalid(why)) => {
+                tracing::debug!(%why, "rate limit: invalid client key");
+                return ResponseFuture::respond(bad_request(&format!("invalid client key: {why}")));
+            }
+            Err(KeyError::Missing) => match &cfg.missing_key {
+                MissingKey::Fallback(key) => key.clone(),
+                MissingKey::Allow => {
+                    let d = RateLimitDecision::without_policies(true, DecisionSource::NoKey);
+                    return ResponseFuture::call(self.inner.call(req), d, cfg.clone());
+                }
+                MissingKey::Reject => {
+                    return ResponseFuture::respond(bad_request(
+                        "the request carries no client key for the rate limit",
+                    ))
+                }
+            },
+        };
+        let cost = cfg.cost.as_ref().map_or(1, |c| c(&view));
+        if cost > cfg.max_cost {
+            let d = RateLimitDecision::without_policies(false, DecisionSource::CostTooHigh);
+            tracing::debug!(cost, max = cfg.max_cost, "rate limit: cost above capacity");
+            if !cfg.shadow {
+                return ResponseFuture::respond(rejection(cfg, d, grpc));
+            }
+            return ResponseFuture::call(self.inner.call(req), d, cfg.clone());
+        }
+        if let Some(answer) = cfg.denials.as_ref().and_then(|d| d.check(&key, cost)) {
+            let d = RateLimitDecision::from_answer(&cfg.meta, &answer, DecisionSource::Remembered);
+            if !cfg.shadow {
+                return ResponseFuture::respond(rejection(cfg, d, grpc));
+            }
+            return ResponseFuture::call(self.inner.call(req), d, cfg.clone());
+        }
+        let question = Question {
+            scope: cfg.scope.clone(),
+            key,
+            cost,
+            policies: cfg.policies.clone(),
+        };
+        let check = cfg.store.check(&question);
+        // The readied service goes into the future; a fresh clone stays here.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::check(check, req, inner, cfg.clone(), question, grpc)
+    }
+}

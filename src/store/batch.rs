@@ -1,0 +1,143 @@
+//! Batching of script calls: while one call is on the wire, the calls that
+//! arrive queue up and go out together as ONE script invocation when it
+//! returns. No added latency when idle; under load, one round trip and one
+//! script run decide a whole batch.
+//!
+//! The script must take `ARGV[1]` = number of items, then each item's
+//! arguments in order, with each item's keys concatenated in `KEYS`, and
+//! return one flat integer array, each item's `out_len` values in order.
+
+use std::sync::Mutex;
+
+use redis::Script;
+use tokio::sync::{mpsc, oneshot};
+
+use super::memory::lock;
+use super::redis::RedisStore;
+use crate::error::StoreError;
+
+/// One queued call.
+pub(crate) struct Item {
+    pub(crate) keys: Vec<String>,
+    pub(crate) args: Vec<i64>,
+    pub(crate) out_len: usize,
+    reply: Option<oneshot::Sender<Result<Vec<i64>, StoreError>>>,
+}
+
+impl Item {
+    pub(crate) fn new(keys: Vec<String>, args: Vec<i64>, out_len: usize) -> Self {
+        Self {
+            keys,
+            args,
+            out_len,
+            reply: None,
+        }
+    }
+}
+
+/// Most items in one invocation: bounds the script's run time (Redis is
+/// single-threaded) and the size of one reply.
+const MAX_BATCH: usize = 256;
+
+#[derive(Debug)]
+pub(crate) struct Batcher {
+    script: &'static Script,
+    tx: Mutex<Option<mpsc::UnboundedSender<Item>>>,
+}
+
+impl Batcher {
+    pub(crate) fn new(script: &'static Script) -> Self {
+        Self {
+            script,
+            tx: Mutex::new(None),
+        }
+    }
+
+    /// Queues `item` and waits for its share of the batch's reply. The
+    /// caller's deadline bounds the wait.
+    pub(crate) async fn submit(
+        &self,
+        store: &RedisStore,
+        mut item: Item,
+    ) -> Result<Vec<i64>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        item.reply = Some(reply);
+        self.send(store, item);
+        match tokio::time::timeout(store.deadline(), rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(StoreError::protocol("the batch task ended")),
+            Err(_) => Err(StoreError::timeout(store.deadline())),
+        }
+    }
+
+    fn send(&self, store: &RedisStore, item: Item) {
+        let mut tx = lock(&self.tx);
+        let item = match tx.as_ref() {
+            Some(t) => match t.send(item) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(item)) => item,
+            },
+            None => item,
+        };
+        // First use, or the runtime that ran the task is gone: start one here.
+        let (new_tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(self.script, store.clone(), rx));
+        let _ = new_tx.send(item);
+        *tx = Some(new_tx);
+    }
+}
+
+async fn run(script: &'static Script, store: RedisStore, mut rx: mpsc::UnboundedReceiver<Item>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        // Callers that gave up (deadline) need no answer.
+        batch.retain(|i: &Item| i.reply.as_ref().is_some_and(|r| !r.is_closed()));
+        if batch.is_empty() {
+            continue;
+        }
+        let result = invoke(script, &store, &batch).await;
+        match result {
+            Ok(values) => {
+                let mut rest = values.as_slice();
+                for item in batch.drain(..) {
+                    let reply = if rest.len() >= item.out_len {
+                        let (mine, tail) = rest.split_at(item.out_len);
+                        rest = tail;
+                        Ok(mine.to_vec())
+                    } else {
+                        Err(StoreError::protocol("batch reply shorter than expected"))
+                    };
+                    if let Some(tx) = item.reply {
+                        let _ = tx.send(reply);
+                    }
+                }
+            }
+            Err(e) => {
+                for item in batch.drain(..) {
+                    if let Some(tx) = item.reply {
+                        let _ = tx.send(Err(e.duplicate()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn invoke(
+    script: &'static Script,
+    store: &RedisStore,
+    batch: &[Item],
+) -> Result<Vec<i64>, StoreError> {
+    let mut inv = script.prepare_invoke();
+    inv.arg(batch.len());
+    for item in batch {
+        for k in &item.keys {
+            inv.key(k);
+        }
+        for a in &item.args {
+            inv.arg(*a);
+        }
+    }
+    let mut conn = store.conn();
+    store.call(inv.invoke_async::<Vec<i64>>(&mut conn)).await
+}

@@ -1,0 +1,17 @@
+//! The homes of the layers' shared state: [`MemoryStore`] (in process, the
+//! embedded default) and [`RedisStore`] (shared by every instance).
+//!
+//! Each layer talks to a small trait of its own (`RateLimitStore`, ...);
+//! both stores implement all of them and make the same decisions.
+
+#[cfg(feature = "redis")]
+pub(crate) mod batch;
+mod breaker;
+pub(crate) mod memory;
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
+
+pub use breaker::BreakerConfig;
+pub use memory::MemoryStore;
+#[cfg(feature = "redis")]
+pub use redis::{RedisStore, RedisStoreBuilder};
