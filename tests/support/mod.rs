@@ -1,0 +1,108 @@
+//! Test support: a real `redis-server` per test binary (or `TEST_REDIS_URL`),
+//! dedicated servers for fault tests, and the conformance macro that runs one
+//! behaviour test against every store.
+#![allow(dead_code)]
+
+pub mod server;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use tower_redis_layers::{MemoryStore, RedisStore};
+
+#[allow(unused_imports)]
+pub use server::RedisServer;
+
+/// The Redis server shared by the tests of this binary.
+pub fn redis_url() -> String {
+    server::shared_url()
+}
+
+/// A key prefix no other test of this run uses.
+pub fn unique_prefix(name: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "t{}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        &name[..name.len().min(32)]
+    )
+}
+
+/// A store on the shared server with a prefix of its own.
+pub async fn redis_store(name: &str) -> RedisStore {
+    RedisStore::builder(redis_url())
+        .prefix(unique_prefix(name))
+        .deadline(std::time::Duration::from_secs(2))
+        .ping_on_connect(true)
+        .connect()
+        .await
+        .expect("connect to the test redis-server")
+}
+
+/// Several stores (as several instances would have) sharing one prefix.
+pub async fn redis_fleet(name: &str, n: usize) -> Vec<RedisStore> {
+    let prefix = unique_prefix(name);
+    let mut stores = Vec::new();
+    for _ in 0..n {
+        stores.push(
+            RedisStore::builder(redis_url())
+                .prefix(prefix.clone())
+                .deadline(std::time::Duration::from_secs(2))
+                .ping_on_connect(true)
+                .connect()
+                .await
+                .expect("connect to the test redis-server"),
+        );
+    }
+    stores
+}
+
+pub fn memory_store(_name: &str) -> MemoryStore {
+    MemoryStore::new()
+}
+
+/// Sum of `calls` for the commands of `INFO commandstats` matching `pred`.
+pub async fn command_calls(url: &str, pred: impl Fn(&str) -> bool) -> u64 {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .filter_map(|l| l.strip_prefix("cmdstat_"))
+        .filter_map(|l| {
+            let (name, rest) = l.split_once(':')?;
+            let calls = rest.strip_prefix("calls=")?.split(',').next()?;
+            pred(name).then(|| calls.parse::<u64>().ok()).flatten()
+        })
+        .sum()
+}
+
+/// Runs each behaviour test against every store: `MemoryStore` and
+/// `RedisStore` on the shared server. The body gets `$store` (a fresh store
+/// of the home under test) and must only use what both stores offer.
+#[macro_export]
+macro_rules! conformance {
+    ($(async fn $name:ident($store:ident) $body:block)*) => {
+        $(
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+
+                #[tokio::test]
+                async fn memory() {
+                    let $store = $crate::support::memory_store(stringify!($name));
+                    $body
+                }
+
+                #[tokio::test]
+                async fn redis() {
+                    let $store = $crate::support::redis_store(stringify!($name)).await;
+                    $body
+                }
+            }
+        )*
+    };
+}
