@@ -1,0 +1,127 @@
+//! The demo's own data: order and item-load counters and item versions, in
+//! memory or in Redis (so instances sharing one Redis report fleet totals).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use redis::aio::ConnectionManager;
+use redis::AsyncCommands;
+
+/// How long the demo's Redis keys live after their last write.
+const TTL_SECS: i64 = 86_400;
+
+#[derive(Clone)]
+pub enum DemoData {
+    Memory(Arc<Mutex<Memory>>),
+    Redis {
+        conn: ConnectionManager,
+        prefix: String,
+    },
+}
+
+#[derive(Default)]
+pub struct Memory {
+    orders: u64,
+    loads: BTreeMap<String, u64>,
+    versions: HashMap<String, String>,
+}
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+impl DemoData {
+    pub async fn connect(url: Option<&str>, prefix: &str) -> Result<Self> {
+        match url {
+            None => Ok(DemoData::Memory(Arc::default())),
+            Some(url) => {
+                let client = redis::Client::open(url)?;
+                Ok(DemoData::Redis {
+                    conn: ConnectionManager::new(client).await?,
+                    prefix: prefix.to_owned(),
+                })
+            }
+        }
+    }
+
+    pub async fn next_order(&self) -> Result<u64> {
+        match self {
+            DemoData::Memory(m) => {
+                let mut m = m.lock().unwrap();
+                m.orders += 1;
+                Ok(m.orders)
+            }
+            DemoData::Redis { conn, prefix } => {
+                let key = format!("{prefix}:data:orders");
+                let (n, _): (u64, bool) = redis::pipe()
+                    .atomic()
+                    .incr(&key, 1)
+                    .expire(&key, TTL_SECS)
+                    .query_async(&mut conn.clone())
+                    .await?;
+                Ok(n)
+            }
+        }
+    }
+
+    /// Counts one load of `id` and returns it with the current version.
+    pub async fn load_item(&self, id: &str) -> Result<(u64, String)> {
+        match self {
+            DemoData::Memory(m) => {
+                let mut m = m.lock().unwrap();
+                let n = m.loads.entry(id.to_owned()).or_default();
+                *n += 1;
+                let n = *n;
+                Ok((n, m.versions.get(id).cloned().unwrap_or_else(|| "0".into())))
+            }
+            DemoData::Redis { conn, prefix } => {
+                let loads = format!("{prefix}:data:loads");
+                let versions = format!("{prefix}:data:versions");
+                let (n, _, v): (u64, bool, Option<String>) = redis::pipe()
+                    .atomic()
+                    .hincr(&loads, id, 1)
+                    .expire(&loads, TTL_SECS)
+                    .hget(&versions, id)
+                    .query_async(&mut conn.clone())
+                    .await?;
+                Ok((n, v.unwrap_or_else(|| "0".into())))
+            }
+        }
+    }
+
+    pub async fn set_version(&self, id: &str, version: &str) -> Result<()> {
+        match self {
+            DemoData::Memory(m) => {
+                m.lock()
+                    .unwrap()
+                    .versions
+                    .insert(id.to_owned(), version.to_owned());
+                Ok(())
+            }
+            DemoData::Redis { conn, prefix } => {
+                let versions = format!("{prefix}:data:versions");
+                let _: (u64, bool) = redis::pipe()
+                    .atomic()
+                    .hset(&versions, id, version)
+                    .expire(&versions, TTL_SECS)
+                    .query_async(&mut conn.clone())
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn stats(&self) -> Result<(u64, BTreeMap<String, u64>)> {
+        match self {
+            DemoData::Memory(m) => {
+                let m = m.lock().unwrap();
+                Ok((m.orders, m.loads.clone()))
+            }
+            DemoData::Redis { conn, prefix } => {
+                let mut conn = conn.clone();
+                let orders: Option<u64> = conn.get(format!("{prefix}:data:orders")).await?;
+                let loads: BTreeMap<String, u64> =
+                    conn.hgetall(format!("{prefix}:data:loads")).await?;
+                Ok((orders.unwrap_or(0), loads))
+            }
+        }
+    }
+}

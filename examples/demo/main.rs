@@ -1,0 +1,157 @@
+//! The demo: an axum service with the crate's layers, per route.
+//!
+//! ```text
+//! cargo run --release --example demo                        # embedded memory store
+//! REDIS_URL=redis://127.0.0.1:6379 cargo run --release --example demo
+//! ```
+//!
+//! Environment: `LISTEN` (default 127.0.0.1:3000), `REDIS_URL` (unset: memory
+//! store), `KEY_PREFIX` (default `demo`), `ITEM_DELAY_MS` (default 50),
+//! `ORDER_DELAY_MS` (default 0). Try:
+//!
+//! ```text
+//! for i in $(seq 7); do curl -si localhost:3000/api/limited -H 'x-api-key: me' | head -1; done
+//! curl -s localhost:3000/api/stats
+//! ```
+//!
+//! Routes (the contract of shared/DEMO.md):
+//! - `GET /api/limited`: RateLimitLayer, 5 requests per 10 s per `x-api-key`, else per peer IP.
+//! - `POST /api/orders`: creates an order (counter), answers 201 JSON.
+//! - `GET /api/items/{id}`, `PUT /api/items/{id}`: item loads and versions.
+//! - `GET /api/stats`: fleet-wide counters from the shared store.
+
+mod demo_data;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use demo_data::DemoData;
+use serde_json::json;
+use tower_redis_layers::key::{Header, KeyExtractorExt, PeerIp};
+use tower_redis_layers::rate_limit::{Policy, RateLimitLayer, RateLimitStore};
+use tower_redis_layers::MemoryStore;
+
+#[derive(Clone)]
+struct App {
+    data: DemoData,
+    item_delay: Duration,
+    order_delay: Duration,
+}
+
+fn env_ms(name: &str, default: u64) -> Duration {
+    Duration::from_millis(
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default),
+    )
+}
+
+fn router<St>(store: St, app: App) -> Result<Router, Box<dyn std::error::Error + Send + Sync>>
+where
+    St: RateLimitStore + Clone,
+{
+    let limit = RateLimitLayer::builder(store)
+        .policy(Policy::gcra(5, Duration::from_secs(10)).named("demo"))
+        .key(
+            Header::new("x-api-key")
+                .or(PeerIp::from_extension(|c: &ConnectInfo<SocketAddr>| c.0.ip())),
+        )
+        .scope("limited")
+        .build()?;
+    Ok(Router::new()
+        .route("/api/limited", get(|| async { "ok" }).route_layer(limit))
+        .route("/api/orders", post(create_order))
+        .route("/api/items/{id}", get(get_item).put(put_item))
+        .route("/api/stats", get(stats))
+        .with_state(app))
+}
+
+async fn create_order(State(app): State<App>, body: String) -> impl IntoResponse {
+    tokio::time::sleep(app.order_delay).await;
+    match app.data.next_order().await {
+        Ok(n) => (StatusCode::CREATED, Json(json!({"order": n, "echo": body}))).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}
+
+async fn get_item(State(app): State<App>, Path(id): Path<String>) -> impl IntoResponse {
+    tokio::time::sleep(app.item_delay).await;
+    match app.data.load_item(&id).await {
+        Ok((load, version)) => {
+            Json(json!({"id": id, "load": load, "version": version})).into_response()
+        }
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}
+
+async fn put_item(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    version: String,
+) -> impl IntoResponse {
+    match app.data.set_version(&id, &version).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}
+
+async fn stats(State(app): State<App>) -> impl IntoResponse {
+    match app.data.stats().await {
+        Ok((orders, loads)) => Json(json!({"orders": orders, "loads": loads})).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}
+
+async fn shutdown() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let listen = std::env::var("LISTEN").unwrap_or_else(|_| "127.0.0.1:3000".into());
+    let prefix = std::env::var("KEY_PREFIX").unwrap_or_else(|_| "demo".into());
+    let redis_url = std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty());
+    let data = DemoData::connect(redis_url.as_deref(), &prefix).await?;
+    let app = App {
+        data,
+        item_delay: env_ms("ITEM_DELAY_MS", 50),
+        order_delay: env_ms("ORDER_DELAY_MS", 0),
+    };
+    let router = match &redis_url {
+        None => router(MemoryStore::new(), app)?,
+        Some(url) => {
+            let store = tower_redis_layers::RedisStore::builder(url.as_str())
+                .prefix(prefix.as_str())
+                .ping_on_connect(true)
+                .connect()
+                .await?;
+            router(store, app)?
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(&listen).await?;
+    println!("listening on {}", listener.local_addr()?);
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown())
+    .await?;
+    Ok(())
+}
