@@ -56,14 +56,14 @@ fn router<St>(store: St, app: App) -> Result<Router, Box<dyn std::error::Error +
 where
     St: RateLimitStore + Clone,
 {
-    let limit = RateLimitLayer::builder(store)
-        .policy(Policy::gcra(5, Duration::from_secs(10)).named("demo"))
-        .key(
-            Header::new("x-api-key")
-                .or(PeerIp::from_extension(|c: &ConnectInfo<SocketAddr>| c.0.ip())),
-        )
-        .scope("limited")
-        .build()?;
+    let limit =
+        RateLimitLayer::builder(store)
+            .policy(Policy::gcra(5, Duration::from_secs(10)).named("demo"))
+            .key(Header::new("x-api-key").or(PeerIp::from_extension(
+                |c: &ConnectInfo<SocketAddr>| c.0.ip(),
+            )))
+            .scope("limited")
+            .build()?;
     Ok(Router::new()
         .route("/api/limited", get(|| async { "ok" }).route_layer(limit))
         .route("/api/orders", post(create_order))

@@ -253,3 +253,113 @@ fn log(p: &Compiled, state: Option<&AlgState>, cost: u64, now: u64) -> Peek {
         next: None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rate_limit::policy::Policy;
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    /// Runs arrivals `(gap µs, cost)` through one policy; returns the admitted
+    /// `(time, cost)` pairs.
+    fn run(policy: &Policy, arrivals: &[(u64, u64)]) -> Vec<(u64, u64)> {
+        let p = policy.compile().unwrap();
+        let mut now = 1_700_000_000_000_000u64;
+        let mut state = None;
+        let mut admitted = Vec::new();
+        for &(gap, cost) in arrivals {
+            now += gap;
+            let peek = peek(&p, state.as_ref(), cost, now);
+            if peek.allowed {
+                admitted.push((now, cost));
+                state = peek.next;
+            } else {
+                assert!(peek.retry > 0, "a denial always has a wait");
+            }
+        }
+        admitted
+    }
+
+    fn sum_in(admitted: &[(u64, u64)], from: u64, to: u64) -> u64 {
+        admitted
+            .iter()
+            .filter(|(t, _)| *t >= from && *t <= to)
+            .map(|(_, c)| c)
+            .sum()
+    }
+
+    fn arrivals() -> impl Strategy<Value = Vec<(u64, u64)>> {
+        prop::collection::vec((0u64..400_000, 1u64..=3), 1..300)
+    }
+
+    const LIMIT: u64 = 10;
+    const W: Duration = Duration::from_secs(1);
+    const W_US: u64 = 1_000_000;
+
+    proptest! {
+        #[test]
+        fn sliding_log_never_admits_more_than_the_limit_in_any_window(a in arrivals()) {
+            let adm = run(&Policy::sliding_log(LIMIT, W), &a);
+            for &(t, _) in &adm {
+                prop_assert!(sum_in(&adm, t.saturating_sub(W_US - 1), t) <= LIMIT);
+            }
+        }
+
+        #[test]
+        fn fixed_and_sliding_window_never_exceed_the_limit_per_aligned_window(a in arrivals()) {
+            for policy in [Policy::fixed_window(LIMIT, W), Policy::sliding_window(LIMIT, W)] {
+                let adm = run(&policy, &a);
+                for &(t, _) in &adm {
+                    let start = t / W_US * W_US;
+                    prop_assert!(sum_in(&adm, start, start + W_US - 1) <= LIMIT);
+                }
+            }
+        }
+
+        #[test]
+        fn gcra_and_token_bucket_never_exceed_burst_plus_rate(a in arrivals()) {
+            let t = W_US / LIMIT;
+            for policy in [Policy::gcra(LIMIT, W).burst(4), Policy::token_bucket(LIMIT, W).burst(4)] {
+                let adm = run(&policy, &a);
+                let mut prefix = vec![0];
+                for &(_, c) in &adm {
+                    prefix.push(prefix.last().unwrap() + c);
+                }
+                for i in 0..adm.len() {
+                    for j in i..adm.len() {
+                        let admitted = prefix[j + 1] - prefix[i];
+                        prop_assert!(admitted <= 4 + (adm[j].0 - adm[i].0) / t);
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn a_denied_request_passes_exactly_when_its_retry_time_has_come(a in arrivals()) {
+            for policy in [
+                Policy::gcra(LIMIT, W),
+                Policy::token_bucket(LIMIT, W),
+                Policy::sliding_log(LIMIT, W),
+                Policy::fixed_window(LIMIT, W),
+                Policy::sliding_window(LIMIT, W),
+            ] {
+                let p = policy.compile().unwrap();
+                let mut now = 1_700_000_000_000_000u64;
+                let mut state = None;
+                for &(gap, cost) in &a {
+                    now += gap;
+                    let pk = peek(&p, state.as_ref(), cost, now);
+                    if pk.allowed {
+                        state = pk.next;
+                    } else {
+                        let later = peek(&p, state.as_ref(), cost, now + pk.retry);
+                        prop_assert!(later.allowed, "{:?}: retry {} too early", p.algorithm, pk.retry);
+                        let sooner = peek(&p, state.as_ref(), cost, now + pk.retry - 1);
+                        prop_assert!(!sooner.allowed, "{:?}: retry {} later than needed", p.algorithm, pk.retry);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -180,7 +180,7 @@ impl Policy {
             return bad("the limit must be at least 1".into());
         }
         let period_us = self.period.as_micros();
-        if period_us < 1_000 || period_us > 366 * 86_400 * 1_000_000 {
+        if !(1_000..=366 * 86_400 * 1_000_000).contains(&period_us) {
             return bad("the period must be between 1 ms and 366 days".into());
         }
         let period_us = period_us as u64;

@@ -66,6 +66,7 @@ fn server_args(port: u16) -> Vec<String> {
 
 /// The server of this test binary: `TEST_REDIS_URL`, or a `redis-server`
 /// started once and killed by a watchdog when this process exits.
+#[allow(clippy::zombie_processes)]
 pub fn shared_url() -> String {
     static URL: OnceLock<String> = OnceLock::new();
     URL.get_or_init(|| {

@@ -1,0 +1,194 @@
+//! Redis killed, paused and restarted under a rate-limited service: every
+//! request is answered within the deadline (plus a margin) per the failure
+//! policy, and the same service recovers when Redis is back.
+
+mod support;
+
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use support::RedisServer;
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_redis_layers::key::Header;
+use tower_redis_layers::rate_limit::{
+    DecisionSource, FailurePolicy, Policy, RateLimitDecision, RateLimitLayer,
+};
+use tower_redis_layers::{BreakerConfig, RedisStore};
+
+const DEADLINE: Duration = Duration::from_millis(50);
+/// Scheduling noise on a loaded 2-core machine; the point is "not seconds".
+const MARGIN: Duration = Duration::from_millis(250);
+
+async fn store(server: &RedisServer) -> RedisStore {
+    RedisStore::builder(server.url())
+        .prefix("faults")
+        .deadline(DEADLINE)
+        .breaker(BreakerConfig {
+            failures: 3,
+            open_for: Duration::from_millis(200),
+            max_open_for: Duration::from_millis(800),
+        })
+        .ping_on_connect(true)
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn service(
+    store: RedisStore,
+    on_failure: FailurePolicy,
+    limit: u64,
+) -> impl Service<
+    Request<Full<Bytes>>,
+    Response = Response<tower_redis_layers::ResponseBody<Full<Bytes>>>,
+    Error = Infallible,
+    Future: Send,
+> + Clone {
+    ServiceBuilder::new()
+        .layer(
+            RateLimitLayer::builder(store)
+                .policy(Policy::fixed_window(limit, Duration::from_secs(86_400)))
+                .key(Header::new("x-api-key"))
+                .on_store_failure(on_failure)
+                .remember_denials(false)
+                .scope(format!("{on_failure:?}").to_lowercase())
+                .build()
+                .unwrap(),
+        )
+        .service(tower::service_fn(|_r: Request<Full<Bytes>>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok"))))
+        }))
+}
+
+fn req(key: &str) -> Request<Full<Bytes>> {
+    Request::builder()
+        .header("x-api-key", key)
+        .body(Full::default())
+        .unwrap()
+}
+
+async fn timed<S>(
+    svc: &S,
+    key: &str,
+) -> (
+    Response<tower_redis_layers::ResponseBody<Full<Bytes>>>,
+    Duration,
+)
+where
+    S: Service<
+            Request<Full<Bytes>>,
+            Response = Response<tower_redis_layers::ResponseBody<Full<Bytes>>>,
+            Error = Infallible,
+        > + Clone,
+{
+    let start = Instant::now();
+    let res = svc.clone().oneshot(req(key)).await.unwrap();
+    (res, start.elapsed())
+}
+
+fn source(res: &Response<tower_redis_layers::ResponseBody<Full<Bytes>>>) -> DecisionSource {
+    res.extensions().get::<RateLimitDecision>().unwrap().source
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_fail_open_and_closed_answer_within_the_deadline_then_recover() {
+    let mut server = RedisServer::start();
+    let store = store(&server).await;
+    let open = service(store.clone(), FailurePolicy::Open, 1000);
+    let closed = service(store.clone(), FailurePolicy::Closed, 1000);
+
+    let (res, _) = timed(&open, "k").await;
+    assert_eq!(source(&res), DecisionSource::Store);
+
+    server.kill();
+    for i in 0..40 {
+        let (res, took) = timed(&open, "k").await;
+        assert!(
+            took < DEADLINE + MARGIN,
+            "fail-open request {i} took {took:?}"
+        );
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(source(&res), DecisionSource::FailOpen);
+
+        let (res, took) = timed(&closed, "k").await;
+        assert!(
+            took < DEADLINE + MARGIN,
+            "fail-closed request {i} took {took:?}"
+        );
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(res.headers()["retry-after"], "1");
+        assert_eq!(res.headers()["content-type"], "application/problem+json");
+    }
+
+    server.restart();
+    let start = Instant::now();
+    loop {
+        let (res, took) = timed(&open, "k").await;
+        assert!(
+            took < DEADLINE + MARGIN,
+            "request during recovery took {took:?}"
+        );
+        if source(&res) == DecisionSource::Store {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the service did not recover within 10 s of Redis restarting"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (res, _) = timed(&closed, "k").await;
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_paused_requests_time_out_at_the_deadline_concurrently() {
+    let server = RedisServer::start();
+    let store = store(&server).await;
+    let open = service(store.clone(), FailurePolicy::Open, 1000);
+    timed(&open, "warm").await;
+
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut admin = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1500)
+        .arg("ALL")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let open = open.clone();
+            tokio::spawn(async move { timed(&open, &format!("p{i}")).await })
+        })
+        .collect();
+    for t in tasks {
+        let (res, took) = t.await.unwrap();
+        assert!(
+            took < DEADLINE + MARGIN,
+            "a paused Redis held a request {took:?}"
+        );
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(source(&res), DecisionSource::FailOpen);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_fallback_enforces_the_policy_while_redis_is_down() {
+    let mut server = RedisServer::start();
+    let store = store(&server).await;
+    let local = service(store, FailurePolicy::Local, 3);
+    server.kill();
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let (res, took) = timed(&local, "l").await;
+        assert!(took < DEADLINE + MARGIN);
+        assert_eq!(source(&res), DecisionSource::LocalFallback);
+        statuses.push(res.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+}
