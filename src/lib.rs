@@ -36,6 +36,8 @@
 //! ```
 
 #![forbid(unsafe_code)]
+// Without Redis, the store plumbing it shares (breaker, errors) is unused.
+#![cfg_attr(not(feature = "redis"), allow(dead_code))]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 #[macro_use]

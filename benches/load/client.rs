@@ -1,0 +1,119 @@
+//! The load generator: N keep-alive HTTP/1.1 connections (hyper), each
+//! sending its next request when the previous response has been read.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+
+/// What one request of a scenario looks like.
+#[derive(Clone)]
+pub struct RequestSpec {
+    pub method: http::Method,
+    pub path: String,
+    /// Header sets; connection `i` uses `headers[i % len]`.
+    pub headers: Vec<Vec<(String, String)>>,
+}
+
+pub struct Run {
+    pub requests: u64,
+    pub elapsed: Duration,
+    /// Latencies in µs, sorted.
+    pub latencies: Vec<u32>,
+    pub statuses: std::collections::BTreeMap<u16, u64>,
+}
+
+impl Run {
+    pub fn percentile(&self, p: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let i = ((self.latencies.len() as f64 * p).ceil() as usize).clamp(1, self.latencies.len());
+        Duration::from_micros(u64::from(self.latencies[i - 1]))
+    }
+
+    pub fn rps(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+async fn connection(
+    addr: SocketAddr,
+    spec: RequestSpec,
+    idx: usize,
+    start_at: Instant,
+    end_at: Instant,
+) -> (Vec<u32>, std::collections::BTreeMap<u16, u64>) {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.set_nodelay(true).ok();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let headers = &spec.headers[idx % spec.headers.len().max(1)];
+    let mut lat = Vec::with_capacity(100_000);
+    let mut statuses = std::collections::BTreeMap::new();
+    loop {
+        let now = Instant::now();
+        if now >= end_at {
+            break;
+        }
+        let mut b = Request::builder()
+            .method(spec.method.clone())
+            .uri(&spec.path)
+            .header("host", "bench");
+        for (k, v) in headers {
+            b = b.header(k, v);
+        }
+        let req = b.body(Empty::<Bytes>::new()).unwrap();
+        if sender.ready().await.is_err() {
+            break;
+        }
+        let res = match sender.send_request(req).await {
+            Ok(r) => r,
+            Err(_) => break,
+        };
+        let status = res.status().as_u16();
+        let _ = res.into_body().collect().await;
+        if now >= start_at {
+            lat.push(now.elapsed().as_micros().min(u32::MAX as u128) as u32);
+            *statuses.entry(status).or_insert(0) += 1;
+        }
+    }
+    (lat, statuses)
+}
+
+/// Drives `addr` with `conns` connections for `warmup + duration`, counting
+/// only what completes after the warm-up.
+pub async fn drive(
+    addr: SocketAddr,
+    spec: &RequestSpec,
+    conns: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> Run {
+    let start_at = Instant::now() + warmup;
+    let end_at = start_at + duration;
+    let tasks: Vec<_> = (0..conns)
+        .map(|i| tokio::spawn(connection(addr, spec.clone(), i, start_at, end_at)))
+        .collect();
+    let mut latencies = Vec::new();
+    let mut statuses = std::collections::BTreeMap::new();
+    for t in tasks {
+        let (l, s) = t.await.expect("connection task");
+        latencies.extend(l);
+        for (k, v) in s {
+            *statuses.entry(k).or_insert(0) += v;
+        }
+    }
+    latencies.sort_unstable();
+    Run {
+        requests: latencies.len() as u64,
+        elapsed: duration,
+        latencies,
+        statuses,
+    }
+}

@@ -1,0 +1,91 @@
+//! CPU accounting: the server's worker threads (from /proc) and Redis (INFO).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Thread ids of the server runtime's workers, recorded as they start.
+#[derive(Clone, Default)]
+pub struct Threads(Arc<Mutex<Vec<String>>>);
+
+impl Threads {
+    /// Call from `on_thread_start`.
+    pub fn register(&self) {
+        if let Ok(path) = std::fs::read_link("/proc/thread-self") {
+            // The link reads "<pid>/task/<tid>", relative to /proc.
+            let path = std::path::Path::new("/proc").join(path);
+            self.0
+                .lock()
+                .unwrap()
+                .push(path.to_string_lossy().into_owned());
+        }
+    }
+
+    /// User + system CPU of the registered threads so far.
+    pub fn cpu(&self) -> Duration {
+        let tick = 100.0; // USER_HZ on Linux
+        let mut total = 0u64;
+        for p in self.0.lock().unwrap().iter() {
+            if let Ok(stat) = std::fs::read_to_string(format!("{p}/stat")) {
+                // Fields after the ")" of the comm: state is field 3; utime 14, stime 15.
+                if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
+                    let f: Vec<&str> = rest.split_whitespace().collect();
+                    let ut: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0);
+                    let st: u64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+                    total += ut + st;
+                }
+            }
+        }
+        Duration::from_secs_f64(total as f64 / tick)
+    }
+}
+
+/// What Redis reports: its CPU time, the script calls it received, and all
+/// commands it ran (commands run inside scripts count too).
+pub struct RedisCounters {
+    pub cpu: Duration,
+    pub scripts: u64,
+    pub commands: u64,
+}
+
+pub async fn redis_counters(conn: &mut redis::aio::MultiplexedConnection) -> RedisCounters {
+    let cpu: String = redis::cmd("INFO")
+        .arg("cpu")
+        .query_async(conn)
+        .await
+        .unwrap();
+    let mut secs = 0.0;
+    for l in cpu.lines() {
+        if let Some(v) = l
+            .strip_prefix("used_cpu_sys:")
+            .or_else(|| l.strip_prefix("used_cpu_user:"))
+        {
+            secs += v.trim().parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    let calls = |pred: &dyn Fn(&str) -> bool| -> u64 {
+        stats
+            .lines()
+            .filter_map(|l| {
+                let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+                if !pred(name) {
+                    return None;
+                }
+                rest.strip_prefix("calls=")?
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    };
+    RedisCounters {
+        cpu: Duration::from_secs_f64(secs),
+        scripts: calls(&|n| n.starts_with("eval")),
+        commands: calls(&|n| n != "info"),
+    }
+}
