@@ -7,10 +7,10 @@
 //! arguments in order, with each item's keys concatenated in `KEYS`, and
 //! return one flat integer array, each item's `out_len` values in order.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use redis::Script;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::memory::lock;
 use super::redis::RedisStore;
@@ -87,36 +87,56 @@ impl Batcher {
     }
 }
 
+/// Batches on the wire at once: while Redis runs one, the next is already
+/// on its way, so Redis does not sit idle for a round trip between batches.
+const IN_FLIGHT: usize = 2;
+
 async fn run(script: &'static Script, store: RedisStore, mut rx: mpsc::UnboundedReceiver<Item>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    let permits = Arc::new(Semaphore::new(IN_FLIGHT));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return;
+        }
         // Callers that gave up (deadline) need no answer.
         batch.retain(|i: &Item| i.reply.as_ref().is_some_and(|r| !r.is_closed()));
         if batch.is_empty() {
             continue;
         }
-        let result = invoke(script, &store, &batch).await;
-        match result {
-            Ok(values) => {
-                let mut rest = values.as_slice();
-                for item in batch.drain(..) {
-                    let reply = if rest.len() >= item.out_len {
-                        let (mine, tail) = rest.split_at(item.out_len);
-                        rest = tail;
-                        Ok(mine.to_vec())
-                    } else {
-                        Err(StoreError::protocol("batch reply shorter than expected"))
-                    };
-                    if let Some(tx) = item.reply {
-                        let _ = tx.send(reply);
-                    }
+        let store = store.clone();
+        tokio::spawn(async move {
+            let result = invoke(script, &store, &batch).await;
+            dispatch(batch, result);
+            drop(permit);
+        });
+    }
+}
+
+/// Hands each caller its share of the batch's reply.
+fn dispatch(batch: Vec<Item>, result: Result<Vec<i64>, StoreError>) {
+    match result {
+        Ok(values) => {
+            let mut rest = values.as_slice();
+            for item in batch {
+                let reply = if rest.len() >= item.out_len {
+                    let (mine, tail) = rest.split_at(item.out_len);
+                    rest = tail;
+                    Ok(mine.to_vec())
+                } else {
+                    Err(StoreError::protocol("batch reply shorter than expected"))
+                };
+                if let Some(tx) = item.reply {
+                    let _ = tx.send(reply);
                 }
             }
-            Err(e) => {
-                for item in batch.drain(..) {
-                    if let Some(tx) = item.reply {
-                        let _ = tx.send(Err(e.duplicate()));
-                    }
+        }
+        Err(e) => {
+            for item in batch {
+                if let Some(tx) = item.reply {
+                    let _ = tx.send(Err(e.duplicate()));
                 }
             }
         }
