@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use redis::aio::ConnectionManager;
-use redis::AsyncCommands;
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Value};
 
 /// How long the demo's Redis keys live after their last write.
 const TTL_SECS: i64 = 86_400;
@@ -13,10 +13,47 @@ const TTL_SECS: i64 = 86_400;
 #[derive(Clone)]
 pub enum DemoData {
     Memory(Arc<Mutex<Memory>>),
-    Redis {
-        conn: ConnectionManager,
-        prefix: String,
-    },
+    Redis { conn: Conn, prefix: String },
+}
+
+/// A standalone or cluster connection. All demo keys share one hash tag, so
+/// the atomic pipelines below work on a cluster too.
+#[derive(Clone)]
+pub enum Conn {
+    Single(ConnectionManager),
+    #[cfg(feature = "cluster")]
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            #[cfg(feature = "cluster")]
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            #[cfg(feature = "cluster")]
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            #[cfg(feature = "cluster")]
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -33,10 +70,22 @@ impl DemoData {
         match url {
             None => Ok(DemoData::Memory(Arc::default())),
             Some(url) => {
-                let client = redis::Client::open(url)?;
+                let conn = if url.contains(',') {
+                    #[cfg(feature = "cluster")]
+                    {
+                        let client = redis::cluster::ClusterClient::new(url.split(','))?;
+                        Conn::Cluster(client.get_async_connection().await?)
+                    }
+                    #[cfg(not(feature = "cluster"))]
+                    return Err(
+                        "REDIS_URL lists several nodes: build with --features cluster".into(),
+                    );
+                } else {
+                    Conn::Single(ConnectionManager::new(redis::Client::open(url)?).await?)
+                };
                 Ok(DemoData::Redis {
-                    conn: ConnectionManager::new(client).await?,
-                    prefix: prefix.to_owned(),
+                    conn,
+                    prefix: format!("{prefix}:data:{{data}}"),
                 })
             }
         }
@@ -50,7 +99,7 @@ impl DemoData {
                 Ok(m.orders)
             }
             DemoData::Redis { conn, prefix } => {
-                let key = format!("{prefix}:data:orders");
+                let key = format!("{prefix}:orders");
                 let (n, _): (u64, bool) = redis::pipe()
                     .atomic()
                     .incr(&key, 1)
@@ -73,8 +122,8 @@ impl DemoData {
                 Ok((n, m.versions.get(id).cloned().unwrap_or_else(|| "0".into())))
             }
             DemoData::Redis { conn, prefix } => {
-                let loads = format!("{prefix}:data:loads");
-                let versions = format!("{prefix}:data:versions");
+                let loads = format!("{prefix}:loads");
+                let versions = format!("{prefix}:versions");
                 let (n, _, v): (u64, bool, Option<String>) = redis::pipe()
                     .atomic()
                     .hincr(&loads, id, 1)
@@ -97,7 +146,7 @@ impl DemoData {
                 Ok(())
             }
             DemoData::Redis { conn, prefix } => {
-                let versions = format!("{prefix}:data:versions");
+                let versions = format!("{prefix}:versions");
                 let _: (u64, bool) = redis::pipe()
                     .atomic()
                     .hset(&versions, id, version)
@@ -117,9 +166,8 @@ impl DemoData {
             }
             DemoData::Redis { conn, prefix } => {
                 let mut conn = conn.clone();
-                let orders: Option<u64> = conn.get(format!("{prefix}:data:orders")).await?;
-                let loads: BTreeMap<String, u64> =
-                    conn.hgetall(format!("{prefix}:data:loads")).await?;
+                let orders: Option<u64> = conn.get(format!("{prefix}:orders")).await?;
+                let loads: BTreeMap<String, u64> = conn.hgetall(format!("{prefix}:loads")).await?;
                 Ok((orders.unwrap_or(0), loads))
             }
         }

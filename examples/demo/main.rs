@@ -108,6 +108,29 @@ async fn stats(State(app): State<App>) -> impl IntoResponse {
     }
 }
 
+/// `REDIS_URL`: one URL, or a comma-separated list of cluster nodes.
+async fn redis_store(
+    url: &str,
+    prefix: &str,
+) -> Result<tower_redis_layers::RedisStore, Box<dyn std::error::Error + Send + Sync>> {
+    use tower_redis_layers::RedisStore;
+    let builder = if url.contains(',') {
+        #[cfg(feature = "cluster")]
+        {
+            RedisStore::cluster_builder(url.split(','))
+        }
+        #[cfg(not(feature = "cluster"))]
+        return Err("REDIS_URL lists several nodes: build with --features cluster".into());
+    } else {
+        RedisStore::builder(url)
+    };
+    Ok(builder
+        .prefix(prefix)
+        .ping_on_connect(true)
+        .connect()
+        .await?)
+}
+
 async fn shutdown() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -136,14 +159,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     };
     let router = match &redis_url {
         None => router(MemoryStore::new(), app)?,
-        Some(url) => {
-            let store = tower_redis_layers::RedisStore::builder(url.as_str())
-                .prefix(prefix.as_str())
-                .ping_on_connect(true)
-                .connect()
-                .await?;
-            router(store, app)?
-        }
+        Some(url) => router(redis_store(url, &prefix).await?, app)?,
     };
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     println!("listening on {}", listener.local_addr()?);

@@ -149,6 +149,14 @@ mod redis_home {
     impl RateLimitStore for RedisStore {
         fn check(&self, q: &Question) -> BoxFuture<'static, Result<Answer, StoreError>> {
             let keys = self.rate_limit_keys(q);
+            #[cfg(feature = "cluster")]
+            debug_assert!(
+                keys.windows(2).all(|w| {
+                    use redis::cluster_routing::Slot;
+                    Slot::for_key(&w[0]) == Slot::for_key(&w[1])
+                }),
+                "one client's policy keys must share a hash slot: {keys:?}"
+            );
             let mut args = Vec::with_capacity(2 + 5 * q.policies.len());
             args.push(q.cost as i64);
             args.push(q.policies.len() as i64);

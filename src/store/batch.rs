@@ -97,6 +97,7 @@ async fn run(script: &'static Script, store: RedisStore, mut rx: mpsc::Unbounded
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
+        let permit = Arc::new(permit);
         let mut batch = Vec::with_capacity(MAX_BATCH);
         if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
             return;
@@ -106,13 +107,40 @@ async fn run(script: &'static Script, store: RedisStore, mut rx: mpsc::Unbounded
         if batch.is_empty() {
             continue;
         }
-        let store = store.clone();
-        tokio::spawn(async move {
-            let result = invoke(script, &store, &batch).await;
-            dispatch(batch, result);
-            drop(permit);
-        });
+        for group in by_slot(&store, batch) {
+            let store = store.clone();
+            let permit = permit.clone();
+            tokio::spawn(async move {
+                let result = invoke(script, &store, &group).await;
+                dispatch(group, result);
+                drop(permit);
+            });
+        }
     }
+}
+
+/// On a cluster, one script call may only touch keys of one hash slot: the
+/// batch goes out as one call per slot (all at once). Standalone: one call.
+#[cfg(feature = "cluster")]
+fn by_slot(store: &RedisStore, batch: Vec<Item>) -> Vec<Vec<Item>> {
+    use redis::cluster_routing::Slot;
+    if !store.is_cluster() {
+        return vec![batch];
+    }
+    let mut groups: Vec<(Slot, Vec<Item>)> = Vec::new();
+    for item in batch {
+        let slot = Slot::for_key(item.keys.first().map_or("", String::as_str));
+        match groups.iter_mut().find(|(s, _)| *s == slot) {
+            Some((_, g)) => g.push(item),
+            None => groups.push((slot, vec![item])),
+        }
+    }
+    groups.into_iter().map(|(_, g)| g).collect()
+}
+
+#[cfg(not(feature = "cluster"))]
+fn by_slot(_store: &RedisStore, batch: Vec<Item>) -> Vec<Vec<Item>> {
+    vec![batch]
 }
 
 /// Hands each caller its share of the batch's reply.

@@ -51,12 +51,16 @@ struct Inner {
 #[derive(Clone)]
 pub(crate) enum RedisConn {
     Standalone(ConnectionManager),
+    #[cfg(feature = "cluster")]
+    Cluster(redis::cluster_async::ClusterConnection),
 }
 
 impl std::fmt::Debug for RedisConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RedisConn::Standalone(_) => f.write_str("Standalone"),
+            #[cfg(feature = "cluster")]
+            RedisConn::Cluster(_) => f.write_str("Cluster"),
         }
     }
 }
@@ -65,6 +69,8 @@ impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             RedisConn::Standalone(c) => c.req_packed_command(cmd),
+            #[cfg(feature = "cluster")]
+            RedisConn::Cluster(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -76,12 +82,16 @@ impl ConnectionLike for RedisConn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             RedisConn::Standalone(c) => c.req_packed_commands(pipeline, offset, count),
+            #[cfg(feature = "cluster")]
+            RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             RedisConn::Standalone(c) => c.get_db(),
+            #[cfg(feature = "cluster")]
+            RedisConn::Cluster(c) => c.get_db(),
         }
     }
 }
@@ -89,6 +99,10 @@ impl ConnectionLike for RedisConn {
 enum Target {
     Url(String),
     Manager(ConnectionManager),
+    #[cfg(feature = "cluster")]
+    Cluster(Vec<String>),
+    #[cfg(feature = "cluster")]
+    ClusterConnection(redis::cluster_async::ClusterConnection),
 }
 
 /// Builds a [`RedisStore`]; see [`RedisStore::builder`].
@@ -127,6 +141,32 @@ impl RedisStore {
     /// already has (its own retry and timeout settings are kept).
     pub fn from_connection_manager(manager: ConnectionManager) -> RedisStoreBuilder {
         RedisStoreBuilder::new(Target::Manager(manager))
+    }
+
+    /// Starts building a store on a Redis Cluster, given the URLs of some of
+    /// its nodes (the others are discovered). Same layers, same guarantees:
+    /// every script's keys share a hash slot. Feature `cluster`.
+    #[cfg(feature = "cluster")]
+    pub fn cluster_builder<I, U>(nodes: I) -> RedisStoreBuilder
+    where
+        I: IntoIterator<Item = U>,
+        U: Into<String>,
+    {
+        RedisStoreBuilder::new(Target::Cluster(nodes.into_iter().map(Into::into).collect()))
+    }
+
+    /// Starts building a store on a cluster connection the application
+    /// already has. Feature `cluster`.
+    #[cfg(feature = "cluster")]
+    pub fn from_cluster_connection(
+        conn: redis::cluster_async::ClusterConnection,
+    ) -> RedisStoreBuilder {
+        RedisStoreBuilder::new(Target::ClusterConnection(conn))
+    }
+
+    /// `true` when the store talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        !matches!(self.inner.conn, RedisConn::Standalone(_))
     }
 
     /// Connects to `url` with the default settings (prefix `trl`, 50 ms deadline).
@@ -238,21 +278,39 @@ impl RedisStoreBuilder {
                 "the store deadline must be above zero",
             )));
         }
-        let manager = match self.target {
-            Target::Manager(m) => m,
+        let conn = match self.target {
+            Target::Manager(m) => RedisConn::Standalone(m),
             Target::Url(url) => {
                 let client = redis::Client::open(url.as_str()).map_err(StoreError::backend)?;
                 let config = ConnectionManagerConfig::new()
                     .set_number_of_retries(self.reconnect_retries)
                     .set_connection_timeout(Some(self.connect_timeout))
                     .set_max_delay(Duration::from_millis(100));
-                ConnectionManager::new_lazy_with_config(client, config)
-                    .map_err(StoreError::backend)?
+                RedisConn::Standalone(
+                    ConnectionManager::new_lazy_with_config(client, config)
+                        .map_err(StoreError::backend)?,
+                )
+            }
+            #[cfg(feature = "cluster")]
+            Target::ClusterConnection(c) => RedisConn::Cluster(c),
+            #[cfg(feature = "cluster")]
+            Target::Cluster(nodes) => {
+                let client = redis::cluster::ClusterClient::builder(nodes)
+                    .retries(self.reconnect_retries as u32)
+                    .max_retry_wait(100)
+                    .build()
+                    .map_err(StoreError::backend)?;
+                let config = redis::cluster::ClusterConfig::new()
+                    .set_connection_timeout(self.connect_timeout)
+                    .set_response_timeout(self.deadline.max(self.connect_timeout));
+                // Connects in the background: a cluster that is down at start-up
+                // is a store failure per request, like a standalone Redis.
+                RedisConn::Cluster(client.get_pending_async_connection_with_config(config))
             }
         };
         let store = RedisStore {
             inner: Arc::new(Inner {
-                conn: RedisConn::Standalone(manager),
+                conn,
                 prefix: self.prefix,
                 deadline: self.deadline,
                 breaker: Breaker::new(self.breaker),

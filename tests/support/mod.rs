@@ -3,6 +3,8 @@
 //! behaviour test against every store.
 #![allow(dead_code)]
 
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod server;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -57,6 +59,19 @@ pub async fn redis_fleet(name: &str, n: usize) -> Vec<RedisStore> {
     stores
 }
 
+/// A store on the shared 3-master cluster with a prefix of its own.
+#[cfg(feature = "cluster")]
+pub async fn cluster_store(name: &str) -> RedisStore {
+    RedisStore::cluster_builder(cluster::shared_cluster_urls())
+        .prefix(unique_prefix(name))
+        .deadline(std::time::Duration::from_secs(2))
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .ping_on_connect(true)
+        .connect()
+        .await
+        .expect("connect to the test cluster")
+}
+
 pub fn memory_store(_name: &str) -> MemoryStore {
     MemoryStore::new()
 }
@@ -80,8 +95,9 @@ pub async fn command_calls(url: &str, pred: impl Fn(&str) -> bool) -> u64 {
         .sum()
 }
 
-/// Runs each behaviour test against every store: `MemoryStore` and
-/// `RedisStore` on the shared server. The body gets `$store` (a fresh store
+/// Runs each behaviour test against every store: `MemoryStore`,
+/// `RedisStore` on the shared server, and (feature `cluster`) `RedisStore`
+/// on the shared 3-master cluster. The body gets `$store` (a fresh store
 /// of the home under test) and must only use what both stores offer.
 #[macro_export]
 macro_rules! conformance {
@@ -100,6 +116,13 @@ macro_rules! conformance {
                 #[tokio::test]
                 async fn redis() {
                     let $store = $crate::support::redis_store(stringify!($name)).await;
+                    $body
+                }
+
+                #[cfg(feature = "cluster")]
+                #[tokio::test]
+                async fn cluster() {
+                    let $store = $crate::support::cluster_store(stringify!($name)).await;
                     $body
                 }
             }

@@ -5,14 +5,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free loopback port")
 }
 
-fn check_binary() {
+pub(crate) fn check_binary() {
     let ok = Command::new("redis-server")
         .arg("--version")
         .stdout(Stdio::null())
@@ -26,7 +26,7 @@ fn check_binary() {
     );
 }
 
-fn wait_ready(port: u16) {
+pub(crate) fn wait_ready(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
@@ -44,7 +44,7 @@ fn wait_ready(port: u16) {
     panic!("redis-server on port {port} did not answer PING within 10 s");
 }
 
-fn server_args(port: u16) -> Vec<String> {
+pub(crate) fn server_args(port: u16) -> Vec<String> {
     [
         "--port",
         &port.to_string(),

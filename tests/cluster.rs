@@ -1,0 +1,214 @@
+//! Redis Cluster: the rate limiter's guarantees on a real 3-master cluster,
+//! and through a master failover (3 masters + 3 replicas).
+
+mod support;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use support::cluster::RedisCluster;
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_redis_layers::key::Header;
+use tower_redis_layers::rate_limit::{DecisionSource, Policy, RateLimitDecision, RateLimitLayer};
+use tower_redis_layers::{RedisStore, ResponseBody};
+
+type Res = Response<ResponseBody<Full<Bytes>>>;
+
+fn service(
+    store: RedisStore,
+    policy: Policy,
+    calls: Arc<AtomicUsize>,
+) -> impl Service<Request<Full<Bytes>>, Response = Res, Error = Infallible, Future: Send> + Clone {
+    ServiceBuilder::new()
+        .layer(
+            RateLimitLayer::builder(store)
+                .policy(policy)
+                .key(Header::new("x-api-key"))
+                .remember_denials(false)
+                .build()
+                .unwrap(),
+        )
+        .service(tower::service_fn(move |_r: Request<Full<Bytes>>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok")))) }
+        }))
+}
+
+fn req(key: &str) -> Request<Full<Bytes>> {
+    Request::builder()
+        .header("x-api-key", key)
+        .body(Full::default())
+        .unwrap()
+}
+
+async fn cluster_fleet(
+    urls: Vec<String>,
+    prefix: &str,
+    n: usize,
+    deadline: Duration,
+) -> Vec<RedisStore> {
+    let mut stores = Vec::new();
+    for _ in 0..n {
+        stores.push(
+            RedisStore::cluster_builder(urls.clone())
+                .prefix(prefix)
+                .deadline(deadline)
+                .connect_timeout(Duration::from_secs(1))
+                .ping_on_connect(true)
+                .connect()
+                .await
+                .unwrap(),
+        );
+    }
+    stores
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_instances_on_a_cluster_admit_exactly_the_limit_for_every_client() {
+    let urls = support::cluster::shared_cluster_urls();
+    let prefix = support::unique_prefix("cluster-fleet");
+    let stores = cluster_fleet(urls, &prefix, 3, Duration::from_secs(2)).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let services: Vec<_> = stores
+        .into_iter()
+        .map(|s| {
+            service(
+                s,
+                Policy::sliding_log(20, Duration::from_secs(3600)).named("a"),
+                calls.clone(),
+            )
+        })
+        .collect();
+    // 12 clients spread over the slots (and so the masters), 50 requests each.
+    let tasks: Vec<_> = (0..600)
+        .map(|i| {
+            let svc = services[i % 3].clone();
+            let key = format!("client-{}", i % 12);
+            tokio::spawn(
+                async move { (key.clone(), svc.oneshot(req(&key)).await.unwrap().status()) },
+            )
+        })
+        .collect();
+    let mut ok = std::collections::HashMap::<String, usize>::new();
+    for t in tasks {
+        let (key, status) = t.await.unwrap();
+        assert_ne!(status, StatusCode::SERVICE_UNAVAILABLE);
+        if status == StatusCode::OK {
+            *ok.entry(key).or_default() += 1;
+        }
+    }
+    assert_eq!(ok.len(), 12);
+    assert!(ok.values().all(|&n| n == 20), "{ok:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 240);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn master_failover_answers_within_the_deadline_then_resumes_exact_limits() {
+    const DEADLINE: Duration = Duration::from_millis(100);
+    let mut cluster = RedisCluster::start(3, 1);
+    let stores = cluster_fleet(cluster.urls(), "failover", 2, DEADLINE).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let policy = Policy::fixed_window(1_000_000, Duration::from_secs(3600));
+    let a = service(stores[0].clone(), policy.clone(), calls.clone());
+    let b = service(stores[1].clone(), policy, calls.clone());
+
+    let res = a.clone().oneshot(req("victim")).await.unwrap();
+    let d = res.extensions().get::<RateLimitDecision>().unwrap();
+    assert_eq!(d.source, DecisionSource::Store);
+
+    // Kill the master holding the victim's key (the only key written so far).
+    let master = {
+        let mut found = None;
+        for url in cluster.urls() {
+            let client = redis::Client::open(url.as_str()).unwrap();
+            let mut c = client.get_multiplexed_async_connection().await.unwrap();
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg("failover:rl:*")
+                .query_async(&mut c)
+                .await
+                .unwrap_or_default();
+            if let Some(k) = keys.first() {
+                found = Some(cluster.master_of(k));
+                break;
+            }
+        }
+        found.expect("the victim's key is on some master")
+    };
+    cluster.kill(master);
+
+    let start = Instant::now();
+    let mut recovered = false;
+    let mut failures = 0;
+    while start.elapsed() < Duration::from_secs(30) {
+        for svc in [&a, &b] {
+            let t = Instant::now();
+            let res = svc.clone().oneshot(req("victim")).await.unwrap();
+            let took = t.elapsed();
+            assert!(
+                took < DEADLINE + Duration::from_millis(400),
+                "a request during failover took {took:?}"
+            );
+            assert_eq!(
+                res.status(),
+                StatusCode::OK,
+                "fail-open while the master is gone"
+            );
+            let source = res.extensions().get::<RateLimitDecision>().unwrap().source;
+            if source == DecisionSource::FailOpen {
+                failures += 1;
+            }
+        }
+        let res = a.clone().oneshot(req("victim")).await.unwrap();
+        if res.extensions().get::<RateLimitDecision>().unwrap().source == DecisionSource::Store
+            && failures > 0
+        {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(failures > 0, "the failover was visible as store failures");
+    assert!(
+        recovered,
+        "decisions came back from the store after the replica's promotion"
+    );
+    cluster.wait_ok();
+
+    // Exact again: a fresh client on the promoted replica's slot gets exactly its limit.
+    let calls2 = Arc::new(AtomicUsize::new(0));
+    let exact = Policy::sliding_log(5, Duration::from_secs(3600)).named("after");
+    let sa = service(stores[0].clone(), exact.clone(), calls2.clone());
+    let sb = service(stores[1].clone(), exact, calls2.clone());
+    // Both instances' breakers close once their probes succeed.
+    for svc in [&sa, &sb] {
+        let start = Instant::now();
+        loop {
+            let res = svc.clone().oneshot(req("warm-up")).await.unwrap();
+            let source = res.extensions().get::<RateLimitDecision>().unwrap().source;
+            if source == DecisionSource::Store {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "instance did not recover"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let mut ok = 0;
+    for i in 0..20 {
+        let svc = if i % 2 == 0 { &sa } else { &sb };
+        let res = svc.clone().oneshot(req("victim")).await.unwrap();
+        let source = res.extensions().get::<RateLimitDecision>().unwrap().source;
+        assert_eq!(source, DecisionSource::Store);
+        if res.status() == StatusCode::OK {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 5);
+}
