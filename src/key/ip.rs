@@ -65,14 +65,18 @@ impl PeerIp {
         }
     }
 
-    /// Reads the peer from the request extension of type `T`.
-    pub fn from_extension<T, F>(f: F) -> Self
+    /// Reads the peer from the request extension of type `T`; `f` returns an
+    /// `IpAddr` or an `Option<IpAddr>` (tonic's `TcpConnectInfo::remote_addr`).
+    pub fn from_extension<T, F, R>(f: F) -> Self
     where
         T: Send + Sync + 'static,
-        F: Fn(&T) -> IpAddr + Send + Sync + 'static,
+        F: Fn(&T) -> R + Send + Sync + 'static,
+        R: Into<Option<IpAddr>>,
     {
         Self {
-            from: Some(Arc::new(move |ext: &Extensions| ext.get::<T>().map(&f))),
+            from: Some(Arc::new(move |ext: &Extensions| {
+                ext.get::<T>().and_then(|t| f(t).into())
+            })),
             ..Self::new()
         }
     }
