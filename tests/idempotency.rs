@@ -43,17 +43,21 @@ impl Handler {
         self.calls.load(Ordering::SeqCst)
     }
 
-    fn service(
+    fn service<B>(
         &self,
     ) -> impl Service<
-        Request<RequestBody<Full<Bytes>>>,
+        Request<RequestBody<B>>,
         Response = Response<Full<Bytes>>,
         Error = std::io::Error,
         Future: Send,
     > + Clone
-           + Send {
+           + Send
+    where
+        B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: std::fmt::Debug + Send,
+    {
         let h = self.clone();
-        tower::service_fn(move |req: Request<RequestBody<Full<Bytes>>>| {
+        tower::service_fn(move |req: Request<RequestBody<B>>| {
             let h = h.clone();
             async move {
                 let header = |name: &str| {
@@ -129,7 +133,9 @@ fn builder(store: impl IdempotencyStore) -> IdempotencyLayerBuilder {
 type Svc = tower::util::BoxCloneSyncService<Request<Full<Bytes>>, Res, BoxError>;
 
 fn service(layer: IdempotencyLayer, h: &Handler) -> Svc {
-    let svc = ServiceBuilder::new().layer(layer).service(h.service());
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(h.service::<Full<Bytes>>());
     tower::util::BoxCloneSyncService::new(svc.map_err(BoxError::from))
 }
 
@@ -405,7 +411,7 @@ conformance! {
 
     async fn an_abandoned_lease_lapses_then_a_retry_runs(store) {
         let h = Handler::new();
-        let lease = Duration::from_millis(300);
+        let lease = Duration::from_millis(500);
         let svc = service(builder(store).lease(lease).build().unwrap(), &h);
         // A process that dies mid-handler: its future is never polled nor dropped again.
         let mut fut = Box::pin(send_owned(svc.clone(), behave(post("k"), "block")));
@@ -415,7 +421,7 @@ conformance! {
         }
         std::mem::forget(fut);
         assert_eq!(send(&svc, post("k")).await.status(), StatusCode::CONFLICT);
-        tokio::time::sleep(lease + Duration::from_millis(100)).await;
+        tokio::time::sleep(lease + Duration::from_millis(150)).await;
         let (s, _, _, o) = parts(send(&svc, post("k")).await).await;
         assert_eq!((s, o), (StatusCode::CREATED, Some(IdempotencyOutcome::Stored)));
         assert_eq!(h.calls(), 2);
@@ -423,12 +429,12 @@ conformance! {
 
     async fn a_slow_handler_keeps_its_lease(store) {
         let h = Handler::new();
-        let svc = service(builder(store).lease(Duration::from_millis(150)).build().unwrap(), &h);
+        let svc = service(builder(store).lease(Duration::from_millis(600)).build().unwrap(), &h);
         let mut slow = post("k");
-        slow.headers_mut().insert("x-delay-ms", "700".parse().unwrap());
+        slow.headers_mut().insert("x-delay-ms", "1500".parse().unwrap());
         let first = tokio::spawn(send_owned(svc.clone(), slow));
-        // Well past the lease: still held, renewed.
-        tokio::time::sleep(Duration::from_millis(450)).await;
+        // Well past the lease: still held, renewed every 200 ms.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
         assert_eq!(send(&svc, post("k")).await.status(), StatusCode::CONFLICT);
         let (s, _, body, o) = parts(first.await.unwrap()).await;
         assert_eq!((s, o), (StatusCode::CREATED, Some(IdempotencyOutcome::Stored)));
@@ -457,6 +463,73 @@ conformance! {
         assert_eq!(h.calls(), 2, "not stored: the retry ran");
     }
 
+    async fn a_waiter_runs_itself_when_the_first_request_fails(store) {
+        let h = Handler::new();
+        let layer = builder(store).on_conflict(Conflict::Wait(Duration::from_secs(5))).build().unwrap();
+        let svc = service(layer, &h);
+        let mut failing = behave(post("k"), "500");
+        failing.headers_mut().insert("x-delay-ms", "100".parse().unwrap());
+        let first = tokio::spawn(send_owned(svc.clone(), failing));
+        started(&h, 1).await;
+        let (s, _, _, o) = parts(send(&svc, post("k")).await).await;
+        assert_eq!((s, o), (StatusCode::CREATED, Some(IdempotencyOutcome::Stored)));
+        assert_eq!(first.await.unwrap().status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(h.calls(), 2);
+    }
+
+    async fn streamed_bodies_are_read_up_to_the_cap(store) {
+        let h = Handler::new();
+        let layer = builder(store).max_body(10).build().unwrap();
+        let svc = ServiceBuilder::new().layer(layer).service(h.service::<Chunks>());
+        let req = |key: &str, chunks: Vec<Result<&'static str, ()>>| {
+            let body = Chunks(
+                chunks
+                    .into_iter()
+                    .map(|c| c.map(|s| Bytes::from_static(s.as_bytes())).map_err(|_| std::io::Error::other("reset")))
+                    .collect(),
+            );
+            Request::post("/api/orders")
+                .header("x-api-key", "alice")
+                .header("idempotency-key", key)
+                .body(body)
+                .unwrap()
+        };
+        // No length announced: the layer reads it and stops past the cap.
+        let res = svc.clone().oneshot(req("a", vec![Ok("123456"), Ok("78901"), Ok("never read")])).await.unwrap();
+        assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let res = svc.clone().oneshot(req("b", vec![Ok("123"), Err(())])).await.unwrap();
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(h.calls(), 0);
+        let res = svc.clone().oneshot(req("c", vec![Ok("12345"), Ok("67890")])).await.unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert!(body.ends_with(b"\"echo\":\"1234567890\"}"), "the handler got the whole body: {body:?}");
+        let (s, _, o) = parts_of(svc.clone().oneshot(req("c", vec![Ok("1234567890")])).await.unwrap()).await;
+        assert_eq!((s, o), (StatusCode::CREATED, Some(IdempotencyOutcome::Replayed)), "chunking is not fingerprinted");
+    }
+
+    async fn the_default_principal_is_the_authorization_header(store) {
+        let h = Handler::new();
+        let svc = service(IdempotencyLayer::builder(store).build().unwrap(), &h);
+        let as_user = |auth: Option<&str>| {
+            let mut r = post("k");
+            r.headers_mut().remove("x-api-key");
+            if let Some(a) = auth {
+                r.headers_mut().insert("authorization", a.parse().unwrap());
+            }
+            r
+        };
+        for auth in [Some("Bearer one"), Some("Bearer two"), None] {
+            let (_, _, _, o) = parts(send(&svc, as_user(auth)).await).await;
+            assert_eq!(o, Some(IdempotencyOutcome::Stored), "{auth:?}");
+        }
+        for auth in [Some("Bearer one"), Some("Bearer two"), None] {
+            let (_, _, _, o) = parts(send(&svc, as_user(auth)).await).await;
+            assert_eq!(o, Some(IdempotencyOutcome::Replayed), "{auth:?}");
+        }
+        assert_eq!(h.calls(), 3);
+    }
+
     async fn concurrent_requests_with_one_key_run_once(store) {
         let h = Handler::new();
         let svc = service(builder(store).build().unwrap(), &h);
@@ -477,6 +550,38 @@ conformance! {
         assert_eq!(h.calls(), 1);
         assert!(conflicts >= 1);
     }
+}
+
+/// A streamed body with no announced length.
+struct Chunks(std::collections::VecDeque<Result<Bytes, std::io::Error>>);
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(
+            self.get_mut()
+                .0
+                .pop_front()
+                .map(|r| r.map(http_body::Frame::data)),
+        )
+    }
+}
+
+async fn parts_of<B>(
+    res: Response<ResponseBody<B>>,
+) -> (StatusCode, Bytes, Option<IdempotencyOutcome>)
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::fmt::Debug,
+{
+    let outcome = res.extensions().get::<IdempotencyOutcome>().copied();
+    let (p, body) = res.into_parts();
+    (p.status, body.collect().await.unwrap().to_bytes(), outcome)
 }
 
 async fn send_owned(svc: Svc, req: Request<Full<Bytes>>) -> Res {
@@ -508,7 +613,9 @@ fn futures_and_services_are_send() {
     let layer = builder(tower_redis_layers::MemoryStore::new())
         .build()
         .unwrap();
-    let mut svc = ServiceBuilder::new().layer(layer).service(h.service());
+    let mut svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(h.service::<Full<Bytes>>());
     assert_send(&svc);
     let fut = svc.call(post("k"));
     assert_send(&fut);
