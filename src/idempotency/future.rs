@@ -1,12 +1,11 @@
 //! [`ResponseFuture`]: read the body → reserve → run → read the response →
-//! complete; or answer at once (replay, 409, 422, 4xx, 503).
+//! complete; or answer at once (replay, 409, 422, 4xx, 503). The steps
+//! between states are in `steps.rs`.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -17,16 +16,11 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use super::body::RequestBody;
-use super::capture::{Capture, Captured};
-use super::fingerprint::{Fingerprint, RecordKey, Token};
-use super::layer::{Config, Conflict, FailurePolicy};
+use super::capture::Capture;
+use super::fingerprint::RecordKey;
+use super::layer::Config;
 use super::lease::{Completion, Lease};
-use super::policy::stored_headers;
-use super::record::StoredResponse;
-use super::response::{
-    body_failed, in_progress, invalid, mismatch, replay, too_large, unavailable,
-    IdempotencyOutcome as Outcome,
-};
+use super::response::IdempotencyOutcome as Outcome;
 use super::store::{Reservation, Reserve};
 use crate::body::ResponseBody;
 use crate::error::StoreError;
@@ -44,7 +38,7 @@ pin_project! {
 
 pin_project! {
     #[project = StateProj]
-    enum State<S, B, ResBody>
+    pub(super) enum State<S, B, ResBody>
     where
         S: Service<Request<RequestBody<B>>>,
     {
@@ -58,7 +52,7 @@ pin_project! {
             // Boxed: over the cap it is handed on, after what was read.
             body: Option<Pin<Box<ResBody>>>,
             parts: Option<response::Parts>,
-            capture: Option<Capture>,
+            capture: Capture,
             lease: Option<Lease>,
             config: Arc<Config>,
         },
@@ -82,13 +76,13 @@ pub(crate) struct Ctx<S> {
 }
 
 /// A read request waiting for the store.
-struct Pending<S, B> {
-    req: Request<RequestBody<B>>,
-    inner: S,
-    config: Arc<Config>,
-    reserve: Reserve,
-    wait_until: Option<Instant>,
-    attempt: u32,
+pub(super) struct Pending<S, B> {
+    pub(super) req: Request<RequestBody<B>>,
+    pub(super) inner: S,
+    pub(super) config: Arc<Config>,
+    pub(super) reserve: Reserve,
+    pub(super) wait_until: Option<Instant>,
+    pub(super) attempt: u32,
 }
 
 impl<S, B, ResBody> std::fmt::Debug for ResponseFuture<S, B, ResBody>
@@ -140,49 +134,7 @@ where
     }
 }
 
-impl<S, B, ResBody> State<S, B, ResBody>
-where
-    S: Service<Request<RequestBody<B>>>,
-{
-    fn respond(res: Response<Bytes>) -> Self {
-        State::Respond { res: Some(res) }
-    }
-
-    /// Releases the key, then answers `res`.
-    fn releasing(lease: Lease, res: Result<Response<ResponseBody<ResBody>>, S::Error>) -> Self {
-        State::Completing {
-            completion: lease.release(),
-            res: Some(res),
-            storing: false,
-        }
-    }
-
-    /// The store could not decide: the failure policy answers.
-    fn store_failed(mut p: Pending<S, B>) -> Self {
-        match p.config.on_failure {
-            FailurePolicy::PassThrough => State::Passing {
-                fut: p.inner.call(p.req),
-                outcome: Outcome::StoreBypassed,
-            },
-            _ => State::respond(unavailable()),
-        }
-    }
-}
-
-/// One warning per second at most: an outage must not flood the logs.
-fn warn_store_failure(cfg: &Config, e: &dyn std::fmt::Display) {
-    let sec = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    if cfg.warned_at.swap(sec, Ordering::Relaxed) != sec {
-        tracing::warn!(error = %e, policy = ?cfg.on_failure, "idempotency store failed");
-    }
-}
-
-fn with<B>(mut res: Response<B>, outcome: Outcome) -> Response<B> {
-    res.extensions_mut().insert(outcome);
-    res
-}
+const DONE: &str = "ResponseFuture polled after completion";
 
 impl<S, B, ResBody> Future for ResponseFuture<S, B, ResBody>
 where
@@ -198,130 +150,18 @@ where
             let next = match this.state.as_mut().project() {
                 StateProj::Reading { body, capture, ctx } => {
                     let ended = ready!(capture.poll(body, cx));
-                    let ctx = ctx.take().expect("ResponseFuture polled after completion");
-                    match ended {
-                        Captured::Over => State::respond(too_large(ctx.config.max_body)),
-                        Captured::Failed(_) => {
-                            tracing::debug!("idempotency: the request body failed");
-                            State::respond(invalid("the request body could not be read"))
-                        }
-                        Captured::Done => {
-                            let (data, trailers) = capture.take();
-                            let reserve = Reserve {
-                                key: ctx.key,
-                                fingerprint: Fingerprint::new(&ctx.parts, &data),
-                                token: Token::generate(),
-                                lease: ctx.config.lease,
-                            };
-                            let fut = ctx.config.store.reserve(&reserve);
-                            let body = RequestBody::buffered(data, trailers);
-                            let pending = Pending {
-                                req: Request::from_parts(ctx.parts, body),
-                                inner: ctx.inner,
-                                config: ctx.config,
-                                reserve,
-                                wait_until: None,
-                                attempt: 0,
-                            };
-                            State::Reserving {
-                                fut,
-                                pending: Some(pending),
-                            }
-                        }
-                    }
+                    State::after_read(ctx.take().expect(DONE), ended, capture)
                 }
                 StateProj::Reserving { fut, pending } => {
                     let result = ready!(fut.as_mut().poll(cx));
-                    let mut p = pending
-                        .take()
-                        .expect("ResponseFuture polled after completion");
-                    match result {
-                        Ok(Reservation::Reserved) => {
-                            let cfg = &p.config;
-                            let lease = Lease::new(
-                                cfg.store.clone(),
-                                p.reserve.key.clone(),
-                                p.reserve.token.clone(),
-                                cfg.lease,
-                            );
-                            State::Running {
-                                fut: p.inner.call(p.req),
-                                lease: Some(lease),
-                                config: p.config,
-                            }
-                        }
-                        Ok(Reservation::InProgress { lease_left }) => {
-                            if let Conflict::Wait(max) = p.config.conflict {
-                                let now = Instant::now();
-                                let until = *p.wait_until.get_or_insert(now + max);
-                                if now < until {
-                                    // 10, 20, 40, 80 ms, then every 160 ms.
-                                    let delay = Duration::from_millis(10 << p.attempt.min(4))
-                                        .min(until - now);
-                                    p.attempt += 1;
-                                    let store = p.config.store.clone();
-                                    let r = p.reserve.clone();
-                                    *fut = Box::pin(async move {
-                                        tokio::time::sleep(delay).await;
-                                        store.reserve(&r).await
-                                    });
-                                    *pending = Some(p);
-                                    continue;
-                                }
-                            }
-                            State::respond(in_progress(lease_left))
-                        }
-                        Ok(Reservation::Mismatch) => State::respond(mismatch()),
-                        Ok(Reservation::Completed(bytes)) => match StoredResponse::decode(&bytes) {
-                            Ok(stored) => State::respond(replay(stored)),
-                            Err(corrupt) => {
-                                tracing::error!(
-                                    error = %corrupt,
-                                    "idempotency: a stored record does not decode; \
-                                     treated as a store failure"
-                                );
-                                State::store_failed(p)
-                            }
-                        },
-                        Err(e) => {
-                            warn_store_failure(&p.config, &e);
-                            State::store_failed(p)
-                        }
-                    }
+                    State::after_reserve(pending.take().expect(DONE), result)
                 }
                 StateProj::Running { fut, lease, config } => {
                     if let Some(l) = lease.as_mut() {
                         l.poll_renew(cx);
                     }
                     let result = ready!(fut.poll(cx));
-                    let lease = lease
-                        .take()
-                        .expect("ResponseFuture polled after completion");
-                    let res = match result {
-                        Ok(res) => res,
-                        // A handler error releases the key: a retry runs again.
-                        Err(e) => {
-                            this.state.set(State::releasing(lease, Err(e)));
-                            continue;
-                        }
-                    };
-                    let too_large = res.body().size_hint().lower() > config.max_stored_body as u64;
-                    if too_large || !config.policy.stores(res.status()) {
-                        if too_large {
-                            warn_too_large(config);
-                        }
-                        let res = with(res.map(ResponseBody::inner), Outcome::NotStored);
-                        this.state.set(State::releasing(lease, Ok(res)));
-                        continue;
-                    }
-                    let (parts, body) = res.into_parts();
-                    State::Capturing {
-                        body: Some(Box::pin(body)),
-                        parts: Some(parts),
-                        capture: Some(Capture::new(config.max_stored_body)),
-                        lease: Some(lease),
-                        config: config.clone(),
-                    }
+                    State::after_run(result, lease.take().expect(DONE), config)
                 }
                 StateProj::Capturing {
                     body,
@@ -333,54 +173,14 @@ where
                     if let Some(l) = lease.as_mut() {
                         l.poll_renew(cx);
                     }
-                    let (Some(b), Some(c)) = (body.as_mut(), capture.as_mut()) else {
-                        panic!("ResponseFuture polled after completion");
-                    };
-                    let ended = ready!(c.poll(b.as_mut(), cx));
-                    let (Some(body), Some(parts), Some(mut capture), Some(lease)) =
-                        (body.take(), parts.take(), capture.take(), lease.take())
+                    let ended = ready!(capture.poll(body.as_mut().expect(DONE).as_mut(), cx));
+                    let (Some(body), Some(parts), Some(lease)) =
+                        (body.take(), parts.take(), lease.take())
                     else {
-                        panic!("ResponseFuture polled after completion");
+                        panic!("{DONE}");
                     };
-                    match ended {
-                        Captured::Failed(_) => {
-                            tracing::warn!("idempotency: the response body failed; key released");
-                            let res = body_failed().map(ResponseBody::full);
-                            this.state.set(State::releasing(lease, Ok(res)));
-                            continue;
-                        }
-                        Captured::Over => warn_too_large(config),
-                        Captured::Done if capture.has_trailers() => {
-                            tracing::debug!("idempotency: responses with trailers are not stored");
-                        }
-                        Captured::Done => {
-                            let (data, _) = capture.take();
-                            let record = StoredResponse {
-                                status: parts.status,
-                                headers: stored_headers(&config.stored_headers, &parts.headers),
-                                body: data.clone(),
-                            }
-                            .encode();
-                            let res = Response::from_parts(parts, ResponseBody::full(data));
-                            match lease.complete(record, config.record_ttl) {
-                                Some(completion) => {
-                                    this.state.set(State::Completing {
-                                        completion,
-                                        res: Some(Ok(res)),
-                                        storing: true,
-                                    });
-                                    continue;
-                                }
-                                None => return Poll::Ready(Ok(with(res, Outcome::NotStored))),
-                            }
-                        }
-                    }
-                    lease.release();
-                    let body = ResponseBody::prefixed(capture.into_frames(), body);
-                    return Poll::Ready(Ok(with(
-                        Response::from_parts(parts, body),
-                        Outcome::NotStored,
-                    )));
+                    let capture = std::mem::replace(capture, Capture::new(0));
+                    State::after_capture(ended, body, parts, capture, lease, config)
                 }
                 StateProj::Completing {
                     completion,
@@ -388,50 +188,21 @@ where
                     storing,
                 } => {
                     let result = ready!(Pin::new(completion).poll(cx));
-                    let res = res.take().expect("ResponseFuture polled after completion");
-                    if !*storing {
-                        if let Err(e) = result {
-                            tracing::warn!(error = %e, "idempotency: release failed; the lease will lapse");
-                        }
-                        return Poll::Ready(res);
-                    }
-                    let Ok(res) = res else {
-                        return Poll::Ready(res);
-                    };
-                    let outcome = match result {
-                        Ok(true) => Outcome::Stored,
-                        Ok(false) => {
-                            tracing::warn!(
-                                "idempotency: the lease lapsed before the response was stored \
-                                 (raise the lease); a retry may run again"
-                            );
-                            Outcome::NotStored
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "idempotency: storing the response failed");
-                            Outcome::NotStored
-                        }
-                    };
-                    return Poll::Ready(Ok(with(res, outcome)));
+                    let res = res.take().expect(DONE);
+                    return Poll::Ready(super::steps::finish(res, result, *storing));
                 }
                 StateProj::Passing { fut, outcome } => {
                     let res = ready!(fut.poll(cx))?;
-                    return Poll::Ready(Ok(with(res.map(ResponseBody::inner), *outcome)));
+                    let mut res = res.map(ResponseBody::inner);
+                    res.extensions_mut().insert(*outcome);
+                    return Poll::Ready(Ok(res));
                 }
                 StateProj::Respond { res } => {
-                    let res = res.take().expect("ResponseFuture polled after completion");
+                    let res = res.take().expect(DONE);
                     return Poll::Ready(Ok(res.map(ResponseBody::full)));
                 }
             };
             this.state.set(next);
         }
     }
-}
-
-fn warn_too_large(cfg: &Config) {
-    tracing::warn!(
-        max_stored_body = cfg.max_stored_body,
-        "idempotency: the response is larger than max_stored_body; \
-         sent without storing it, key released (a retry runs again)"
-    );
 }

@@ -87,17 +87,17 @@ impl Lease {
         }
     }
 
-    /// Hands the reservation to the completion write. `None` when the lease
-    /// was lost: nothing may be stored.
-    pub(crate) fn complete(mut self, record: Bytes, ttl: Duration) -> Option<Completion> {
+    /// Hands the reservation to the completion write. When the lease was
+    /// lost nothing is written, and the completion answers `Ok(false)`.
+    pub(crate) fn complete(mut self, record: Bytes, ttl: Duration) -> Completion {
         if !self.held {
-            return None;
+            return Completion { fut: None };
         }
         // From here the completion decides; a failed write lets the lease lapse.
         self.held = false;
-        Some(Completion {
+        Completion {
             fut: Some(self.store.complete(&self.key, &self.token, record, ttl)),
-        })
+        }
     }
 
     /// Releases the reservation; the caller awaits it before answering, so

@@ -134,6 +134,7 @@ mod record;
 mod redis_store;
 mod response;
 mod service;
+mod steps;
 mod store;
 
 pub use body::RequestBody;
