@@ -23,8 +23,8 @@ type Res = Response<ResponseBody<Full<Bytes>>>;
 /// The test handler: counts executions, and behaves as the request's
 /// `x-behave` header says (not part of the fingerprint, so a retry may
 /// behave differently): `ok` (201 JSON), `500`, `429`, `400`, `block`
-/// (waits for a permit of the gate), `panic`, `error`, `big` (64 KiB).
-/// `x-delay-ms` sleeps first.
+/// (waits for a permit of the gate), `panic`, `error`, `big` (64 KiB),
+/// `stall` (blocks the thread for `x-delay-ms`). `x-delay-ms` sleeps first.
 #[derive(Clone)]
 struct Handler {
     calls: Arc<AtomicUsize>,
@@ -74,7 +74,10 @@ impl Handler {
                 if behave == "block" {
                     h.gate.acquire().await.unwrap().forget();
                 }
-                if delay > 0 {
+                if behave == "stall" {
+                    // The whole thread stops (a GC pause, a swapped-out VM): no renewal runs.
+                    std::thread::sleep(Duration::from_millis(delay));
+                } else if delay > 0 {
                     tokio::time::sleep(Duration::from_millis(delay)).await;
                 }
                 let body = req.into_body().collect().await.unwrap().to_bytes();
@@ -530,6 +533,18 @@ conformance! {
         assert_eq!(h.calls(), 3);
     }
 
+    async fn a_holder_whose_lease_lapsed_cannot_store(store) {
+        let h = Handler::new();
+        let svc = service(builder(store).lease(Duration::from_millis(100)).build().unwrap(), &h);
+        let mut stalled = behave(post("k"), "stall");
+        stalled.headers_mut().insert("x-delay-ms", "300".parse().unwrap());
+        let (s, _, _, o) = parts(send(&svc, stalled).await).await;
+        assert_eq!((s, o), (StatusCode::CREATED, Some(IdempotencyOutcome::NotStored)), "fenced off");
+        let (_, _, _, o) = parts(send(&svc, post("k")).await).await;
+        assert_eq!(o, Some(IdempotencyOutcome::Stored), "the retry ran");
+        assert_eq!(h.calls(), 2);
+    }
+
     async fn concurrent_requests_with_one_key_run_once(store) {
         let h = Handler::new();
         let svc = service(builder(store).build().unwrap(), &h);
@@ -582,6 +597,67 @@ where
     let outcome = res.extensions().get::<IdempotencyOutcome>().copied();
     let (p, body) = res.into_parts();
     (p.status, body.collect().await.unwrap().to_bytes(), outcome)
+}
+
+/// A stalls past its lease; B takes the key over; A's completion is fenced
+/// off and B's response is the one replayed.
+async fn a_lapsed_holder_cannot_overwrite_the_next_one(store: impl IdempotencyStore) {
+    let h = Handler::new();
+    let svc = service(
+        builder(store)
+            .lease(Duration::from_millis(100))
+            .build()
+            .unwrap(),
+        &h,
+    );
+    let mut stalled = behave(post("k"), "stall");
+    stalled
+        .headers_mut()
+        .insert("x-delay-ms", "600".parse().unwrap());
+    let a = tokio::spawn(send_owned(svc.clone(), stalled));
+    started(&h, 1).await;
+    // A's lease lapses while its thread is stalled; B reserves and blocks.
+    let b = retry_until_not_conflict_spawned(&svc, &h).await;
+    let (_, _, _, o) = parts(a.await.unwrap()).await;
+    assert_eq!(o, Some(IdempotencyOutcome::NotStored), "A was fenced off");
+    h.gate.add_permits(1);
+    let (s, _, b_body, o) = parts(b.await.unwrap()).await;
+    assert_eq!(
+        (s, o),
+        (StatusCode::CREATED, Some(IdempotencyOutcome::Stored))
+    );
+    let (_, _, replay, o) = parts(send(&svc, post("k")).await).await;
+    assert_eq!((replay, o), (b_body, Some(IdempotencyOutcome::Replayed)));
+    assert_eq!(h.calls(), 2);
+}
+
+/// Sends B (blocking in the handler) once the key is free, as a task.
+async fn retry_until_not_conflict_spawned(svc: &Svc, h: &Handler) -> tokio::task::JoinHandle<Res> {
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let task = tokio::spawn(send_owned(svc.clone(), behave(post("k"), "block")));
+        for _ in 0..1000 {
+            if h.calls() >= 2 || task.is_finished() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        if !task.is_finished() {
+            return task;
+        }
+        assert_eq!(task.await.unwrap().status(), StatusCode::CONFLICT);
+    }
+    panic!("the lapsed key was never free");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_fences_off_a_lapsed_holder() {
+    a_lapsed_holder_cannot_overwrite_the_next_one(tower_redis_layers::MemoryStore::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_fences_off_a_lapsed_holder() {
+    a_lapsed_holder_cannot_overwrite_the_next_one(support::redis_store("fence").await).await;
 }
 
 async fn send_owned(svc: Svc, req: Request<Full<Bytes>>) -> Res {
