@@ -72,7 +72,7 @@
 //! | invalid key: empty, over 255 characters, not visible ASCII, a list, sent twice | 400 |
 //! | body over [`max_body`](IdempotencyLayerBuilder::max_body) (1 MiB) | 413 |
 //! | first with its key | runs; the response is stored if the [`StorePolicy`] says so |
-//! | same key while the first runs | 409 + `Retry-After`, or [`Conflict::Wait`] and replay |
+//! | same key while the first runs | 409 + `Retry-After: 1`, or [`Conflict::Wait`] and replay |
 //! | same key, different method/target/content type/body | 422 |
 //! | same key after completion | the stored response + `Idempotent-Replayed: true` |
 //! | store failure, deadline or corrupt record | 503 + `Retry-After` ([`FailurePolicy`]) |
@@ -113,13 +113,19 @@
 //! completion write itself fails, the key stays reserved until its lease
 //! lapses (a retry gets 409 meanwhile, then runs).
 //!
+//! **Waiting.** With [`Conflict::Wait`] a request that meets its key in
+//! progress asks the store again after 10, 20, 40, 80 ms, then every
+//! 160 ms, until it finds the response (replayed), finds the key released
+//! (it runs itself) or its wait ends (409). Each question is one round trip.
+//!
 //! **Round trips.** On Redis, a replay, a conflict or a mismatch is ONE
-//! script call; a first execution is two (reserve, complete), plus one
-//! renewal per third of the lease for slow handlers. Each step is one Lua
-//! script on one key, `{prefix}:idem:{<sha256>}`, with a TTL (the lease,
-//! then the record TTL, from Redis's clock); keys, principals and paths are
-//! hashed before they enter it. The stored response is our own versioned
-//! binary record; a corrupt one is a store failure, never a panic.
+//! script call; a first execution is two (reserve, then complete or
+//! release), plus one renewal per third of the lease for slow handlers.
+//! Each step is one Lua script on one key, `{prefix}:idem:{<sha256>}`, with
+//! a TTL (the lease, then the record TTL, from Redis's clock); keys,
+//! principals and paths are hashed before they enter it. The stored
+//! response is our own versioned binary record; a corrupt one is a store
+//! failure, never a panic.
 
 mod body;
 mod capture;
