@@ -729,3 +729,67 @@ async fn works_under_an_axum_router() {
     }
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+/// A response body made of given frames (data, trailers or errors).
+struct Frames(std::collections::VecDeque<Result<http_body::Frame<Bytes>, std::io::Error>>);
+
+impl http_body::Body for Frames {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.get_mut().0.pop_front())
+    }
+}
+
+#[tokio::test]
+async fn responses_with_trailers_or_failing_bodies_are_not_stored() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let inner = tower::service_fn(move |req: Request<RequestBody<Full<Bytes>>>| {
+        c.fetch_add(1, Ordering::SeqCst);
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-checksum", "abc".parse().unwrap());
+        let frames: Vec<Result<http_body::Frame<Bytes>, std::io::Error>> =
+            match req.headers().get("x-behave").map(|v| v.as_bytes()) {
+                Some(b"trailers") => vec![
+                    Ok(http_body::Frame::data(Bytes::from_static(b"data"))),
+                    Ok(http_body::Frame::trailers(trailers)),
+                ],
+                _ => vec![
+                    Ok(http_body::Frame::data(Bytes::from_static(b"da"))),
+                    Err(std::io::Error::other("reset")),
+                ],
+            };
+        async move { Ok::<_, std::io::Error>(Response::new(Frames(frames.into()))) }
+    });
+    let layer = builder(tower_redis_layers::MemoryStore::new())
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new().layer(layer).service(inner);
+    for _ in 0..2 {
+        let res = svc
+            .clone()
+            .oneshot(behave(post("t"), "trailers"))
+            .await
+            .unwrap();
+        let outcome = res.extensions().get::<IdempotencyOutcome>().copied();
+        assert_eq!(outcome, Some(IdempotencyOutcome::NotStored));
+        let collected = res.into_body().collect().await.unwrap();
+        assert_eq!(collected.trailers().unwrap()["x-checksum"], "abc");
+        assert_eq!(collected.to_bytes(), "data");
+    }
+    for _ in 0..2 {
+        let res = svc
+            .clone()
+            .oneshot(behave(post("e"), "fail"))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(res.headers()["content-type"], "application/problem+json");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 4, "neither was stored");
+}
