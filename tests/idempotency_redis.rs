@@ -306,3 +306,36 @@ async fn a_store_outage_fails_closed_or_passes_through() {
     }
     assert_eq!(last, StatusCode::CREATED);
 }
+
+#[tokio::test]
+async fn a_paused_redis_misses_the_deadline_and_fails_closed() {
+    let server = support::RedisServer::start();
+    let store = RedisStore::builder(server.url())
+        .prefix("paused")
+        .deadline(Duration::from_millis(100))
+        .ping_on_connect(true)
+        .connect()
+        .await
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = ServiceBuilder::new()
+        .layer(layer(store, Conflict::Reject))
+        .service(handler(calls.clone()));
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut admin = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1000)
+        .arg("ALL")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let res = svc.clone().oneshot(post("k")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "bounded by the deadline"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
