@@ -1,6 +1,7 @@
 //! The response body of every layer: the inner service's body, or bytes the
 //! layer produced itself (a rejection, a replay, a cache hit).
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -24,6 +25,8 @@ pin_project! {
     enum Kind<B> {
         Inner { #[pin] body: B },
         Full { data: Option<Bytes> },
+        // Frames a layer read ahead (a capture over its cap), then the rest.
+        Prefixed { frames: VecDeque<Frame<Bytes>>, body: Pin<Box<B>> },
     }
 }
 
@@ -44,6 +47,16 @@ impl<B> ResponseBody<B> {
         }
     }
 
+    /// The frames a layer already read from `body`, then the rest of `body`.
+    pub(crate) fn prefixed(frames: Vec<Frame<Bytes>>, body: Pin<Box<B>>) -> Self {
+        Self {
+            kind: Kind::Prefixed {
+                frames: frames.into(),
+                body,
+            },
+        }
+    }
+
     /// An empty body.
     pub fn empty() -> Self {
         Self::full(Bytes::new())
@@ -57,6 +70,10 @@ impl<B> std::fmt::Debug for ResponseBody<B> {
             Kind::Full { data } => f
                 .debug_struct("ResponseBody::Full")
                 .field("len", &data.as_ref().map_or(0, Bytes::len))
+                .finish(),
+            Kind::Prefixed { frames, .. } => f
+                .debug_struct("ResponseBody::Prefixed")
+                .field("frames", &frames.len())
                 .finish(),
         }
     }
@@ -76,6 +93,10 @@ where
         match self.project().kind.project() {
             KindProj::Inner { body } => body.poll_frame(cx),
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProj::Prefixed { frames, body } => match frames.pop_front() {
+                Some(frame) => Poll::Ready(Some(Ok(frame))),
+                None => body.as_mut().poll_frame(cx),
+            },
         }
     }
 
@@ -83,6 +104,7 @@ where
         match &self.kind {
             Kind::Inner { body } => body.is_end_stream(),
             Kind::Full { data } => data.is_none(),
+            Kind::Prefixed { frames, body } => frames.is_empty() && body.is_end_stream(),
         }
     }
 
@@ -90,6 +112,19 @@ where
         match &self.kind {
             Kind::Inner { body } => body.size_hint(),
             Kind::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, Bytes::len) as u64),
+            Kind::Prefixed { frames, body } => {
+                let read: u64 = frames
+                    .iter()
+                    .filter_map(|f| f.data_ref().map(|d| d.len() as u64))
+                    .sum();
+                let rest = body.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + read);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + read);
+                }
+                hint
+            }
         }
     }
 }
@@ -108,5 +143,11 @@ mod tests {
         assert_eq!(b.collect().await.unwrap().to_bytes(), "xyz");
         let e: ResponseBody<Full<Bytes>> = ResponseBody::empty();
         assert!(e.is_end_stream());
+        let p = ResponseBody::prefixed(
+            vec![Frame::data(Bytes::from_static(b"ab"))],
+            Box::pin(Full::new(Bytes::from_static(b"cd"))),
+        );
+        assert_eq!(p.size_hint().exact(), Some(4));
+        assert_eq!(p.collect().await.unwrap().to_bytes(), "abcd");
     }
 }

@@ -4,6 +4,7 @@
 //! | layer | what it does |
 //! |---|---|
 //! | [`RateLimitLayer`](rate_limit::RateLimitLayer) | one quota per client across the fleet: 429 with `Retry-After` and `RateLimit` fields (gRPC: `RESOURCE_EXHAUSTED`) |
+//! | [`IdempotencyLayer`](idempotency::IdempotencyLayer) | a retried `POST` with the same `Idempotency-Key` runs the handler once, fleet-wide, and the retry gets the original response |
 //!
 //! Each layer wraps any `tower::Service<http::Request<B>>` (axum, tonic,
 //! hyper) and keeps its state in a store: [`MemoryStore`] (in process, the
@@ -45,6 +46,7 @@ mod macros;
 
 mod body;
 mod error;
+pub mod idempotency;
 pub mod key;
 mod problem;
 pub mod rate_limit;

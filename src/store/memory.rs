@@ -33,6 +33,8 @@ pub struct MemoryStore {
 pub(crate) struct MemoryInner {
     clock: Clock,
     pub(crate) rate_limit: Mutex<ExpiringMap<Vec<u8>, crate::rate_limit::MemoryState>>,
+    pub(crate) idempotency:
+        Mutex<ExpiringMap<crate::idempotency::RecordKey, crate::idempotency::MemoryRecord>>,
 }
 
 impl Default for MemoryInner {
@@ -40,6 +42,7 @@ impl Default for MemoryInner {
         Self {
             clock: Clock::new(),
             rate_limit: Mutex::default(),
+            idempotency: Mutex::default(),
         }
     }
 }

@@ -1,0 +1,138 @@
+//! The Redis home of the idempotency records: one Lua script per step.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use redis::{Script, Value};
+
+use super::fingerprint::{RecordKey, Token};
+use super::store::{IdempotencyStore, Reservation, Reserve};
+use crate::error::StoreError;
+use crate::RedisStore;
+
+static RESERVE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/reserve.lua")));
+static COMPLETE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/complete.lua")));
+static RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/release.lua")));
+static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/renew.lua")));
+
+fn millis(d: Duration) -> u64 {
+    (d.as_millis() as u64).max(1)
+}
+
+impl RedisStore {
+    /// `{prefix}:idem:{digest}`: one hash per record (state, fingerprint,
+    /// lease token, response), so the hash tag puts all of it in one slot.
+    pub(crate) fn idempotency_key(&self, key: &RecordKey) -> String {
+        format!("{}:idem:{{{}}}", self.prefix(), key.0)
+    }
+
+    /// Runs `script` on one record with `args`, under the breaker and deadline.
+    fn idem_call(
+        &self,
+        script: &'static Script,
+        key: &RecordKey,
+        args: Vec<Bytes>,
+    ) -> BoxFuture<'static, Result<Value, StoreError>> {
+        let store = self.clone();
+        let redis_key = self.idempotency_key(key);
+        Box::pin(async move {
+            let mut inv = script.key(redis_key);
+            for a in &args {
+                inv.arg(&a[..]);
+            }
+            let mut conn = store.conn();
+            store.call(inv.invoke_async::<Value>(&mut conn)).await
+        })
+    }
+
+    fn idem_flag(
+        &self,
+        script: &'static Script,
+        key: &RecordKey,
+        args: Vec<Bytes>,
+    ) -> BoxFuture<'static, Result<bool, StoreError>> {
+        let call = self.idem_call(script, key, args);
+        Box::pin(async move {
+            match call.await? {
+                Value::Int(n) => Ok(n == 1),
+                other => Err(StoreError::protocol(format!(
+                    "idempotency script returned {other:?}"
+                ))),
+            }
+        })
+    }
+}
+
+fn parse_reserve(value: Value) -> Result<Reservation, StoreError> {
+    let bad = |v: &dyn std::fmt::Debug| {
+        StoreError::protocol(format!("idempotency reserve script returned {v:?}"))
+    };
+    let Value::Array(items) = value else {
+        return Err(bad(&value));
+    };
+    let mut it = items.into_iter();
+    match (it.next(), it.next()) {
+        (Some(Value::Int(0)), None) => Ok(Reservation::Reserved),
+        (Some(Value::Int(1)), Some(Value::Int(pttl))) => Ok(Reservation::InProgress {
+            lease_left: Duration::from_millis(pttl.max(0) as u64),
+        }),
+        (Some(Value::Int(2)), None) => Ok(Reservation::Mismatch),
+        (Some(Value::Int(3)), Some(Value::BulkString(record))) => {
+            Ok(Reservation::Completed(Bytes::from(record)))
+        }
+        (first, second) => Err(bad(&(first, second))),
+    }
+}
+
+impl IdempotencyStore for RedisStore {
+    fn reserve(&self, r: &Reserve) -> BoxFuture<'static, Result<Reservation, StoreError>> {
+        let args = vec![
+            Bytes::copy_from_slice(&r.token.0),
+            Bytes::copy_from_slice(&r.fingerprint.0),
+            millis(r.lease).to_string().into(),
+        ];
+        let call = self.idem_call(&RESERVE, &r.key, args);
+        Box::pin(async move { parse_reserve(call.await?) })
+    }
+
+    fn complete(
+        &self,
+        key: &RecordKey,
+        token: &Token,
+        record: Bytes,
+        ttl: Duration,
+    ) -> BoxFuture<'static, Result<bool, StoreError>> {
+        let args = vec![
+            Bytes::copy_from_slice(&token.0),
+            record,
+            millis(ttl).to_string().into(),
+        ];
+        self.idem_flag(&COMPLETE, key, args)
+    }
+
+    fn release(
+        &self,
+        key: &RecordKey,
+        token: &Token,
+    ) -> BoxFuture<'static, Result<bool, StoreError>> {
+        self.idem_flag(&RELEASE, key, vec![Bytes::copy_from_slice(&token.0)])
+    }
+
+    fn renew(
+        &self,
+        key: &RecordKey,
+        token: &Token,
+        lease: Duration,
+    ) -> BoxFuture<'static, Result<bool, StoreError>> {
+        let args = vec![
+            Bytes::copy_from_slice(&token.0),
+            millis(lease).to_string().into(),
+        ];
+        self.idem_flag(&RENEW, key, args)
+    }
+}

@@ -1,0 +1,341 @@
+//! IdempotencyLayer on Redis alone: several instances, round trips, keys and
+//! TTLs, store failures and corrupt records.
+
+mod support;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tower::{ServiceBuilder, ServiceExt};
+use tower_redis_layers::idempotency::{
+    Conflict, FailurePolicy, IdempotencyLayer, IdempotencyOutcome, RequestBody,
+};
+use tower_redis_layers::key::Header;
+use tower_redis_layers::{RedisStore, ResponseBody};
+
+type Res = Response<ResponseBody<Full<Bytes>>>;
+
+/// A handler that takes 50 ms and numbers its executions.
+fn handler(
+    calls: Arc<AtomicUsize>,
+) -> impl tower::Service<
+    Request<RequestBody<Full<Bytes>>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future: Send,
+> + Clone
+       + Send
+       + Sync {
+    tower::service_fn(move |req: Request<RequestBody<Full<Bytes>>>| {
+        let calls = calls.clone();
+        async move {
+            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let res = Response::builder()
+                .status(StatusCode::CREATED)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(format!(
+                    "{{\"order\":{n},\"len\":{}}}",
+                    body.len()
+                ))))
+                .unwrap();
+            Ok(res)
+        }
+    })
+}
+
+fn post(key: &str) -> Request<Full<Bytes>> {
+    Request::post("/api/orders")
+        .header("content-type", "application/json")
+        .header("x-api-key", "alice")
+        .header("idempotency-key", key)
+        .body(Full::new(Bytes::from_static(b"{\"amount\":10}")))
+        .unwrap()
+}
+
+fn layer(store: RedisStore, conflict: Conflict) -> IdempotencyLayer {
+    IdempotencyLayer::builder(store)
+        .principal(Header::new("x-api-key"))
+        .on_conflict(conflict)
+        .build()
+        .unwrap()
+}
+
+async fn parts(res: Res) -> (StatusCode, http::HeaderMap, Bytes) {
+    let (p, body) = res.into_parts();
+    (
+        p.status,
+        p.headers,
+        body.collect().await.unwrap().to_bytes(),
+    )
+}
+
+/// 3 instances sharing one Redis, 500 concurrent requests with one key:
+/// returns the handler's executions and each answer.
+async fn fleet_run(
+    name: &str,
+    conflict: Conflict,
+) -> (usize, Vec<(StatusCode, http::HeaderMap, Bytes)>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let services: Vec<_> = support::redis_fleet(name, 3)
+        .await
+        .into_iter()
+        .map(|store| {
+            ServiceBuilder::new()
+                .layer(layer(store, conflict))
+                .service(handler(calls.clone()))
+        })
+        .collect();
+    let tasks: Vec<_> = (0..500)
+        .map(|i| {
+            let svc = services[i % 3].clone();
+            tokio::spawn(async move {
+                // Spread over ~100 ms, twice the handler's time: conflicts, then replays.
+                tokio::time::sleep(Duration::from_micros(i as u64 * 200)).await;
+                parts(svc.oneshot(post("order-1")).await.unwrap()).await
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    (calls.load(Ordering::SeqCst), answers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_500_concurrent_requests_run_the_handler_once() {
+    let (calls, answers) = fleet_run("fleet-reject", Conflict::Reject).await;
+    assert_eq!(calls, 1);
+    let firsts: Vec<_> = answers
+        .iter()
+        .filter(|(s, h, _)| *s == StatusCode::CREATED && !h.contains_key("idempotent-replayed"))
+        .collect();
+    assert_eq!(firsts.len(), 1, "exactly one original answer");
+    let original = &firsts[0].2;
+    let (mut replays, mut conflicts) = (0, 0);
+    for (status, headers, body) in &answers {
+        match *status {
+            StatusCode::CREATED if headers.contains_key("idempotent-replayed") => {
+                assert_eq!(headers["idempotent-replayed"], "true");
+                assert_eq!(body, original, "a replay is the original byte for byte");
+                replays += 1;
+            }
+            StatusCode::CREATED => {}
+            StatusCode::CONFLICT => {
+                assert_eq!(headers["retry-after"], "1");
+                conflicts += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(1 + replays + conflicts, 500);
+    eprintln!("1 execution, {replays} replays, {conflicts} conflicts");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_wait_every_other_request_gets_the_replay() {
+    let wait = Conflict::Wait(Duration::from_secs(10));
+    let (calls, answers) = fleet_run("fleet-wait", wait).await;
+    assert_eq!(calls, 1);
+    let original = answers
+        .iter()
+        .find(|(_, h, _)| !h.contains_key("idempotent-replayed"))
+        .map(|(_, _, b)| b.clone())
+        .unwrap();
+    let replays = answers
+        .iter()
+        .filter(|(s, h, b)| {
+            *s == StatusCode::CREATED && h.get("idempotent-replayed").is_some() && *b == original
+        })
+        .count();
+    assert_eq!(replays, 499);
+}
+
+/// A first execution costs two script calls (reserve, complete), a replay
+/// one, a conflict one.
+#[tokio::test]
+async fn a_replay_is_one_round_trip_and_a_first_execution_two() {
+    let server = support::RedisServer::start();
+    let store = RedisStore::builder(server.url())
+        .prefix("rt")
+        .ping_on_connect(true)
+        .connect()
+        .await
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = ServiceBuilder::new()
+        .layer(layer(store, Conflict::Reject))
+        .service(handler(calls.clone()));
+    let url = server.url();
+    let scripts = || support::command_calls(&url, |n| n.starts_with("eval"));
+    // Load the scripts first (EVALSHA, NOSCRIPT, EVAL): not what is measured.
+    for key in ["warm-1", "warm-1"] {
+        svc.clone().oneshot(post(key)).await.unwrap();
+    }
+    let before = scripts().await;
+    let (s, _, _) = parts(svc.clone().oneshot(post("k")).await.unwrap()).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let after_first = scripts().await;
+    assert_eq!(after_first - before, 2, "reserve + complete");
+    let (_, h, _) = parts(svc.clone().oneshot(post("k")).await.unwrap()).await;
+    assert_eq!(h["idempotent-replayed"], "true");
+    assert_eq!(scripts().await - after_first, 1, "the replay is one call");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn record_keys_are_hashed_tagged_and_expire() {
+    let store = support::redis_store("keys").await;
+    let prefix = store.prefix().to_owned();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = ServiceBuilder::new()
+        .layer(layer(store, Conflict::Reject))
+        .service(handler(calls));
+    let secret = "customer-42-secret-key";
+    svc.clone().oneshot(post(secret)).await.unwrap();
+    let client = redis::Client::open(support::redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:idem:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let key = &keys[0];
+    assert!(!key.contains(secret) && !key.contains("alice") && !key.contains("orders"));
+    let tag = key.strip_prefix(&format!("{prefix}:idem:{{")).unwrap();
+    assert_eq!(
+        tag.len(),
+        44,
+        "a 43-character digest and the closing brace: {key}"
+    );
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 23 * 3600 * 1000 && ttl <= 24 * 3600 * 1000, "{ttl}");
+}
+
+#[tokio::test]
+async fn a_corrupt_record_is_a_store_failure_not_a_panic() {
+    let store = support::redis_store("corrupt").await;
+    let prefix = store.prefix().to_owned();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = ServiceBuilder::new()
+        .layer(layer(store, Conflict::Reject))
+        .service(handler(calls.clone()));
+    svc.clone().oneshot(post("k")).await.unwrap();
+    let client = redis::Client::open(support::redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:idem:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for garbage in [&b"TRLI\x01\xff\xff\xff"[..], b"", b"not a record"] {
+        let _: () = redis::cmd("HSET")
+            .arg(&keys[0])
+            .arg("r")
+            .arg(garbage)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let res = svc.clone().oneshot(post("k")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            res.extensions().get::<IdempotencyOutcome>(),
+            Some(&IdempotencyOutcome::StoreUnavailable)
+        );
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "never ran twice");
+}
+
+#[tokio::test]
+async fn a_store_outage_fails_closed_or_passes_through() {
+    let mut server = support::RedisServer::start();
+    let url = server.url();
+    let connect = || {
+        RedisStore::builder(url.clone())
+            .prefix("down")
+            .deadline(Duration::from_millis(200))
+            .connect()
+    };
+    let calls = Arc::new(AtomicUsize::new(0));
+    let closed = ServiceBuilder::new()
+        .layer(layer(connect().await.unwrap(), Conflict::Reject))
+        .service(handler(calls.clone()));
+    let open = ServiceBuilder::new()
+        .layer(
+            IdempotencyLayer::builder(connect().await.unwrap())
+                .on_store_failure(FailurePolicy::PassThrough)
+                .build()
+                .unwrap(),
+        )
+        .service(handler(calls.clone()));
+    server.kill();
+    let res = closed.clone().oneshot(post("k")).await.unwrap();
+    assert_eq!(res.headers()["retry-after"], "1");
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
+    let (s, _, _) = parts(res).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    let res = open.clone().oneshot(post("k")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert_eq!(
+        res.extensions().get::<IdempotencyOutcome>(),
+        Some(&IdempotencyOutcome::StoreBypassed)
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // Back up: the key works as usual (the breaker lets a probe through in time).
+    server.restart();
+    let mut last = StatusCode::SERVICE_UNAVAILABLE;
+    for _ in 0..60 {
+        last = closed.clone().oneshot(post("k2")).await.unwrap().status();
+        if last == StatusCode::CREATED {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn a_paused_redis_misses_the_deadline_and_fails_closed() {
+    let server = support::RedisServer::start();
+    let store = RedisStore::builder(server.url())
+        .prefix("paused")
+        .deadline(Duration::from_millis(100))
+        .ping_on_connect(true)
+        .connect()
+        .await
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = ServiceBuilder::new()
+        .layer(layer(store, Conflict::Reject))
+        .service(handler(calls.clone()));
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut admin = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1000)
+        .arg("ALL")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let res = svc.clone().oneshot(post("k")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "bounded by the deadline"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
