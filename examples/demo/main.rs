@@ -11,12 +11,14 @@
 //!
 //! ```text
 //! for i in $(seq 7); do curl -si localhost:3000/api/limited -H 'x-api-key: me' | head -1; done
+//! curl -si localhost:3000/api/orders -H 'Idempotency-Key: "o-1"' -d 'two apples'  # twice: one order
 //! curl -s localhost:3000/api/stats
 //! ```
 //!
 //! Routes (the contract of shared/DEMO.md):
 //! - `GET /api/limited`: RateLimitLayer, 5 requests per 10 s per `x-api-key`, else per peer IP.
-//! - `POST /api/orders`: creates an order (counter), answers 201 JSON.
+//! - `POST /api/orders`: IdempotencyLayer (`Idempotency-Key` optional, principal
+//!   `x-api-key` else anonymous); creates an order (counter), answers 201 JSON.
 //! - `GET /api/items/{id}`, `PUT /api/items/{id}`: item loads and versions.
 //! - `GET /api/stats`: fleet-wide counters from the shared store.
 
@@ -32,7 +34,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use demo_data::DemoData;
 use serde_json::json;
-use tower_redis_layers::key::{Header, KeyExtractorExt, PeerIp};
+use tower_redis_layers::idempotency::{IdempotencyLayer, IdempotencyStore};
+use tower_redis_layers::key::{Global, Header, KeyExtractorExt, PeerIp};
 use tower_redis_layers::rate_limit::{Policy, RateLimitLayer, RateLimitStore};
 use tower_redis_layers::MemoryStore;
 
@@ -54,19 +57,22 @@ fn env_ms(name: &str, default: u64) -> Duration {
 
 fn router<St>(store: St, app: App) -> Result<Router, Box<dyn std::error::Error + Send + Sync>>
 where
-    St: RateLimitStore + Clone,
+    St: RateLimitStore + IdempotencyStore + Clone,
 {
     let limit =
-        RateLimitLayer::builder(store)
+        RateLimitLayer::builder(store.clone())
             .policy(Policy::gcra(5, Duration::from_secs(10)).named("demo"))
             .key(Header::new("x-api-key").or(PeerIp::from_extension(
                 |c: &ConnectInfo<SocketAddr>| c.0.ip(),
             )))
             .scope("limited")
             .build()?;
+    let idempotent = IdempotencyLayer::builder(store)
+        .principal(Header::new("x-api-key").or(Global))
+        .build()?;
     Ok(Router::new()
         .route("/api/limited", get(|| async { "ok" }).route_layer(limit))
-        .route("/api/orders", post(create_order))
+        .route("/api/orders", post(create_order).route_layer(idempotent))
         .route("/api/items/{id}", get(get_item).put(put_item))
         .route("/api/stats", get(stats))
         .with_state(app))
