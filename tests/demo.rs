@@ -1,0 +1,144 @@
+//! Two demo processes (the example binary that `cargo test` builds) sharing
+//! one Redis: the rate limit, idempotency and stats invariants of
+//! shared/DEMO.md hold across them.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+struct Demo {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn demo_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let bin = dir.join("examples").join("demo");
+    assert!(
+        bin.exists(),
+        "{} is missing: `cargo test` builds the examples; run the tests with cargo test --all-features",
+        bin.display()
+    );
+    bin
+}
+
+fn start(redis_url: &str, prefix: &str, envs: &[(&str, &str)]) -> Demo {
+    let mut child = Command::new(demo_binary())
+        .env("LISTEN", "127.0.0.1:0")
+        .env("REDIS_URL", redis_url)
+        .env("KEY_PREFIX", prefix)
+        .envs(envs.iter().copied())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the demo");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("the demo printed {line:?}"))
+        .to_owned();
+    Demo { child, addr }
+}
+
+async fn call(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, http::HeaderMap, String) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut b = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "demo");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let res = if body.is_empty() {
+        tx.send_request(b.body(Full::new(Bytes::new())).unwrap())
+            .await
+    } else {
+        tx.send_request(b.body(Full::new(Bytes::from(body.to_owned()))).unwrap())
+            .await
+    }
+    .unwrap();
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_demo_instances_share_limits_orders_and_stats() {
+    let url = support::redis_url();
+    let prefix = support::unique_prefix("demo");
+    let a = start(&url, &prefix, &[("ORDER_DELAY_MS", "300")]);
+    let b = start(&url, &prefix, &[("ORDER_DELAY_MS", "300")]);
+
+    // Rate limit: 5 per 10 s per API key across both instances.
+    let mut ok = 0;
+    for i in 0..10 {
+        let addr = if i % 2 == 0 { &a.addr } else { &b.addr };
+        let (status, headers, body) =
+            call(addr, "GET", "/api/limited", &[("x-api-key", "fleet")], "").await;
+        match status {
+            200 => ok += 1,
+            429 => {
+                assert!(headers.contains_key("retry-after"));
+                assert!(headers.contains_key("ratelimit-policy"));
+                assert!(headers.contains_key("ratelimit"));
+                assert!(body.contains("quota-exceeded"), "{body}");
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(ok, 5, "one quota for the fleet");
+
+    // Idempotency: the same key through both instances, concurrently: one order.
+    let key = [("idempotency-key", "\"order-1\""), ("x-api-key", "alice")];
+    let (first, second) = tokio::join!(
+        call(&a.addr, "POST", "/api/orders", &key, "two apples"),
+        async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            call(&b.addr, "POST", "/api/orders", &key, "two apples").await
+        }
+    );
+    assert_eq!(first.0, 201);
+    assert_eq!(second.0, 409, "in progress on the other instance");
+    let (replay_status, replay_headers, replay_body) =
+        call(&b.addr, "POST", "/api/orders", &key, "two apples").await;
+    assert_eq!(replay_status, 201);
+    assert_eq!(replay_headers["idempotent-replayed"], "true");
+    assert_eq!(replay_body, first.2);
+    let order: serde_json::Value = serde_json::from_str(&first.2).unwrap();
+    assert_eq!(order["echo"], "two apples");
+
+    // Stats are fleet-wide: one order, whichever instance answers.
+    for addr in [&a.addr, &b.addr] {
+        let (_, _, stats) = call(addr, "GET", "/api/stats", &[], "").await;
+        let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+        assert_eq!(stats["orders"], 1, "{stats}");
+    }
+}
