@@ -45,6 +45,35 @@ fn limited(store: impl RateLimitStore, limit: u64, scope: &str) -> Router {
     Router::new().route("/", get(handler)).layer(layer)
 }
 
+/// tower_governor's key: the same `x-api-key` header our layer keys on.
+#[derive(Clone)]
+struct ApiKey;
+
+impl tower_governor::key_extractor::KeyExtractor for ApiKey {
+    type Key = String;
+
+    fn extract<T>(&self, req: &http::Request<T>) -> Result<String, tower_governor::GovernorError> {
+        req.headers()
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .ok_or(tower_governor::GovernorError::UnableToExtractKey)
+    }
+}
+
+/// tower_governor (governor's GCRA, in process): the in-memory peer.
+fn governor() -> Router {
+    let config = tower_governor::governor::GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(u32::MAX)
+        .key_extractor(ApiKey)
+        .finish()
+        .unwrap();
+    Router::new()
+        .route("/", get(handler))
+        .layer(tower_governor::GovernorLayer::new(config))
+}
+
 pub async fn all(redis_url: &str) -> Vec<Scenario> {
     let redis = RedisStore::builder(redis_url)
         .prefix("bench")
@@ -57,6 +86,11 @@ pub async fn all(redis_url: &str) -> Vec<Scenario> {
         Scenario {
             name: "bare",
             router: Router::new().route("/", get(handler)),
+            spec: get_spec(),
+        },
+        Scenario {
+            name: "tower_governor (peer), allowed",
+            router: governor(),
             spec: get_spec(),
         },
         Scenario {
