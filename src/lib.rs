@@ -4,6 +4,7 @@
 //! | layer | what it does |
 //! |---|---|
 //! | [`RateLimitLayer`](rate_limit::RateLimitLayer) | one quota per client across the fleet: 429 with `Retry-After` and `RateLimit` fields (gRPC: `RESOURCE_EXHAUSTED`) |
+//! | [`ResponseCacheLayer`](cache::ResponseCacheLayer) | cache-aside for GET responses with RFC 9111 semantics: one origin call per key across the fleet, invalidation on writes, `get_or_load` for application values |
 //!
 //! Each layer wraps any `tower::Service<http::Request<B>>` (axum, tonic,
 //! hyper) and keeps its state in a store: [`MemoryStore`] (in process, the
@@ -42,6 +43,7 @@
 mod macros;
 
 mod body;
+pub mod cache;
 mod error;
 pub mod key;
 mod problem;

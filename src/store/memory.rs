@@ -33,6 +33,7 @@ pub struct MemoryStore {
 pub(crate) struct MemoryInner {
     clock: Clock,
     pub(crate) rate_limit: Mutex<ExpiringMap<Vec<u8>, crate::rate_limit::MemoryState>>,
+    pub(crate) cache: Mutex<crate::cache::MemoryState>,
 }
 
 impl Default for MemoryInner {
@@ -40,6 +41,7 @@ impl Default for MemoryInner {
         Self {
             clock: Clock::new(),
             rate_limit: Mutex::default(),
+            cache: Mutex::default(),
         }
     }
 }

@@ -1,0 +1,133 @@
+//! The cache's Redis home: one script per decision, keys
+//! `{prefix}:cache:{<url digest>}:i|e:<variant>|l:<variant>` — the hash tag
+//! keeps a URL's index, entries and locks in one cluster slot.
+
+use std::sync::{Arc, LazyLock};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use redis::{Script, Value};
+
+use super::key::Slot;
+use super::store::{CacheStore, Found, LockState, Lookup, Write};
+use crate::error::StoreError;
+use crate::RedisStore;
+
+static LOOKUP: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/lookup.lua")));
+static STORE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/store.lua")));
+static RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/release.lua")));
+static PURGE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/purge.lua")));
+
+impl RedisStore {
+    fn cache_base(&self, url: &str) -> String {
+        format!("{}:cache:{{{}}}:", self.prefix(), url)
+    }
+}
+
+fn keys(base: &str, s: &Slot) -> [String; 3] {
+    [
+        format!("{base}i"),
+        format!("{base}e:{}", s.variant),
+        format!("{base}l:{}", s.variant),
+    ]
+}
+
+fn bytes_of(v: Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.into_bytes()),
+        _ => None,
+    }
+}
+
+fn parse_found(v: Value) -> Result<Found, StoreError> {
+    let Value::Array(items) = v else {
+        return Err(StoreError::protocol("cache lookup: not an array"));
+    };
+    let mut it = items.into_iter();
+    let (Some(Value::Int(now)), Some(spec), Some(entry), Some(Value::Int(lock))) =
+        (it.next(), it.next(), it.next(), it.next())
+    else {
+        return Err(StoreError::protocol("cache lookup: unexpected reply"));
+    };
+    let spec = bytes_of(spec).ok_or_else(|| StoreError::protocol("cache lookup: spec"))?;
+    let spec: Arc<str> = String::from_utf8_lossy(&spec).into();
+    Ok(Found {
+        now_ms: now.max(0) as u64,
+        spec,
+        entry: bytes_of(entry).map(Bytes::from),
+        lock: match lock {
+            1 => LockState::Acquired,
+            2 => LockState::Held,
+            _ => LockState::NotTried,
+        },
+    })
+}
+
+impl CacheStore for RedisStore {
+    fn lookup(&self, q: &Lookup) -> BoxFuture<'static, Result<Found, StoreError>> {
+        let base = self.cache_base(&q.slot.url);
+        let [index, entry, lock] = keys(&base, &q.slot);
+        let mut inv = LOOKUP.prepare_invoke();
+        inv.key(index).key(entry).key(lock);
+        inv.arg(&*q.slot.spec).arg(&*q.slot.variant);
+        match q.lock {
+            Some((token, ttl)) => inv.arg(token.to_string()).arg(ttl),
+            None => inv.arg("").arg(0),
+        };
+        inv.arg(if q.force { "1" } else { "0" });
+        let store = self.clone();
+        Box::pin(async move {
+            let mut conn = store.conn();
+            let v = store.call(inv.invoke_async::<Value>(&mut conn)).await?;
+            parse_found(v)
+        })
+    }
+
+    fn write(&self, w: Write) -> BoxFuture<'static, Result<(), StoreError>> {
+        let base = self.cache_base(&w.slot.url);
+        let [index, entry, lock] = keys(&base, &w.slot);
+        let mut inv = STORE.prepare_invoke();
+        inv.key(index).key(entry).key(lock);
+        inv.arg(&*w.slot.spec)
+            .arg(&*w.slot.variant)
+            .arg(&w.entry[..])
+            .arg(w.fresh_until_ms)
+            .arg(w.keep_ms.max(1))
+            .arg(w.token.map(|t| t.to_string()).unwrap_or_default())
+            .arg(w.max_variants)
+            .arg(base);
+        let store = self.clone();
+        Box::pin(async move {
+            let mut conn = store.conn();
+            store.call(inv.invoke_async::<Value>(&mut conn)).await?;
+            Ok(())
+        })
+    }
+
+    fn release(&self, slot: &Slot, token: u64) -> BoxFuture<'static, Result<(), StoreError>> {
+        let base = self.cache_base(&slot.url);
+        let [_, _, lock] = keys(&base, slot);
+        let mut inv = RELEASE.prepare_invoke();
+        inv.key(lock).arg(token.to_string());
+        let store = self.clone();
+        Box::pin(async move {
+            let mut conn = store.conn();
+            store.call(inv.invoke_async::<Value>(&mut conn)).await?;
+            Ok(())
+        })
+    }
+
+    fn purge(&self, url: &str) -> BoxFuture<'static, Result<u64, StoreError>> {
+        let base = self.cache_base(url);
+        let mut inv = PURGE.prepare_invoke();
+        inv.key(format!("{base}i")).arg(base);
+        let store = self.clone();
+        Box::pin(async move {
+            let mut conn = store.conn();
+            let n = store.call(inv.invoke_async::<i64>(&mut conn)).await?;
+            Ok(n.max(0) as u64)
+        })
+    }
+}
