@@ -237,7 +237,11 @@ mod tests {
         h.insert("content-type", HeaderValue::from_static("text/plain"));
         h.append("x-multi", HeaderValue::from_static("a"));
         h.append("x-multi", HeaderValue::from_static("b"));
-        (meta, h, vec![Bytes::from_static(b"hello "), Bytes::from_static(b"world")])
+        (
+            meta,
+            h,
+            vec![Bytes::from_static(b"hello "), Bytes::from_static(b"world")],
+        )
     }
 
     #[test]

@@ -115,8 +115,15 @@ pub(crate) fn on_origin<B: Body>(
             return r;
         }
     }
-    let fwd = if leader.stale.is_some() { "stale" } else { "miss" };
-    let detail = leader.detail.map(|d| format!("; detail={d}")).unwrap_or_default();
+    let fwd = if leader.stale.is_some() {
+        "stale"
+    } else {
+        "miss"
+    };
+    let detail = leader
+        .detail
+        .map(|d| format!("; detail={d}"))
+        .unwrap_or_default();
     let spec = shared.key.spec_for(res.headers());
     let v = match &spec {
         None => Verdict::Pass("vary-star"),
@@ -194,8 +201,15 @@ fn refreshed<B>(
         Verdict::Pass(_) => Entry { headers, ..stale },
     };
     leader.finish(Outcome::Pass);
-    serve(&shared.name, &entry, now, false, &ctx.cond, "fwd=stale; fwd-status=304")
-        .map(ResponseBody::full)
+    serve(
+        &shared.name,
+        &entry,
+        now,
+        false,
+        &ctx.cond,
+        "fwd=stale; fwd-status=304",
+    )
+    .map(ResponseBody::full)
 }
 
 /// Stores an application value (`get_or_load`) for `ttl`.

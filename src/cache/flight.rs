@@ -107,13 +107,21 @@ mod tests {
     #[tokio::test]
     async fn followers_see_the_leaders_outcome_and_a_dropped_leader_abandons() {
         let f = Arc::new(Flights::default());
-        let Joined::Leader(g) = f.join(&slot()) else { panic!("first is leader") };
-        let Joined::Follower(mut rx) = f.join(&slot()) else { panic!("second follows") };
+        let Joined::Leader(g) = f.join(&slot()) else {
+            panic!("first is leader")
+        };
+        let Joined::Follower(mut rx) = f.join(&slot()) else {
+            panic!("second follows")
+        };
         g.finish(Outcome::Done(Bytes::from_static(b"x")));
         rx.changed().await.unwrap();
         assert!(matches!(&*rx.borrow(), Outcome::Done(b) if b == "x"));
-        let Joined::Leader(g) = f.join(&slot()) else { panic!("a new flight") };
-        let Joined::Follower(mut rx) = f.join(&slot()) else { panic!() };
+        let Joined::Leader(g) = f.join(&slot()) else {
+            panic!("a new flight")
+        };
+        let Joined::Follower(mut rx) = f.join(&slot()) else {
+            panic!()
+        };
         drop(g);
         rx.changed().await.unwrap();
         assert!(matches!(&*rx.borrow(), Outcome::Abandoned));

@@ -67,7 +67,7 @@ pub(crate) struct Pending<S, B> {
 
 /// What to do with the inner service's response.
 pub(crate) enum After {
-    Fill(Leader, FillCtx),
+    Fill(Box<(Leader, FillCtx)>),
     /// Pass it through with this `Cache-Status` (if any).
     Pass(Option<HeaderValue>),
     Invalidate(Arc<Shared>, Targets),
@@ -151,7 +151,7 @@ where
             }
             State::Calling {
                 fut: inner.call(req),
-                after: Some(After::Fill(leader, ctx)),
+                after: Some(After::Fill(Box::new((leader, ctx)))),
             }
         }
         Resolution::Pass(detail) => {
@@ -177,20 +177,24 @@ where
             let next = match this.state.as_mut().project() {
                 StateProj::Resolving { fut, pending } => {
                     let r = ready!(fut.as_mut().poll(cx));
-                    let p = pending.take().expect("ResponseFuture polled after completion");
+                    let p = pending
+                        .take()
+                        .expect("ResponseFuture polled after completion");
                     resolved(p, r)
                 }
                 StateProj::Calling { fut, after } => {
                     let result = ready!(fut.poll(cx));
-                    let after = after.take().expect("ResponseFuture polled after completion");
+                    let after = after
+                        .take()
+                        .expect("ResponseFuture polled after completion");
                     match (after, result) {
-                        (After::Fill(leader, ctx), Ok(res)) => {
-                            return Poll::Ready(Ok(on_origin(leader, res, &ctx)))
+                        (After::Fill(fill), Ok(res)) => {
+                            let (leader, ctx) = *fill;
+                            return Poll::Ready(Ok(on_origin(leader, res, &ctx)));
                         }
-                        (After::Fill(leader, ctx), Err(e)) => {
-                            return Poll::Ready(
-                                serve_stale_on_error(&leader, &ctx, 500).ok_or(e),
-                            )
+                        (After::Fill(fill), Err(e)) => {
+                            let (leader, ctx) = &*fill;
+                            return Poll::Ready(serve_stale_on_error(leader, ctx, 500).ok_or(e));
                         }
                         (_, Err(e)) => return Poll::Ready(Err(e)),
                         (After::Pass(status), Ok(res)) => {

@@ -37,7 +37,12 @@ impl CacheHandle {
     /// layer's `max_wait`) and get its value. If the store fails, `loader`
     /// runs and a warning is logged. A loader error is returned to its
     /// caller and nothing is stored; waiting callers then load themselves.
-    pub async fn get_or_load<F, Fut, E>(&self, key: &str, ttl: Duration, loader: F) -> Result<Bytes, E>
+    pub async fn get_or_load<F, Fut, E>(
+        &self,
+        key: &str,
+        ttl: Duration,
+        loader: F,
+    ) -> Result<Bytes, E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Bytes, E>>,

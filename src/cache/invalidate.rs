@@ -44,7 +44,11 @@ impl Targets {
             return None;
         }
         let mut h = HeaderMap::new();
-        if let Some(host) = self.host.as_deref().and_then(|h| HeaderValue::try_from(h).ok()) {
+        if let Some(host) = self
+            .host
+            .as_deref()
+            .and_then(|h| HeaderValue::try_from(h).ok())
+        {
             h.insert(HOST, host);
         }
         Some(shared.key.url(&uri, &h))

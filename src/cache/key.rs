@@ -197,7 +197,10 @@ mod tests {
         let uri: Uri = "/p".parse().unwrap();
         let r = rules();
         assert_eq!(r.url(&uri, &h1), r.url(&uri, &h2));
-        let r = KeyRules { host: true, ..rules() };
+        let r = KeyRules {
+            host: true,
+            ..rules()
+        };
         assert_ne!(r.url(&uri, &h1), r.url(&uri, &h2));
     }
 

@@ -278,7 +278,10 @@ impl ResponseCacheLayerBuilder {
             return Err(ConfigError::new("lock_ttl must be at least 1 ms"));
         }
         if self.name.is_empty()
-            || !self.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-:/".contains(&b))
+            || !self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-:/".contains(&b))
             || !self.name.as_bytes()[0].is_ascii_alphabetic()
         {
             return Err(ConfigError::new(format!(

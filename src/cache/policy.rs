@@ -273,11 +273,20 @@ mod tests {
     fn parses_directives() {
         let cc = CacheControl::parse(&h(&[
             ("cache-control", "public, max-age=60, private=\"a, b\""),
-            ("cache-control", "S-MAXAGE=5, stale-while-revalidate=30, max-age=90"),
+            (
+                "cache-control",
+                "S-MAXAGE=5, stale-while-revalidate=30, max-age=90",
+            ),
         ]));
         assert!(cc.public && cc.private);
-        assert_eq!((cc.max_age, cc.s_maxage, cc.swr), (Some(60), Some(5), Some(30)));
-        assert_eq!(CacheControl::parse(&h(&[("cache-control", "max-age=x")])).max_age, Some(0));
+        assert_eq!(
+            (cc.max_age, cc.s_maxage, cc.swr),
+            (Some(60), Some(5), Some(30))
+        );
+        assert_eq!(
+            CacheControl::parse(&h(&[("cache-control", "max-age=x")])).max_age,
+            Some(0)
+        );
     }
 
     #[test]
@@ -285,7 +294,10 @@ mod tests {
         let r = rules();
         let ok = StatusCode::OK;
         let v = |hs| verdict(&r, false, ok, &h(hs));
-        assert_eq!(fresh(v(&[("cache-control", "max-age=10, s-maxage=20")])), 20_000);
+        assert_eq!(
+            fresh(v(&[("cache-control", "max-age=10, s-maxage=20")])),
+            20_000
+        );
         assert_eq!(fresh(v(&[("cache-control", "max-age=10")])), 10_000);
         assert_eq!(
             fresh(v(&[
@@ -295,31 +307,77 @@ mod tests {
             45_000
         );
         assert_eq!(fresh(v(&[])), 30_000, "the default TTL");
-        assert_eq!(fresh(v(&[("cache-control", "max-age=10"), ("age", "4")])), 6_000);
+        assert_eq!(
+            fresh(v(&[("cache-control", "max-age=10"), ("age", "4")])),
+            6_000
+        );
         assert_eq!(v(&[("expires", "0")]), Verdict::Pass("stale"));
-        let pure = Rules { default_ttl: None, ..rules() };
-        assert_eq!(verdict(&pure, false, ok, &h(&[])), Verdict::Pass("no-freshness"));
+        let pure = Rules {
+            default_ttl: None,
+            ..rules()
+        };
+        assert_eq!(
+            verdict(&pure, false, ok, &h(&[])),
+            Verdict::Pass("no-freshness")
+        );
     }
 
     #[test]
     fn what_is_never_stored_by_default() {
         let r = rules();
         let ok = StatusCode::OK;
-        assert_eq!(verdict(&r, false, ok, &h(&[("cache-control", "no-store")])), Verdict::Pass("no-store"));
-        assert_eq!(verdict(&r, false, ok, &h(&[("cache-control", "private")])), Verdict::Pass("private"));
-        assert_eq!(verdict(&r, false, ok, &h(&[("set-cookie", "a=b")])), Verdict::Pass("set-cookie"));
-        assert_eq!(verdict(&r, true, ok, &h(&[])), Verdict::Pass("authorization"));
-        assert!(matches!(verdict(&r, true, ok, &h(&[("cache-control", "public")])), Verdict::Store(_)));
-        assert_eq!(verdict(&r, false, StatusCode::NOT_FOUND, &h(&[])), Verdict::Pass("negative"));
-        assert_eq!(verdict(&r, false, StatusCode::FOUND, &h(&[])), Verdict::Pass("status"));
-        let neg = Rules { negative_ttl: Some(Duration::from_secs(5)), ..rules() };
-        assert_eq!(fresh(verdict(&neg, false, StatusCode::NOT_FOUND, &h(&[("cache-control", "max-age=60")]))), 5_000);
+        assert_eq!(
+            verdict(&r, false, ok, &h(&[("cache-control", "no-store")])),
+            Verdict::Pass("no-store")
+        );
+        assert_eq!(
+            verdict(&r, false, ok, &h(&[("cache-control", "private")])),
+            Verdict::Pass("private")
+        );
+        assert_eq!(
+            verdict(&r, false, ok, &h(&[("set-cookie", "a=b")])),
+            Verdict::Pass("set-cookie")
+        );
+        assert_eq!(
+            verdict(&r, true, ok, &h(&[])),
+            Verdict::Pass("authorization")
+        );
+        assert!(matches!(
+            verdict(&r, true, ok, &h(&[("cache-control", "public")])),
+            Verdict::Store(_)
+        ));
+        assert_eq!(
+            verdict(&r, false, StatusCode::NOT_FOUND, &h(&[])),
+            Verdict::Pass("negative")
+        );
+        assert_eq!(
+            verdict(&r, false, StatusCode::FOUND, &h(&[])),
+            Verdict::Pass("status")
+        );
+        let neg = Rules {
+            negative_ttl: Some(Duration::from_secs(5)),
+            ..rules()
+        };
+        assert_eq!(
+            fresh(verdict(
+                &neg,
+                false,
+                StatusCode::NOT_FOUND,
+                &h(&[("cache-control", "max-age=60")])
+            )),
+            5_000
+        );
     }
 
     #[test]
     fn validators_keep_stale_entries_for_revalidation() {
         let r = rules();
-        match verdict(&r, false, StatusCode::OK, &h(&[("cache-control", "no-cache"), ("etag", "\"v1\"")])) {
+        match verdict(
+            &r,
+            false,
+            StatusCode::OK,
+            &h(&[("cache-control", "no-cache"), ("etag", "\"v1\"")]),
+        ) {
             Verdict::Store(l) => {
                 assert_eq!(l.fresh_ms, 0);
                 assert!(l.must_revalidate);

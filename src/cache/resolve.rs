@@ -246,15 +246,19 @@ async fn lead(
         match (entry, found.lock) {
             (Some(e), LockState::NotTried) => {
                 let forced = !waited
-                    && ask
-                        .force_older_than
-                        .is_some_and(|min| now.saturating_sub(e.meta.stored_ms) >= min.as_millis() as u64);
+                    && ask.force_older_than.is_some_and(|min| {
+                        now.saturating_sub(e.meta.stored_ms) >= min.as_millis() as u64
+                    });
                 if forced && !force {
                     force = true;
                     continue;
                 }
                 guard.finish(Outcome::Done(raw.unwrap_or_default()));
-                let kind = if waited { HitKind::Collapsed } else { HitKind::Fresh };
+                let kind = if waited {
+                    HitKind::Collapsed
+                } else {
+                    HitKind::Fresh
+                };
                 return Some(Resolution::Hit(e, kind));
             }
             // Undecodable under a fresh index: take the lock to repair it.
@@ -271,7 +275,11 @@ async fn lead(
             (None, LockState::Acquired) => return Some(leader(None, guard)),
             (Some(e), LockState::Held) if swr_ok(&e, now) || (waited && fresh(&e, now)) => {
                 guard.finish(Outcome::Done(raw.unwrap_or_default()));
-                let kind = if fresh(&e, now) { HitKind::Collapsed } else { HitKind::Stale };
+                let kind = if fresh(&e, now) {
+                    HitKind::Collapsed
+                } else {
+                    HitKind::Stale
+                };
                 return Some(Resolution::Hit(e, kind));
             }
             (_, LockState::Held) => {

@@ -82,7 +82,15 @@ pub(crate) fn serve(
         let mut res = Response::new(Bytes::new());
         *res.status_mut() = StatusCode::NOT_MODIFIED;
         let h = res.headers_mut();
-        for name in [CACHE_CONTROL, CONTENT_LOCATION, DATE, ETAG, EXPIRES, VARY, LAST_MODIFIED] {
+        for name in [
+            CACHE_CONTROL,
+            CONTENT_LOCATION,
+            DATE,
+            ETAG,
+            EXPIRES,
+            VARY,
+            LAST_MODIFIED,
+        ] {
             for v in e.headers.get_all(&name) {
                 h.append(name.clone(), v.clone());
             }
@@ -103,8 +111,13 @@ pub(crate) fn serve(
 fn hop_by_hop(h: &HeaderMap) -> Vec<HeaderName> {
     let mut names = vec![CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, AGE];
     names.extend(
-        ["keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization"]
-            .map(HeaderName::from_static),
+        [
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authenticate",
+            "proxy-authorization",
+        ]
+        .map(HeaderName::from_static),
     );
     for v in h.get_all(CONNECTION) {
         if let Ok(v) = v.to_str() {
@@ -148,7 +161,10 @@ mod tests {
     fn stored() -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(ETAG, HeaderValue::from_static("W/\"v1\""));
-        h.insert(LAST_MODIFIED, HeaderValue::from_static("Thu, 01 Jan 2026 00:00:00 GMT"));
+        h.insert(
+            LAST_MODIFIED,
+            HeaderValue::from_static("Thu, 01 Jan 2026 00:00:00 GMT"),
+        );
         h
     }
 

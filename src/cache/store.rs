@@ -218,7 +218,11 @@ impl MemoryStore {
         };
         idx.variants
             .keys()
-            .filter(|v| st.entries.remove(&(url.clone(), (*v).clone()), now_us).is_some())
+            .filter(|v| {
+                st.entries
+                    .remove(&(url.clone(), (*v).clone()), now_us)
+                    .is_some()
+            })
             .count() as u64
     }
 }
