@@ -514,6 +514,105 @@ conformance! {
         let err = handle.get_or_load("item:2", Duration::from_secs(30), || async { Err::<Bytes, _>("db down") }).await;
         assert_eq!(err, Err("db down"));
     }
+
+    async fn request_directives_are_ignored_by_default_and_honoured_with_a_floor(store) {
+        use tower_redis_layers::cache::RequestDirectives;
+        let origin = versioned(MAX60);
+        let svc = cached(builder(store.clone()).build().unwrap(), &origin);
+        send(&svc, get("/d")).await;
+        for cc in ["no-cache", "max-age=0", "no-store"] {
+            let got = send(&svc, with(Method::GET, "/d", &[("cache-control", cc)])).await;
+            assert_eq!(got.body, "v1", "{cc} cannot force origin load by default");
+        }
+        let origin = versioned(MAX60);
+        let honor = RequestDirectives::Honor { min_age: Duration::from_secs(1) };
+        let svc = cached(builder(store).scope("honor").request_directives(honor).build().unwrap(), &origin);
+        send(&svc, get("/d")).await;
+        let young = send(&svc, with(Method::GET, "/d", &[("cache-control", "no-cache")])).await;
+        assert_eq!(young.body, "v1", "younger than the floor: served from the cache");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let forced = send(&svc, with(Method::GET, "/d", &[("cache-control", "max-age=0")])).await;
+        assert_eq!(forced.body, "v2", "old enough: refetched");
+        assert_eq!(send(&svc, get("/d")).await.body, "v2", "and the refetch was stored");
+        let no_store = send(&svc, with(Method::GET, "/q", &[("cache-control", "no-store")])).await;
+        assert_eq!(no_store.body, "v3");
+        assert_eq!(send(&svc, get("/q")).await.body, "v4", "a no-store request fills nothing");
+    }
+
+    async fn content_location_on_the_same_origin_is_invalidated_and_others_are_not(store) {
+        let origin = Origin::new(|req, n| {
+            if req.method() == Method::PATCH {
+                return res(&[("content-location", "/a"), ("location", "https://elsewhere.example/b")], "");
+            }
+            res(&[("cache-control", "max-age=60")], &format!("{}-{n}", req.uri().path()))
+        });
+        let svc = cached(builder(store).build().unwrap(), &origin);
+        send(&svc, get("/a")).await;
+        send(&svc, get("/b")).await;
+        send(&svc, with(Method::PATCH, "/c", &[("host", "api.example")])).await;
+        assert_eq!(send(&svc, get("/a")).await.body, "/a-4");
+        assert_eq!(send(&svc, get("/b")).await.body, "/b-2", "another origin's Location is ignored");
+    }
+}
+
+#[tokio::test]
+async fn a_waiter_on_another_instance_goes_to_the_origin_after_the_bounded_wait() {
+    let fleet = support::redis_fleet("bounded", 2).await;
+    let mut slow = versioned(MAX60);
+    slow.delay = Duration::from_millis(1500);
+    let fast = Origin::new(|_, _| res(&[("cache-control", "max-age=60")], "fast"));
+    let a = cached(builder(fleet[0].clone()).build().unwrap(), &slow);
+    let b = cached(
+        builder(fleet[1].clone())
+            .max_wait(Duration::from_millis(200))
+            .build()
+            .unwrap(),
+        &fast,
+    );
+    let first = tokio::spawn(async move { send(&a, get("/slow")).await.body });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = std::time::Instant::now();
+    let got = send(&b, get("/slow")).await;
+    assert_eq!(got.body, "fast");
+    assert!(
+        got.cache_status().contains("detail=wait-timeout"),
+        "{}",
+        got.cache_status()
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1200),
+        "did not wait for the slow fill"
+    );
+    assert_eq!(first.await.unwrap(), "v1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_or_load_runs_one_loader_across_instances() {
+    let fleet = support::redis_fleet("app-fleet", 3).await;
+    let loads = Arc::new(AtomicUsize::new(0));
+    let handles: Vec<_> = fleet
+        .into_iter()
+        .map(|s| builder(s).build().unwrap().handle())
+        .collect();
+    let tasks: Vec<_> = (0..90)
+        .map(|i| {
+            let h = handles[i % 3].clone();
+            let loads = loads.clone();
+            tokio::spawn(async move {
+                h.get_or_load("user:7", Duration::from_secs(30), || async move {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Ok::<_, Infallible>(Bytes::from_static(b"row"))
+                })
+                .await
+                .unwrap()
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), "row");
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

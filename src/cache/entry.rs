@@ -19,7 +19,8 @@ const MAGIC: &[u8; 4] = b"TRLC";
 const VERSION: u8 = 1;
 const FLAG_MUST_REVALIDATE: u8 = 1;
 const FIXED: usize = 4 + 1 + 1 + 2 + 8 * 3 + 4 * 3 + 2;
-const MAX_HEADERS: usize = 512;
+/// Most header fields an entry holds; a response with more is not stored.
+pub(crate) const MAX_HEADERS: usize = 512;
 
 /// What the cache knows about a stored response besides its bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -127,6 +127,9 @@ pub(crate) fn on_origin<B: Body>(
     let spec = shared.key.spec_for(res.headers());
     let v = match &spec {
         None => Verdict::Pass("vary-star"),
+        Some(_) if res.headers().len() > super::entry::MAX_HEADERS => {
+            Verdict::Pass("too-many-fields")
+        }
         Some(_) => verdict(&shared.rules, ctx.authorized, status, res.headers()),
     };
     let (Verdict::Store(l), Some(spec)) = (v, spec) else {

@@ -271,6 +271,9 @@ impl ResponseCacheLayerBuilder {
         if !(0.0..1.0).contains(&self.rules.jitter) {
             return Err(ConfigError::new("jitter must be a fraction in [0, 1)"));
         }
+        if self.max_body > u32::MAX as usize {
+            return Err(ConfigError::new("max_body_size must be at most 4 GiB"));
+        }
         if self.max_variants == 0 {
             return Err(ConfigError::new("max_variants must be at least 1"));
         }

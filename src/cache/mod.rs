@@ -136,6 +136,7 @@
 //! lookup), so `Age` and freshness agree across instances.
 
 mod body;
+mod cache_control;
 mod entry;
 mod fill;
 mod flight;
@@ -165,8 +166,16 @@ pub(crate) use store::MemoryState;
 /// Entry points for fuzzing; not part of the API.
 #[doc(hidden)]
 pub mod __fuzz {
-    /// Decodes `data` as a stored entry; must never panic.
+    /// Decodes `data` as a stored entry, then as the content of an entry
+    /// with a valid checksum (so the field parsing is reached); must never
+    /// panic. Returns whether either decoded.
     pub fn entry_decode(data: &[u8]) -> bool {
-        super::entry::decode(bytes::Bytes::copy_from_slice(data)).is_ok()
+        use super::entry::{decode, fnv1a};
+        let raw = decode(bytes::Bytes::copy_from_slice(data)).is_ok();
+        let mut sealed = b"TRLC\x01".to_vec();
+        sealed.extend_from_slice(data);
+        let sum = fnv1a(&[&sealed]);
+        sealed.extend_from_slice(&sum.to_be_bytes());
+        raw | decode(bytes::Bytes::from(sealed)).is_ok()
     }
 }
