@@ -833,3 +833,71 @@ fn futures_services_and_bodies_are_send() {
     let fut = svc.call(get("/s"));
     assert_send(&fut);
 }
+
+#[tokio::test]
+async fn the_l1_tier_serves_hot_hits_without_a_round_trip_and_stays_coherent() {
+    let server = support::RedisServer::start();
+    let mut fleet = Vec::new();
+    for _ in 0..2 {
+        let store = tower_redis_layers::RedisStore::builder(server.url())
+            .prefix("l1")
+            .connect()
+            .await
+            .unwrap();
+        fleet.push(store);
+    }
+    let origin = Origin::new(|req, n| {
+        if req.method() == Method::PUT {
+            return res(&[], "");
+        }
+        res(&[("cache-control", "max-age=60")], &format!("v{n}"))
+    });
+    let mk = |s| {
+        cached(
+            builder(s).l1(100, Duration::from_secs(30)).build().unwrap(),
+            &origin,
+        )
+    };
+    let (a, b) = (mk(fleet[0].clone()), mk(fleet[1].clone()));
+    tokio::time::sleep(Duration::from_millis(200)).await; // subscriptions up
+    assert_eq!(send(&a, get("/hot")).await.body, "v1");
+    assert_eq!(send(&b, get("/hot")).await.body, "v1");
+    let url = server.url();
+    let evals = || support::command_calls(&url, |c| c.starts_with("eval"));
+    let before = evals().await;
+    for svc in [&a, &b, &a, &b] {
+        let hit = send(svc, get("/hot")).await;
+        assert_eq!(hit.body, "v1");
+        assert!(
+            hit.cache_status().contains("hit; detail=l1"),
+            "{}",
+            hit.cache_status()
+        );
+    }
+    assert_eq!(
+        evals().await - before,
+        0,
+        "in-process hits cost no round trip"
+    );
+    send(&a, with(Method::PUT, "/hot", &[])).await;
+    tokio::time::sleep(Duration::from_millis(100)).await; // pub/sub delivery
+    assert_eq!(
+        send(&b, get("/hot")).await.body,
+        "v3",
+        "B's copy was dropped"
+    );
+    assert_eq!(
+        send(&a, get("/hot")).await.body,
+        "v3",
+        "A refills from B's entry"
+    );
+}
+
+#[test]
+fn the_l1_tier_is_off_on_the_memory_store() {
+    // Outside a runtime and on a MemoryStore: builds, with the tier off.
+    let layer = builder(tower_redis_layers::MemoryStore::new())
+        .l1(10, Duration::from_secs(1))
+        .build();
+    assert!(layer.is_ok());
+}

@@ -44,7 +44,9 @@ impl Fill {
             keep_ms: self.keep_ms,
             token,
             max_variants: shared.max_variants,
+            writer: shared.l1.as_ref().map_or(0, |l1| l1.id),
         };
+        shared.l1_put(&self.slot, &raw, self.meta.fresh_until_ms());
         // Written first so a local follower's next lookup sees it in memory.
         shared.spawn_write(write);
         self.leader.finish(Outcome::Done(raw));

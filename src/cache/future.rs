@@ -129,6 +129,7 @@ where
         Resolution::Hit(e, kind) => {
             let params = match kind {
                 HitKind::Fresh | HitKind::Stale => "hit",
+                HitKind::Local => "hit; detail=l1",
                 HitKind::Collapsed => "fwd=miss; collapsed",
             };
             let now = shared.now_ms();

@@ -72,7 +72,7 @@ impl CacheHandle {
     /// Drops the value of `key` (from [`get_or_load`](Self::get_or_load)) on every instance.
     pub async fn invalidate_key(&self, key: &str) -> Result<(), StoreError> {
         let url = app_url(&self.shared.key.scope, key);
-        self.shared.store.purge(&url).await.map(drop)
+        self.shared.purge(&url).await.map(drop)
     }
 
     /// Drops every cached variant of a GET of `uri` on every instance. With
@@ -80,7 +80,7 @@ impl CacheHandle {
     /// be absolute.
     pub async fn invalidate(&self, uri: &Uri) -> Result<(), StoreError> {
         let url = self.shared.key.url(uri, &HeaderMap::new());
-        self.shared.store.purge(&url).await.map(drop)
+        self.shared.purge(&url).await.map(drop)
     }
 
     /// Like [`invalidate`](Self::invalidate), in the background: failures are logged.

@@ -69,7 +69,7 @@ impl Targets {
 }
 
 pub(crate) fn purge_urls(shared: Arc<Shared>, urls: Vec<Arc<str>>) -> BoxFuture<'static, ()> {
-    let futs: Vec<_> = urls.iter().map(|u| shared.store.purge(u)).collect();
+    let futs: Vec<_> = urls.iter().map(|u| shared.purge(u)).collect();
     Box::pin(async move {
         for r in futures_util::future::join_all(futs).await {
             if let Err(e) = r {

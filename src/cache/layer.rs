@@ -81,6 +81,7 @@ impl ResponseCacheLayer {
             .collect(),
             directives: RequestDirectives::default(),
             invalidate_unsafe: true,
+            l1: None,
         }
     }
 
@@ -113,6 +114,7 @@ pub struct ResponseCacheLayerBuilder {
     unkeyed: Vec<HeaderName>,
     directives: RequestDirectives,
     invalidate_unsafe: bool,
+    l1: Option<(usize, Duration)>,
 }
 
 impl std::fmt::Debug for ResponseCacheLayerBuilder {
@@ -255,6 +257,21 @@ impl ResponseCacheLayerBuilder {
         self
     }
 
+    /// Keeps up to `max_entries` fresh entries in process as well, each for
+    /// at most `max_age`, so a hot hit costs no round trip (default: off).
+    ///
+    /// Needs a [`RedisStore`](crate::RedisStore) built from a URL, and
+    /// `build` to run inside a Tokio runtime: copies are kept only while a
+    /// pub/sub subscription to the store's invalidation channel is up, and
+    /// every write and purge in the fleet drops them. Invalidation then
+    /// reaches other instances' copies after the pub/sub delivery delay, not
+    /// before the write's response; `max_age` bounds staleness if a message
+    /// is lost.
+    pub fn l1(mut self, max_entries: usize, max_age: Duration) -> Self {
+        self.l1 = Some((max_entries, max_age));
+        self
+    }
+
     /// Checks the configuration and builds the layer.
     pub fn build(mut self) -> Result<ResponseCacheLayer, ConfigError> {
         let scope = &self.key.scope;
@@ -307,6 +324,7 @@ impl ResponseCacheLayerBuilder {
                 unkeyed: self.unkeyed,
                 directives: self.directives,
                 invalidate_unsafe: self.invalidate_unsafe,
+                l1: self.l1.filter(|(n, age)| *n > 0 && !age.is_zero()),
             })),
         })
     }

@@ -144,6 +144,7 @@ mod future;
 mod handle;
 mod invalidate;
 mod key;
+mod l1;
 mod layer;
 mod policy;
 #[cfg(feature = "redis")]

@@ -3,12 +3,15 @@
 //! keeps a URL's index, entries and locks in one cluster slot.
 
 use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
 use redis::{Script, Value};
 
 use super::key::Slot;
+use super::l1::{Listener, Signal};
 use super::store::{CacheStore, Found, LockState, Lookup, Write};
 use crate::error::StoreError;
 use crate::RedisStore;
@@ -22,6 +25,46 @@ static PURGE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scri
 impl RedisStore {
     fn cache_base(&self, url: &str) -> String {
         format!("{}:cache:{{{}}}:", self.prefix(), url)
+    }
+
+    /// The pub/sub channel of the cache's invalidations.
+    fn cache_channel(&self) -> String {
+        format!("{}:cache:inval", self.prefix())
+    }
+}
+
+/// Subscribes to the invalidation channel and feeds `listener`, resubscribing
+/// after a lost connection, until the listener is no longer wanted.
+async fn listen_loop(client: redis::Client, channel: String, listener: Listener) {
+    loop {
+        if let Ok(mut ps) = client.get_async_pubsub().await {
+            if ps.subscribe(&channel).await.is_ok() {
+                if !listener(Signal::Up) {
+                    return;
+                }
+                let mut messages = ps.on_message();
+                loop {
+                    match tokio::time::timeout(Duration::from_secs(5), messages.next()).await {
+                        Ok(Some(msg)) => {
+                            let m = String::from_utf8_lossy(msg.get_payload_bytes());
+                            if !listener(Signal::Message(&m)) {
+                                return;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(_) => {
+                            if !listener(Signal::Idle) {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if !listener(Signal::Down) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
@@ -97,7 +140,9 @@ impl CacheStore for RedisStore {
             .arg(w.keep_ms.max(1))
             .arg(w.token.map(|t| t.to_string()).unwrap_or_default())
             .arg(w.max_variants)
-            .arg(base);
+            .arg(base)
+            .arg(self.cache_channel())
+            .arg(format!("{}|{}", w.writer, w.slot.url));
         let store = self.clone();
         Box::pin(async move {
             let mut conn = store.conn();
@@ -122,12 +167,23 @@ impl CacheStore for RedisStore {
     fn purge(&self, url: &str) -> BoxFuture<'static, Result<u64, StoreError>> {
         let base = self.cache_base(url);
         let mut inv = PURGE.prepare_invoke();
-        inv.key(format!("{base}i")).arg(base);
+        inv.key(format!("{base}i"))
+            .arg(base)
+            .arg(self.cache_channel())
+            .arg(format!("-|{url}"));
         let store = self.clone();
         Box::pin(async move {
             let mut conn = store.conn();
             let n = store.call(inv.invoke_async::<i64>(&mut conn)).await?;
             Ok(n.max(0) as u64)
         })
+    }
+
+    fn listen(&self, listener: Listener) -> bool {
+        let (Some(client), Ok(rt)) = (self.client(), tokio::runtime::Handle::try_current()) else {
+            return false;
+        };
+        rt.spawn(listen_loop(client.clone(), self.cache_channel(), listener));
+        true
     }
 }

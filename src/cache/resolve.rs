@@ -32,6 +32,8 @@ pub(crate) struct Ask {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum HitKind {
     Fresh,
+    /// From the in-process tier: no round trip.
+    Local,
     /// Served stale while another request revalidates.
     Stale,
     /// Waited for another request's origin call.
@@ -101,6 +103,11 @@ pub(crate) async fn resolve(shared: Arc<Shared>, ask: Ask) -> Resolution {
     for _ in 0..4 {
         let spec = shared.spec_of(&ask.url);
         let slot = key::slot(ask.url.clone(), spec, &ask.headers);
+        if ask.force_older_than.is_none() {
+            if let Some(e) = local(&shared, &slot) {
+                return Resolution::Hit(e, HitKind::Local);
+            }
+        }
         if ask.lookup_only {
             match look_only(&shared, slot).await {
                 Some(r) => return r,
@@ -122,6 +129,12 @@ pub(crate) async fn resolve(shared: Arc<Shared>, ask: Ask) -> Resolution {
 }
 
 /// A lookup that takes no lock. `None`: the URL's spec changed, ask again.
+/// A fresh copy from the in-process tier.
+fn local(shared: &Shared, slot: &Slot) -> Option<Entry> {
+    let raw = shared.l1.as_ref()?.get(slot, shared.now_ms())?;
+    decode_for(slot, raw)
+}
+
 async fn look_only(shared: &Arc<Shared>, slot: Slot) -> Option<Resolution> {
     let q = Lookup {
         slot: slot.clone(),
@@ -135,8 +148,14 @@ async fn look_only(shared: &Arc<Shared>, slot: Slot) -> Option<Resolution> {
                 shared.learn(&slot.url, &found.spec);
                 return None;
             }
+            let raw = found.entry.clone();
             Some(match found.entry.and_then(|raw| decode_for(&slot, raw)) {
-                Some(e) if fresh(&e, found.now_ms) => Resolution::Hit(e, HitKind::Fresh),
+                Some(e) if fresh(&e, found.now_ms) => {
+                    if let Some(raw) = &raw {
+                        shared.l1_put(&slot, raw, e.meta.fresh_until_ms());
+                    }
+                    Resolution::Hit(e, HitKind::Fresh)
+                }
                 _ => Resolution::Pass("miss"),
             })
         }
@@ -253,7 +272,9 @@ async fn lead(
                     force = true;
                     continue;
                 }
-                guard.finish(Outcome::Done(raw.unwrap_or_default()));
+                let raw = raw.unwrap_or_default();
+                shared.l1_put(&slot, &raw, e.meta.fresh_until_ms());
+                guard.finish(Outcome::Done(raw));
                 let kind = if waited {
                     HitKind::Collapsed
                 } else {

@@ -10,7 +10,8 @@ use http::HeaderName;
 use tokio::time::Instant;
 
 use super::flight::Flights;
-use super::key::KeyRules;
+use super::key::{KeyRules, Slot};
+use super::l1::L1;
 use super::layer::RequestDirectives;
 use super::policy::Rules;
 use super::store::{CacheStore, Write};
@@ -33,6 +34,7 @@ pub(crate) struct Shared {
     pub(crate) unkeyed: Vec<HeaderName>,
     pub(crate) directives: RequestDirectives,
     pub(crate) invalidate_unsafe: bool,
+    pub(crate) l1: Option<Arc<L1>>,
     specs: Mutex<HashMap<Arc<str>, Arc<str>>>,
     base: Instant,
     offset_ms: AtomicI64,
@@ -66,11 +68,25 @@ pub(crate) struct Settings {
     pub(crate) unkeyed: Vec<HeaderName>,
     pub(crate) directives: RequestDirectives,
     pub(crate) invalidate_unsafe: bool,
+    pub(crate) l1: Option<(usize, Duration)>,
 }
 
 impl Shared {
     pub(crate) fn new(s: Settings) -> Self {
+        let l1 = s.l1.and_then(|(n, age)| {
+            let l1 = Arc::new(L1::new(n, age));
+            if s.store.listen(l1.listener()) {
+                Some(l1)
+            } else {
+                tracing::warn!(
+                    "response cache: the in-process tier needs a RedisStore built from a URL \
+                     and a Tokio runtime at build time; it is off"
+                );
+                None
+            }
+        });
         Self {
+            l1,
             store: s.store,
             rules: s.rules,
             key: s.key,
@@ -153,7 +169,25 @@ impl Shared {
         });
     }
 
-    pub(crate) fn spawn_release(self: &Arc<Self>, slot: &super::key::Slot, token: u64) {
+    /// Keeps an in-process copy of a fresh entry (when the tier is on).
+    pub(crate) fn l1_put(&self, slot: &Slot, raw: &bytes::Bytes, fresh_until: u64) {
+        if let Some(l1) = &self.l1 {
+            l1.put(slot, raw.clone(), self.now_ms(), fresh_until);
+        }
+    }
+
+    /// Drops every variant of a URL here at once and, through the store, everywhere.
+    pub(crate) fn purge(
+        &self,
+        url: &str,
+    ) -> futures_util::future::BoxFuture<'static, Result<u64, StoreError>> {
+        if let Some(l1) = &self.l1 {
+            l1.remove_url(url);
+        }
+        self.store.purge(url)
+    }
+
+    pub(crate) fn spawn_release(self: &Arc<Self>, slot: &Slot, token: u64) {
         let fut = self.store.release(slot, token);
         spawn(async move {
             let _ = fut.await;

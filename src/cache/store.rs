@@ -10,6 +10,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
 use super::key::Slot;
+use super::l1::Listener;
 use crate::error::StoreError;
 use crate::store::memory::{lock, ExpiringMap};
 use crate::store::MemoryStore;
@@ -26,6 +27,10 @@ pub trait CacheStore: Send + Sync + 'static + sealed::Sealed {
     fn release(&self, slot: &Slot, token: u64) -> BoxFuture<'static, Result<(), StoreError>>;
     #[doc(hidden)]
     fn purge(&self, url: &str) -> BoxFuture<'static, Result<u64, StoreError>>;
+    /// Starts delivering the fleet's invalidations to `listener`; `false`
+    /// when this store cannot (then no in-process tier is kept).
+    #[doc(hidden)]
+    fn listen(&self, listener: Listener) -> bool;
 }
 
 pub(crate) mod sealed {
@@ -48,6 +53,9 @@ impl<T: CacheStore + ?Sized> CacheStore for Arc<T> {
     }
     fn purge(&self, url: &str) -> BoxFuture<'static, Result<u64, StoreError>> {
         (**self).purge(url)
+    }
+    fn listen(&self, listener: Listener) -> bool {
+        (**self).listen(listener)
     }
 }
 
@@ -95,6 +103,8 @@ pub struct Write {
     pub(crate) keep_ms: u64,
     pub(crate) token: Option<u64>,
     pub(crate) max_variants: u32,
+    /// The writer's in-process tier (0: none), so it keeps its own copy.
+    pub(crate) writer: u64,
 }
 
 /// In-process cache state: the same index / entry / lock model as Redis.
@@ -252,5 +262,10 @@ impl CacheStore for MemoryStore {
 
     fn purge(&self, url: &str) -> BoxFuture<'static, Result<u64, StoreError>> {
         Box::pin(std::future::ready(Ok(self.cache_purge(url))))
+    }
+
+    /// In process already: an in-process tier would add nothing.
+    fn listen(&self, _listener: Listener) -> bool {
+        false
     }
 }

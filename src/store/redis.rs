@@ -45,6 +45,8 @@ struct Inner {
     deadline: Duration,
     breaker: Breaker,
     rate_limit: Batcher,
+    /// For dedicated connections (pub/sub); `None` on an application's manager.
+    client: Option<redis::Client>,
 }
 
 /// The connection a [`RedisStore`] talks through.
@@ -148,6 +150,12 @@ impl RedisStore {
         &self.inner.rate_limit
     }
 
+    /// The client to open dedicated connections (pub/sub) with, when the
+    /// store was built from a URL.
+    pub(crate) fn client(&self) -> Option<&redis::Client> {
+        self.inner.client.as_ref()
+    }
+
     pub(crate) fn conn(&self) -> RedisConn {
         self.inner.conn.clone()
     }
@@ -238,10 +246,12 @@ impl RedisStoreBuilder {
                 "the store deadline must be above zero",
             )));
         }
+        let mut pubsub_client = None;
         let manager = match self.target {
             Target::Manager(m) => m,
             Target::Url(url) => {
                 let client = redis::Client::open(url.as_str()).map_err(StoreError::backend)?;
+                pubsub_client = Some(client.clone());
                 let config = ConnectionManagerConfig::new()
                     .set_number_of_retries(self.reconnect_retries)
                     .set_connection_timeout(Some(self.connect_timeout))
@@ -257,6 +267,7 @@ impl RedisStoreBuilder {
                 deadline: self.deadline,
                 breaker: Breaker::new(self.breaker),
                 rate_limit: Batcher::new(&crate::rate_limit::SCRIPT),
+                client: pubsub_client,
             }),
         };
         if self.ping {

@@ -3,7 +3,8 @@
 -- KEYS[1] index, KEYS[2] entry, KEYS[3] fill lock
 -- ARGV[1] spec, ARGV[2] variant, ARGV[3] entry bytes, ARGV[4] fresh-until ms,
 -- ARGV[5] keep ms, ARGV[6] lock token ('' = none), ARGV[7] max variants,
--- ARGV[8] key base of this URL (entries are base .. 'e:' .. variant, same hash tag)
+-- ARGV[8] key base of this URL (entries are base .. 'e:' .. variant, same hash tag),
+-- ARGV[9] invalidation channel, ARGV[10] '<writer>|<URL digest>' (published: in-process copies are dropped)
 local base = ARGV[8]
 local old = redis.call('HGET', KEYS[1], 'vary')
 if old and old ~= ARGV[1] then
@@ -55,4 +56,5 @@ end
 if ARGV[6] ~= '' and redis.call('GET', KEYS[3]) == ARGV[6] then
   redis.call('DEL', KEYS[3])
 end
+redis.call('PUBLISH', ARGV[9], ARGV[10])
 return 1
