@@ -114,7 +114,8 @@
 //!
 //! # Invalidation
 //!
-//! A successful (2xx, 3xx) POST, PUT, PATCH or DELETE drops every variant of
+//! A successful (2xx, 3xx) unsafe request (POST, PUT, PATCH, DELETE, and
+//! any method not known to be safe) drops every variant of
 //! the GET of its URI, and of its `Location` / `Content-Location` when they
 //! are on the same origin, before the response is returned — on every
 //! instance, since entries live in the store. [`CacheHandle`] invalidates by
@@ -134,6 +135,28 @@
 //!
 //! Time comes from the store: the Redis server's clock (read by every
 //! lookup), so `Age` and freshness agree across instances.
+//!
+//! # In-process tier
+//!
+//! With [`l1`](ResponseCacheLayerBuilder::l1) and a `RedisStore`, fresh
+//! entries are also kept in process, so a hot hit costs no round trip.
+//! Every write and purge publishes the URL on the store's invalidation
+//! channel and each instance drops its copies; copies are kept only while
+//! the subscription is up, and for at most the configured age. The price:
+//! an invalidation reaches other instances' copies after the pub/sub
+//! delivery delay rather than before the write's response returns.
+//!
+//! # Limits
+//!
+//! - An instance learns a URL's `Vary` from the store: its first lookup of a
+//!   varying URL takes a second round trip; later ones take one.
+//! - When the response turns out not storable (`private`, `Set-Cookie`, ...)
+//!   the waiters are not told so across instances: the one that next takes
+//!   the lock asks the origin, then the next. Local followers go at once.
+//! - Redis Cluster: the keys of one URL share a hash tag, but the scripts
+//!   also touch a URL's other variant keys (same slot) that are not passed
+//!   in `KEYS`. No cluster store exists yet to run them on.
+//! - Purge by tag (`Surrogate-Key`) and soft purge are not implemented.
 
 mod body;
 mod cache_control;

@@ -34,10 +34,11 @@ impl<S> ResponseCache<S> {
     define_inner_service_accessors!();
 }
 
+/// Every method but the safe ones (RFC 9110 §9.2.1), unknown ones included.
 fn is_unsafe(m: &Method) -> bool {
-    matches!(
+    !matches!(
         *m,
-        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
     )
 }
 
