@@ -801,9 +801,21 @@ async fn a_failing_store_is_a_miss_served_by_the_origin() {
         .await
         .unwrap();
     let origin = versioned(MAX60);
-    let svc = cached(builder(store).build().unwrap(), &origin);
+    let layer = builder(store).build().unwrap();
+    let handle = layer.handle();
+    let svc = cached(layer, &origin);
     assert_eq!(send(&svc, get("/d")).await.body, "v1");
     server.kill();
+    let loaded = handle
+        .get_or_load("k", Duration::from_secs(5), || async {
+            Ok::<_, Infallible>(Bytes::from_static(b"from-db"))
+        })
+        .await;
+    assert_eq!(
+        loaded,
+        Ok(Bytes::from_static(b"from-db")),
+        "the loader runs"
+    );
     for n in 2..5 {
         let got = send(&svc, get("/d")).await;
         assert_eq!(

@@ -104,6 +104,7 @@ pub struct Write {
     pub(crate) token: Option<u64>,
     pub(crate) max_variants: u32,
     /// The writer's in-process tier (0: none), so it keeps its own copy.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) writer: u64,
 }
 
