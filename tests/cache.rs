@@ -534,9 +534,35 @@ conformance! {
         let forced = send(&svc, with(Method::GET, "/d", &[("cache-control", "max-age=0")])).await;
         assert_eq!(forced.body, "v2", "old enough: refetched");
         assert_eq!(send(&svc, get("/d")).await.body, "v2", "and the refetch was stored");
+        let only = send(&svc, with(Method::GET, "/never", &[("cache-control", "only-if-cached")])).await;
+        assert_eq!(only.status, StatusCode::GATEWAY_TIMEOUT);
+        let only = send(&svc, with(Method::GET, "/d", &[("cache-control", "only-if-cached")])).await;
+        assert_eq!(only.body, "v2");
         let no_store = send(&svc, with(Method::GET, "/q", &[("cache-control", "no-store")])).await;
         assert_eq!(no_store.body, "v3");
         assert_eq!(send(&svc, get("/q")).await.body, "v4", "a no-store request fills nothing");
+    }
+
+    async fn a_changed_vary_rekeys_the_url_and_other_instances_learn_it(store) {
+        let origin = Origin::new(|req, n| {
+            if n == 1 {
+                return res(&[("cache-control", "max-age=1")], "plain-1");
+            }
+            let lang = req.headers().get("accept-language").unwrap().to_str().unwrap().to_owned();
+            res(&[("cache-control", "max-age=60"), ("vary", "accept-language")], &format!("{lang}-{n}"))
+        });
+        let svc = cached(builder(store.clone()).build().unwrap(), &origin);
+        let lang = |l: &str| with(Method::GET, "/cv", &[("accept-language", l)]);
+        assert_eq!(send(&svc, lang("en")).await.body, "plain-1");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(send(&svc, lang("en")).await.body, "en-2");
+        assert_eq!(send(&svc, lang("de")).await.body, "de-3");
+        assert_eq!(send(&svc, lang("en")).await.body, "en-2");
+        // Another instance on the same store has not seen the Vary yet.
+        let other = cached(builder(store).build().unwrap(), &origin);
+        assert_eq!(send(&other, lang("de")).await.body, "de-3");
+        assert_eq!(send(&other, lang("en")).await.body, "en-2");
+        assert_eq!(origin.calls(), 3);
     }
 
     async fn content_location_on_the_same_origin_is_invalidated_and_others_are_not(store) {

@@ -82,6 +82,8 @@ pub(crate) struct FillCtx {
     pub(crate) cond: Cond,
     pub(crate) request: Arc<HeaderMap>,
     pub(crate) authorized: bool,
+    /// `only-if-cached` (honoured by policy): a miss is answered 504.
+    pub(crate) only_if_cached: bool,
 }
 
 /// A stale entry served because the origin failed.

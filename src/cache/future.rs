@@ -155,6 +155,14 @@ where
                 after: Some(After::Fill(Box::new((leader, ctx)))),
             }
         }
+        Resolution::Pass(_) if ctx.only_if_cached => {
+            // RFC 9111 §5.2.1.7: nothing stored, so 504 without asking the origin.
+            let mut res = Response::new(Bytes::new());
+            *res.status_mut() = http::StatusCode::GATEWAY_TIMEOUT;
+            let status = cache_status(&shared.name, "fwd=miss; detail=only-if-cached");
+            res.headers_mut().insert(CACHE_STATUS.clone(), status);
+            State::Ready { res: Some(res) }
+        }
         Resolution::Pass(detail) => {
             let status = cache_status(&shared.name, &format!("fwd=miss; detail={detail}"));
             State::Calling {

@@ -21,7 +21,8 @@ use crate::error::ConfigError;
 /// `max-age=0` revalidate an entry only once it is at least `min_age` old,
 /// and concurrent forced requests still collapse into one origin call; so
 /// one key costs the origin at most one call per `min_age` however hard
-/// clients push. `no-store` then keeps the request's response out of the cache.
+/// clients push. `no-store` then keeps the request's response out of the
+/// cache, and `only-if-cached` answers a miss with 504 without asking the origin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum RequestDirectives {

@@ -89,9 +89,11 @@ where
             .any(|n| h.contains_key(n) && !sh.key.headers.contains(n));
         let mut lookup_only = head || unkeyed;
         let mut force_older_than = None;
+        let mut only_if_cached = false;
         if let RequestDirectives::Honor { min_age } = sh.directives {
             let cc = CacheControl::parse(h);
-            lookup_only |= cc.no_store;
+            only_if_cached = cc.only_if_cached;
+            lookup_only |= cc.no_store || only_if_cached;
             if cc.no_cache || cc.max_age == Some(0) {
                 force_older_than = Some(min_age);
             }
@@ -107,6 +109,7 @@ where
             cond: Cond::of(h),
             request,
             authorized,
+            only_if_cached,
         };
         let fut = Box::pin(resolve(sh.clone(), ask));
         let pending = Pending {
