@@ -46,6 +46,8 @@ type Handler = dyn Fn(&Request<Full<Bytes>>, usize) -> Response<Chunks> + Send +
 #[derive(Clone)]
 struct Origin {
     calls: Arc<AtomicUsize>,
+    in_flight: Arc<AtomicUsize>,
+    max_in_flight: Arc<AtomicUsize>,
     delay: Duration,
     handler: Arc<Handler>,
 }
@@ -56,6 +58,8 @@ impl Origin {
     ) -> Self {
         Self {
             calls: Arc::default(),
+            in_flight: Arc::default(),
+            max_in_flight: Arc::default(),
             delay: Duration::ZERO,
             handler: Arc::new(handler),
         }
@@ -80,10 +84,14 @@ impl Service<Request<Full<Bytes>>> for Origin {
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         let res = (self.handler)(&req, n);
         let delay = self.delay;
+        let (in_flight, max) = (self.in_flight.clone(), self.max_in_flight.clone());
         Box::pin(async move {
+            let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            max.fetch_max(now, Ordering::SeqCst);
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
+            in_flight.fetch_sub(1, Ordering::SeqCst);
             Ok(res)
         })
     }
@@ -563,6 +571,25 @@ conformance! {
         assert_eq!(send(&other, lang("de")).await.body, "de-3");
         assert_eq!(send(&other, lang("en")).await.body, "en-2");
         assert_eq!(origin.calls(), 3);
+    }
+
+    async fn after_an_unstorable_response_nobody_queues_behind_the_lock(store) {
+        let mut origin = versioned(&[("cache-control", "private")]);
+        origin.delay = Duration::from_millis(100);
+        let svc = cached(builder(store).build().unwrap(), &origin);
+        send(&svc, get("/private")).await;
+        origin.max_in_flight.store(0, Ordering::SeqCst);
+        let tasks: Vec<_> = (0..5)
+            .map(|_| {
+                let svc = svc.clone();
+                tokio::spawn(async move { send(&svc, get("/private")).await })
+            })
+            .collect();
+        for t in tasks {
+            assert!(t.await.unwrap().cache_status().contains("fwd=miss"));
+        }
+        assert_eq!(origin.calls(), 6);
+        assert_eq!(origin.max_in_flight.load(Ordering::SeqCst), 5, "hit-for-miss: all at once");
     }
 
     async fn content_location_on_the_same_origin_is_invalidated_and_others_are_not(store) {

@@ -107,7 +107,9 @@
 //! 50 ms) until the entry appears, and after
 //! [`max_wait`](ResponseCacheLayerBuilder::max_wait) go to the origin
 //! themselves. A response that turns out not storable releases the lock and
-//! each waiter asks the origin.
+//! marks the slot *hit-for-miss* for 30 s (as Varnish does): waiters and
+//! later misses of that slot go to the origin at once instead of queueing
+//! behind the lock, and a response that is storable again is stored.
 //!
 //! Request `Cache-Control` is ignored by default so that clients cannot
 //! force origin load; see [`RequestDirectives`].
@@ -150,9 +152,6 @@
 //!
 //! - An instance learns a URL's `Vary` from the store: its first lookup of a
 //!   varying URL takes a second round trip; later ones take one.
-//! - When the response turns out not storable (`private`, `Set-Cookie`, ...)
-//!   the waiters are not told so across instances: the one that next takes
-//!   the lock asks the origin, then the next. Local followers go at once.
 //! - Redis Cluster: the keys of one URL share a hash tag, but the scripts
 //!   also touch a URL's other variant keys (same slot) that are not passed
 //!   in `KEYS`. No cluster store exists yet to run them on.

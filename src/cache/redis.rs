@@ -68,11 +68,12 @@ async fn listen_loop(client: redis::Client, channel: String, listener: Listener)
     }
 }
 
-fn keys(base: &str, s: &Slot) -> [String; 3] {
+fn keys(base: &str, s: &Slot) -> [String; 4] {
     [
         format!("{base}i"),
         format!("{base}e:{}", s.variant),
         format!("{base}l:{}", s.variant),
+        format!("{base}p:{}", s.variant),
     ]
 }
 
@@ -103,6 +104,7 @@ fn parse_found(v: Value) -> Result<Found, StoreError> {
         lock: match lock {
             1 => LockState::Acquired,
             2 => LockState::Held,
+            3 => LockState::HitForMiss,
             _ => LockState::NotTried,
         },
     })
@@ -111,9 +113,9 @@ fn parse_found(v: Value) -> Result<Found, StoreError> {
 impl CacheStore for RedisStore {
     fn lookup(&self, q: &Lookup) -> BoxFuture<'static, Result<Found, StoreError>> {
         let base = self.cache_base(&q.slot.url);
-        let [index, entry, lock] = keys(&base, &q.slot);
+        let [index, entry, lock, pass] = keys(&base, &q.slot);
         let mut inv = LOOKUP.prepare_invoke();
-        inv.key(index).key(entry).key(lock);
+        inv.key(index).key(entry).key(lock).key(pass);
         inv.arg(&*q.slot.spec).arg(&*q.slot.variant);
         match q.lock {
             Some((token, ttl)) => inv.arg(token.to_string()).arg(ttl),
@@ -130,7 +132,7 @@ impl CacheStore for RedisStore {
 
     fn write(&self, w: Write) -> BoxFuture<'static, Result<(), StoreError>> {
         let base = self.cache_base(&w.slot.url);
-        let [index, entry, lock] = keys(&base, &w.slot);
+        let [index, entry, lock, _] = keys(&base, &w.slot);
         let mut inv = STORE.prepare_invoke();
         inv.key(index).key(entry).key(lock);
         inv.arg(&*w.slot.spec)
@@ -151,11 +153,16 @@ impl CacheStore for RedisStore {
         })
     }
 
-    fn release(&self, slot: &Slot, token: u64) -> BoxFuture<'static, Result<(), StoreError>> {
+    fn release(
+        &self,
+        slot: &Slot,
+        token: u64,
+        pass_ms: u64,
+    ) -> BoxFuture<'static, Result<(), StoreError>> {
         let base = self.cache_base(&slot.url);
-        let [_, _, lock] = keys(&base, slot);
+        let [_, _, lock, pass] = keys(&base, slot);
         let mut inv = RELEASE.prepare_invoke();
-        inv.key(lock).arg(token.to_string());
+        inv.key(lock).key(pass).arg(token.to_string()).arg(pass_ms);
         let store = self.clone();
         Box::pin(async move {
             let mut conn = store.conn();

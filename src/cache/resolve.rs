@@ -56,11 +56,17 @@ pub(crate) struct Leader {
     /// The stale entry being revalidated (or kept for `stale-if-error`).
     pub(crate) stale: Option<Entry>,
     pub(crate) detail: Option<&'static str>,
+    /// The response could not be stored: mark the slot hit-for-miss.
+    pub(crate) pass: bool,
 }
+
+/// How long a slot whose response could not be stored is not waited for.
+const HIT_FOR_MISS_MS: u64 = 30_000;
 
 impl Leader {
     /// Ends the flight with `outcome` and releases the lock.
     pub(crate) fn finish(mut self, outcome: Outcome) {
+        self.pass = matches!(outcome, Outcome::Pass);
         if let Some(g) = self.flight.take() {
             g.finish(outcome);
         }
@@ -70,7 +76,8 @@ impl Leader {
 impl Drop for Leader {
     fn drop(&mut self) {
         if let Some(token) = self.token.take() {
-            self.shared.spawn_release(&self.slot, token);
+            let pass_ms = if self.pass { HIT_FOR_MISS_MS } else { 0 };
+            self.shared.spawn_release(&self.slot, token, pass_ms);
         }
     }
 }
@@ -214,6 +221,7 @@ fn unlocked_fill(
         flight,
         stale: None,
         detail: Some(detail),
+        pass: false,
     })
 }
 
@@ -260,6 +268,7 @@ async fn lead(
                 flight: Some(guard),
                 stale,
                 detail: None,
+                pass: false,
             })
         };
         match (entry, found.lock) {
@@ -294,6 +303,12 @@ async fn lead(
                 return Some(leader(Some(e), guard));
             }
             (None, LockState::Acquired) => return Some(leader(None, guard)),
+            // Nobody waits for a slot whose last response could not be
+            // stored: local followers go at once, and so does this request.
+            (_, LockState::HitForMiss) => {
+                guard.finish(Outcome::Pass);
+                return Some(unlocked_fill(shared, slot, None, "hit-for-miss"));
+            }
             (Some(e), LockState::Held) if swr_ok(&e, now) || (waited && fresh(&e, now)) => {
                 guard.finish(Outcome::Done(raw.unwrap_or_default()));
                 let kind = if fresh(&e, now) {

@@ -187,8 +187,8 @@ impl Shared {
         self.store.purge(url)
     }
 
-    pub(crate) fn spawn_release(self: &Arc<Self>, slot: &Slot, token: u64) {
-        let fut = self.store.release(slot, token);
+    pub(crate) fn spawn_release(self: &Arc<Self>, slot: &Slot, token: u64, pass_ms: u64) {
+        let fut = self.store.release(slot, token, pass_ms);
         spawn(async move {
             let _ = fut.await;
         });

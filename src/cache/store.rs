@@ -23,8 +23,14 @@ pub trait CacheStore: Send + Sync + 'static + sealed::Sealed {
     fn lookup(&self, q: &Lookup) -> BoxFuture<'static, Result<Found, StoreError>>;
     #[doc(hidden)]
     fn write(&self, w: Write) -> BoxFuture<'static, Result<(), StoreError>>;
+    /// Releases the lock; `pass_ms > 0` also marks the slot hit-for-miss.
     #[doc(hidden)]
-    fn release(&self, slot: &Slot, token: u64) -> BoxFuture<'static, Result<(), StoreError>>;
+    fn release(
+        &self,
+        slot: &Slot,
+        token: u64,
+        pass_ms: u64,
+    ) -> BoxFuture<'static, Result<(), StoreError>>;
     #[doc(hidden)]
     fn purge(&self, url: &str) -> BoxFuture<'static, Result<u64, StoreError>>;
     /// Starts delivering the fleet's invalidations to `listener`; `false`
@@ -48,8 +54,13 @@ impl<T: CacheStore + ?Sized> CacheStore for Arc<T> {
     fn write(&self, w: Write) -> BoxFuture<'static, Result<(), StoreError>> {
         (**self).write(w)
     }
-    fn release(&self, slot: &Slot, token: u64) -> BoxFuture<'static, Result<(), StoreError>> {
-        (**self).release(slot, token)
+    fn release(
+        &self,
+        slot: &Slot,
+        token: u64,
+        pass_ms: u64,
+    ) -> BoxFuture<'static, Result<(), StoreError>> {
+        (**self).release(slot, token, pass_ms)
     }
     fn purge(&self, url: &str) -> BoxFuture<'static, Result<u64, StoreError>> {
         (**self).purge(url)
@@ -90,6 +101,8 @@ pub(crate) enum LockState {
     NotTried,
     Acquired,
     Held,
+    /// The last response for the slot could not be stored: do not wait.
+    HitForMiss,
 }
 
 /// One entry to write, releasing the writer's lock.
@@ -114,6 +127,7 @@ pub(crate) struct MemoryState {
     index: ExpiringMap<Arc<str>, Index>,
     entries: ExpiringMap<(Arc<str>, Arc<str>), Bytes>,
     locks: ExpiringMap<(Arc<str>, Arc<str>), u64>,
+    passes: ExpiringMap<(Arc<str>, Arc<str>), ()>,
 }
 
 #[derive(Debug)]
@@ -148,7 +162,9 @@ impl MemoryStore {
         if let Some((token, ttl_ms)) = q.lock {
             let fresh = entry.is_some() && now_ms < fresh_until && !q.force;
             if !fresh {
-                lock_state = if st.locks.get_mut(&key, now_us).is_some() {
+                lock_state = if st.passes.get_mut(&key, now_us).is_some() {
+                    LockState::HitForMiss
+                } else if st.locks.get_mut(&key, now_us).is_some() {
                     LockState::Held
                 } else {
                     st.locks.insert(key, token, now_us + ttl_ms * 1000, now_us);
@@ -255,9 +271,19 @@ impl CacheStore for MemoryStore {
         Box::pin(std::future::ready(Ok(())))
     }
 
-    fn release(&self, slot: &Slot, token: u64) -> BoxFuture<'static, Result<(), StoreError>> {
+    fn release(
+        &self,
+        slot: &Slot,
+        token: u64,
+        pass_ms: u64,
+    ) -> BoxFuture<'static, Result<(), StoreError>> {
         let now_us = self.now_us();
-        release(&mut lock(&self.inner.cache), slot, token, now_us);
+        let mut st = lock(&self.inner.cache);
+        if pass_ms > 0 {
+            let key = (slot.url.clone(), slot.variant.clone());
+            st.passes.insert(key, (), now_us + pass_ms * 1000, now_us);
+        }
+        release(&mut st, slot, token, now_us);
         Box::pin(std::future::ready(Ok(())))
     }
 
