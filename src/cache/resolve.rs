@@ -135,13 +135,13 @@ pub(crate) async fn resolve(shared: Arc<Shared>, ask: Ask) -> Resolution {
     Resolution::Pass("unsettled")
 }
 
-/// A lookup that takes no lock. `None`: the URL's spec changed, ask again.
 /// A fresh copy from the in-process tier.
 fn local(shared: &Shared, slot: &Slot) -> Option<Entry> {
     let raw = shared.l1.as_ref()?.get(slot, shared.now_ms())?;
     decode_for(slot, raw)
 }
 
+/// A lookup that takes no lock. `None`: the URL's spec changed, ask again.
 async fn look_only(shared: &Arc<Shared>, slot: Slot) -> Option<Resolution> {
     let q = Lookup {
         slot: slot.clone(),
@@ -305,9 +305,17 @@ async fn lead(
             (None, LockState::Acquired) => return Some(leader(None, guard)),
             // Nobody waits for a slot whose last response could not be
             // stored: local followers go at once, and so does this request.
-            (_, LockState::HitForMiss) => {
+            (stale, LockState::HitForMiss) => {
                 guard.finish(Outcome::Pass);
-                return Some(unlocked_fill(shared, slot, None, "hit-for-miss"));
+                return Some(Resolution::Fill(Leader {
+                    shared: shared.clone(),
+                    slot,
+                    token: None,
+                    flight: None,
+                    stale,
+                    detail: Some("hit-for-miss"),
+                    pass: false,
+                }));
             }
             (Some(e), LockState::Held) if swr_ok(&e, now) || (waited && fresh(&e, now)) => {
                 guard.finish(Outcome::Done(raw.unwrap_or_default()));
