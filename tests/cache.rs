@@ -783,6 +783,34 @@ async fn a_corrupt_entry_is_answered_from_the_origin_and_repaired() {
         );
         assert_eq!(repaired.body, got.body);
     }
+    // A well-formed entry of another URL copied under this key is foreign: a miss.
+    send(&svc, get("/elsewhere")).await;
+    let all: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:cache:*:e:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let other = all.iter().find(|k| **k != keys[0]).unwrap();
+    let foreign: Vec<u8> = redis::cmd("GET")
+        .arg(other)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&keys[0])
+        .arg(&foreign)
+        .arg("KEEPTTL")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let elsewhere = send(&svc, get("/elsewhere")).await.body;
+    let got = send(&svc, get("/fragile")).await;
+    assert_ne!(got.body, elsewhere, "never another URL's response");
+    assert!(
+        got.cache_status().contains("stored"),
+        "{}",
+        got.cache_status()
+    );
 }
 
 #[tokio::test]
