@@ -994,3 +994,44 @@ fn the_l1_tier_is_off_on_the_memory_store() {
         .build();
     assert!(layer.is_ok());
 }
+
+#[tokio::test]
+async fn works_as_an_axum_layer() {
+    use axum::routing::{get as get_route, put};
+    let n = Arc::new(AtomicUsize::new(0));
+    let layer = ResponseCacheLayer::builder(tower_redis_layers::MemoryStore::new())
+        .default_ttl(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let app = axum::Router::new()
+        .route(
+            "/api/items/{id}",
+            get_route({
+                let n = n.clone();
+                move || async move { format!("item-{}", n.fetch_add(1, Ordering::SeqCst)) }
+            })
+            .merge(put(|| async { "saved" })),
+        )
+        .layer(layer);
+    let call = |method: Method| {
+        let app = app.clone();
+        async move {
+            let req = Request::builder()
+                .method(method)
+                .uri("/api/items/1")
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let res = app.oneshot(req).await.unwrap();
+            let cs = res.headers().get("cache-status").cloned();
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            (body, cs)
+        }
+    };
+    assert_eq!(call(Method::GET).await.0, "item-0");
+    let (body, cs) = call(Method::GET).await;
+    assert_eq!(body, "item-0");
+    assert!(cs.unwrap().to_str().unwrap().starts_with("trl; hit"));
+    assert_eq!(call(Method::PUT).await.0, "saved");
+    assert_eq!(call(Method::GET).await.0, "item-1");
+}
