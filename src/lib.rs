@@ -5,6 +5,7 @@
 //! |---|---|
 //! | [`RateLimitLayer`](rate_limit::RateLimitLayer) | one quota per client across the fleet: 429 with `Retry-After` and `RateLimit` fields (gRPC: `RESOURCE_EXHAUSTED`) |
 //! | [`IdempotencyLayer`](idempotency::IdempotencyLayer) | a retried `POST` with the same `Idempotency-Key` runs the handler once, fleet-wide, and the retry gets the original response |
+//! | [`ResponseCacheLayer`](cache::ResponseCacheLayer) | cache-aside for GET responses with RFC 9111 semantics: one origin call per key across the fleet, invalidation on writes, `get_or_load` for application values |
 //!
 //! Each layer wraps any `tower::Service<http::Request<B>>` (axum, tonic,
 //! hyper) and keeps its state in a store: [`MemoryStore`] (in process, the
@@ -45,6 +46,7 @@
 mod macros;
 
 mod body;
+pub mod cache;
 mod error;
 pub mod idempotency;
 pub mod key;

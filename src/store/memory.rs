@@ -35,6 +35,7 @@ pub(crate) struct MemoryInner {
     pub(crate) rate_limit: Mutex<ExpiringMap<Vec<u8>, crate::rate_limit::MemoryState>>,
     pub(crate) idempotency:
         Mutex<ExpiringMap<crate::idempotency::RecordKey, crate::idempotency::MemoryRecord>>,
+    pub(crate) cache: Mutex<crate::cache::MemoryState>,
 }
 
 impl Default for MemoryInner {
@@ -43,6 +44,7 @@ impl Default for MemoryInner {
             clock: Clock::new(),
             rate_limit: Mutex::default(),
             idempotency: Mutex::default(),
+            cache: Mutex::default(),
         }
     }
 }

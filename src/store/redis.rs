@@ -45,6 +45,9 @@ struct Inner {
     deadline: Duration,
     breaker: Breaker,
     rate_limit: Batcher,
+    /// Clients for dedicated connections (pub/sub): the URL, or every seed
+    /// node of a cluster (classic pub/sub is cluster-wide, so any node serves).
+    pubsub: Vec<redis::Client>,
 }
 
 /// The connection a [`RedisStore`] talks through.
@@ -188,6 +191,12 @@ impl RedisStore {
         &self.inner.rate_limit
     }
 
+    /// Clients to open dedicated connections (pub/sub) with: empty when the
+    /// store was built from an existing connection.
+    pub(crate) fn pubsub_clients(&self) -> &[redis::Client] {
+        &self.inner.pubsub
+    }
+
     pub(crate) fn conn(&self) -> RedisConn {
         self.inner.conn.clone()
     }
@@ -278,10 +287,12 @@ impl RedisStoreBuilder {
                 "the store deadline must be above zero",
             )));
         }
+        let mut pubsub = Vec::new();
         let conn = match self.target {
             Target::Manager(m) => RedisConn::Standalone(m),
             Target::Url(url) => {
                 let client = redis::Client::open(url.as_str()).map_err(StoreError::backend)?;
+                pubsub.push(client.clone());
                 let config = ConnectionManagerConfig::new()
                     .set_number_of_retries(self.reconnect_retries)
                     .set_connection_timeout(Some(self.connect_timeout))
@@ -295,6 +306,9 @@ impl RedisStoreBuilder {
             Target::ClusterConnection(c) => RedisConn::Cluster(c),
             #[cfg(feature = "cluster")]
             Target::Cluster(nodes) => {
+                for node in &nodes {
+                    pubsub.push(redis::Client::open(node.as_str()).map_err(StoreError::backend)?);
+                }
                 let client = redis::cluster::ClusterClient::builder(nodes)
                     .retries(self.reconnect_retries as u32)
                     .max_retry_wait(100)
@@ -315,6 +329,7 @@ impl RedisStoreBuilder {
                 deadline: self.deadline,
                 breaker: Breaker::new(self.breaker),
                 rate_limit: Batcher::new(&crate::rate_limit::SCRIPT),
+                pubsub,
             }),
         };
         if self.ping {

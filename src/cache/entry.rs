@@ -1,0 +1,288 @@
+//! The stored form of a response: our own versioned binary layout, decoded
+//! with bounds checks only (never a general-purpose deserialiser).
+//!
+//! ```text
+//! magic "TRLC" | version u8 | flags u8 | status u16
+//! key_tag u64 | stored_ms u64 | fresh_ms u64 | age_s u32 | swr_s u32 | sie_s u32
+//! header count u16 | { name_len u16 | name | value_len u32 | value } …
+//! body_len u32 | body
+//! checksum u64 (FNV-1a of every byte before it)
+//! ```
+//!
+//! Integers are big-endian. A decoded entry's body and header values are
+//! slices of the stored bytes (`Bytes`), so serving a hit copies nothing.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+
+const MAGIC: &[u8; 4] = b"TRLC";
+const VERSION: u8 = 1;
+const FLAG_MUST_REVALIDATE: u8 = 1;
+const FIXED: usize = 4 + 1 + 1 + 2 + 8 * 3 + 4 * 3 + 2;
+/// Most header fields an entry holds; a response with more is not stored.
+pub(crate) const MAX_HEADERS: usize = 512;
+
+/// What the cache knows about a stored response besides its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Meta {
+    pub(crate) status: u16,
+    /// Ties the entry to the key it was written under: a foreign entry is a miss.
+    pub(crate) key_tag: u64,
+    /// Store-clock time the response was received (ms since the epoch).
+    pub(crate) stored_ms: u64,
+    /// How long after `stored_ms` the entry is fresh.
+    pub(crate) fresh_ms: u64,
+    /// The response's age when it was received (its `Age` field).
+    pub(crate) age_s: u32,
+    /// `stale-while-revalidate` window in seconds.
+    pub(crate) swr_s: u32,
+    /// `stale-if-error` window in seconds.
+    pub(crate) sie_s: u32,
+    /// `must-revalidate` / `proxy-revalidate`: never served stale.
+    pub(crate) must_revalidate: bool,
+}
+
+impl Meta {
+    pub(crate) fn fresh_until_ms(&self) -> u64 {
+        self.stored_ms.saturating_add(self.fresh_ms)
+    }
+}
+
+/// A decoded entry.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub(crate) meta: Meta,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+/// Why stored bytes are not an entry. Every variant is a miss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DecodeError {
+    Foreign,
+    Version(u8),
+    Truncated,
+    Checksum,
+    Invalid(&'static str),
+}
+
+/// FNV-1a, 64 bit: detects corruption; the store is trusted not to forge.
+pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in *part {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// Encodes an entry; `body` is the captured chunks (copied once, here).
+pub(crate) fn encode(meta: &Meta, headers: &HeaderMap, body: &[Bytes]) -> Bytes {
+    let body_len: usize = body.iter().map(Bytes::len).sum();
+    let head_len: usize = headers
+        .iter()
+        .map(|(n, v)| 6 + n.as_str().len() + v.len())
+        .sum();
+    let mut buf = BytesMut::with_capacity(FIXED + head_len + 4 + body_len + 8);
+    buf.put_slice(MAGIC);
+    buf.put_u8(VERSION);
+    buf.put_u8(if meta.must_revalidate {
+        FLAG_MUST_REVALIDATE
+    } else {
+        0
+    });
+    buf.put_u16(meta.status);
+    buf.put_u64(meta.key_tag);
+    buf.put_u64(meta.stored_ms);
+    buf.put_u64(meta.fresh_ms);
+    buf.put_u32(meta.age_s);
+    buf.put_u32(meta.swr_s);
+    buf.put_u32(meta.sie_s);
+    let count = headers.len().min(MAX_HEADERS);
+    buf.put_u16(count as u16);
+    for (name, value) in headers.iter().take(count) {
+        buf.put_u16(name.as_str().len() as u16);
+        buf.put_slice(name.as_str().as_bytes());
+        buf.put_u32(value.len() as u32);
+        buf.put_slice(value.as_bytes());
+    }
+    buf.put_u32(body_len as u32);
+    for chunk in body {
+        buf.put_slice(chunk);
+    }
+    let sum = fnv1a(&[&buf]);
+    buf.put_u64(sum);
+    buf.freeze()
+}
+
+struct Reader<'a> {
+    raw: &'a Bytes,
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<std::ops::Range<usize>, DecodeError> {
+        let end = self.pos.checked_add(n).ok_or(DecodeError::Truncated)?;
+        if end > self.raw.len() {
+            return Err(DecodeError::Truncated);
+        }
+        let r = self.pos..end;
+        self.pos = end;
+        Ok(r)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let r = self.take(N)?;
+        let mut out = [0u8; N];
+        out.copy_from_slice(&self.raw[r]);
+        Ok(out)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.array::<1>()?[0])
+    }
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(u16::from_be_bytes(self.array()?))
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+}
+
+/// Decodes stored bytes; any deviation from the layout is an error, never a panic.
+pub(crate) fn decode(raw: Bytes) -> Result<Entry, DecodeError> {
+    if raw.len() < 4 || &raw[..4] != MAGIC {
+        return Err(DecodeError::Foreign);
+    }
+    if raw.len() < FIXED + 4 + 8 {
+        return Err(DecodeError::Truncated);
+    }
+    let (content, sum) = raw.split_at(raw.len() - 8);
+    let mut sum_bytes = [0u8; 8];
+    sum_bytes.copy_from_slice(sum);
+    if fnv1a(&[content]) != u64::from_be_bytes(sum_bytes) {
+        return Err(DecodeError::Checksum);
+    }
+    let content = raw.slice(..raw.len() - 8);
+    let mut r = Reader {
+        raw: &content,
+        pos: 4,
+    };
+    let version = r.u8()?;
+    if version != VERSION {
+        return Err(DecodeError::Version(version));
+    }
+    let flags = r.u8()?;
+    let status = r.u16()?;
+    StatusCode::from_u16(status).map_err(|_| DecodeError::Invalid("status"))?;
+    let meta = Meta {
+        status,
+        key_tag: r.u64()?,
+        stored_ms: r.u64()?,
+        fresh_ms: r.u64()?,
+        age_s: r.u32()?,
+        swr_s: r.u32()?,
+        sie_s: r.u32()?,
+        must_revalidate: flags & FLAG_MUST_REVALIDATE != 0,
+    };
+    let count = usize::from(r.u16()?);
+    if count > MAX_HEADERS {
+        return Err(DecodeError::Invalid("header count"));
+    }
+    let mut headers = HeaderMap::with_capacity(count);
+    for _ in 0..count {
+        let n = usize::from(r.u16()?);
+        let name = r.take(n)?;
+        let name =
+            HeaderName::from_bytes(&content[name]).map_err(|_| DecodeError::Invalid("name"))?;
+        let n = r.u32()? as usize;
+        let value = r.take(n)?;
+        let value = HeaderValue::from_maybe_shared(content.slice(value))
+            .map_err(|_| DecodeError::Invalid("value"))?;
+        headers.append(name, value);
+    }
+    let n = r.u32()? as usize;
+    let body = r.take(n)?;
+    if r.pos != content.len() {
+        return Err(DecodeError::Invalid("trailing bytes"));
+    }
+    Ok(Entry {
+        meta,
+        headers,
+        body: content.slice(body),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> (Meta, HeaderMap, Vec<Bytes>) {
+        let meta = Meta {
+            status: 200,
+            key_tag: 7,
+            stored_ms: 1_700_000_000_000,
+            fresh_ms: 30_000,
+            age_s: 3,
+            swr_s: 10,
+            sie_s: 0,
+            must_revalidate: true,
+        };
+        let mut h = HeaderMap::new();
+        h.insert("content-type", HeaderValue::from_static("text/plain"));
+        h.append("x-multi", HeaderValue::from_static("a"));
+        h.append("x-multi", HeaderValue::from_static("b"));
+        (
+            meta,
+            h,
+            vec![Bytes::from_static(b"hello "), Bytes::from_static(b"world")],
+        )
+    }
+
+    #[test]
+    fn round_trips() {
+        let (meta, h, body) = sample();
+        let raw = encode(&meta, &h, &body);
+        let e = decode(raw).unwrap();
+        assert_eq!(e.meta, meta);
+        assert_eq!(e.headers, h);
+        assert_eq!(e.body, "hello world");
+    }
+
+    #[test]
+    fn every_truncation_and_bit_flip_is_an_error() {
+        let (meta, h, body) = sample();
+        let raw = encode(&meta, &h, &body);
+        for n in 0..raw.len() {
+            assert!(decode(raw.slice(..n)).is_err(), "truncated at {n}");
+        }
+        for i in 0..raw.len() {
+            let mut v = raw.to_vec();
+            v[i] ^= 0x40;
+            assert!(decode(Bytes::from(v)).is_err(), "flipped byte {i}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode(Bytes::from(data));
+        }
+
+        #[test]
+        fn random_content_with_a_valid_checksum_never_panics(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            // Past the checksum, so the field parsing itself is exercised.
+            let mut v = b"TRLC\x01".to_vec();
+            v.extend(data);
+            let sum = fnv1a(&[&v]);
+            v.extend(sum.to_be_bytes());
+            let _ = decode(Bytes::from(v));
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! [`CacheHandle`]: the cache for application code — `get_or_load` (the
+//! cache-aside of a database row) and invalidation by URI or key.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Uri};
+
+use super::fill::store_value;
+use super::flight::Outcome;
+use super::invalidate::purge_urls;
+use super::key::app_url;
+use super::resolve::{resolve, Ask, Resolution};
+use super::shared::Shared;
+use crate::error::StoreError;
+
+/// Application access to a [`ResponseCacheLayer`](super::ResponseCacheLayer)'s
+/// cache; from [`ResponseCacheLayer::handle`](super::ResponseCacheLayer::handle).
+/// Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct CacheHandle {
+    shared: Arc<Shared>,
+}
+
+impl CacheHandle {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    /// The value stored under `key`, or the one `loader` produces, stored
+    /// for `ttl` (shortened by the layer's jitter).
+    ///
+    /// Concurrent calls for one key, in this process and on every instance
+    /// sharing the store, run `loader` once; the others wait (bounded by the
+    /// layer's `max_wait`) and get its value. If the store fails, `loader`
+    /// runs and a warning is logged. A loader error is returned to its
+    /// caller and nothing is stored; waiting callers then load themselves.
+    pub async fn get_or_load<F, Fut, E>(
+        &self,
+        key: &str,
+        ttl: Duration,
+        loader: F,
+    ) -> Result<Bytes, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Bytes, E>>,
+    {
+        let ask = Ask {
+            url: app_url(&self.shared.key.scope, key),
+            headers: Arc::new(HeaderMap::new()),
+            lookup_only: false,
+            force_older_than: None,
+        };
+        match resolve(self.shared.clone(), ask).await {
+            Resolution::Hit(e, _) => Ok(e.body),
+            Resolution::Pass(_) => loader().await,
+            Resolution::Fill(leader) => match loader().await {
+                Ok(v) => {
+                    store_value(leader, &v, ttl);
+                    Ok(v)
+                }
+                Err(e) => {
+                    leader.finish(Outcome::Abandoned);
+                    Err(e)
+                }
+            },
+        }
+    }
+
+    /// Drops the value of `key` (from [`get_or_load`](Self::get_or_load)) on every instance.
+    pub async fn invalidate_key(&self, key: &str) -> Result<(), StoreError> {
+        let url = app_url(&self.shared.key.scope, key);
+        self.shared.purge(&url).await.map(drop)
+    }
+
+    /// Drops every cached variant of a GET of `uri` on every instance. With
+    /// [`key_host`](super::ResponseCacheLayerBuilder::key_host), `uri` must
+    /// be absolute.
+    pub async fn invalidate(&self, uri: &Uri) -> Result<(), StoreError> {
+        let url = self.shared.key.url(uri, &HeaderMap::new());
+        self.shared.purge(&url).await.map(drop)
+    }
+
+    /// Like [`invalidate`](Self::invalidate), in the background: failures are logged.
+    pub fn invalidate_later(&self, uri: &Uri) {
+        let url = self.shared.key.url(uri, &HeaderMap::new());
+        let fut = purge_urls(self.shared.clone(), vec![url]);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(fut);
+        }
+    }
+}

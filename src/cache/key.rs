@@ -1,0 +1,223 @@
+//! Cache keys: which stored response answers a request.
+//!
+//! A key has two parts. The *URL* part (scope, method GET, path, query
+//! normalised as configured, the host when configured) names everything the
+//! layer stores for one resource, so invalidating a URL drops every variant.
+//! The *variant* part holds the request's values of the configured key
+//! headers and of the headers the response's `Vary` names. Both are hashed
+//! (SHA-256, base64url) before they become part of a store key.
+
+use std::sync::Arc;
+
+use http::header::{HeaderMap, HeaderName, HOST, VARY};
+use http::Uri;
+
+use crate::key::digest;
+
+/// How the URL part of a key is built (set on the builder).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct KeyRules {
+    pub(crate) scope: String,
+    pub(crate) host: bool,
+    pub(crate) sort_query: bool,
+    pub(crate) ignore_params: Vec<String>,
+    /// Request headers always in the key (lowercase, sorted).
+    pub(crate) headers: Vec<HeaderName>,
+}
+
+/// Where one variant of one URL lives in a store.
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[allow(unreachable_pub)]
+pub struct Slot {
+    /// Digest of the URL part.
+    pub(crate) url: Arc<str>,
+    /// The header names the variant is keyed on, comma-separated.
+    pub(crate) spec: Arc<str>,
+    /// Digest of the request's values of `spec`, or `_` when `spec` is empty.
+    pub(crate) variant: Arc<str>,
+}
+
+impl Slot {
+    /// Tags an entry with the key it belongs to.
+    pub(crate) fn tag(&self) -> u64 {
+        super::entry::fnv1a(&[
+            self.url.as_bytes(),
+            b"\0",
+            self.spec.as_bytes(),
+            b"\0",
+            self.variant.as_bytes(),
+        ])
+    }
+}
+
+impl KeyRules {
+    /// The URL digest of a GET (or HEAD) of `uri`.
+    pub(crate) fn url(&self, uri: &Uri, headers: &HeaderMap) -> Arc<str> {
+        let mut s = String::with_capacity(64);
+        s.push_str(&self.scope);
+        s.push_str("\0GET\0");
+        if self.host {
+            let host = uri
+                .authority()
+                .map(|a| a.as_str().to_owned())
+                .or_else(|| headers.get(HOST)?.to_str().ok().map(str::to_owned))
+                .unwrap_or_default();
+            s.push_str(&host.to_ascii_lowercase());
+        }
+        s.push('\0');
+        s.push_str(uri.path());
+        if let Some(q) = uri.query() {
+            let mut params: Vec<&str> = q
+                .split('&')
+                .filter(|p| !p.is_empty())
+                .filter(|p| {
+                    let name = p.split_once('=').map_or(*p, |(n, _)| n);
+                    !self.ignore_params.iter().any(|i| i == name)
+                })
+                .collect();
+            if self.sort_query {
+                params.sort_unstable();
+            }
+            if !params.is_empty() {
+                s.push('?');
+                s.push_str(&params.join("&"));
+            }
+        }
+        digest(s.as_bytes()).into()
+    }
+
+    /// The spec of a URL whose response did not `Vary`.
+    pub(crate) fn base_spec(&self) -> Arc<str> {
+        join(self.headers.iter().map(HeaderName::as_str))
+    }
+
+    /// The spec for a response: the configured key headers plus its `Vary`
+    /// names. `None` for `Vary: *` (not stored).
+    pub(crate) fn spec_for(&self, response: &HeaderMap) -> Option<Arc<str>> {
+        let mut names: Vec<String> = self.headers.iter().map(|h| h.to_string()).collect();
+        for line in response.get_all(VARY) {
+            let line = line.to_str().ok()?;
+            for name in line.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                if name == "*" {
+                    return None;
+                }
+                names.push(name.to_ascii_lowercase());
+            }
+        }
+        names.sort_unstable();
+        names.dedup();
+        Some(join(names.iter().map(String::as_str)))
+    }
+}
+
+fn join<'a>(names: impl Iterator<Item = &'a str>) -> Arc<str> {
+    names.collect::<Vec<_>>().join(",").into()
+}
+
+/// The slot of a request for a URL whose variants are keyed on `spec`.
+pub(crate) fn slot(url: Arc<str>, spec: Arc<str>, request: &HeaderMap) -> Slot {
+    let variant = variant(&spec, request);
+    Slot { url, spec, variant }
+}
+
+/// Digest of the normalised request values of the headers in `spec`:
+/// lines joined by `,`, items trimmed, inner whitespace collapsed, lowercase.
+pub(crate) fn variant(spec: &str, request: &HeaderMap) -> Arc<str> {
+    if spec.is_empty() {
+        return "_".into();
+    }
+    let mut s = Vec::with_capacity(64);
+    for name in spec.split(',') {
+        s.extend_from_slice(name.as_bytes());
+        s.push(b':');
+        let mut first = true;
+        for line in request.get_all(name) {
+            for item in line.as_bytes().split(|b| *b == b',') {
+                let item: Vec<u8> = item
+                    .split(|b| b.is_ascii_whitespace())
+                    .filter(|w| !w.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(&b' ')
+                    .to_ascii_lowercase();
+                if item.is_empty() {
+                    continue;
+                }
+                if !first {
+                    s.push(b',');
+                }
+                first = false;
+                s.extend_from_slice(&item);
+            }
+        }
+        s.push(0);
+    }
+    digest(&s).into()
+}
+
+/// The URL digest of an application key (`get_or_load`).
+pub(crate) fn app_url(scope: &str, key: &str) -> Arc<str> {
+    let mut s = String::with_capacity(scope.len() + key.len() + 6);
+    s.push_str(scope);
+    s.push_str("\0app\0");
+    s.push_str(key);
+    digest(s.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> KeyRules {
+        KeyRules {
+            scope: "s".into(),
+            sort_query: true,
+            ignore_params: vec!["utm_source".into()],
+            ..KeyRules::default()
+        }
+    }
+
+    #[test]
+    fn query_is_normalised() {
+        let r = rules();
+        let h = HeaderMap::new();
+        let a = r.url(&"/p?b=2&a=1&utm_source=x".parse().unwrap(), &h);
+        let b = r.url(&"/p?a=1&b=2".parse().unwrap(), &h);
+        assert_eq!(a, b);
+        assert_ne!(a, r.url(&"/p?a=1&b=3".parse().unwrap(), &h));
+        assert_ne!(a, r.url(&"/q?a=1&b=2".parse().unwrap(), &h));
+    }
+
+    #[test]
+    fn host_only_when_configured() {
+        let mut h1 = HeaderMap::new();
+        h1.insert(HOST, "a.example".parse().unwrap());
+        let mut h2 = HeaderMap::new();
+        h2.insert(HOST, "b.example".parse().unwrap());
+        let uri: Uri = "/p".parse().unwrap();
+        let r = rules();
+        assert_eq!(r.url(&uri, &h1), r.url(&uri, &h2));
+        let r = KeyRules {
+            host: true,
+            ..rules()
+        };
+        assert_ne!(r.url(&uri, &h1), r.url(&uri, &h2));
+    }
+
+    #[test]
+    fn vary_values_are_normalised() {
+        let mut resp = HeaderMap::new();
+        resp.append(VARY, "Accept-Encoding, accept-language".parse().unwrap());
+        let spec = rules().spec_for(&resp).unwrap();
+        assert_eq!(&*spec, "accept-encoding,accept-language");
+        let mut a = HeaderMap::new();
+        a.append("accept-encoding", "gzip,  BR".parse().unwrap());
+        let mut b = HeaderMap::new();
+        b.append("accept-encoding", "gzip".parse().unwrap());
+        b.append("accept-encoding", "br".parse().unwrap());
+        assert_eq!(variant(&spec, &a), variant(&spec, &b));
+        assert_ne!(variant(&spec, &a), variant(&spec, &HeaderMap::new()));
+        resp.append(VARY, "*".parse().unwrap());
+        assert!(rules().spec_for(&resp).is_none());
+    }
+}

@@ -1,0 +1,204 @@
+//! Cache-aside for HTTP responses, shared by every instance through the
+//! store: one origin call per key across the fleet, invalidation on writes,
+//! the semantics of an RFC 9111 shared cache where the handler speaks HTTP
+//! and an application TTL where it does not.
+//!
+//! # Example
+//!
+//! ```
+//! use tower::ServiceBuilder;
+//! use tower_redis_layers::cache::ResponseCacheLayer;
+//! use tower_redis_layers::MemoryStore;
+//!
+//! # fn main() -> Result<(), tower_redis_layers::ConfigError> {
+//! // A pure HTTP shared cache: responses are stored as their
+//! // `Cache-Control` allows (use a RedisStore to share it).
+//! let layer = ResponseCacheLayer::builder(MemoryStore::new()).build()?;
+//! let svc = ServiceBuilder::new().layer(layer).service_fn(|_req: http::Request<String>| async {
+//!     let res = http::Response::builder()
+//!         .header("cache-control", "max-age=60")
+//!         .body(http_body_util::Full::new(bytes::Bytes::from("hello")))
+//!         .unwrap();
+//!     Ok::<_, std::convert::Infallible>(res)
+//! });
+//! # drop(svc);
+//! # Ok(()) }
+//! ```
+//!
+//! Customised: an application TTL for handlers that state none, short
+//! negative caching, a normalised query, a header in the key, and a handle
+//! for application values:
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_redis_layers::cache::{RequestDirectives, ResponseCacheLayer};
+//! use tower_redis_layers::MemoryStore;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let layer = ResponseCacheLayer::builder(MemoryStore::new())
+//!     .default_ttl(Duration::from_secs(30))
+//!     .negative_ttl(Duration::from_secs(5))
+//!     .sort_query(true)
+//!     .ignore_query_param("utm_source")
+//!     .key_header(http::header::ACCEPT_LANGUAGE)
+//!     .max_body_size(256 * 1024)
+//!     .request_directives(RequestDirectives::Honor { min_age: Duration::from_secs(1) })
+//!     .scope("api")
+//!     .build()?;
+//! let cache = layer.handle();
+//! let row = cache
+//!     .get_or_load("item:42", Duration::from_secs(30), || async {
+//!         Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"{\"id\":42}"))
+//!     })
+//!     .await?;
+//! assert_eq!(row, "{\"id\":42}");
+//! cache.invalidate(&"/api/items/42".parse()?).await?;
+//! # Ok(()) }
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run()).unwrap();
+//! ```
+//!
+//! # What is stored
+//!
+//! GET responses (HEAD is answered from them) with status 200, 203, 204,
+//! 300, 301 or 308, unless the response says `no-store` or `private`,
+//! carries `Set-Cookie`, or the request carried `Authorization` (RFC 9111
+//! §3.5) — each lifted only by configuration
+//! ([`store_set_cookie_responses`](ResponseCacheLayerBuilder::store_set_cookie_responses),
+//! [`cache_authorized`](ResponseCacheLayerBuilder::cache_authorized)).
+//! 404, 405, 410, 414 and 501 are stored only with a
+//! [`negative_ttl`](ResponseCacheLayerBuilder::negative_ttl). Freshness
+//! comes from `s-maxage`, else `max-age`, else `Expires`, else the layer's
+//! [`default_ttl`](ResponseCacheLayerBuilder::default_ttl) (with jitter);
+//! without any, nothing is stored. `Vary: *` is never stored. Requests with
+//! `Range` bypass the cache. A request carrying a header the key ignores but
+//! an origin may reflect (`X-Forwarded-Host`, ...) can be answered from the
+//! cache, but never fills it: an unkeyed header cannot poison it.
+//!
+//! # Keys
+//!
+//! GET, the path, the query (optionally sorted, parameters dropped by
+//! name), the host only when [configured](ResponseCacheLayerBuilder::key_host),
+//! and the request's values (normalised) of the configured key headers and
+//! of the headers the response `Vary`s on; at most
+//! [`max_variants`](ResponseCacheLayerBuilder::max_variants) variants per
+//! URL. URLs and values are hashed before they reach a store key. On Redis:
+//! `{prefix}:cache:{<url digest>}:i` (index: the Vary spec and each
+//! variant's freshness), `…:e:<variant>` (entry) and `…:l:<variant>` (fill
+//! lock), all with a TTL, one hash tag per URL.
+//!
+//! # Answers
+//!
+//! Hits carry `Age` and `Cache-Status` (RFC 9211): `trl; hit; ttl=12`,
+//! `trl; fwd=miss; fwd-status=200; stored; ttl=30` for the request that
+//! filled, `trl; fwd=miss; collapsed` for those that waited for it. A
+//! request whose `If-None-Match` (weak comparison) or `If-Modified-Since`
+//! matches an entry gets `304` with the fields RFC 9110 §15.4.5 requires.
+//! A stale entry with a validator is revalidated with a conditional request;
+//! a `304` refreshes it. `stale-while-revalidate` serves the stale entry to
+//! everyone but the one request revalidating it; `stale-if-error` serves it
+//! when the origin answers 5xx or fails.
+//!
+//! # One origin call per key
+//!
+//! Concurrent misses for one slot collapse in process (one leader, the
+//! others follow its outcome), and across instances: the lookup script takes
+//! a short fill lock ([`lock_ttl`](ResponseCacheLayerBuilder::lock_ttl)) in
+//! the same round trip; instances that find it held poll with back-off (5 to
+//! 50 ms) until the entry appears, and after
+//! [`max_wait`](ResponseCacheLayerBuilder::max_wait) go to the origin
+//! themselves. A response that turns out not storable releases the lock and
+//! marks the slot *hit-for-miss* for 30 s (as Varnish does): waiters and
+//! later misses of that slot go to the origin at once instead of queueing
+//! behind the lock, and a response that is storable again is stored.
+//!
+//! Request `Cache-Control` is ignored by default so that clients cannot
+//! force origin load; see [`RequestDirectives`].
+//!
+//! # Invalidation
+//!
+//! A successful (2xx, 3xx) unsafe request (POST, PUT, PATCH, DELETE, and
+//! any method not known to be safe) drops every variant of
+//! the GET of its URI, and of its `Location` / `Content-Location` when they
+//! are on the same origin, before the response is returned — on every
+//! instance, since entries live in the store. [`CacheHandle`] invalidates by
+//! URI or by application key.
+//!
+//! # Entries, bodies, failures
+//!
+//! Entries use our own versioned binary layout with length fields and a
+//! checksum; decoding is bounds-checked. A corrupt or foreign entry is a miss
+//! and gets overwritten. Bodies stream to the client while being captured;
+//! past [`max_body_size`](ResponseCacheLayerBuilder::max_body_size) (1 MiB)
+//! capture stops and the rest streams through unstored. A hit on Redis is
+//! one round trip (one script that also reads the store's clock), and its
+//! body is a slice of the reply, not a copy. When the store fails or misses
+//! its deadline the request is a miss served by the origin, with a warning
+//! logged at most once per second.
+//!
+//! Time comes from the store: the Redis server's clock (read by every
+//! lookup), so `Age` and freshness agree across instances.
+//!
+//! # In-process tier
+//!
+//! With [`l1`](ResponseCacheLayerBuilder::l1) and a `RedisStore`, fresh
+//! entries are also kept in process, so a hot hit costs no round trip.
+//! Every write and purge publishes the URL on the store's invalidation
+//! channel and each instance drops its copies; copies are kept only while
+//! the subscription is up, and for at most the configured age. The price:
+//! an invalidation reaches other instances' copies after the pub/sub
+//! delivery delay rather than before the write's response returns.
+//!
+//! # Limits
+//!
+//! - An instance learns a URL's `Vary` from the store: its first lookup of a
+//!   varying URL takes a second round trip; later ones take one.
+//! - Redis Cluster: the keys of one URL share a hash tag, but the scripts
+//!   also touch a URL's other variant keys (same slot) that are not passed
+//!   in `KEYS`. No cluster store exists yet to run them on.
+//! - Purge by tag (`Surrogate-Key`) and soft purge are not implemented.
+
+mod body;
+mod cache_control;
+mod entry;
+mod fill;
+mod flight;
+mod future;
+mod handle;
+mod invalidate;
+mod key;
+mod l1;
+mod layer;
+mod policy;
+#[cfg(feature = "redis")]
+mod redis;
+mod resolve;
+mod response;
+mod service;
+mod shared;
+mod store;
+
+pub use body::ResponseBody;
+pub use future::ResponseFuture;
+pub use handle::CacheHandle;
+pub use layer::{RequestDirectives, ResponseCacheLayer, ResponseCacheLayerBuilder};
+pub use service::ResponseCache;
+pub use store::CacheStore;
+
+pub(crate) use store::MemoryState;
+
+/// Entry points for fuzzing; not part of the API.
+#[doc(hidden)]
+pub mod __fuzz {
+    /// Decodes `data` as a stored entry, then as the content of an entry
+    /// with a valid checksum (so the field parsing is reached); must never
+    /// panic. Returns whether either decoded.
+    pub fn entry_decode(data: &[u8]) -> bool {
+        use super::entry::{decode, fnv1a};
+        let raw = decode(bytes::Bytes::copy_from_slice(data)).is_ok();
+        let mut sealed = b"TRLC\x01".to_vec();
+        sealed.extend_from_slice(data);
+        let sum = fnv1a(&[&sealed]);
+        sealed.extend_from_slice(&sum.to_be_bytes());
+        raw | decode(bytes::Bytes::from(sealed)).is_ok()
+    }
+}

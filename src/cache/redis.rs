@@ -1,0 +1,198 @@
+//! The cache's Redis home: one script per decision, keys
+//! `{prefix}:cache:{<url digest>}:i|e:<variant>|l:<variant>` — the hash tag
+//! keeps a URL's index, entries and locks in one cluster slot.
+
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
+use redis::{Script, Value};
+
+use super::key::Slot;
+use super::l1::{Listener, Signal};
+use super::store::{CacheStore, Found, LockState, Lookup, Write};
+use crate::error::StoreError;
+use crate::RedisStore;
+
+static LOOKUP: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/lookup.lua")));
+static STORE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/store.lua")));
+static RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/release.lua")));
+static PURGE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/purge.lua")));
+
+impl RedisStore {
+    fn cache_base(&self, url: &str) -> String {
+        format!("{}:cache:{{{}}}:", self.prefix(), url)
+    }
+
+    /// The pub/sub channel of the cache's invalidations.
+    fn cache_channel(&self) -> String {
+        format!("{}:cache:inval", self.prefix())
+    }
+}
+
+/// Subscribes to the invalidation channel and feeds `listener`, resubscribing
+/// after a lost connection (to the next node, on a cluster), until the
+/// listener is no longer wanted.
+async fn listen_loop(clients: Vec<redis::Client>, channel: String, listener: Listener) {
+    for client in clients.iter().cycle() {
+        if let Ok(mut ps) = client.get_async_pubsub().await {
+            if ps.subscribe(&channel).await.is_ok() {
+                if !listener(Signal::Up) {
+                    return;
+                }
+                let mut messages = ps.on_message();
+                loop {
+                    match tokio::time::timeout(Duration::from_secs(5), messages.next()).await {
+                        Ok(Some(msg)) => {
+                            let m = String::from_utf8_lossy(msg.get_payload_bytes());
+                            if !listener(Signal::Message(&m)) {
+                                return;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(_) => {
+                            if !listener(Signal::Idle) {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if !listener(Signal::Down) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn keys(base: &str, s: &Slot) -> [String; 4] {
+    [
+        format!("{base}i"),
+        format!("{base}e:{}", s.variant),
+        format!("{base}l:{}", s.variant),
+        format!("{base}p:{}", s.variant),
+    ]
+}
+
+fn bytes_of(v: Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.into_bytes()),
+        _ => None,
+    }
+}
+
+fn parse_found(v: Value) -> Result<Found, StoreError> {
+    let Value::Array(items) = v else {
+        return Err(StoreError::protocol("cache lookup: not an array"));
+    };
+    let mut it = items.into_iter();
+    let (Some(Value::Int(now)), Some(spec), Some(entry), Some(Value::Int(lock))) =
+        (it.next(), it.next(), it.next(), it.next())
+    else {
+        return Err(StoreError::protocol("cache lookup: unexpected reply"));
+    };
+    let spec = bytes_of(spec).ok_or_else(|| StoreError::protocol("cache lookup: spec"))?;
+    let spec: Arc<str> = String::from_utf8_lossy(&spec).into();
+    Ok(Found {
+        now_ms: now.max(0) as u64,
+        spec,
+        entry: bytes_of(entry).map(Bytes::from),
+        lock: match lock {
+            1 => LockState::Acquired,
+            2 => LockState::Held,
+            3 => LockState::HitForMiss,
+            _ => LockState::NotTried,
+        },
+    })
+}
+
+impl CacheStore for RedisStore {
+    fn lookup(&self, q: &Lookup) -> BoxFuture<'static, Result<Found, StoreError>> {
+        let base = self.cache_base(&q.slot.url);
+        let [index, entry, lock, pass] = keys(&base, &q.slot);
+        let mut inv = LOOKUP.prepare_invoke();
+        inv.key(index).key(entry).key(lock).key(pass);
+        inv.arg(&*q.slot.spec).arg(&*q.slot.variant);
+        match q.lock {
+            Some((token, ttl)) => inv.arg(token.to_string()).arg(ttl),
+            None => inv.arg("").arg(0),
+        };
+        inv.arg(if q.force { "1" } else { "0" });
+        let store = self.clone();
+        Box::pin(async move {
+            let mut conn = store.conn();
+            let v = store.call(inv.invoke_async::<Value>(&mut conn)).await?;
+            parse_found(v)
+        })
+    }
+
+    fn write(&self, w: Write) -> BoxFuture<'static, Result<(), StoreError>> {
+        let base = self.cache_base(&w.slot.url);
+        let [index, entry, lock, _] = keys(&base, &w.slot);
+        let mut inv = STORE.prepare_invoke();
+        inv.key(index).key(entry).key(lock);
+        inv.arg(&*w.slot.spec)
+            .arg(&*w.slot.variant)
+            .arg(&w.entry[..])
+            .arg(w.fresh_until_ms)
+            .arg(w.keep_ms.max(1))
+            .arg(w.token.map(|t| t.to_string()).unwrap_or_default())
+            .arg(w.max_variants)
+            .arg(base)
+            .arg(self.cache_channel())
+            .arg(format!("{}|{}", w.writer, w.slot.url));
+        let store = self.clone();
+        Box::pin(async move {
+            let mut conn = store.conn();
+            store.call(inv.invoke_async::<Value>(&mut conn)).await?;
+            Ok(())
+        })
+    }
+
+    fn release(
+        &self,
+        slot: &Slot,
+        token: u64,
+        pass_ms: u64,
+    ) -> BoxFuture<'static, Result<(), StoreError>> {
+        let base = self.cache_base(&slot.url);
+        let [_, _, lock, pass] = keys(&base, slot);
+        let mut inv = RELEASE.prepare_invoke();
+        inv.key(lock).key(pass).arg(token.to_string()).arg(pass_ms);
+        let store = self.clone();
+        Box::pin(async move {
+            let mut conn = store.conn();
+            store.call(inv.invoke_async::<Value>(&mut conn)).await?;
+            Ok(())
+        })
+    }
+
+    fn purge(&self, url: &str) -> BoxFuture<'static, Result<u64, StoreError>> {
+        let base = self.cache_base(url);
+        let mut inv = PURGE.prepare_invoke();
+        inv.key(format!("{base}i"))
+            .arg(base)
+            .arg(self.cache_channel())
+            .arg(format!("-|{url}"));
+        let store = self.clone();
+        Box::pin(async move {
+            let mut conn = store.conn();
+            let n = store.call(inv.invoke_async::<i64>(&mut conn)).await?;
+            Ok(n.max(0) as u64)
+        })
+    }
+
+    fn listen(&self, listener: Listener) -> bool {
+        let clients = self.pubsub_clients().to_vec();
+        let (false, Ok(rt)) = (clients.is_empty(), tokio::runtime::Handle::try_current()) else {
+            return false;
+        };
+        rt.spawn(listen_loop(clients, self.cache_channel(), listener));
+        true
+    }
+}

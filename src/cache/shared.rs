@@ -1,0 +1,212 @@
+//! The state one layer (and its handles) share: configuration, the store,
+//! in-process flights, the store-clock estimate and the learned Vary specs.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::HeaderName;
+use tokio::time::Instant;
+
+use super::flight::Flights;
+use super::key::{KeyRules, Slot};
+use super::l1::L1;
+use super::layer::RequestDirectives;
+use super::policy::Rules;
+use super::store::{CacheStore, Write};
+use crate::error::StoreError;
+use crate::store::memory::lock;
+
+/// Most URLs whose Vary spec is remembered in process.
+const MAX_SPECS: usize = 10_000;
+
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn CacheStore>,
+    pub(crate) rules: Rules,
+    pub(crate) key: KeyRules,
+    pub(crate) flights: Arc<Flights>,
+    pub(crate) max_body: usize,
+    pub(crate) max_variants: u32,
+    pub(crate) lock_ttl: Duration,
+    pub(crate) wait: Duration,
+    pub(crate) name: String,
+    pub(crate) unkeyed: Vec<HeaderName>,
+    pub(crate) directives: RequestDirectives,
+    pub(crate) invalidate_unsafe: bool,
+    pub(crate) l1: Option<Arc<L1>>,
+    specs: Mutex<HashMap<Arc<str>, Arc<str>>>,
+    base: Instant,
+    offset_ms: AtomicI64,
+    warned_at: AtomicU64,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseCacheConfig")
+            .field("rules", &self.rules)
+            .field("key", &self.key)
+            .field("max_body", &self.max_body)
+            .field("max_variants", &self.max_variants)
+            .field("lock_ttl", &self.lock_ttl)
+            .field("wait", &self.wait)
+            .field("name", &self.name)
+            .field("directives", &self.directives)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Settings {
+    pub(crate) store: Arc<dyn CacheStore>,
+    pub(crate) rules: Rules,
+    pub(crate) key: KeyRules,
+    pub(crate) max_body: usize,
+    pub(crate) max_variants: u32,
+    pub(crate) lock_ttl: Duration,
+    pub(crate) wait: Duration,
+    pub(crate) name: String,
+    pub(crate) unkeyed: Vec<HeaderName>,
+    pub(crate) directives: RequestDirectives,
+    pub(crate) invalidate_unsafe: bool,
+    pub(crate) l1: Option<(usize, Duration)>,
+}
+
+impl Shared {
+    pub(crate) fn new(s: Settings) -> Self {
+        let l1 = s.l1.and_then(|(n, age)| {
+            let l1 = Arc::new(L1::new(n, age));
+            if s.store.listen(l1.listener()) {
+                Some(l1)
+            } else {
+                tracing::warn!(
+                    "response cache: the in-process tier needs a RedisStore built from a URL \
+                     and a Tokio runtime at build time; it is off"
+                );
+                None
+            }
+        });
+        Self {
+            l1,
+            store: s.store,
+            rules: s.rules,
+            key: s.key,
+            flights: Arc::default(),
+            max_body: s.max_body,
+            max_variants: s.max_variants,
+            lock_ttl: s.lock_ttl,
+            wait: s.wait,
+            name: s.name,
+            unkeyed: s.unkeyed,
+            directives: s.directives,
+            invalidate_unsafe: s.invalidate_unsafe,
+            specs: Mutex::default(),
+            base: Instant::now(),
+            offset_ms: AtomicI64::new(i64::MIN),
+            warned_at: AtomicU64::new(0),
+        }
+    }
+
+    fn local_ms(&self) -> i64 {
+        self.base.elapsed().as_millis() as i64
+    }
+
+    /// Records the store's clock as seen in a reply.
+    pub(crate) fn observe(&self, store_now_ms: u64) {
+        self.offset_ms
+            .store(store_now_ms as i64 - self.local_ms(), Ordering::Relaxed);
+    }
+
+    /// The store's clock, estimated from the last reply (the local wall
+    /// clock before the first one).
+    pub(crate) fn now_ms(&self) -> u64 {
+        let off = self.offset_ms.load(Ordering::Relaxed);
+        if off == i64::MIN {
+            return std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+        }
+        (self.local_ms() + off).max(0) as u64
+    }
+
+    /// The spec a URL's variants were last seen keyed on.
+    pub(crate) fn spec_of(&self, url: &Arc<str>) -> Arc<str> {
+        lock(&self.specs)
+            .get(url)
+            .cloned()
+            .unwrap_or_else(|| self.key.base_spec())
+    }
+
+    pub(crate) fn learn(&self, url: &Arc<str>, spec: &Arc<str>) {
+        let mut specs = lock(&self.specs);
+        if **spec == *self.key.base_spec() {
+            specs.remove(url);
+            return;
+        }
+        if specs.len() >= MAX_SPECS {
+            specs.clear();
+        }
+        specs.insert(url.clone(), spec.clone());
+    }
+
+    /// One warning per second at most: an outage must not flood the logs.
+    pub(crate) fn warn(&self, what: &str, e: &StoreError) {
+        let sec = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if self.warned_at.swap(sec, Ordering::Relaxed) != sec {
+            tracing::warn!(error = %e, "response cache: {what} failed; the origin serves");
+        }
+    }
+
+    /// Writes an entry in the background: the response is not held up by it.
+    pub(crate) fn spawn_write(self: &Arc<Self>, w: Write) {
+        let fut = self.store.write(w);
+        let shared = self.clone();
+        spawn(async move {
+            if let Err(e) = fut.await {
+                shared.warn("storing an entry", &e);
+            }
+        });
+    }
+
+    /// Keeps an in-process copy of a fresh entry (when the tier is on).
+    pub(crate) fn l1_put(&self, slot: &Slot, raw: &bytes::Bytes, fresh_until: u64) {
+        if let Some(l1) = &self.l1 {
+            l1.put(slot, raw.clone(), self.now_ms(), fresh_until);
+        }
+    }
+
+    /// Drops every variant of a URL here at once and, through the store, everywhere.
+    pub(crate) fn purge(
+        &self,
+        url: &str,
+    ) -> futures_util::future::BoxFuture<'static, Result<u64, StoreError>> {
+        if let Some(l1) = &self.l1 {
+            l1.remove_url(url);
+        }
+        self.store.purge(url)
+    }
+
+    pub(crate) fn spawn_release(self: &Arc<Self>, slot: &Slot, token: u64, pass_ms: u64) {
+        let fut = self.store.release(slot, token, pass_ms);
+        spawn(async move {
+            let _ = fut.await;
+        });
+    }
+}
+
+/// Spawns on the current Tokio runtime; outside one (a drop at shutdown)
+/// the work is skipped: locks expire and writes are only an optimisation.
+fn spawn(fut: impl std::future::Future<Output = ()> + Send + 'static) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(fut);
+    }
+}
+
+/// A random lock token.
+pub(crate) fn token() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}

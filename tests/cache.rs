@@ -1,0 +1,1037 @@
+//! ResponseCacheLayer behaviour, on every store (conformance) and on Redis
+//! alone (several instances, corrupt entries, round trips, outages).
+
+mod support;
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Full};
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_redis_layers::cache::{CacheStore, ResponseCacheLayer, ResponseCacheLayerBuilder};
+
+/// An origin body of separate chunks with no size hint: every test
+/// exercises the streaming capture.
+#[derive(Debug, Default)]
+struct Chunks(VecDeque<Bytes>);
+
+impl Chunks {
+    fn of(parts: &[&str]) -> Self {
+        Self(parts.iter().map(|p| Bytes::from(p.to_string())).collect())
+    }
+}
+
+impl Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+    }
+}
+
+type Handler = dyn Fn(&Request<Full<Bytes>>, usize) -> Response<Chunks> + Send + Sync;
+
+#[derive(Clone)]
+struct Origin {
+    calls: Arc<AtomicUsize>,
+    in_flight: Arc<AtomicUsize>,
+    max_in_flight: Arc<AtomicUsize>,
+    delay: Duration,
+    handler: Arc<Handler>,
+}
+
+impl Origin {
+    fn new(
+        handler: impl Fn(&Request<Full<Bytes>>, usize) -> Response<Chunks> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            calls: Arc::default(),
+            in_flight: Arc::default(),
+            max_in_flight: Arc::default(),
+            delay: Duration::ZERO,
+            handler: Arc::new(handler),
+        }
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+impl Service<Request<Full<Bytes>>> for Origin {
+    type Response = Response<Chunks>;
+    type Error = Infallible;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Response<Chunks>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Full<Bytes>>) -> Self::Future {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let res = (self.handler)(&req, n);
+        let delay = self.delay;
+        let (in_flight, max) = (self.in_flight.clone(), self.max_in_flight.clone());
+        Box::pin(async move {
+            let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            max.fetch_max(now, Ordering::SeqCst);
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            in_flight.fetch_sub(1, Ordering::SeqCst);
+            Ok(res)
+        })
+    }
+}
+
+fn res(headers: &[(&str, &str)], body: &str) -> Response<Chunks> {
+    let mut b = Response::builder();
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let half = body.len() / 2;
+    b.body(Chunks::of(&[&body[..half], &body[half..]])).unwrap()
+}
+
+/// An origin answering `v<n>` (n = its call count) with these fields.
+fn versioned(headers: &'static [(&'static str, &'static str)]) -> Origin {
+    Origin::new(move |_, n| res(headers, &format!("v{n}")))
+}
+
+struct Got {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Got {
+    fn cache_status(&self) -> String {
+        self.headers
+            .get("cache-status")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    }
+}
+
+fn get(uri: &str) -> Request<Full<Bytes>> {
+    Request::get(uri).body(Full::default()).unwrap()
+}
+
+fn with(method: Method, uri: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
+    let mut b = Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::default()).unwrap()
+}
+
+fn builder(store: impl CacheStore) -> ResponseCacheLayerBuilder {
+    ResponseCacheLayer::builder(store).jitter(0.0)
+}
+
+async fn send<S>(svc: &S, req: Request<Full<Bytes>>) -> Got
+where
+    S: Service<Request<Full<Bytes>>> + Clone,
+    S::Response: Into<Response<tower_redis_layers::cache::ResponseBody<Chunks>>>,
+    S::Error: std::fmt::Debug,
+{
+    let res: Response<_> = svc.clone().oneshot(req).await.unwrap().into();
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    // Let the background write land before the next request.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    Got {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+fn cached(
+    layer: ResponseCacheLayer,
+    origin: &Origin,
+) -> tower_redis_layers::cache::ResponseCache<Origin> {
+    ServiceBuilder::new().layer(layer).service(origin.clone())
+}
+
+const MAX60: &[(&str, &str)] = &[("cache-control", "max-age=60")];
+
+conformance! {
+    async fn fresh_hits_carry_age_and_cache_status(store) {
+        let origin = versioned(MAX60);
+        let svc = cached(builder(store).build().unwrap(), &origin);
+        let first = send(&svc, get("/a")).await;
+        assert_eq!(first.body, "v1");
+        assert!(first.cache_status().starts_with("trl; fwd=miss; fwd-status=200; stored; ttl=60"), "{}", first.cache_status());
+        let hit = send(&svc, get("/a")).await;
+        assert_eq!(hit.body, "v1");
+        assert_eq!(hit.headers["cache-control"], "max-age=60");
+        assert!(hit.cache_status().starts_with("trl; hit; ttl=5"), "{}", hit.cache_status());
+        let age: u64 = hit.headers["age"].to_str().unwrap().parse().unwrap();
+        assert!(age <= 1);
+        assert_eq!(origin.calls(), 1);
+        // Another path is another key.
+        assert_eq!(send(&svc, get("/b")).await.body, "v2");
+    }
+
+    async fn head_is_answered_from_the_get_entry(store) {
+        let origin = versioned(MAX60);
+        let svc = cached(builder(store).build().unwrap(), &origin);
+        send(&svc, get("/h")).await;
+        let head = send(&svc, with(Method::HEAD, "/h", &[])).await;
+        assert_eq!(head.status, StatusCode::OK);
+        assert!(head.body.is_empty());
+        assert!(head.cache_status().contains("hit"));
+        assert_eq!(origin.calls(), 1);
+    }
+
+    async fn ttl_precedence_and_pure_http_cache(store) {
+        // No freshness and no default TTL: not stored.
+        let origin = versioned(&[]);
+        let svc = cached(builder(store.clone()).scope("pure").build().unwrap(), &origin);
+        send(&svc, get("/p")).await;
+        let again = send(&svc, get("/p")).await;
+        assert_eq!(again.body, "v2");
+        assert!(again.cache_status().contains("detail=no-freshness"), "{}", again.cache_status());
+        // The application TTL applies when the response states none...
+        let origin = versioned(&[]);
+        let svc = cached(builder(store.clone()).scope("app").default_ttl(Duration::from_secs(30)).build().unwrap(), &origin);
+        assert!(send(&svc, get("/p")).await.cache_status().contains("ttl=30"));
+        assert_eq!(send(&svc, get("/p")).await.body, "v1");
+        // ...and s-maxage wins over max-age and the default.
+        let origin = versioned(&[("cache-control", "max-age=10, s-maxage=20")]);
+        let svc = cached(builder(store).scope("smax").default_ttl(Duration::from_secs(30)).build().unwrap(), &origin);
+        assert!(send(&svc, get("/p")).await.cache_status().contains("stored; ttl=20"));
+    }
+
+    async fn private_set_cookie_and_no_store_are_never_served_to_another_client(store) {
+        for (i, headers) in [
+            &[("cache-control", "max-age=60, private")][..],
+            &[("cache-control", "max-age=60"), ("set-cookie", "session=alice")][..],
+            &[("cache-control", "max-age=60, no-store")][..],
+        ].into_iter().enumerate() {
+            let headers: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            let origin = Origin::new(move |_, n| {
+                let mut r = res(&[], &format!("secret-{n}"));
+                for (k, v) in &headers {
+                    r.headers_mut().append(http::HeaderName::try_from(k.as_str()).unwrap(), v.parse().unwrap());
+                }
+                r
+            });
+            let svc = cached(builder(store.clone()).scope(format!("s{i}")).build().unwrap(), &origin);
+            assert_eq!(send(&svc, get("/me")).await.body, "secret-1");
+            let other = send(&svc, get("/me")).await;
+            assert_eq!(other.body, "secret-2", "case {i}");
+            assert!(!other.cache_status().contains("hit"));
+        }
+    }
+
+    async fn set_cookie_responses_stored_only_when_configured_and_without_the_cookie(store) {
+        let origin = versioned(&[("cache-control", "max-age=60"), ("set-cookie", "session=alice")]);
+        let svc = cached(builder(store).store_set_cookie_responses(true).build().unwrap(), &origin);
+        let first = send(&svc, get("/c")).await;
+        assert!(first.headers.contains_key("set-cookie"), "the filling client keeps its cookie");
+        let hit = send(&svc, get("/c")).await;
+        assert_eq!(hit.body, "v1");
+        assert!(!hit.headers.contains_key("set-cookie"));
+    }
+
+    async fn requests_with_authorization_bypass_the_cache(store) {
+        let origin = Origin::new(|req, n| {
+            let who = req.headers().get("authorization").map_or("anon", |v| v.to_str().unwrap()).to_owned();
+            res(&[("cache-control", "max-age=60")], &format!("{who}-{n}"))
+        });
+        let svc = cached(builder(store).build().unwrap(), &origin);
+        let alice = send(&svc, with(Method::GET, "/doc", &[("authorization", "Bearer alice")])).await;
+        assert_eq!(alice.body, "Bearer alice-1");
+        assert!(alice.cache_status().contains("fwd=bypass"));
+        let anon = send(&svc, get("/doc")).await;
+        assert_eq!(anon.body, "anon-2", "alice's response was not stored");
+        let bob = send(&svc, with(Method::GET, "/doc", &[("authorization", "Bearer bob")])).await;
+        assert_eq!(bob.body, "Bearer bob-3", "bob is not served the anonymous entry");
+    }
+
+    async fn an_unkeyed_forwarded_host_cannot_poison_the_cache(store) {
+        // The origin reflects X-Forwarded-Host into the page without Vary.
+        let origin = Origin::new(|req, _| {
+            let host = req.headers().get("x-forwarded-host").map_or("example.com", |v| v.to_str().unwrap()).to_owned();
+            res(&[("cache-control", "max-age=60")], &format!("<script src=//{host}/app.js>"))
+        });
+        let svc = cached(builder(store).build().unwrap(), &origin);
+        let attack = send(&svc, with(Method::GET, "/page", &[("x-forwarded-host", "evil.example")])).await;
+        assert!(attack.body.ends_with(b"evil.example/app.js>"));
+        let victim = send(&svc, get("/page")).await;
+        assert_eq!(victim.body, "<script src=//example.com/app.js>");
+        // Once the clean page is stored, the attacker is served it too.
+        let again = send(&svc, with(Method::GET, "/page", &[("x-forwarded-host", "evil.example")])).await;
+        assert_eq!(again.body, "<script src=//example.com/app.js>");
+        assert_eq!(send(&svc, get("/page")).await.body, "<script src=//example.com/app.js>");
+        assert_eq!(origin.calls(), 2);
+    }
+
+    async fn vary_keys_variants_and_vary_star_is_not_stored(store) {
+        let origin = Origin::new(|req, n| {
+            let lang = req.headers().get("accept-language").map_or("none", |v| v.to_str().unwrap()).to_owned();
+            res(&[("cache-control", "max-age=60"), ("vary", "Accept-Language")], &format!("{lang}-{n}"))
+        });
+        let svc = cached(builder(store.clone()).build().unwrap(), &origin);
+        let lang = |l: &str| with(Method::GET, "/v", &[("accept-language", l)]);
+        assert_eq!(send(&svc, lang("en")).await.body, "en-1");
+        assert_eq!(send(&svc, lang("de")).await.body, "de-2");
+        assert_eq!(send(&svc, lang("EN")).await.body, "en-1", "values are normalised");
+        assert_eq!(send(&svc, lang("de")).await.body, "de-2");
+        assert_eq!(origin.calls(), 2);
+
+        let origin = versioned(&[("cache-control", "max-age=60"), ("vary", "*")]);
+        let svc = cached(builder(store).scope("star").build().unwrap(), &origin);
+        send(&svc, get("/v")).await;
+        let again = send(&svc, get("/v")).await;
+        assert_eq!(again.body, "v2");
+        assert!(again.cache_status().contains("detail=vary-star"));
+    }
+
+    async fn variants_per_url_are_capped(store) {
+        let origin = Origin::new(|req, n| {
+            let lang = req.headers().get("accept-language").unwrap().to_str().unwrap().to_owned();
+            res(&[("cache-control", "max-age=60"), ("vary", "accept-language")], &format!("{lang}-{n}"))
+        });
+        let svc = cached(builder(store).max_variants(2).build().unwrap(), &origin);
+        let lang = |l: &str| with(Method::GET, "/v", &[("accept-language", l)]);
+        for l in ["a", "b", "c"] {
+            send(&svc, lang(l)).await;
+        }
+        assert_eq!(send(&svc, lang("c")).await.body, "c-3");
+        assert_eq!(send(&svc, lang("a")).await.body, "a-4", "the oldest variant was dropped");
+    }
+
+    async fn negative_results_only_with_a_negative_ttl(store) {
+        let not_found = |_: &Request<Full<Bytes>>, n: usize| {
+            let mut r = res(&[], &format!("missing-{n}"));
+            *r.status_mut() = StatusCode::NOT_FOUND;
+            r
+        };
+        let origin = Origin::new(not_found);
+        let svc = cached(builder(store.clone()).default_ttl(Duration::from_secs(30)).build().unwrap(), &origin);
+        send(&svc, get("/nf")).await;
+        assert_eq!(send(&svc, get("/nf")).await.body, "missing-2");
+        let origin = Origin::new(not_found);
+        let svc = cached(builder(store).scope("neg").negative_ttl(Duration::from_secs(5)).build().unwrap(), &origin);
+        assert!(send(&svc, get("/nf")).await.cache_status().contains("ttl=5"));
+        let hit = send(&svc, get("/nf")).await;
+        assert_eq!((hit.status, hit.body.clone()), (StatusCode::NOT_FOUND, Bytes::from("missing-1")));
+    }
+
+    async fn conditional_requests_get_304_from_the_entry(store) {
+        let origin = versioned(&[
+            ("cache-control", "max-age=60"),
+            ("etag", "\"abc\""),
+            ("last-modified", "Thu, 01 Jan 2026 00:00:00 GMT"),
+        ]);
+        let svc = cached(builder(store).build().unwrap(), &origin);
+        send(&svc, get("/c")).await;
+        let nm = send(&svc, with(Method::GET, "/c", &[("if-none-match", "W/\"abc\"")])).await;
+        assert_eq!(nm.status, StatusCode::NOT_MODIFIED);
+        assert!(nm.body.is_empty());
+        assert_eq!(nm.headers["etag"], "\"abc\"");
+        assert_eq!(nm.headers["cache-control"], "max-age=60");
+        assert!(nm.headers.contains_key("age") && nm.cache_status().contains("hit"));
+        let ims = send(&svc, with(Method::GET, "/c", &[("if-modified-since", "Fri, 02 Jan 2026 00:00:00 GMT")])).await;
+        assert_eq!(ims.status, StatusCode::NOT_MODIFIED);
+        let changed = send(&svc, with(Method::GET, "/c", &[("if-none-match", "\"other\"")])).await;
+        assert_eq!((changed.status, changed.body.clone()), (StatusCode::OK, Bytes::from("v1")));
+        assert_eq!(origin.calls(), 1);
+    }
+
+    async fn stale_entries_are_revalidated_and_a_304_refreshes_them(store) {
+        let origin = Origin::new(|req, n| {
+            if req.headers().get("if-none-match").is_some_and(|v| v == "\"e1\"") {
+                let mut r = res(&[("cache-control", "max-age=60"), ("etag", "\"e1\""), ("x-refreshed", "yes")], "");
+                *r.status_mut() = StatusCode::NOT_MODIFIED;
+                return r;
+            }
+            res(&[("cache-control", "max-age=1"), ("etag", "\"e1\"")], &format!("body-{n}"))
+        });
+        let svc = cached(builder(store).build().unwrap(), &origin);
+        assert_eq!(send(&svc, get("/r")).await.body, "body-1");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let reval = send(&svc, get("/r")).await;
+        assert_eq!(reval.body, "body-1", "the stored body, confirmed by the origin");
+        assert!(reval.cache_status().contains("fwd=stale; fwd-status=304; stored"), "{}", reval.cache_status());
+        assert_eq!(reval.headers["x-refreshed"], "yes");
+        let hit = send(&svc, get("/r")).await;
+        assert!(hit.cache_status().starts_with("trl; hit; ttl=5"), "refreshed to max-age=60: {}", hit.cache_status());
+        assert_eq!(origin.calls(), 2);
+    }
+
+    async fn stale_if_error_serves_the_stale_entry(store) {
+        let origin = Origin::new(|_, n| {
+            if n == 1 {
+                return res(&[("cache-control", "max-age=1, stale-if-error=60")], "good");
+            }
+            let mut r = res(&[], "boom");
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            r
+        });
+        let svc = cached(builder(store).build().unwrap(), &origin);
+        send(&svc, get("/e")).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let stale = send(&svc, get("/e")).await;
+        assert_eq!((stale.status, stale.body.clone()), (StatusCode::OK, Bytes::from("good")));
+        assert!(stale.cache_status().contains("fwd=stale; fwd-status=503"), "{}", stale.cache_status());
+    }
+
+    async fn stale_while_revalidate_serves_stale_to_others_while_one_refreshes(store) {
+        let mut origin = versioned(&[("cache-control", "max-age=1, stale-while-revalidate=60")]);
+        origin.delay = Duration::from_millis(300);
+        let svc = cached(builder(store).build().unwrap(), &origin);
+        assert_eq!(send(&svc, get("/swr")).await.body, "v1");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let refresher = tokio::spawn({
+            let svc = svc.clone();
+            async move { send(&svc, get("/swr")).await.body }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let other = send(&svc, get("/swr")).await;
+        assert_eq!(other.body, "v1", "served stale while the refresh runs");
+        assert_eq!(refresher.await.unwrap(), "v2");
+        assert_eq!(send(&svc, get("/swr")).await.body, "v2");
+        assert_eq!(origin.calls(), 2);
+    }
+
+    async fn unsafe_requests_invalidate_the_uri_and_its_location(store) {
+        let origin = Origin::new(|req, n| {
+            if req.method() == Method::POST {
+                return res(&[("location", "/items/7")], "created");
+            }
+            res(&[("cache-control", "max-age=60")], &format!("{}-{n}", req.uri().path()))
+        });
+        let svc = cached(builder(store).build().unwrap(), &origin);
+        send(&svc, get("/items/7")).await;
+        send(&svc, get("/items?page=1")).await;
+        assert_eq!(send(&svc, get("/items/7")).await.body, "/items/7-1");
+        send(&svc, with(Method::PUT, "/items/7", &[])).await;
+        assert_eq!(send(&svc, get("/items/7")).await.body, "/items/7-4");
+        send(&svc, with(Method::POST, "/items", &[])).await;
+        assert_eq!(send(&svc, get("/items/7")).await.body, "/items/7-6", "Location was invalidated");
+        assert_eq!(send(&svc, get("/items?page=1")).await.body, "/items-2", "another URI stays");
+    }
+
+    async fn failed_writes_invalidate_nothing(store) {
+        let origin = Origin::new(|req, n| {
+            if req.method() == Method::PUT {
+                let mut r = res(&[], "conflict");
+                *r.status_mut() = StatusCode::CONFLICT;
+                return r;
+            }
+            res(&[("cache-control", "max-age=60")], &format!("v{n}"))
+        });
+        let svc = cached(builder(store).build().unwrap(), &origin);
+        send(&svc, get("/x")).await;
+        send(&svc, with(Method::PUT, "/x", &[])).await;
+        assert_eq!(send(&svc, get("/x")).await.body, "v1");
+    }
+
+    async fn the_handle_invalidates_by_uri(store) {
+        let origin = versioned(MAX60);
+        let layer = builder(store).build().unwrap();
+        let handle = layer.handle();
+        let svc = cached(layer, &origin);
+        send(&svc, get("/items/1?x=1")).await;
+        handle.invalidate(&"/items/1?x=1".parse().unwrap()).await.unwrap();
+        assert_eq!(send(&svc, get("/items/1?x=1")).await.body, "v2");
+    }
+
+    async fn the_query_is_normalised_as_configured(store) {
+        let origin = versioned(MAX60);
+        let svc = cached(builder(store).sort_query(true).ignore_query_param("utm_source").build().unwrap(), &origin);
+        send(&svc, get("/q?b=2&a=1")).await;
+        assert_eq!(send(&svc, get("/q?a=1&b=2&utm_source=news")).await.body, "v1");
+        assert_eq!(send(&svc, get("/q?a=1&b=3")).await.body, "v2");
+    }
+
+    async fn concurrent_misses_collapse_into_one_origin_call(store) {
+        let mut origin = versioned(MAX60);
+        origin.delay = Duration::from_millis(100);
+        let svc = cached(builder(store).build().unwrap(), &origin);
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let svc = svc.clone();
+                tokio::spawn(async move { send(&svc, get("/hot")).await })
+            })
+            .collect();
+        let mut collapsed = 0;
+        for t in tasks {
+            let got = t.await.unwrap();
+            assert_eq!(got.body, "v1");
+            if got.cache_status().contains("collapsed") {
+                collapsed += 1;
+            }
+        }
+        assert_eq!(origin.calls(), 1);
+        assert!(collapsed >= 40, "{collapsed}");
+    }
+
+    async fn bodies_over_the_cap_stream_through_unstored(store) {
+        let big = "x".repeat(5000);
+        let origin = Origin::new(move |_, _| res(&[("cache-control", "max-age=60")], &big));
+        let svc = cached(builder(store).max_body_size(4096).build().unwrap(), &origin);
+        assert_eq!(send(&svc, get("/big")).await.body.len(), 5000);
+        assert_eq!(send(&svc, get("/big")).await.body.len(), 5000);
+        assert_eq!(origin.calls(), 2);
+    }
+
+    async fn get_or_load_loads_once_and_invalidates_by_key(store) {
+        let handle = builder(store).build().unwrap().handle();
+        let loads = Arc::new(AtomicUsize::new(0));
+        let load = |v: &'static str| {
+            let loads = loads.clone();
+            move || async move {
+                loads.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok::<_, Infallible>(Bytes::from_static(v.as_bytes()))
+            }
+        };
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let (h, l) = (handle.clone(), load("row-1"));
+                tokio::spawn(async move { h.get_or_load("item:1", Duration::from_secs(30), l).await.unwrap() })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), "row-1");
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        handle.invalidate_key("item:1").await.unwrap();
+        let v = handle.get_or_load("item:1", Duration::from_secs(30), load("row-2")).await.unwrap();
+        assert_eq!(v, "row-2");
+        // A loader error is returned and nothing is stored.
+        let err = handle.get_or_load("item:2", Duration::from_secs(30), || async { Err::<Bytes, _>("db down") }).await;
+        assert_eq!(err, Err("db down"));
+    }
+
+    async fn request_directives_are_ignored_by_default_and_honoured_with_a_floor(store) {
+        use tower_redis_layers::cache::RequestDirectives;
+        let origin = versioned(MAX60);
+        let svc = cached(builder(store.clone()).build().unwrap(), &origin);
+        send(&svc, get("/d")).await;
+        for cc in ["no-cache", "max-age=0", "no-store"] {
+            let got = send(&svc, with(Method::GET, "/d", &[("cache-control", cc)])).await;
+            assert_eq!(got.body, "v1", "{cc} cannot force origin load by default");
+        }
+        let origin = versioned(MAX60);
+        let honor = RequestDirectives::Honor { min_age: Duration::from_secs(1) };
+        let svc = cached(builder(store).scope("honor").request_directives(honor).build().unwrap(), &origin);
+        send(&svc, get("/d")).await;
+        let young = send(&svc, with(Method::GET, "/d", &[("cache-control", "no-cache")])).await;
+        assert_eq!(young.body, "v1", "younger than the floor: served from the cache");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let forced = send(&svc, with(Method::GET, "/d", &[("cache-control", "max-age=0")])).await;
+        assert_eq!(forced.body, "v2", "old enough: refetched");
+        assert_eq!(send(&svc, get("/d")).await.body, "v2", "and the refetch was stored");
+        let only = send(&svc, with(Method::GET, "/never", &[("cache-control", "only-if-cached")])).await;
+        assert_eq!(only.status, StatusCode::GATEWAY_TIMEOUT);
+        let only = send(&svc, with(Method::GET, "/d", &[("cache-control", "only-if-cached")])).await;
+        assert_eq!(only.body, "v2");
+        let no_store = send(&svc, with(Method::GET, "/q", &[("cache-control", "no-store")])).await;
+        assert_eq!(no_store.body, "v3");
+        assert_eq!(send(&svc, get("/q")).await.body, "v4", "a no-store request fills nothing");
+    }
+
+    async fn a_changed_vary_rekeys_the_url_and_other_instances_learn_it(store) {
+        let origin = Origin::new(|req, n| {
+            if n == 1 {
+                return res(&[("cache-control", "max-age=1")], "plain-1");
+            }
+            let lang = req.headers().get("accept-language").unwrap().to_str().unwrap().to_owned();
+            res(&[("cache-control", "max-age=60"), ("vary", "accept-language")], &format!("{lang}-{n}"))
+        });
+        let svc = cached(builder(store.clone()).build().unwrap(), &origin);
+        let lang = |l: &str| with(Method::GET, "/cv", &[("accept-language", l)]);
+        assert_eq!(send(&svc, lang("en")).await.body, "plain-1");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(send(&svc, lang("en")).await.body, "en-2");
+        assert_eq!(send(&svc, lang("de")).await.body, "de-3");
+        assert_eq!(send(&svc, lang("en")).await.body, "en-2");
+        // Another instance on the same store has not seen the Vary yet.
+        let other = cached(builder(store).build().unwrap(), &origin);
+        assert_eq!(send(&other, lang("de")).await.body, "de-3");
+        assert_eq!(send(&other, lang("en")).await.body, "en-2");
+        assert_eq!(origin.calls(), 3);
+    }
+
+    async fn after_an_unstorable_response_nobody_queues_behind_the_lock(store) {
+        let mut origin = versioned(&[("cache-control", "private")]);
+        origin.delay = Duration::from_millis(100);
+        let svc = cached(builder(store).build().unwrap(), &origin);
+        send(&svc, get("/private")).await;
+        origin.max_in_flight.store(0, Ordering::SeqCst);
+        let tasks: Vec<_> = (0..5)
+            .map(|_| {
+                let svc = svc.clone();
+                tokio::spawn(async move { send(&svc, get("/private")).await })
+            })
+            .collect();
+        for t in tasks {
+            assert!(t.await.unwrap().cache_status().contains("fwd=miss"));
+        }
+        assert_eq!(origin.calls(), 6);
+        assert_eq!(origin.max_in_flight.load(Ordering::SeqCst), 5, "hit-for-miss: all at once");
+    }
+
+    async fn content_location_on_the_same_origin_is_invalidated_and_others_are_not(store) {
+        let origin = Origin::new(|req, n| {
+            if req.method() == Method::PATCH {
+                return res(&[("content-location", "/a"), ("location", "https://elsewhere.example/b")], "");
+            }
+            res(&[("cache-control", "max-age=60")], &format!("{}-{n}", req.uri().path()))
+        });
+        let svc = cached(builder(store).build().unwrap(), &origin);
+        send(&svc, get("/a")).await;
+        send(&svc, get("/b")).await;
+        send(&svc, with(Method::PATCH, "/c", &[("host", "api.example")])).await;
+        assert_eq!(send(&svc, get("/a")).await.body, "/a-4");
+        assert_eq!(send(&svc, get("/b")).await.body, "/b-2", "another origin's Location is ignored");
+    }
+}
+
+#[tokio::test]
+async fn a_waiter_on_another_instance_goes_to_the_origin_after_the_bounded_wait() {
+    let fleet = support::redis_fleet("bounded", 2).await;
+    let mut slow = versioned(MAX60);
+    slow.delay = Duration::from_millis(1500);
+    let fast = Origin::new(|_, _| res(&[("cache-control", "max-age=60")], "fast"));
+    let a = cached(builder(fleet[0].clone()).build().unwrap(), &slow);
+    let b = cached(
+        builder(fleet[1].clone())
+            .max_wait(Duration::from_millis(200))
+            .build()
+            .unwrap(),
+        &fast,
+    );
+    let first = tokio::spawn(async move { send(&a, get("/slow")).await.body });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = std::time::Instant::now();
+    let got = send(&b, get("/slow")).await;
+    assert_eq!(got.body, "fast");
+    assert!(
+        got.cache_status().contains("detail=wait-timeout"),
+        "{}",
+        got.cache_status()
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1200),
+        "did not wait for the slow fill"
+    );
+    assert_eq!(first.await.unwrap(), "v1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_or_load_runs_one_loader_across_instances() {
+    let fleet = support::redis_fleet("app-fleet", 3).await;
+    let loads = Arc::new(AtomicUsize::new(0));
+    let handles: Vec<_> = fleet
+        .into_iter()
+        .map(|s| builder(s).build().unwrap().handle())
+        .collect();
+    let tasks: Vec<_> = (0..90)
+        .map(|i| {
+            let h = handles[i % 3].clone();
+            let loads = loads.clone();
+            tokio::spawn(async move {
+                h.get_or_load("user:7", Duration::from_secs(30), || async move {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Ok::<_, Infallible>(Bytes::from_static(b"row"))
+                })
+                .await
+                .unwrap()
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), "row");
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stampede_three_instances_600_requests_one_origin_call() {
+    let stores = support::redis_fleet("stampede", 3).await;
+    let mut origin = versioned(MAX60);
+    origin.delay = Duration::from_millis(200);
+    let services: Vec<_> = stores
+        .into_iter()
+        .map(|s| {
+            cached(
+                builder(s)
+                    .default_ttl(Duration::from_secs(30))
+                    .build()
+                    .unwrap(),
+                &origin,
+            )
+        })
+        .collect();
+    let tasks: Vec<_> = (0..600)
+        .map(|i| {
+            let svc = services[i % 3].clone();
+            tokio::spawn(async move {
+                let res = svc.oneshot(get("/api/items/1")).await.unwrap();
+                let status = res.status();
+                (status, res.into_body().collect().await.unwrap().to_bytes())
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        assert_eq!((status, body), (StatusCode::OK, Bytes::from("v1")));
+    }
+    assert_eq!(
+        origin.calls(),
+        1,
+        "one origin call for 600 requests on 3 instances"
+    );
+}
+
+#[tokio::test]
+async fn a_put_through_one_instance_invalidates_the_get_on_another() {
+    let fleet = support::redis_fleet("invalidate", 2).await;
+    let origin = Origin::new(|req, n| {
+        if req.method() == Method::PUT {
+            return res(&[], "");
+        }
+        res(&[], &format!("item-v{n}"))
+    });
+    let mk = |s| {
+        cached(
+            builder(s)
+                .default_ttl(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            &origin,
+        )
+    };
+    let (a, b) = (mk(fleet[0].clone()), mk(fleet[1].clone()));
+    assert_eq!(send(&b, get("/api/items/9")).await.body, "item-v1");
+    assert_eq!(
+        send(&a, get("/api/items/9")).await.body,
+        "item-v1",
+        "A hits B's entry"
+    );
+    send(&a, with(Method::PUT, "/api/items/9", &[])).await;
+    assert_eq!(send(&b, get("/api/items/9")).await.body, "item-v3");
+}
+
+async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_corrupt_entry_is_answered_from_the_origin_and_repaired() {
+    let store = support::redis_store("corrupt").await;
+    let prefix = store.prefix().to_owned();
+    let origin = versioned(MAX60);
+    let svc = cached(builder(store).build().unwrap(), &origin);
+    send(&svc, get("/fragile")).await;
+    let mut conn = redis_conn(&support::redis_url()).await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:cache:*:e:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    for garbage in [
+        (0..300u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect::<Vec<u8>>(),
+        b"TRLC\x01garbage".to_vec(),
+        Vec::new(),
+    ] {
+        let _: () = redis::cmd("SET")
+            .arg(&keys[0])
+            .arg(&garbage)
+            .arg("KEEPTTL")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let calls = origin.calls();
+        let got = send(&svc, get("/fragile")).await;
+        assert_eq!(got.status, StatusCode::OK);
+        assert_eq!(got.body, format!("v{}", calls + 1), "the origin answered");
+        let repaired = send(&svc, get("/fragile")).await;
+        assert!(
+            repaired.cache_status().contains("hit"),
+            "repaired: {}",
+            repaired.cache_status()
+        );
+        assert_eq!(repaired.body, got.body);
+    }
+    // A well-formed entry of another URL copied under this key is foreign: a miss.
+    send(&svc, get("/elsewhere")).await;
+    let all: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:cache:*:e:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let other = all.iter().find(|k| **k != keys[0]).unwrap();
+    let foreign: Vec<u8> = redis::cmd("GET")
+        .arg(other)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&keys[0])
+        .arg(&foreign)
+        .arg("KEEPTTL")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let elsewhere = send(&svc, get("/elsewhere")).await.body;
+    let got = send(&svc, get("/fragile")).await;
+    assert_ne!(got.body, elsewhere, "never another URL's response");
+    assert!(
+        got.cache_status().contains("stored"),
+        "{}",
+        got.cache_status()
+    );
+}
+
+#[tokio::test]
+async fn every_key_has_a_ttl_and_a_hit_is_one_round_trip() {
+    let server = support::RedisServer::start();
+    let store = tower_redis_layers::RedisStore::builder(server.url())
+        .prefix("ttl")
+        .ping_on_connect(true)
+        .connect()
+        .await
+        .unwrap();
+    let origin = Origin::new(|_, n| {
+        res(
+            &[("cache-control", "max-age=60"), ("vary", "accept")],
+            &"x".repeat(1024 + n),
+        )
+    });
+    let handle;
+    let svc = {
+        let layer = builder(store).build().unwrap();
+        handle = layer.handle();
+        cached(layer, &origin)
+    };
+    send(&svc, get("/k")).await;
+    handle
+        .get_or_load("app", Duration::from_secs(5), || async {
+            Ok::<_, Infallible>(Bytes::from("v"))
+        })
+        .await
+        .unwrap();
+    let mut conn = redis_conn(&server.url()).await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("ttl:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(keys.len() >= 4, "{keys:?}");
+    for k in &keys {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(k)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(ttl > 0, "{k} has no TTL");
+    }
+    send(&svc, get("/k")).await; // learns the URL's Vary spec
+    let url = server.url();
+    let count = || async {
+        let all = support::command_calls(&url, |c| c != "info").await;
+        let scripts = support::command_calls(&url, |c| c.starts_with("eval")).await;
+        (scripts, all - scripts)
+    };
+    let (scripts0, others0) = count().await;
+    let hit = send(&svc, get("/k")).await;
+    let (scripts1, others1) = count().await;
+    assert!(hit.cache_status().contains("hit"));
+    assert_eq!(scripts1 - scripts0, 1, "one EVALSHA per hit");
+    // Commandstats also counts the script's own commands: TIME, HGET, GET, HGET.
+    assert_eq!(others1 - others0, 4, "and no other command");
+}
+
+#[tokio::test]
+async fn a_failing_store_is_a_miss_served_by_the_origin() {
+    let mut server = support::RedisServer::start();
+    let store = tower_redis_layers::RedisStore::builder(server.url())
+        .prefix("down")
+        .deadline(Duration::from_millis(50))
+        .connect()
+        .await
+        .unwrap();
+    let origin = versioned(MAX60);
+    let layer = builder(store).build().unwrap();
+    let handle = layer.handle();
+    let svc = cached(layer, &origin);
+    assert_eq!(send(&svc, get("/d")).await.body, "v1");
+    server.kill();
+    let loaded = handle
+        .get_or_load("k", Duration::from_secs(5), || async {
+            Ok::<_, Infallible>(Bytes::from_static(b"from-db"))
+        })
+        .await;
+    assert_eq!(
+        loaded,
+        Ok(Bytes::from_static(b"from-db")),
+        "the loader runs"
+    );
+    for n in 2..5 {
+        let got = send(&svc, get("/d")).await;
+        assert_eq!(
+            (got.status, got.body.clone()),
+            (StatusCode::OK, Bytes::from(format!("v{n}")))
+        );
+    }
+    let put = send(&svc, with(Method::PUT, "/d", &[])).await;
+    assert_eq!(
+        put.status,
+        StatusCode::OK,
+        "a failed invalidation does not fail the write"
+    );
+}
+
+#[test]
+fn futures_services_and_bodies_are_send() {
+    fn assert_send<T: Send + 'static>(_: &T) {}
+    let origin = versioned(MAX60);
+    let mut svc = cached(
+        builder(tower_redis_layers::MemoryStore::new())
+            .build()
+            .unwrap(),
+        &origin,
+    );
+    assert_send(&svc);
+    let fut = svc.call(get("/s"));
+    assert_send(&fut);
+}
+
+#[tokio::test]
+async fn the_l1_tier_serves_hot_hits_without_a_round_trip_and_stays_coherent() {
+    let server = support::RedisServer::start();
+    let mut fleet = Vec::new();
+    for _ in 0..2 {
+        let store = tower_redis_layers::RedisStore::builder(server.url())
+            .prefix("l1")
+            .connect()
+            .await
+            .unwrap();
+        fleet.push(store);
+    }
+    let origin = Origin::new(|req, n| {
+        if req.method() == Method::PUT {
+            return res(&[], "");
+        }
+        res(&[("cache-control", "max-age=60")], &format!("v{n}"))
+    });
+    let mk = |s| {
+        cached(
+            builder(s).l1(100, Duration::from_secs(30)).build().unwrap(),
+            &origin,
+        )
+    };
+    let (a, b) = (mk(fleet[0].clone()), mk(fleet[1].clone()));
+    tokio::time::sleep(Duration::from_millis(200)).await; // subscriptions up
+    assert_eq!(send(&a, get("/hot")).await.body, "v1");
+    assert_eq!(send(&b, get("/hot")).await.body, "v1");
+    let url = server.url();
+    let evals = || support::command_calls(&url, |c| c.starts_with("eval"));
+    let before = evals().await;
+    for svc in [&a, &b, &a, &b] {
+        let hit = send(svc, get("/hot")).await;
+        assert_eq!(hit.body, "v1");
+        assert!(
+            hit.cache_status().contains("hit; detail=l1"),
+            "{}",
+            hit.cache_status()
+        );
+    }
+    assert_eq!(
+        evals().await - before,
+        0,
+        "in-process hits cost no round trip"
+    );
+    send(&a, with(Method::PUT, "/hot", &[])).await;
+    tokio::time::sleep(Duration::from_millis(100)).await; // pub/sub delivery
+    assert_eq!(
+        send(&b, get("/hot")).await.body,
+        "v3",
+        "B's copy was dropped"
+    );
+    assert_eq!(
+        send(&a, get("/hot")).await.body,
+        "v3",
+        "A refills from B's entry"
+    );
+}
+
+#[test]
+fn the_l1_tier_is_off_on_the_memory_store() {
+    // Outside a runtime and on a MemoryStore: builds, with the tier off.
+    let layer = builder(tower_redis_layers::MemoryStore::new())
+        .l1(10, Duration::from_secs(1))
+        .build();
+    assert!(layer.is_ok());
+}
+
+#[tokio::test]
+async fn works_as_an_axum_layer() {
+    use axum::routing::{get as get_route, put};
+    let n = Arc::new(AtomicUsize::new(0));
+    let layer = ResponseCacheLayer::builder(tower_redis_layers::MemoryStore::new())
+        .default_ttl(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let app = axum::Router::new()
+        .route(
+            "/api/items/{id}",
+            get_route({
+                let n = n.clone();
+                move || async move { format!("item-{}", n.fetch_add(1, Ordering::SeqCst)) }
+            })
+            .merge(put(|| async { "saved" })),
+        )
+        .layer(layer);
+    let call = |method: Method| {
+        let app = app.clone();
+        async move {
+            let req = Request::builder()
+                .method(method)
+                .uri("/api/items/1")
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let res = app.oneshot(req).await.unwrap();
+            let cs = res.headers().get("cache-status").cloned();
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            (body, cs)
+        }
+    };
+    assert_eq!(call(Method::GET).await.0, "item-0");
+    let (body, cs) = call(Method::GET).await;
+    assert_eq!(body, "item-0");
+    assert!(cs.unwrap().to_str().unwrap().starts_with("trl; hit"));
+    assert_eq!(call(Method::PUT).await.0, "saved");
+    assert_eq!(call(Method::GET).await.0, "item-1");
+}
