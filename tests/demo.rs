@@ -1,5 +1,5 @@
 //! Two demo processes (the example binary that `cargo test` builds) sharing
-//! one Redis: the rate limit, idempotency and stats invariants of
+//! one Redis: the rate limit, idempotency, cache and stats invariants of
 //! shared/DEMO.md hold across them.
 
 mod support;
@@ -91,7 +91,7 @@ async fn call(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_demo_instances_share_limits_orders_and_stats() {
+async fn two_demo_instances_share_limits_orders_cache_and_stats() {
     let url = support::redis_url();
     let prefix = support::unique_prefix("demo");
     let a = start(&url, &prefix, &[("ORDER_DELAY_MS", "300")]);
@@ -135,10 +135,41 @@ async fn two_demo_instances_share_limits_orders_and_stats() {
     let order: serde_json::Value = serde_json::from_str(&first.2).unwrap();
     assert_eq!(order["echo"], "two apples");
 
-    // Stats are fleet-wide: one order, whichever instance answers.
+    // Cache: 40 concurrent GETs of a cold item through both instances load it once.
+    let gets: Vec<_> = (0..40)
+        .map(|i| {
+            let addr = if i % 2 == 0 {
+                a.addr.clone()
+            } else {
+                b.addr.clone()
+            };
+            tokio::spawn(async move { call(&addr, "GET", "/api/items/42", &[], "").await })
+        })
+        .collect();
+    let mut bodies = std::collections::HashSet::new();
+    for g in gets {
+        let (status, _, body) = g.await.unwrap();
+        assert_eq!(status, 200);
+        bodies.insert(body);
+    }
+    assert_eq!(bodies.len(), 1, "every client saw the one load: {bodies:?}");
+    let item: serde_json::Value = serde_json::from_str(bodies.iter().next().unwrap()).unwrap();
+    assert_eq!(item["load"], 1);
+    assert_eq!(item["version"], "0");
+
+    // A PUT through A invalidates the GET cached for B.
+    let (status, _, _) = call(&a.addr, "PUT", "/api/items/42", &[], "v7").await;
+    assert_eq!(status, 204);
+    let (_, _, body) = call(&b.addr, "GET", "/api/items/42", &[], "").await;
+    let item: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(item["version"], "v7");
+    assert_eq!(item["load"], 2);
+
+    // Stats are fleet-wide, whichever instance answers.
     for addr in [&a.addr, &b.addr] {
         let (_, _, stats) = call(addr, "GET", "/api/stats", &[], "").await;
         let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
         assert_eq!(stats["orders"], 1, "{stats}");
+        assert_eq!(stats["loads"]["42"], 2, "{stats}");
     }
 }

@@ -12,6 +12,8 @@
 //! ```text
 //! for i in $(seq 7); do curl -si localhost:3000/api/limited -H 'x-api-key: me' | head -1; done
 //! curl -si localhost:3000/api/orders -H 'Idempotency-Key: "o-1"' -d 'two apples'  # twice: one order
+//! curl -si localhost:3000/api/items/7      # twice: the second is a hit (Age, Cache-Status)
+//! curl -s -XPUT localhost:3000/api/items/7 -d v2; curl -s localhost:3000/api/items/7
 //! curl -s localhost:3000/api/stats
 //! ```
 //!
@@ -19,7 +21,9 @@
 //! - `GET /api/limited`: RateLimitLayer, 5 requests per 10 s per `x-api-key`, else per peer IP.
 //! - `POST /api/orders`: IdempotencyLayer (`Idempotency-Key` optional, principal
 //!   `x-api-key` else anonymous); creates an order (counter), answers 201 JSON.
-//! - `GET /api/items/{id}`, `PUT /api/items/{id}`: item loads and versions.
+//! - `GET /api/items/{id}`: ResponseCacheLayer (TTL 30 s); each origin load waits
+//!   `ITEM_DELAY_MS` and is counted. `PUT /api/items/{id}` sets the version and
+//!   invalidates the cached GET on every instance.
 //! - `GET /api/stats`: fleet-wide counters from the shared store.
 
 mod demo_data;
@@ -34,6 +38,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use demo_data::DemoData;
 use serde_json::json;
+use tower_redis_layers::cache::{CacheStore, ResponseCacheLayer};
 use tower_redis_layers::idempotency::{IdempotencyLayer, IdempotencyStore};
 use tower_redis_layers::key::{Global, Header, KeyExtractorExt, PeerIp};
 use tower_redis_layers::rate_limit::{Policy, RateLimitLayer, RateLimitStore};
@@ -57,7 +62,7 @@ fn env_ms(name: &str, default: u64) -> Duration {
 
 fn router<St>(store: St, app: App) -> Result<Router, Box<dyn std::error::Error + Send + Sync>>
 where
-    St: RateLimitStore + IdempotencyStore + Clone,
+    St: RateLimitStore + IdempotencyStore + CacheStore + Clone,
 {
     let limit =
         RateLimitLayer::builder(store.clone())
@@ -67,13 +72,20 @@ where
             )))
             .scope("limited")
             .build()?;
-    let idempotent = IdempotencyLayer::builder(store)
+    let idempotent = IdempotencyLayer::builder(store.clone())
         .principal(Header::new("x-api-key").or(Global))
+        .build()?;
+    // GETs cached 30 s; a successful PUT drops the cached GET fleet-wide.
+    let cache = ResponseCacheLayer::builder(store)
+        .default_ttl(Duration::from_secs(30))
         .build()?;
     Ok(Router::new()
         .route("/api/limited", get(|| async { "ok" }).route_layer(limit))
         .route("/api/orders", post(create_order).route_layer(idempotent))
-        .route("/api/items/{id}", get(get_item).put(put_item))
+        .route(
+            "/api/items/{id}",
+            get(get_item).put(put_item).route_layer(cache),
+        )
         .route("/api/stats", get(stats))
         .with_state(app))
 }

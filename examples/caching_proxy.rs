@@ -1,0 +1,165 @@
+//! A caching reverse proxy: every request (method, path, query, end-to-end
+//! headers, body) goes to the upstream and the response streams back, with
+//! ResponseCacheLayer in front as a pure HTTP shared cache: freshness comes
+//! only from the upstream's headers (RFC 9111), there is no default TTL.
+//!
+//! ```text
+//! cargo run --release --example caching_proxy -- --listen 127.0.0.1:8080 --upstream http://127.0.0.1:3000
+//! cargo run --release --example caching_proxy -- --listen 127.0.0.1:8080 --upstream http://127.0.0.1:3000 --redis redis://127.0.0.1:6379
+//! curl -si localhost:8080/some/path      # twice: Cache-Status says hit when the upstream allowed storing
+//! ```
+//!
+//! Without `--redis` it caches in process (`MemoryStore`). It prints
+//! `listening on <addr>` when ready.
+
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{StatusCode, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tower_redis_layers::cache::{CacheStore, ResponseCacheLayer};
+use tower_redis_layers::{MemoryStore, RedisStore};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Clone)]
+struct Proxy {
+    client: Client<HttpConnector, Body>,
+    upstream: Uri,
+}
+
+struct Args {
+    listen: String,
+    upstream: Uri,
+    redis: Option<String>,
+}
+
+fn args() -> Result<Args, BoxError> {
+    let mut listen = None;
+    let mut upstream = None;
+    let mut redis = None;
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--listen" => listen = it.next(),
+            "--upstream" => upstream = it.next(),
+            "--redis" => redis = it.next(),
+            other => return Err(format!("unknown argument {other:?}").into()),
+        }
+    }
+    let usage = "usage: caching_proxy --listen ADDR --upstream URL [--redis URL]";
+    let upstream: Uri = upstream.ok_or(usage)?.parse()?;
+    if upstream.scheme_str() != Some("http") || upstream.authority().is_none() {
+        return Err("--upstream must be an http:// URL with a host".into());
+    }
+    Ok(Args {
+        listen: listen.ok_or(usage)?,
+        upstream,
+        redis,
+    })
+}
+
+/// Hop-by-hop fields (RFC 9110 §7.6.1) and those `Connection` names: never forwarded.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+    ] {
+        headers.remove(name);
+    }
+}
+
+async fn forward(
+    State(proxy): State<Proxy>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut req: Request,
+) -> Response {
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let uri = format!(
+        "http://{}{}",
+        proxy.upstream.authority().expect("checked at start"),
+        path
+    );
+    *req.uri_mut() = match uri.parse() {
+        Ok(u) => u,
+        Err(_) => return (StatusCode::BAD_REQUEST, "invalid request target").into_response(),
+    };
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers);
+    if let Ok(v) = HeaderValue::try_from(peer.ip().to_string()) {
+        headers.append("x-forwarded-for", v);
+    }
+    match proxy.client.request(req).await {
+        Ok(res) => {
+            let (mut parts, body) = res.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, Body::new(body))
+        }
+        Err(e) => (
+            StatusCode::BAD_GATEWAY,
+            [(header::CONTENT_TYPE, "text/plain")],
+            format!("upstream unreachable: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn serve(store: impl CacheStore, args: Args) -> Result<(), BoxError> {
+    // A pure HTTP shared cache: no default TTL, the upstream's headers decide.
+    let cache = ResponseCacheLayer::builder(store).build()?;
+    let proxy = Proxy {
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        upstream: args.upstream,
+    };
+    let app = Router::new()
+        .fallback(forward)
+        .with_state(proxy)
+        .layer(cache);
+    let listener = tokio::net::TcpListener::bind(&args.listen).await?;
+    println!("listening on {}", listener.local_addr()?);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let args = args()?;
+    match args.redis.clone() {
+        None => serve(MemoryStore::new(), args).await,
+        Some(url) => {
+            let store = RedisStore::builder(url)
+                .prefix("proxy")
+                .ping_on_connect(true)
+                .connect()
+                .await?;
+            serve(store, args).await
+        }
+    }
+}

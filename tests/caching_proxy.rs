@@ -1,0 +1,199 @@
+//! The caching proxy example (the binary `cargo test` builds) in front of a
+//! real upstream: a pure HTTP shared cache over real sockets, on the memory
+//! store and on Redis.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+struct Proxy(Child, String);
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_proxy(upstream: SocketAddr, redis: Option<&str>) -> Proxy {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .unwrap()
+        .join("examples")
+        .join("caching_proxy");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with cargo test --all-features",
+        bin.display()
+    );
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &format!("http://{upstream}"),
+    ]);
+    if let Some(url) = redis {
+        cmd.args(["--redis", url]);
+    }
+    let mut child = cmd.stdout(Stdio::piped()).spawn().expect("start the proxy");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("listening line")
+        .to_owned();
+    Proxy(child, addr)
+}
+
+#[derive(Clone, Default)]
+struct Counts {
+    fresh: Arc<AtomicU64>,
+    nostore: Arc<AtomicU64>,
+}
+
+async fn upstream() -> (SocketAddr, Counts) {
+    let counts = Counts::default();
+    let app = Router::new()
+        .route(
+            "/fresh",
+            get(|State(c): State<Counts>| async move {
+                let n = c.fresh.fetch_add(1, Ordering::SeqCst) + 1;
+                (
+                    [("cache-control", "max-age=60"), ("etag", "\"v1\"")],
+                    format!("fresh {n}"),
+                )
+            })
+            .post(|| async { (StatusCode::CREATED, "made") }),
+        )
+        .route(
+            "/nostore",
+            get(|State(c): State<Counts>| async move {
+                let n = c.nostore.fetch_add(1, Ordering::SeqCst) + 1;
+                ([("cache-control", "no-store")], format!("nostore {n}"))
+            }),
+        )
+        .route(
+            "/echo",
+            get(|headers: HeaderMap, uri: axum::http::Uri| async move {
+                let hop = headers.contains_key("keep-alive") || headers.contains_key("x-hop");
+                (
+                    [("x-upstream", "yes")],
+                    format!(
+                        "{} {} hop={hop}",
+                        uri,
+                        headers.get("x-test").map_or("-", |v| v.to_str().unwrap())
+                    ),
+                )
+                    .into_response()
+            }),
+        )
+        .with_state(counts.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, counts)
+}
+
+async fn call(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, http::HeaderMap, String) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut b = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "proxy");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let res = tx
+        .send_request(b.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn check(redis: Option<&str>) {
+    let (up, counts) = upstream().await;
+    let proxy = start_proxy(up, redis);
+    let p = proxy.1.as_str();
+
+    let (s, h, body) = call(p, "GET", "/fresh", &[]).await;
+    assert_eq!((s, body.as_str()), (200, "fresh 1"));
+    assert!(h["cache-status"].to_str().unwrap().contains("fwd=miss"));
+    let (s, h, body) = call(p, "GET", "/fresh", &[]).await;
+    assert_eq!(
+        (s, body.as_str()),
+        (200, "fresh 1"),
+        "served from the cache"
+    );
+    assert!(h["cache-status"].to_str().unwrap().contains("hit"));
+    assert!(h.contains_key("age"));
+    assert_eq!(counts.fresh.load(Ordering::SeqCst), 1);
+
+    // Conditional request against the stored entry.
+    let (s, _, _) = call(p, "GET", "/fresh", &[("if-none-match", "W/\"v1\"")]).await;
+    assert_eq!(s, 304);
+
+    // no-store is never stored.
+    call(p, "GET", "/nostore", &[]).await;
+    let (_, _, body) = call(p, "GET", "/nostore", &[]).await;
+    assert_eq!(body, "nostore 2");
+
+    // A successful POST is forwarded and invalidates the cached GET.
+    let (s, _, body) = call(p, "POST", "/fresh", &[]).await;
+    assert_eq!((s, body.as_str()), (201, "made"));
+    let (_, _, body) = call(p, "GET", "/fresh", &[]).await;
+    assert_eq!(body, "fresh 2");
+
+    // Path, query and end-to-end headers reach the upstream; hop-by-hop ones do not.
+    let (s, h, body) = call(
+        p,
+        "GET",
+        "/echo?a=1&b=two",
+        &[("x-test", "hello"), ("connection", "x-hop"), ("x-hop", "1")],
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(h["x-upstream"], "yes");
+    assert_eq!(body, "/echo?a=1&b=two hello hop=false");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caching_proxy_on_the_memory_store() {
+    check(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caching_proxy_on_redis() {
+    let url = support::redis_url();
+    check(Some(&url)).await;
+}
