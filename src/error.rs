@@ -114,3 +114,20 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// Checks a configured name that becomes part of store keys and headers
+/// (a scope, a policy name): 1-64 characters of `[A-Za-z0-9_.-]`.
+pub(crate) fn check_name(what: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::new(format!(
+            "{what} {name:?} must be 1-64 characters of [A-Za-z0-9_.-]"
+        )))
+    }
+}

@@ -275,17 +275,7 @@ impl ResponseCacheLayerBuilder {
 
     /// Checks the configuration and builds the layer.
     pub fn build(mut self) -> Result<ResponseCacheLayer, ConfigError> {
-        let scope = &self.key.scope;
-        if scope.is_empty()
-            || scope.len() > 64
-            || !scope
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-        {
-            return Err(ConfigError::new(format!(
-                "scope {scope:?} must be 1-64 characters of [A-Za-z0-9_.-]"
-            )));
-        }
+        crate::error::check_name("scope", &self.key.scope)?;
         if !(0.0..1.0).contains(&self.rules.jitter) {
             return Err(ConfigError::new("jitter must be a fraction in [0, 1)"));
         }

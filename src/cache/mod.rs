@@ -84,7 +84,10 @@
 //! URL. URLs and values are hashed before they reach a store key. On Redis:
 //! `{prefix}:cache:{<url digest>}:i` (index: the Vary spec and each
 //! variant's freshness), `…:e:<variant>` (entry) and `…:l:<variant>` (fill
-//! lock), all with a TTL, one hash tag per URL.
+//! lock), all with a TTL, one hash tag per URL. The path is the one the layer
+//! sees: inside axum's `Router::nest` the nest prefix is stripped, so caches
+//! in different nests sharing a store need [`scope`](ResponseCacheLayerBuilder::scope)s
+//! of their own.
 //!
 //! # Answers
 //!

@@ -21,9 +21,15 @@ use crate::key::ClientKey;
 pub struct RecordKey(pub(crate) String);
 
 impl RecordKey {
-    pub(crate) fn new(principal: &ClientKey, parts: &Parts, key: &IdempotencyKey) -> Self {
+    pub(crate) fn new(
+        scope: &str,
+        principal: &ClientKey,
+        parts: &Parts,
+        key: &IdempotencyKey,
+    ) -> Self {
         let mut h = Sha256::new();
         for field in [
+            scope.as_bytes(),
             principal.as_bytes(),
             parts.method.as_str().as_bytes(),
             parts.uri.path().as_bytes(),
@@ -141,18 +147,19 @@ mod tests {
         let a = ClientKey::new("h:x-api-key", "a");
         let b = ClientKey::new("h:x-api-key", "b");
         let p = parts("POST", "/orders", None);
-        let base = RecordKey::new(&a, &p, &k("k1"));
+        let base = RecordKey::new("s", &a, &p, &k("k1"));
         assert_eq!(base.0.len(), 43);
         assert_eq!(
             base,
-            RecordKey::new(&a, &parts("POST", "/orders?q=1", None), &k("k1"))
+            RecordKey::new("s", &a, &parts("POST", "/orders?q=1", None), &k("k1"))
         );
-        assert_ne!(base, RecordKey::new(&b, &p, &k("k1")));
+        assert_ne!(base, RecordKey::new("s", &b, &p, &k("k1")));
         assert_ne!(
             base,
-            RecordKey::new(&a, &parts("POST", "/other", None), &k("k1"))
+            RecordKey::new("s", &a, &parts("POST", "/other", None), &k("k1"))
         );
-        assert_ne!(base, RecordKey::new(&a, &p, &k("k2")));
+        assert_ne!(base, RecordKey::new("s", &a, &p, &k("k2")));
+        assert_ne!(base, RecordKey::new("other", &a, &p, &k("k1")));
         assert_ne!(Token::generate(), Token::generate());
     }
 }

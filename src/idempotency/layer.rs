@@ -42,6 +42,7 @@ pub enum FailurePolicy {
 
 pub(crate) struct Config {
     pub(crate) store: Arc<dyn IdempotencyStore>,
+    pub(crate) scope: Arc<str>,
     pub(crate) principal: Arc<dyn KeyExtractor>,
     pub(crate) methods: Vec<Method>,
     pub(crate) required: bool,
@@ -93,6 +94,7 @@ impl IdempotencyLayer {
     pub fn builder(store: impl IdempotencyStore) -> IdempotencyLayerBuilder {
         IdempotencyLayerBuilder {
             store: Arc::new(store),
+            scope: "default".into(),
             principal: Arc::new(default_principal()),
             methods: vec![Method::POST, Method::PATCH],
             required: false,
@@ -120,6 +122,7 @@ impl<S> Layer<S> for IdempotencyLayer {
 #[must_use]
 pub struct IdempotencyLayerBuilder {
     store: Arc<dyn IdempotencyStore>,
+    scope: String,
     principal: Arc<dyn KeyExtractor>,
     methods: Vec<Method>,
     required: bool,
@@ -144,6 +147,16 @@ impl fmt::Debug for IdempotencyLayerBuilder {
 }
 
 impl IdempotencyLayerBuilder {
+    /// Separates this layer's records from other idempotency layers on the
+    /// same store (default `default`; `[A-Za-z0-9_.-]`). The record of a key
+    /// is scoped by the path the layer sees; inside axum's `Router::nest`
+    /// that is the path with the nest prefix stripped, so give layers in
+    /// different nests scopes of their own.
+    pub fn scope(mut self, scope: impl Into<String>) -> Self {
+        self.scope = scope.into();
+        self
+    }
+
     /// Whose records a request may see: e.g. [`Header::new("x-api-key")`](Header)
     /// or a closure reading the authenticated user from the extensions.
     /// Default: the hashed `Authorization` header, else one anonymous principal.
@@ -223,6 +236,7 @@ impl IdempotencyLayerBuilder {
 
     /// Checks the configuration and builds the layer.
     pub fn build(self) -> Result<IdempotencyLayer, ConfigError> {
+        crate::error::check_name("scope", &self.scope)?;
         if self.methods.is_empty() {
             return Err(ConfigError::new(
                 "an idempotency layer needs at least one method",
@@ -248,6 +262,7 @@ impl IdempotencyLayerBuilder {
         Ok(IdempotencyLayer {
             config: Arc::new(Config {
                 store: self.store,
+                scope: self.scope.into(),
                 principal: self.principal,
                 methods: self.methods,
                 required: self.required,

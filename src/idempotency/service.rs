@@ -79,7 +79,7 @@ where
             return ResponseFuture::respond(too_large(cfg.max_body));
         }
         let (parts, body) = req.into_parts();
-        let key = RecordKey::new(&principal, &parts, &idem_key);
+        let key = RecordKey::new(&cfg.scope, &principal, &parts, &idem_key);
         // The readied service goes into the future; a fresh clone stays here.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);

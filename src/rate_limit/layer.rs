@@ -234,18 +234,7 @@ impl RateLimitLayerBuilder {
         if self.policies.is_empty() {
             return Err(ConfigError::new("a rate limit needs at least one policy"));
         }
-        if self.scope.is_empty()
-            || self.scope.len() > 64
-            || !self
-                .scope
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-        {
-            return Err(ConfigError::new(format!(
-                "scope {:?} must be 1-64 characters of [A-Za-z0-9_.-]",
-                self.scope
-            )));
-        }
+        crate::error::check_name("scope", &self.scope)?;
         let compiled: Vec<Compiled> = self
             .policies
             .iter()

@@ -168,14 +168,7 @@ impl Policy {
     pub(crate) fn compile(&self) -> Result<Compiled, ConfigError> {
         let name = self.name();
         let bad = |why: String| Err(ConfigError::new(format!("policy {name:?}: {why}")));
-        if name.is_empty()
-            || name.len() > 64
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-        {
-            return bad("the name must be 1-64 characters of [A-Za-z0-9_.-]".into());
-        }
+        crate::error::check_name("policy name", &name)?;
         if self.limit == 0 {
             return bad("the limit must be at least 1".into());
         }
