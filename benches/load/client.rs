@@ -4,19 +4,16 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::Request;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
-/// What one request of a scenario looks like.
-#[derive(Clone)]
-pub struct RequestSpec {
-    pub method: http::Method,
-    pub path: String,
-    /// Header sets; connection `i` uses `headers[i % len]`.
-    pub headers: Vec<Vec<(String, String)>>,
-}
+/// Makes the `seq`-th request of connection `conn` (headers other than
+/// `host`, which the client adds).
+pub type RequestSpec = Arc<dyn Fn(usize, u64) -> Request<Full<Bytes>> + Send + Sync>;
 
 pub struct Run {
     pub requests: u64,
@@ -53,22 +50,18 @@ async fn connection(
         .await
         .expect("handshake");
     tokio::spawn(conn);
-    let headers = &spec.headers[idx % spec.headers.len().max(1)];
     let mut lat = Vec::with_capacity(100_000);
     let mut statuses = std::collections::BTreeMap::new();
+    let mut seq = 0u64;
     loop {
         let now = Instant::now();
         if now >= end_at {
             break;
         }
-        let mut b = Request::builder()
-            .method(spec.method.clone())
-            .uri(&spec.path)
-            .header("host", "bench");
-        for (k, v) in headers {
-            b = b.header(k, v);
-        }
-        let req = b.body(Empty::<Bytes>::new()).unwrap();
+        let mut req = spec(idx, seq);
+        seq += 1;
+        req.headers_mut()
+            .insert(http::header::HOST, http::HeaderValue::from_static("bench"));
         if sender.ready().await.is_err() {
             break;
         }

@@ -25,7 +25,7 @@ mod scenarios;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use client::{drive, RequestSpec, Run};
+use client::{drive, Run};
 use scenarios::Scenario;
 
 struct Args {
@@ -34,6 +34,8 @@ struct Args {
     warmup: f64,
     server_threads: usize,
     filter: Option<String>,
+    /// Skip the bare baseline (for profiling one scenario).
+    only: bool,
 }
 
 fn args() -> Args {
@@ -43,6 +45,7 @@ fn args() -> Args {
         warmup: 1.0,
         server_threads: 1,
         filter: None,
+        only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -53,6 +56,10 @@ fn args() -> Args {
                 a.server_threads = it.next().and_then(|v| v.parse().ok()).unwrap_or(1)
             }
             "--filter" => a.filter = it.next(),
+            "--only" => {
+                a.filter = it.next();
+                a.only = true;
+            }
             "--smoke" => {
                 a.secs = 0.3;
                 a.warmup = 0.1;
@@ -102,7 +109,7 @@ fn main() {
     let mut rows: Vec<Row> = Vec::new();
     for Scenario { name, router, spec } in scenarios {
         if let Some(f) = &args.filter {
-            if name != "bare" && !name.contains(f.as_str()) {
+            if (name != "bare" || args.only) && !name.contains(f.as_str()) {
                 continue;
             }
         }
@@ -200,13 +207,4 @@ fn report(args: &Args, rows: &[Row]) -> String {
         ));
     }
     out
-}
-
-#[allow(dead_code)]
-fn spec(path: &str) -> RequestSpec {
-    RequestSpec {
-        method: http::Method::GET,
-        path: path.into(),
-        headers: vec![vec![]],
-    }
 }

@@ -1,9 +1,18 @@
-//! The scenarios: one handler, with and without each layer.
+//! The scenarios: one trivial handler, bare and behind each layer, on the
+//! memory store and on Redis.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::routing::get;
 use axum::Router;
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use tower::ServiceBuilder;
+use tower_redis_layers::cache::{CacheStore, ResponseCacheLayer};
+use tower_redis_layers::idempotency::{IdempotencyLayer, IdempotencyStore};
 use tower_redis_layers::key::Header;
 use tower_redis_layers::rate_limit::{Policy, RateLimitLayer, RateLimitStore};
 use tower_redis_layers::{MemoryStore, RedisStore};
@@ -20,29 +29,87 @@ async fn handler() -> &'static str {
     "ok"
 }
 
+fn app() -> Router {
+    Router::new()
+        .route("/", get(handler).post(handler))
+        .route("/items/{id}", get(handler))
+}
+
 /// 64 distinct clients, spread over the connections.
-fn api_keys() -> Vec<Vec<(String, String)>> {
-    (0..64)
-        .map(|i| vec![("x-api-key".to_owned(), format!("client-{i}"))])
-        .collect()
+fn client(conn: usize) -> String {
+    format!("client-{}", conn % 64)
 }
 
-fn get_spec() -> RequestSpec {
-    RequestSpec {
-        method: http::Method::GET,
-        path: "/".into(),
-        headers: api_keys(),
-    }
+fn request(method: &str, path: String, conn: usize) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .header("x-api-key", client(conn))
+        .body(Full::new(Bytes::new()))
+        .unwrap()
 }
 
-fn limited(store: impl RateLimitStore, limit: u64, scope: &str) -> Router {
-    let layer = RateLimitLayer::builder(store)
+fn get_root() -> RequestSpec {
+    Arc::new(|conn, _| request("GET", "/".into(), conn))
+}
+
+/// POSTs with a key never used before (unique across the warm-up and the run).
+fn post_first_run() -> RequestSpec {
+    static N: AtomicU64 = AtomicU64::new(0);
+    Arc::new(|conn, _| {
+        let mut r = request("POST", "/".into(), conn);
+        let key = format!("\"k{}\"", N.fetch_add(1, Ordering::Relaxed));
+        r.headers_mut().insert("idempotency-key", key.parse().unwrap());
+        r
+    })
+}
+
+/// POSTs repeating one key per connection: all but the first are replays.
+fn post_replay() -> RequestSpec {
+    Arc::new(|conn, _| {
+        let mut r = request("POST", "/".into(), conn);
+        let key = format!("\"replay-{conn}\"");
+        r.headers_mut().insert("idempotency-key", key.parse().unwrap());
+        r
+    })
+}
+
+fn get_hit() -> RequestSpec {
+    Arc::new(|conn, _| request("GET", "/items/1".into(), conn))
+}
+
+/// GETs of URLs never requested before.
+fn get_miss() -> RequestSpec {
+    static N: AtomicU64 = AtomicU64::new(0);
+    Arc::new(|conn, _| {
+        let id = N.fetch_add(1, Ordering::Relaxed);
+        request("GET", format!("/items/{id}"), conn)
+    })
+}
+
+fn rate_limit(store: impl RateLimitStore, limit: u64, scope: &str) -> RateLimitLayer {
+    RateLimitLayer::builder(store)
         .policy(Policy::gcra(limit, Duration::from_secs(3600)))
         .key(Header::new("x-api-key"))
         .scope(scope)
         .build()
-        .unwrap();
-    Router::new().route("/", get(handler)).layer(layer)
+        .unwrap()
+}
+
+fn idempotency(store: impl IdempotencyStore, scope: &str) -> IdempotencyLayer {
+    IdempotencyLayer::builder(store)
+        .principal(Header::new("x-api-key"))
+        .scope(scope)
+        .build()
+        .unwrap()
+}
+
+fn cache(store: impl CacheStore, scope: &str) -> ResponseCacheLayer {
+    ResponseCacheLayer::builder(store)
+        .default_ttl(Duration::from_secs(600))
+        .scope(scope)
+        .build()
+        .unwrap()
 }
 
 /// tower_governor's key: the same `x-api-key` header our layer keys on.
@@ -69,44 +136,46 @@ fn governor() -> Router {
         .key_extractor(ApiKey)
         .finish()
         .unwrap();
-    Router::new()
-        .route("/", get(handler))
-        .layer(tower_governor::GovernorLayer::new(config))
+    app().layer(tower_governor::GovernorLayer::new(config))
+}
+
+fn stacked<St>(store: St, scope: &str) -> Router
+where
+    St: RateLimitStore + IdempotencyStore + CacheStore + Clone,
+{
+    app().layer(
+        ServiceBuilder::new()
+            .layer(rate_limit(store.clone(), 1_000_000_000, scope))
+            .layer(idempotency(store.clone(), scope))
+            .layer(cache(store, scope)),
+    )
 }
 
 pub async fn all(redis_url: &str) -> Vec<Scenario> {
     let redis = RedisStore::builder(redis_url)
         .prefix("bench")
-        .deadline(Duration::from_millis(200))
+        .deadline(Duration::from_millis(500))
         .ping_on_connect(true)
         .connect()
         .await
         .expect("bench redis");
+    let mem = MemoryStore::new();
+    let big = 1_000_000_000;
     vec![
-        Scenario {
-            name: "bare",
-            router: Router::new().route("/", get(handler)),
-            spec: get_spec(),
-        },
-        Scenario {
-            name: "tower_governor (peer), allowed",
-            router: governor(),
-            spec: get_spec(),
-        },
-        Scenario {
-            name: "rate limit, memory, allowed",
-            router: limited(MemoryStore::new(), 1_000_000_000, "mem"),
-            spec: get_spec(),
-        },
-        Scenario {
-            name: "rate limit, redis, allowed",
-            router: limited(redis.clone(), 1_000_000_000, "allowed"),
-            spec: get_spec(),
-        },
-        Scenario {
-            name: "rate limit, redis, denied",
-            router: limited(redis, 1, "denied"),
-            spec: get_spec(),
-        },
+        Scenario { name: "bare", router: app(), spec: get_root() },
+        Scenario { name: "tower_governor (peer, memory), allowed", router: governor(), spec: get_root() },
+        Scenario { name: "rate limit, memory, allowed", router: app().layer(rate_limit(mem.clone(), big, "m")), spec: get_root() },
+        Scenario { name: "rate limit, redis, allowed", router: app().layer(rate_limit(redis.clone(), big, "a")), spec: get_root() },
+        Scenario { name: "rate limit, redis, denied", router: app().layer(rate_limit(redis.clone(), 1, "d")), spec: get_root() },
+        Scenario { name: "idempotency, memory, first run", router: app().layer(idempotency(mem.clone(), "m1")), spec: post_first_run() },
+        Scenario { name: "idempotency, memory, replay", router: app().layer(idempotency(mem.clone(), "m2")), spec: post_replay() },
+        Scenario { name: "idempotency, redis, first run", router: app().layer(idempotency(redis.clone(), "r1")), spec: post_first_run() },
+        Scenario { name: "idempotency, redis, replay", router: app().layer(idempotency(redis.clone(), "r2")), spec: post_replay() },
+        Scenario { name: "cache, memory, hit", router: app().layer(cache(mem.clone(), "m1")), spec: get_hit() },
+        Scenario { name: "cache, memory, miss", router: app().layer(cache(mem.clone(), "m2")), spec: get_miss() },
+        Scenario { name: "cache, redis, hit", router: app().layer(cache(redis.clone(), "r1")), spec: get_hit() },
+        Scenario { name: "cache, redis, miss", router: app().layer(cache(redis.clone(), "r2")), spec: get_miss() },
+        Scenario { name: "all three, memory (GET hit)", router: stacked(mem, "s"), spec: get_hit() },
+        Scenario { name: "all three, redis (GET hit)", router: stacked(redis, "s"), spec: get_hit() },
     ]
 }

@@ -13,7 +13,7 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local floor = math.floor
 
 local function num(x)
-  return string.format('%.0f', x)
+  return string.format('%d', x)
 end
 
 local function window_counts(key, idx)
@@ -29,7 +29,7 @@ local function decayed_at(weight, a, w)
   return floor(w - (a + 1) * w / weight) + 1
 end
 
--- Each returns: allowed, remaining, reset, retry, state to commit (a table).
+-- Each returns: allowed, remaining, reset, retry, then the state to commit.
 local peek = {}
 
 peek[1] = function(key, cost, cap, limit, period, t) -- GCRA
@@ -43,7 +43,7 @@ peek[1] = function(key, cost, cap, limit, period, t) -- GCRA
     if rem < 0 then rem = 0 end
     return false, floor(rem / t), tat - now, allow_at - now
   end
-  return true, floor((tau + now - new_tat) / t), new_tat - now, 0, {new_tat}
+  return true, floor((tau + now - new_tat) / t), new_tat - now, 0, new_tat
 end
 
 peek[5] = function(key, cost, cap, limit, period, t) -- token bucket
@@ -63,7 +63,7 @@ peek[5] = function(key, cost, cap, limit, period, t) -- token bucket
   end
   if tokens >= cost then
     local left = tokens - cost
-    return true, left, refill(cap - left), 0, {left, last}
+    return true, left, refill(cap - left), 0, left, last
   end
   return false, tokens, refill(cap - tokens), refill(cost - tokens)
 end
@@ -73,7 +73,7 @@ peek[4] = function(key, cost, cap, limit, period, t) -- fixed window
   local count = window_counts(key, idx)
   local reset = (idx + 1) * period - now
   if count + cost <= limit then
-    return true, limit - count - cost, reset, 0, {idx, count + cost, 0}
+    return true, limit - count - cost, reset, 0, idx, count + cost, 0
   end
   local rem = limit - count
   if rem < 0 then rem = 0 end
@@ -93,7 +93,7 @@ peek[3] = function(key, cost, cap, limit, period, t) -- sliding window counter
     return 0
   end
   if used + cost <= limit then
-    return true, limit - used - cost, reset_for(cur + cost), 0, {idx, cur + cost, prev}
+    return true, limit - used - cost, reset_for(cur + cost), 0, idx, cur + cost, prev
   end
   local retry
   if cur + cost <= limit then
@@ -115,7 +115,7 @@ peek[2] = function(key, cost, cap, limit, period, t) -- sliding log
   if count + cost <= limit then
     local reset = 0
     if cost > 0 then reset = w elseif newest[2] then reset = tonumber(newest[2]) + w - now end
-    return true, limit - count - cost, reset, 0, {count}
+    return true, limit - count - cost, reset, 0, count
   end
   local need = count + cost - limit
   local retry = w
@@ -128,22 +128,23 @@ peek[2] = function(key, cost, cap, limit, period, t) -- sliding log
   return false, rem, reset, retry
 end
 
+-- Arguments go to Redis as strings formatted here: Redis's own conversion
+-- of Lua numbers is slower and would print large ones in exponent form.
 local function px(us)
-  local ms = floor(us / 1000) + 1
-  return ms
+  return string.format('%d', floor(us / 1000) + 1)
 end
 
-local function commit(alg, key, cost, reset, period, s)
+local function commit(alg, key, cost, reset, period, s1, s2, s3)
   if alg == 1 then
-    redis.call('SET', key, num(s[1]), 'PX', px(reset))
+    redis.call('PSETEX', key, px(reset), num(s1))
   elseif alg == 5 then
-    redis.call('HSET', key, 't', num(s[1]), 'l', num(s[2]))
+    redis.call('HSET', key, 't', num(s1), 'l', num(s2))
     redis.call('PEXPIRE', key, px(reset))
   elseif alg == 2 then
     local args, n = {}, 0
     for i = 1, cost do
       args[n + 1] = num(now)
-      args[n + 2] = num(now) .. ':' .. num(s[1] + i)
+      args[n + 2] = num(now) .. ':' .. num(s1 + i)
       n = n + 2
       if n >= 1000 or i == cost then
         redis.call('ZADD', key, unpack(args, 1, n))
@@ -152,37 +153,43 @@ local function commit(alg, key, cost, reset, period, s)
     end
     redis.call('PEXPIRE', key, px(period))
   else
-    redis.call('HSET', key, 'w', num(s[1]), 'c', num(s[2]), 'p', num(s[3]))
+    redis.call('HSET', key, 'w', num(s1), 'c', num(s2), 'p', num(s3))
     redis.call('PEXPIRE', key, px(reset))
   end
 end
+
+-- Per-policy results of the current request, reused across requests.
+local r_ok, r_rem, r_reset, r_retry, r_s1, r_s2, r_s3 = {}, {}, {}, {}, {}, {}, {}
+local r_alg, r_key, r_period = {}, {}, {}
 
 local out, n = {}, 0
 local a, k = 2, 1
 for _ = 1, tonumber(ARGV[1]) do
   local cost, npol = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
   a = a + 2
-  local res, all = {}, true
+  local all = true
   for p = 1, npol do
-    local alg = tonumber(ARGV[a])
-    local cap, limit = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-    local period, interval = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
-    a = a + 5
-    local ok, rem, reset, retry, s = peek[alg](KEYS[k], cost, cap, limit, period, interval)
-    res[p] = {ok, rem, reset, retry, s, alg, KEYS[k], period}
-    k = k + 1
+    local alg, period = tonumber(ARGV[a]), tonumber(ARGV[a + 3])
+    local key = KEYS[k]
+    local ok, rem, reset, retry, s1, s2, s3 = peek[alg](key, cost, tonumber(ARGV[a + 1]),
+      tonumber(ARGV[a + 2]), period, tonumber(ARGV[a + 4]))
+    r_ok[p], r_rem[p], r_reset[p], r_retry[p] = ok, rem, reset, retry
+    r_s1[p], r_s2[p], r_s3[p] = s1, s2, s3
+    r_alg[p], r_key[p], r_period[p] = alg, key, period
+    a, k = a + 5, k + 1
     if not ok then all = false end
   end
   n = n + 1
   out[n] = all and 1 or 0
   for p = 1, npol do
-    local r = res[p]
-    if all and cost > 0 then commit(r[6], r[7], cost, r[3], r[8], r[5]) end
-    local rem = r[2]
-    if r[1] and not all then rem = rem + cost end
+    if all and cost > 0 then
+      commit(r_alg[p], r_key[p], cost, r_reset[p], r_period[p], r_s1[p], r_s2[p], r_s3[p])
+    end
+    local rem = r_rem[p]
+    if r_ok[p] and not all then rem = rem + cost end
     out[n + 1] = rem
-    out[n + 2] = r[3]
-    if r[1] then out[n + 3] = -1 else out[n + 3] = r[4] end
+    out[n + 2] = r_reset[p]
+    if r_ok[p] then out[n + 3] = -1 else out[n + 3] = r_retry[p] end
     n = n + 3
   end
 end
