@@ -14,15 +14,21 @@ pub(crate) fn problem(
     detail: &str,
     extra: &[(&str, serde_json::Value)],
 ) -> Response<Bytes> {
-    let mut doc = serde_json::Map::new();
-    doc.insert("type".into(), type_uri.into());
-    doc.insert("title".into(), title.into());
-    doc.insert("status".into(), status.as_u16().into());
-    doc.insert("detail".into(), detail.into());
-    for (k, v) in extra {
-        doc.insert((*k).into(), v.clone());
+    // Written member by member: no intermediate map on the rejection path.
+    let mut body = Vec::with_capacity(128 + detail.len());
+    let members: [(&str, serde_json::Value); 4] = [
+        ("type", type_uri.into()),
+        ("title", title.into()),
+        ("status", status.as_u16().into()),
+        ("detail", detail.into()),
+    ];
+    for (name, value) in members.iter().chain(extra) {
+        body.push(if body.is_empty() { b'{' } else { b',' });
+        let _ = serde_json::to_writer(&mut body, name);
+        body.push(b':');
+        let _ = serde_json::to_writer(&mut body, value);
     }
-    let body = serde_json::to_vec(&doc).unwrap_or_default();
+    body.push(b'}');
     let mut res = Response::new(Bytes::from(body));
     *res.status_mut() = status;
     res.headers_mut().insert(CONTENT_TYPE, PROBLEM_JSON);

@@ -2,7 +2,7 @@
 //! one run, over real loopback sockets.
 //!
 //! ```text
-//! cargo bench --bench load                       # 32 connections, 5 s per scenario
+//! cargo bench --bench load                       # 32 connections, 5 s per scenario, 3 rounds
 //! cargo bench --bench load -- --conns 64 --secs 10 --filter rate
 //! cargo bench --bench load -- --smoke            # a quick run that only proves it works
 //! ```
@@ -34,6 +34,7 @@ struct Args {
     warmup: f64,
     server_threads: usize,
     filter: Option<String>,
+    rounds: usize,
     /// Skip the bare baseline (for profiling one scenario).
     only: bool,
 }
@@ -45,6 +46,7 @@ fn args() -> Args {
         warmup: 1.0,
         server_threads: 1,
         filter: None,
+        rounds: 3,
         only: false,
     };
     let mut it = std::env::args().skip(1);
@@ -56,11 +58,13 @@ fn args() -> Args {
                 a.server_threads = it.next().and_then(|v| v.parse().ok()).unwrap_or(1)
             }
             "--filter" => a.filter = it.next(),
+            "--rounds" => a.rounds = it.next().and_then(|v| v.parse().ok()).unwrap_or(3).max(1),
             "--only" => {
                 a.filter = it.next();
                 a.only = true;
             }
             "--smoke" => {
+                a.rounds = 1;
                 a.secs = 0.3;
                 a.warmup = 0.1;
                 a.conns = 4;
@@ -106,56 +110,75 @@ fn main() {
             .unwrap()
     });
 
-    let mut rows: Vec<Row> = Vec::new();
-    for Scenario { name, router, spec } in scenarios {
-        if let Some(f) = &args.filter {
-            if (name != "bare" || args.only) && !name.contains(f.as_str()) {
-                continue;
-            }
+    let selected: Vec<Scenario> = scenarios
+        .into_iter()
+        .filter(|s| match &args.filter {
+            Some(f) => (s.name == "bare" && !args.only) || s.name.contains(f.as_str()),
+            None => true,
+        })
+        .collect();
+    // Rounds interleave the scenarios, so that drift on a shared machine hits
+    // them alike; each row is the round with the median req/s.
+    let mut runs: Vec<Vec<Row>> = selected.iter().map(|_| Vec::new()).collect();
+    for round in 0..args.rounds {
+        for (i, Scenario { name, router, spec }) in selected.iter().enumerate() {
+            let listener = server_rt
+                .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+                .unwrap();
+            let addr: SocketAddr = listener.local_addr().unwrap();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let router = router.clone();
+            let handle = server_rt.spawn(async move {
+                axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+            });
+            let warmup = Duration::from_secs_f64(args.warmup);
+            let secs = Duration::from_secs_f64(args.secs);
+            let row = client_rt.block_on(async {
+                // Warm up (scripts loaded, connections made), then measure.
+                drive(addr, spec, args.conns, Duration::ZERO, warmup).await;
+                let r0 = cpu::redis_counters(&mut admin).await;
+                let s_cpu0 = threads.cpu();
+                let run = drive(addr, spec, args.conns, Duration::ZERO, secs).await;
+                let s_cpu1 = threads.cpu();
+                let r1 = cpu::redis_counters(&mut admin).await;
+                Row {
+                    name: (*name).to_owned(),
+                    run,
+                    scripts: r1.scripts.saturating_sub(r0.scripts),
+                    commands: r1.commands.saturating_sub(r0.commands),
+                    server_cpu: s_cpu1.saturating_sub(s_cpu0),
+                    redis_cpu: r1.cpu.saturating_sub(r0.cpu),
+                }
+            });
+            let _ = stop.send(());
+            let _ = server_rt.block_on(handle);
+            eprintln!(
+                "round {round}: {:<42} {:>9.0} req/s",
+                row.name,
+                row.run.rps()
+            );
+            runs[i].push(row);
         }
-        let listener = server_rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let addr: SocketAddr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let handle = server_rt.spawn(async move {
-            axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-        });
-        let warmup = Duration::from_secs_f64(args.warmup);
-        let secs = Duration::from_secs_f64(args.secs);
-        let row = client_rt.block_on(async {
-            // Warm up (scripts loaded, connections made), then measure.
-            drive(addr, &spec, args.conns, Duration::ZERO, warmup).await;
-            let r0 = cpu::redis_counters(&mut admin).await;
-            let s_cpu0 = threads.cpu();
-            let run = drive(addr, &spec, args.conns, Duration::ZERO, secs).await;
-            let s_cpu1 = threads.cpu();
-            let r1 = cpu::redis_counters(&mut admin).await;
-            Row {
-                name: name.to_owned(),
-                run,
-                scripts: r1.scripts.saturating_sub(r0.scripts),
-                commands: r1.commands.saturating_sub(r0.commands),
-                server_cpu: s_cpu1.saturating_sub(s_cpu0),
-                redis_cpu: r1.cpu.saturating_sub(r0.cpu),
-            }
-        });
-        let _ = stop.send(());
-        let _ = server_rt.block_on(handle);
-        eprintln!("{:<34} {:>9.0} req/s", row.name, row.run.rps());
-        rows.push(row);
     }
+    let rows: Vec<Row> = runs
+        .into_iter()
+        .map(|mut r| {
+            r.sort_by(|a, b| a.run.rps().total_cmp(&b.run.rps()));
+            r.swap_remove(r.len() / 2)
+        })
+        .collect();
     let report = report(&args, &rows);
     println!("\n{report}");
     let _ = std::fs::create_dir_all("target");
     let _ = std::fs::write("target/load-report.md", &report);
+    let _ = std::fs::write("target/load-report.svg", chart(&rows));
     drop(redis);
 }
 
@@ -177,8 +200,8 @@ fn report(args: &Args, rows: &[Row]) -> String {
     let bare = rows.iter().find(|r| r.name == "bare").map(|r| r.run.rps());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mut out = format!(
-        "{} connections, {} s per scenario, {} server thread(s), {} cores; `cargo bench --bench load -- --conns {} --secs {}`\n\n",
-        args.conns, args.secs, args.server_threads, cores, args.conns, args.secs
+        "{} connections, {} s per scenario, median of {} interleaved rounds, {} server thread(s), {} cores; `cargo bench --bench load -- --conns {} --secs {} --rounds {}`\n\n",
+        args.conns, args.secs, args.rounds, args.server_threads, cores, args.conns, args.secs, args.rounds
     );
     out.push_str("| scenario | req/s | × bare | p50 | p99 | p99.9 | Redis scripts/req | Redis cmds/req (incl. in scripts) | server CPU µs/req | Redis CPU µs/req | statuses |\n");
     out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
@@ -207,4 +230,60 @@ fn report(args: &Args, rows: &[Row]) -> String {
         ));
     }
     out
+}
+
+/// A horizontal bar chart of each scenario's throughput as a ratio to bare,
+/// with the 0.85 target marked.
+fn chart(rows: &[Row]) -> String {
+    let bare = rows
+        .iter()
+        .find(|r| r.name == "bare")
+        .map_or(1.0, |r| r.run.rps());
+    let (label_w, bar_w, row_h, top) = (330.0, 420.0, 22.0, 40.0);
+    let max = rows
+        .iter()
+        .map(|r| r.run.rps() / bare)
+        .fold(1.2f64, f64::max);
+    let height = top + row_h * rows.len() as f64 + 30.0;
+    let width = label_w + bar_w + 80.0;
+    let x = |ratio: f64| label_w + bar_w * ratio / max;
+    let mut svg = format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+<text x="10" y="20" font-size="14" font-weight="bold">Throughput as a ratio to the bare handler (same run)</text>
+"##
+    );
+    for (i, r) in rows.iter().enumerate() {
+        let ratio = r.run.rps() / bare;
+        let y = top + row_h * i as f64;
+        let color = if r.name == "bare" {
+            "#888"
+        } else if r.name.contains("redis") {
+            "#c0392b"
+        } else {
+            "#2980b9"
+        };
+        svg.push_str(&format!(
+            r##"<text x="{lx}" y="{ty}" text-anchor="end">{name}</text>
+<rect x="{label_w}" y="{y}" width="{w:.1}" height="{h}" fill="{color}"/>
+<text x="{vx:.1}" y="{ty}">{ratio:.2}×</text>
+"##,
+            lx = label_w - 8.0,
+            ty = y + 14.0,
+            name = r.name.replace('&', "&amp;").replace('<', "&lt;"),
+            w = x(ratio) - label_w,
+            h = row_h - 6.0,
+            vx = x(ratio) + 4.0,
+        ));
+    }
+    let tx = x(0.85);
+    svg.push_str(&format!(
+        r##"<line x1="{tx:.1}" y1="{top}" x2="{tx:.1}" y2="{y2}" stroke="#27ae60" stroke-dasharray="4 3"/>
+<text x="{tx:.1}" y="{ly}" fill="#27ae60" text-anchor="middle">target 0.85×</text>
+</svg>
+"##,
+        y2 = height - 24.0,
+        ly = height - 10.0,
+    ));
+    svg
 }

@@ -59,7 +59,8 @@ fn post_first_run() -> RequestSpec {
     Arc::new(|conn, _| {
         let mut r = request("POST", "/".into(), conn);
         let key = format!("\"k{}\"", N.fetch_add(1, Ordering::Relaxed));
-        r.headers_mut().insert("idempotency-key", key.parse().unwrap());
+        r.headers_mut()
+            .insert("idempotency-key", key.parse().unwrap());
         r
     })
 }
@@ -69,7 +70,8 @@ fn post_replay() -> RequestSpec {
     Arc::new(|conn, _| {
         let mut r = request("POST", "/".into(), conn);
         let key = format!("\"replay-{conn}\"");
-        r.headers_mut().insert("idempotency-key", key.parse().unwrap());
+        r.headers_mut()
+            .insert("idempotency-key", key.parse().unwrap());
         r
     })
 }
@@ -107,6 +109,16 @@ fn idempotency(store: impl IdempotencyStore, scope: &str) -> IdempotencyLayer {
 fn cache(store: impl CacheStore, scope: &str) -> ResponseCacheLayer {
     ResponseCacheLayer::builder(store)
         .default_ttl(Duration::from_secs(600))
+        .scope(scope)
+        .build()
+        .unwrap()
+}
+
+/// The cache with its in-process L1 tier (kept coherent by pub/sub).
+fn cache_l1(store: impl CacheStore, scope: &str) -> ResponseCacheLayer {
+    ResponseCacheLayer::builder(store)
+        .default_ttl(Duration::from_secs(600))
+        .l1(10_000, Duration::from_secs(60))
         .scope(scope)
         .build()
         .unwrap()
@@ -162,20 +174,85 @@ pub async fn all(redis_url: &str) -> Vec<Scenario> {
     let mem = MemoryStore::new();
     let big = 1_000_000_000;
     vec![
-        Scenario { name: "bare", router: app(), spec: get_root() },
-        Scenario { name: "tower_governor (peer, memory), allowed", router: governor(), spec: get_root() },
-        Scenario { name: "rate limit, memory, allowed", router: app().layer(rate_limit(mem.clone(), big, "m")), spec: get_root() },
-        Scenario { name: "rate limit, redis, allowed", router: app().layer(rate_limit(redis.clone(), big, "a")), spec: get_root() },
-        Scenario { name: "rate limit, redis, denied", router: app().layer(rate_limit(redis.clone(), 1, "d")), spec: get_root() },
-        Scenario { name: "idempotency, memory, first run", router: app().layer(idempotency(mem.clone(), "m1")), spec: post_first_run() },
-        Scenario { name: "idempotency, memory, replay", router: app().layer(idempotency(mem.clone(), "m2")), spec: post_replay() },
-        Scenario { name: "idempotency, redis, first run", router: app().layer(idempotency(redis.clone(), "r1")), spec: post_first_run() },
-        Scenario { name: "idempotency, redis, replay", router: app().layer(idempotency(redis.clone(), "r2")), spec: post_replay() },
-        Scenario { name: "cache, memory, hit", router: app().layer(cache(mem.clone(), "m1")), spec: get_hit() },
-        Scenario { name: "cache, memory, miss", router: app().layer(cache(mem.clone(), "m2")), spec: get_miss() },
-        Scenario { name: "cache, redis, hit", router: app().layer(cache(redis.clone(), "r1")), spec: get_hit() },
-        Scenario { name: "cache, redis, miss", router: app().layer(cache(redis.clone(), "r2")), spec: get_miss() },
-        Scenario { name: "all three, memory (GET hit)", router: stacked(mem, "s"), spec: get_hit() },
-        Scenario { name: "all three, redis (GET hit)", router: stacked(redis, "s"), spec: get_hit() },
+        Scenario {
+            name: "bare",
+            router: app(),
+            spec: get_root(),
+        },
+        Scenario {
+            name: "tower_governor (peer, memory), allowed",
+            router: governor(),
+            spec: get_root(),
+        },
+        Scenario {
+            name: "rate limit, memory, allowed",
+            router: app().layer(rate_limit(mem.clone(), big, "m")),
+            spec: get_root(),
+        },
+        Scenario {
+            name: "rate limit, redis, allowed",
+            router: app().layer(rate_limit(redis.clone(), big, "a")),
+            spec: get_root(),
+        },
+        Scenario {
+            name: "rate limit, redis, denied",
+            router: app().layer(rate_limit(redis.clone(), 1, "d")),
+            spec: get_root(),
+        },
+        Scenario {
+            name: "idempotency, memory, first run",
+            router: app().layer(idempotency(mem.clone(), "m1")),
+            spec: post_first_run(),
+        },
+        Scenario {
+            name: "idempotency, memory, replay",
+            router: app().layer(idempotency(mem.clone(), "m2")),
+            spec: post_replay(),
+        },
+        Scenario {
+            name: "idempotency, redis, first run",
+            router: app().layer(idempotency(redis.clone(), "r1")),
+            spec: post_first_run(),
+        },
+        Scenario {
+            name: "idempotency, redis, replay",
+            router: app().layer(idempotency(redis.clone(), "r2")),
+            spec: post_replay(),
+        },
+        Scenario {
+            name: "cache, memory, hit",
+            router: app().layer(cache(mem.clone(), "m1")),
+            spec: get_hit(),
+        },
+        Scenario {
+            name: "cache, memory, miss",
+            router: app().layer(cache(mem.clone(), "m2")),
+            spec: get_miss(),
+        },
+        Scenario {
+            name: "cache, redis, hit",
+            router: app().layer(cache(redis.clone(), "r1")),
+            spec: get_hit(),
+        },
+        Scenario {
+            name: "cache, redis + L1 tier, hit",
+            router: app().layer(cache_l1(redis.clone(), "l1")),
+            spec: get_hit(),
+        },
+        Scenario {
+            name: "cache, redis, miss",
+            router: app().layer(cache(redis.clone(), "r2")),
+            spec: get_miss(),
+        },
+        Scenario {
+            name: "all three, memory (GET hit)",
+            router: stacked(mem, "s"),
+            spec: get_hit(),
+        },
+        Scenario {
+            name: "all three, redis (GET hit)",
+            router: stacked(redis, "s"),
+            spec: get_hit(),
+        },
     ]
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
-use sfv::{key_ref, Integer, ListSerializer, StringRef};
+use sfv::{key_ref, Integer, ItemSerializer, ListSerializer, StringRef};
 
 use super::decision::{PolicyMeta, RateLimitDecision};
 
@@ -43,22 +43,37 @@ pub(crate) fn render_policy(meta: &[PolicyMeta]) -> Option<HeaderValue> {
     HeaderValue::try_from(ser.finish()?).ok()
 }
 
-/// `"name";r=remaining;t=reset` for each policy.
-fn render_state(d: &RateLimitDecision) -> Option<HeaderValue> {
-    let mut ser = ListSerializer::new();
-    for p in &d.policies {
-        _ = ser
-            .bare_item(name(&p.name))
-            .parameter(key_ref("r"), int(p.remaining))
-            .parameter(key_ref("t"), int(ceil_secs(p.reset)));
+/// Each policy's name as a serialized sf-string, rendered once per layer:
+/// per response only the two integers are written.
+pub(crate) fn render_names(meta: &[PolicyMeta]) -> Vec<String> {
+    meta.iter()
+        .map(|m| ItemSerializer::new().bare_item(name(&m.name)).finish())
+        .collect()
+}
+
+/// `"name";r=remaining;t=reset` for each policy: a list of sf-strings with
+/// two integer parameters (RFC 9651 §4.1.1, §4.1.4).
+fn render_state(names: &[String], d: &RateLimitDecision) -> Option<HeaderValue> {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(32 * d.policies.len());
+    for (p, item) in d.policies.iter().zip(names) {
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        out.push_str(item);
+        let r = i64::from(int(p.remaining));
+        let t = i64::from(int(ceil_secs(p.reset)));
+        let _ = write!(out, ";r={r};t={t}");
     }
-    HeaderValue::try_from(ser.finish()?).ok()
+    HeaderValue::try_from(out).ok()
 }
 
 /// Which fields a layer writes.
 #[derive(Debug, Clone)]
 pub(crate) struct HeaderConfig {
     pub(crate) policy: Option<HeaderValue>,
+    /// [`render_names`] of the layer's policies, in decision order.
+    pub(crate) names: Vec<String>,
     pub(crate) on_allowed: bool,
     pub(crate) legacy: bool,
 }
@@ -75,7 +90,7 @@ impl HeaderConfig {
                 .entry(&RATELIMIT_POLICY)
                 .or_insert_with(|| policy.clone());
         }
-        if let Some(state) = render_state(d) {
+        if let Some(state) = render_state(&self.names, d) {
             headers.entry(&RATELIMIT).or_insert(state);
         }
         if rejected {
@@ -141,12 +156,15 @@ mod tests {
         };
         let cfg = HeaderConfig {
             policy: render_policy(&meta()[..1]),
+            names: render_names(&meta()[..1]),
             on_allowed: false,
             legacy: true,
         };
         let mut h = HeaderMap::new();
         cfg.apply(&mut h, &d, true);
         assert_eq!(h[&RATELIMIT], r#""burst";r=0;t=12"#);
+        let parsed: sfv::List = sfv::Parser::new(h[&RATELIMIT].as_bytes()).parse().unwrap();
+        assert_eq!(parsed.len(), 1, "a valid structured list");
         assert_eq!(h[RETRY_AFTER], "2");
         assert_eq!(h["x-ratelimit-remaining"], "0");
         let mut allowed = HeaderMap::new();

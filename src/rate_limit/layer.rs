@@ -9,7 +9,7 @@ use tower_layer::Layer;
 
 use super::decision::{PolicyMeta, RateLimitDecision};
 use super::denials::Denials;
-use super::headers::{render_policy, HeaderConfig};
+use super::headers::{render_names, render_policy, HeaderConfig};
 use super::policy::{Compiled, Policy};
 use super::service::RateLimit;
 use super::store::RateLimitStore;
@@ -259,6 +259,7 @@ impl RateLimitLayerBuilder {
         let max_cost = compiled.iter().map(|p| p.capacity).min().unwrap_or(0);
         let headers = HeaderConfig {
             policy: render_policy(&meta),
+            names: render_names(&meta),
             on_allowed: self.headers_on_allowed,
             legacy: self.legacy_headers,
         };
