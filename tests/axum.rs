@@ -19,8 +19,8 @@ use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::routing::{get, post};
 use axum::Router;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
+use support::http::call;
 use tower::{Service, ServiceBuilder};
 use tower_redis_layers::cache::{CacheStore, ResponseCacheLayer};
 use tower_redis_layers::idempotency::{IdempotencyLayer, IdempotencyStore};
@@ -115,50 +115,17 @@ async fn serve(router: Router) -> SocketAddr {
     addr
 }
 
-async fn call(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &'static str,
-) -> (u16, http::HeaderMap, String) {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut b = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "t");
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    let res = tx
-        .send_request(
-            b.body(Full::new(Bytes::from_static(body.as_bytes())))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let status = res.status().as_u16();
-    let headers = res.headers().clone();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    (status, headers, String::from_utf8_lossy(&body).into_owned())
-}
-
 async fn check(store: impl RateLimitStore + IdempotencyStore + CacheStore + Clone) {
     let counts = Counts::default();
-    let addr = serve(router(store, counts.clone())).await;
+    let addr = serve(router(store, counts.clone())).await.to_string();
     for prefix in ["", "/api"] {
         // Path and query extractors still work behind the cache; hits are served.
-        let path = format!("{prefix}/items/7?lang=fr");
-        let path: &'static str = Box::leak(path.into_boxed_str());
-        let (s, h, first) = call(addr, "GET", path, &[], "").await;
+        let path = &format!("{prefix}/items/7?lang=fr");
+        let (s, h, first) = call(&addr, "GET", path, &[], "").await;
         assert_eq!(s, 200, "{prefix}");
         assert!(first.starts_with("item 7 lang=fr load="), "{first}");
         assert!(h.contains_key("ratelimit"), "the rate limit ran: {h:?}");
-        let (_, h, again) = call(addr, "GET", path, &[], "").await;
+        let (_, h, again) = call(&addr, "GET", path, &[], "").await;
         assert_eq!(again, first);
         // A hit, or (when the first fill's write was still landing) collapsed
         // onto it: either way served from the cache, not a second load.
@@ -169,11 +136,10 @@ async fn check(store: impl RateLimitStore + IdempotencyStore + CacheStore + Clon
         );
 
         // Idempotency through the same stack.
-        let path = format!("{prefix}/orders");
-        let path: &'static str = Box::leak(path.into_boxed_str());
+        let path = &format!("{prefix}/orders");
         let key = [("idempotency-key", "\"k\"")];
-        let (s, _, a) = call(addr, "POST", path, &key, "tea").await;
-        let (s2, h2, b) = call(addr, "POST", path, &key, "tea").await;
+        let (s, _, a) = call(&addr, "POST", path, &key, "tea").await;
+        let (s2, h2, b) = call(&addr, "POST", path, &key, "tea").await;
         assert_eq!((s, s2), (201, 201));
         assert_eq!(a, b);
         assert_eq!(h2["idempotent-replayed"], "true");
@@ -189,7 +155,7 @@ async fn check(store: impl RateLimitStore + IdempotencyStore + CacheStore + Clon
         "one order per router"
     );
     // Unmatched paths are not rate-limited by route_layer: 404, not 429.
-    assert_eq!(call(addr, "GET", "/nope", &[], "").await.0, 404);
+    assert_eq!(call(&addr, "GET", "/nope", &[], "").await.0, 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,11 +175,11 @@ async fn connect_info_keys_the_rate_limit_per_peer() {
     let app = Router::new()
         .route("/items/{id}", get(item).route_layer(limit))
         .with_state(counts);
-    let addr = serve(app).await;
+    let addr = serve(app).await.to_string();
     let statuses: Vec<u16> = {
         let mut v = Vec::new();
         for _ in 0..3 {
-            v.push(call(addr, "GET", "/items/1", &[], "").await.0);
+            v.push(call(&addr, "GET", "/items/1", &[], "").await.0);
         }
         v
     };

@@ -15,9 +15,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use support::http::call;
 
 struct Proxy(Child, String);
 
@@ -113,43 +111,15 @@ async fn upstream() -> (SocketAddr, Counts) {
     (addr, counts)
 }
 
-async fn call(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> (u16, http::HeaderMap, String) {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut b = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "proxy");
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    let res = tx
-        .send_request(b.body(Full::new(Bytes::new())).unwrap())
-        .await
-        .unwrap();
-    let status = res.status().as_u16();
-    let headers = res.headers().clone();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    (status, headers, String::from_utf8_lossy(&body).into_owned())
-}
-
 async fn check(redis: Option<&str>) {
     let (up, counts) = upstream().await;
     let proxy = start_proxy(up, redis);
     let p = proxy.1.as_str();
 
-    let (s, h, body) = call(p, "GET", "/fresh", &[]).await;
+    let (s, h, body) = call(p, "GET", "/fresh", &[], "").await;
     assert_eq!((s, body.as_str()), (200, "fresh 1"));
     assert!(h["cache-status"].to_str().unwrap().contains("fwd=miss"));
-    let (s, h, body) = call(p, "GET", "/fresh", &[]).await;
+    let (s, h, body) = call(p, "GET", "/fresh", &[], "").await;
     assert_eq!(
         (s, body.as_str()),
         (200, "fresh 1"),
@@ -160,18 +130,18 @@ async fn check(redis: Option<&str>) {
     assert_eq!(counts.fresh.load(Ordering::SeqCst), 1);
 
     // Conditional request against the stored entry.
-    let (s, _, _) = call(p, "GET", "/fresh", &[("if-none-match", "W/\"v1\"")]).await;
+    let (s, _, _) = call(p, "GET", "/fresh", &[("if-none-match", "W/\"v1\"")], "").await;
     assert_eq!(s, 304);
 
     // no-store is never stored.
-    call(p, "GET", "/nostore", &[]).await;
-    let (_, _, body) = call(p, "GET", "/nostore", &[]).await;
+    call(p, "GET", "/nostore", &[], "").await;
+    let (_, _, body) = call(p, "GET", "/nostore", &[], "").await;
     assert_eq!(body, "nostore 2");
 
     // A successful POST is forwarded and invalidates the cached GET.
-    let (s, _, body) = call(p, "POST", "/fresh", &[]).await;
+    let (s, _, body) = call(p, "POST", "/fresh", &[], "").await;
     assert_eq!((s, body.as_str()), (201, "made"));
-    let (_, _, body) = call(p, "GET", "/fresh", &[]).await;
+    let (_, _, body) = call(p, "GET", "/fresh", &[], "").await;
     assert_eq!(body, "fresh 2");
 
     // Path, query and end-to-end headers reach the upstream; hop-by-hop ones do not.
@@ -180,6 +150,7 @@ async fn check(redis: Option<&str>) {
         "GET",
         "/echo?a=1&b=two",
         &[("x-test", "hello"), ("connection", "x-hop"), ("x-hop", "1")],
+        "",
     )
     .await;
     assert_eq!(s, 200);

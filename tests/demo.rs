@@ -8,9 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use support::http::call;
 
 struct Demo {
     child: Child,
@@ -55,39 +53,6 @@ fn start(redis_url: &str, prefix: &str, envs: &[(&str, &str)]) -> Demo {
         .unwrap_or_else(|| panic!("the demo printed {line:?}"))
         .to_owned();
     Demo { child, addr }
-}
-
-async fn call(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> (u16, http::HeaderMap, String) {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut b = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "demo");
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    let res = if body.is_empty() {
-        tx.send_request(b.body(Full::new(Bytes::new())).unwrap())
-            .await
-    } else {
-        tx.send_request(b.body(Full::new(Bytes::from(body.to_owned()))).unwrap())
-            .await
-    }
-    .unwrap();
-    let status = res.status().as_u16();
-    let headers = res.headers().clone();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    (status, headers, String::from_utf8_lossy(&body).into_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,7 +18,7 @@ use crate::store::MemoryStore;
 /// A store that can hold cached responses: [`MemoryStore`] and
 /// [`RedisStore`](crate::RedisStore). Sealed: the two implementations must
 /// make the same decisions, which the crate's conformance tests prove.
-pub trait CacheStore: Send + Sync + 'static + sealed::Sealed {
+pub trait CacheStore: Send + Sync + 'static + crate::store::sealed::Sealed {
     #[doc(hidden)]
     fn lookup(&self, q: &Lookup) -> BoxFuture<'static, Result<Found, StoreError>>;
     #[doc(hidden)]
@@ -37,14 +37,6 @@ pub trait CacheStore: Send + Sync + 'static + sealed::Sealed {
     /// when this store cannot (then no in-process tier is kept).
     #[doc(hidden)]
     fn listen(&self, listener: Listener) -> bool;
-}
-
-pub(crate) mod sealed {
-    pub trait Sealed {}
-    impl Sealed for crate::MemoryStore {}
-    #[cfg(feature = "redis")]
-    impl Sealed for crate::RedisStore {}
-    impl<T: Sealed + ?Sized> Sealed for std::sync::Arc<T> {}
 }
 
 impl<T: CacheStore + ?Sized> CacheStore for Arc<T> {

@@ -15,7 +15,7 @@ use crate::store::MemoryStore;
 /// A store that can keep idempotency records: [`MemoryStore`] and
 /// [`RedisStore`](crate::RedisStore). Sealed: the two implementations must
 /// make the same decisions, which the crate's conformance tests prove.
-pub trait IdempotencyStore: Send + Sync + 'static + sealed::Sealed {
+pub trait IdempotencyStore: Send + Sync + 'static + crate::store::sealed::Sealed {
     /// Reserves the record for a first execution, or reports its state.
     #[doc(hidden)]
     fn reserve(&self, r: &Reserve) -> BoxFuture<'static, Result<Reservation, StoreError>>;
@@ -46,14 +46,6 @@ pub trait IdempotencyStore: Send + Sync + 'static + sealed::Sealed {
         token: &Token,
         lease: Duration,
     ) -> BoxFuture<'static, Result<bool, StoreError>>;
-}
-
-pub(crate) mod sealed {
-    pub trait Sealed {}
-    impl Sealed for crate::MemoryStore {}
-    #[cfg(feature = "redis")]
-    impl Sealed for crate::RedisStore {}
-    impl<T: Sealed + ?Sized> Sealed for std::sync::Arc<T> {}
 }
 
 impl<T: IdempotencyStore + ?Sized> IdempotencyStore for Arc<T> {

@@ -15,17 +15,9 @@ use crate::store::MemoryStore;
 /// A store that can decide rate limits: [`MemoryStore`] and
 /// [`RedisStore`](crate::RedisStore). Sealed: the two implementations must
 /// make the same decisions, which the crate's conformance tests prove.
-pub trait RateLimitStore: Send + Sync + 'static + sealed::Sealed {
+pub trait RateLimitStore: Send + Sync + 'static + crate::store::sealed::Sealed {
     #[doc(hidden)]
     fn check(&self, q: &Question) -> BoxFuture<'static, Result<Answer, StoreError>>;
-}
-
-pub(crate) mod sealed {
-    pub trait Sealed {}
-    impl Sealed for crate::MemoryStore {}
-    #[cfg(feature = "redis")]
-    impl Sealed for crate::RedisStore {}
-    impl<T: Sealed + ?Sized> Sealed for std::sync::Arc<T> {}
 }
 
 /// One rate-limit question.

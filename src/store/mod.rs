@@ -15,3 +15,13 @@ pub use breaker::BreakerConfig;
 pub use memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use redis::{RedisStore, RedisStoreBuilder};
+
+/// The stores the layers' store traits accept: the traits are sealed, since
+/// both homes must make the same decisions (the conformance tests prove it).
+pub(crate) mod sealed {
+    pub trait Sealed {}
+    impl Sealed for crate::MemoryStore {}
+    #[cfg(feature = "redis")]
+    impl Sealed for crate::RedisStore {}
+    impl<T: Sealed + ?Sized> Sealed for std::sync::Arc<T> {}
+}

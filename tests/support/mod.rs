@@ -5,6 +5,7 @@
 
 #[cfg(feature = "cluster")]
 pub mod cluster;
+pub mod http;
 pub mod server;
 
 use std::sync::atomic::{AtomicU32, Ordering};
