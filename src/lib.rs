@@ -45,6 +45,8 @@
 #[macro_use]
 mod macros;
 
+#[doc(hidden)]
+pub mod bench;
 mod body;
 pub mod cache;
 mod error;

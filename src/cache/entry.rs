@@ -6,7 +6,7 @@
 //! key_tag u64 | stored_ms u64 | fresh_ms u64 | age_s u32 | swr_s u32 | sie_s u32
 //! header count u16 | { name_len u16 | name | value_len u32 | value } …
 //! body_len u32 | body
-//! checksum u64 (FNV-1a of every byte before it)
+//! checksum u64 (word-wise FNV-1a of every byte before it, see `checksum`)
 //! ```
 //!
 //! Integers are big-endian. A decoded entry's body and header values are
@@ -66,16 +66,31 @@ pub(crate) enum DecodeError {
     Invalid(&'static str),
 }
 
-/// FNV-1a, 64 bit: detects corruption; the store is trusted not to forge.
-pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
+/// A 64-bit checksum that detects corruption (the store is trusted not to
+/// forge): FNV-1a's offset and prime over 8-byte little-endian words, the
+/// tail zero-padded and the length mixed in last. Word-wise, it runs about
+/// eight times faster than byte-wise FNV-1a, and a change confined to one
+/// word always changes the sum (each step is a bijection of the state).
+pub(crate) fn checksum(parts: &[&[u8]]) -> u64 {
+    const PRIME: u64 = 0x0100_0000_01b3;
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut len = 0u64;
     for part in parts {
-        for b in *part {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
+        let mut words = part.chunks_exact(8);
+        for w in &mut words {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(w);
+            h = (h ^ u64::from_le_bytes(b)).wrapping_mul(PRIME);
         }
+        let tail = words.remainder();
+        if !tail.is_empty() {
+            let mut b = [0u8; 8];
+            b[..tail.len()].copy_from_slice(tail);
+            h = (h ^ u64::from_le_bytes(b)).wrapping_mul(PRIME);
+        }
+        len += part.len() as u64;
     }
-    h
+    (h ^ len).wrapping_mul(PRIME)
 }
 
 /// Encodes an entry; `body` is the captured chunks (copied once, here).
@@ -112,7 +127,7 @@ pub(crate) fn encode(meta: &Meta, headers: &HeaderMap, body: &[Bytes]) -> Bytes 
     for chunk in body {
         buf.put_slice(chunk);
     }
-    let sum = fnv1a(&[&buf]);
+    let sum = checksum(&[&buf]);
     buf.put_u64(sum);
     buf.freeze()
 }
@@ -165,7 +180,7 @@ pub(crate) fn decode(raw: Bytes) -> Result<Entry, DecodeError> {
     let (content, sum) = raw.split_at(raw.len() - 8);
     let mut sum_bytes = [0u8; 8];
     sum_bytes.copy_from_slice(sum);
-    if fnv1a(&[content]) != u64::from_be_bytes(sum_bytes) {
+    if checksum(&[content]) != u64::from_be_bytes(sum_bytes) {
         return Err(DecodeError::Checksum);
     }
     let content = raw.slice(..raw.len() - 8);
@@ -280,7 +295,7 @@ mod tests {
             // Past the checksum, so the field parsing itself is exercised.
             let mut v = b"TRLC\x01".to_vec();
             v.extend(data);
-            let sum = fnv1a(&[&v]);
+            let sum = checksum(&[&v]);
             v.extend(sum.to_be_bytes());
             let _ = decode(Bytes::from(v));
         }

@@ -41,7 +41,7 @@ pub struct Slot {
 impl Slot {
     /// Tags an entry with the key it belongs to.
     pub(crate) fn tag(&self) -> u64 {
-        super::entry::fnv1a(&[
+        super::entry::checksum(&[
             self.url.as_bytes(),
             b"\0",
             self.spec.as_bytes(),

@@ -162,7 +162,7 @@
 
 mod body;
 mod cache_control;
-mod entry;
+pub(crate) mod entry;
 mod fill;
 mod flight;
 mod future;
@@ -196,11 +196,11 @@ pub mod __fuzz {
     /// with a valid checksum (so the field parsing is reached); must never
     /// panic. Returns whether either decoded.
     pub fn entry_decode(data: &[u8]) -> bool {
-        use super::entry::{decode, fnv1a};
+        use super::entry::{checksum, decode};
         let raw = decode(bytes::Bytes::copy_from_slice(data)).is_ok();
         let mut sealed = b"TRLC\x01".to_vec();
         sealed.extend_from_slice(data);
-        let sum = fnv1a(&[&sealed]);
+        let sum = checksum(&[&sealed]);
         sealed.extend_from_slice(&sum.to_be_bytes());
         raw | decode(bytes::Bytes::from(sealed)).is_ok()
     }

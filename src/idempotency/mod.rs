@@ -152,5 +152,5 @@ pub use response::{IdempotencyOutcome, IDEMPOTENT_REPLAYED};
 pub use service::Idempotency;
 pub use store::IdempotencyStore;
 
-pub(crate) use fingerprint::RecordKey;
+pub(crate) use fingerprint::{Fingerprint, RecordKey};
 pub(crate) use store::MemoryRecord;
