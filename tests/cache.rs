@@ -1035,3 +1035,51 @@ async fn works_as_an_axum_layer() {
     assert_eq!(call(Method::PUT).await.0, "saved");
     assert_eq!(call(Method::GET).await.0, "item-1");
 }
+
+/// The L1 tier's invalidations travel by pub/sub on a Redis Cluster too: a
+/// PUT through instance A drops instance B's in-process copy.
+#[cfg(feature = "cluster")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_l1_tier_stays_coherent_on_a_cluster() {
+    let urls = support::cluster::shared_cluster_urls();
+    let prefix = support::unique_prefix("l1-cluster");
+    let mut fleet = Vec::new();
+    for _ in 0..2 {
+        let store = tower_redis_layers::RedisStore::cluster_builder(urls.clone())
+            .prefix(prefix.clone())
+            .deadline(Duration::from_secs(2))
+            .connect()
+            .await
+            .unwrap();
+        fleet.push(store);
+    }
+    let origin = Origin::new(|req, n| {
+        if req.method() == Method::PUT {
+            return res(&[], "");
+        }
+        res(&[("cache-control", "max-age=60")], &format!("v{n}"))
+    });
+    let mk = |s| {
+        cached(
+            builder(s).l1(100, Duration::from_secs(30)).build().unwrap(),
+            &origin,
+        )
+    };
+    let (a, b) = (mk(fleet[0].clone()), mk(fleet[1].clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await; // subscriptions up
+    assert_eq!(send(&a, get("/hot")).await.body, "v1");
+    assert_eq!(send(&b, get("/hot")).await.body, "v1");
+    let hit = send(&b, get("/hot")).await;
+    assert!(
+        hit.cache_status().contains("hit; detail=l1"),
+        "{}",
+        hit.cache_status()
+    );
+    send(&a, with(Method::PUT, "/hot", &[])).await;
+    tokio::time::sleep(Duration::from_millis(200)).await; // pub/sub delivery
+    assert_eq!(
+        send(&b, get("/hot")).await.body,
+        "v3",
+        "B's copy was dropped"
+    );
+}

@@ -121,6 +121,14 @@ pub(crate) async fn resolve(shared: Arc<Shared>, ask: Ask) -> Resolution {
                 None => continue,
             }
         }
+        // In process, a fresh hit is one map read: serve it without a flight.
+        if shared.store.is_local() && ask.force_older_than.is_none() {
+            match look_only(&shared, slot.clone()).await {
+                Some(hit @ Resolution::Hit(..)) => return hit,
+                Some(_) => {}
+                None => continue,
+            }
+        }
         let guard = match shared.flights.join(&slot) {
             Joined::Leader(g) => g,
             Joined::Follower(rx) => match follow(&shared, rx, &slot, deadline).await {

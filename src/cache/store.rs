@@ -37,6 +37,12 @@ pub trait CacheStore: Send + Sync + 'static + crate::store::sealed::Sealed {
     /// when this store cannot (then no in-process tier is kept).
     #[doc(hidden)]
     fn listen(&self, listener: Listener) -> bool;
+    /// Lookups are answered in process at once: a hit needs no single-flight
+    /// (collapsing only pays where a lookup is a round trip).
+    #[doc(hidden)]
+    fn is_local(&self) -> bool {
+        false
+    }
 }
 
 impl<T: CacheStore + ?Sized> CacheStore for Arc<T> {
@@ -59,6 +65,9 @@ impl<T: CacheStore + ?Sized> CacheStore for Arc<T> {
     }
     fn listen(&self, listener: Listener) -> bool {
         (**self).listen(listener)
+    }
+    fn is_local(&self) -> bool {
+        (**self).is_local()
     }
 }
 
@@ -286,5 +295,9 @@ impl CacheStore for MemoryStore {
     /// In process already: an in-process tier would add nothing.
     fn listen(&self, _listener: Listener) -> bool {
         false
+    }
+
+    fn is_local(&self) -> bool {
+        true
     }
 }
