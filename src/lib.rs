@@ -50,6 +50,8 @@ pub mod bench;
 mod body;
 pub mod cache;
 mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod idempotency;
 pub mod key;
 mod problem;

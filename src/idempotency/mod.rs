@@ -131,11 +131,11 @@ mod body;
 mod capture;
 mod fingerprint;
 mod future;
-mod key;
+pub(crate) mod key;
 mod layer;
 mod lease;
 mod policy;
-mod record;
+pub(crate) mod record;
 #[cfg(feature = "redis")]
 mod redis_store;
 mod response;
