@@ -927,18 +927,11 @@ fn futures_services_and_bodies_are_send() {
     assert_send(&fut);
 }
 
-#[tokio::test]
-async fn the_l1_tier_serves_hot_hits_without_a_round_trip_and_stays_coherent() {
-    let server = support::RedisServer::start();
-    let mut fleet = Vec::new();
-    for _ in 0..2 {
-        let store = tower_redis_layers::RedisStore::builder(server.url())
-            .prefix("l1")
-            .connect()
-            .await
-            .unwrap();
-        fleet.push(store);
-    }
+type Cached = tower_redis_layers::cache::ResponseCache<Origin>;
+
+/// Two instances with the L1 tier over `fleet`'s first two stores, both
+/// holding "/hot" (v1) in process once their subscriptions are up.
+async fn l1_pair(fleet: &[tower_redis_layers::RedisStore]) -> (Cached, Cached) {
     let origin = Origin::new(|req, n| {
         if req.method() == Method::PUT {
             return res(&[], "");
@@ -952,9 +945,25 @@ async fn the_l1_tier_serves_hot_hits_without_a_round_trip_and_stays_coherent() {
         )
     };
     let (a, b) = (mk(fleet[0].clone()), mk(fleet[1].clone()));
-    tokio::time::sleep(Duration::from_millis(200)).await; // subscriptions up
+    tokio::time::sleep(Duration::from_millis(300)).await; // subscriptions up
     assert_eq!(send(&a, get("/hot")).await.body, "v1");
     assert_eq!(send(&b, get("/hot")).await.body, "v1");
+    (a, b)
+}
+
+#[tokio::test]
+async fn the_l1_tier_serves_hot_hits_without_a_round_trip_and_stays_coherent() {
+    let server = support::RedisServer::start();
+    let mut fleet = Vec::new();
+    for _ in 0..2 {
+        let store = tower_redis_layers::RedisStore::builder(server.url())
+            .prefix("l1")
+            .connect()
+            .await
+            .unwrap();
+        fleet.push(store);
+    }
+    let (a, b) = l1_pair(&fleet).await;
     let url = server.url();
     let evals = || support::command_calls(&url, |c| c.starts_with("eval"));
     let before = evals().await;
@@ -1053,22 +1062,7 @@ async fn the_l1_tier_stays_coherent_on_a_cluster() {
             .unwrap();
         fleet.push(store);
     }
-    let origin = Origin::new(|req, n| {
-        if req.method() == Method::PUT {
-            return res(&[], "");
-        }
-        res(&[("cache-control", "max-age=60")], &format!("v{n}"))
-    });
-    let mk = |s| {
-        cached(
-            builder(s).l1(100, Duration::from_secs(30)).build().unwrap(),
-            &origin,
-        )
-    };
-    let (a, b) = (mk(fleet[0].clone()), mk(fleet[1].clone()));
-    tokio::time::sleep(Duration::from_millis(300)).await; // subscriptions up
-    assert_eq!(send(&a, get("/hot")).await.body, "v1");
-    assert_eq!(send(&b, get("/hot")).await.body, "v1");
+    let (a, b) = l1_pair(&fleet).await;
     let hit = send(&b, get("/hot")).await;
     assert!(
         hit.cache_status().contains("hit; detail=l1"),
