@@ -146,6 +146,29 @@ async fn master_failover_answers_within_the_deadline_then_resumes_exact_limits()
         }
         found.expect("the victim's key is on some master")
     };
+    // Load from 8 concurrent clients on every slot while the master dies.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..8)
+        .map(|i| {
+            let (svc, stop) = (if i % 2 == 0 { a.clone() } else { b.clone() }, stop.clone());
+            tokio::spawn(async move {
+                let (mut n, mut slowest) = (0u64, Duration::ZERO);
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    let res = svc
+                        .clone()
+                        .oneshot(req(&format!("load-{i}-{}", n % 50)))
+                        .await
+                        .unwrap();
+                    slowest = slowest.max(t.elapsed());
+                    assert_eq!(res.status(), StatusCode::OK, "fail-open under load");
+                    n += 1;
+                }
+                (n, slowest)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
     cluster.kill(master);
 
     let start = Instant::now();
@@ -184,6 +207,15 @@ async fn master_failover_answers_within_the_deadline_then_resumes_exact_limits()
         recovered,
         "decisions came back from the store after the replica's promotion"
     );
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        let (n, slowest) = task.await.unwrap();
+        assert!(n > 0);
+        assert!(
+            slowest < DEADLINE + Duration::from_millis(400),
+            "a request under load took {slowest:?}"
+        );
+    }
     cluster.wait_ok();
 
     // Exact again: a fresh client on the promoted replica's slot gets exactly its limit.
