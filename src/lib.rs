@@ -18,24 +18,61 @@
 //! | feature | default | enables |
 //! |---|---|---|
 //! | `redis` | yes | [`RedisStore`] (redis-rs `ConnectionManager`) |
+//! | `cluster` | no | `RedisStore::cluster_builder` (redis-rs `cluster-async`) |
 //!
 //! With no features the crate builds with the memory store alone.
 //!
-//! # Example
+//! # Example: all three, in the recommended order
 //!
 //! ```
 //! use std::time::Duration;
+//! use tower::ServiceBuilder;
+//! use tower_redis_layers::cache::ResponseCacheLayer;
+//! use tower_redis_layers::idempotency::{IdempotencyLayer, RequestBody};
+//! use tower_redis_layers::key::{Header, KeyExtractorExt, PeerIp};
 //! use tower_redis_layers::rate_limit::{Policy, RateLimitLayer};
 //! use tower_redis_layers::MemoryStore;
 //!
 //! # fn main() -> Result<(), tower_redis_layers::ConfigError> {
 //! let store = MemoryStore::new(); // or RedisStore::open("redis://127.0.0.1").await?
-//! let limit = RateLimitLayer::builder(store)
-//!     .policy(Policy::gcra(100, Duration::from_secs(60)))
-//!     .build()?;
-//! # drop(limit);
+//! let svc = ServiceBuilder::new()
+//!     // Outermost: a client over its quota costs nothing else.
+//!     .layer(
+//!         RateLimitLayer::builder(store.clone())
+//!             .policy(Policy::gcra(100, Duration::from_secs(60)))
+//!             .key(Header::new("x-api-key").or(PeerIp::new()))
+//!             .build()?,
+//!     )
+//!     // Then idempotency: a replayed POST never reaches the cache or the handler.
+//!     .layer(IdempotencyLayer::builder(store.clone()).build()?)
+//!     // Innermost: GETs are cached; successful writes invalidate them.
+//!     .layer(
+//!         ResponseCacheLayer::builder(store)
+//!             .default_ttl(Duration::from_secs(30))
+//!             .build()?,
+//!     )
+//!     .service_fn(|_req: http::Request<RequestBody<String>>| async {
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+//!     });
+//! # drop(svc);
 //! # Ok(()) }
 //! ```
+//!
+//! # Which order, and why
+//!
+//! Outermost first: **rate limit → idempotency → cache → handler**.
+//!
+//! - The rate limit goes first so that a client over its quota is answered
+//!   before any other work (no body buffering, no record, no lookup), and so
+//!   that retries and replays count against the quota, as Stripe counts them.
+//!   Put the cache outside the rate limit instead if cache hits should be free.
+//! - Idempotency wraps the cache: it acts on POST/PATCH only and the cache
+//!   stores GETs only, so they do not compete; a replayed write is answered
+//!   from the idempotency record and is never applied again, while a first
+//!   execution passing through the cache invalidates the GETs of its URI.
+//! - Inside axum's `Router::nest` the layers see the path without the nest
+//!   prefix: layers of different nests sharing a store need their own
+//!   `scope`.
 
 #![forbid(unsafe_code)]
 // Without Redis, the store plumbing it shares (breaker, errors) is unused.
