@@ -148,28 +148,36 @@ async fn master_failover_answers_within_the_deadline_then_resumes_exact_limits()
     };
     // Load from 8 concurrent clients on every slot while the master dies.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let outage = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load: Vec<_> = (0..8)
         .map(|i| {
-            let (svc, stop) = (if i % 2 == 0 { a.clone() } else { b.clone() }, stop.clone());
+            let svc = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let (stop, outage) = (stop.clone(), outage.clone());
             tokio::spawn(async move {
                 let (mut n, mut slowest) = (0u64, Duration::ZERO);
+                let (mut decided_in_outage, mut open_in_outage) = (0u64, 0u64);
                 while !stop.load(Ordering::Relaxed) {
                     let t = Instant::now();
-                    let res = svc
-                        .clone()
-                        .oneshot(req(&format!("load-{i}-{}", n % 50)))
-                        .await
-                        .unwrap();
+                    let key = format!("load-{i}-{}", n % 50);
+                    let res = svc.clone().oneshot(req(&key)).await.unwrap();
                     slowest = slowest.max(t.elapsed());
                     assert_eq!(res.status(), StatusCode::OK, "fail-open under load");
+                    let source = res.extensions().get::<RateLimitDecision>().unwrap().source;
+                    if outage.load(Ordering::Relaxed) {
+                        match source {
+                            DecisionSource::Store => decided_in_outage += 1,
+                            _ => open_in_outage += 1,
+                        }
+                    }
                     n += 1;
                 }
-                (n, slowest)
+                (n, slowest, decided_in_outage, open_in_outage)
             })
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
     cluster.kill(master);
+    outage.store(true, Ordering::Relaxed);
 
     let start = Instant::now();
     let mut recovered = false;
@@ -198,6 +206,7 @@ async fn master_failover_answers_within_the_deadline_then_resumes_exact_limits()
             && failures > 0
         {
             recovered = true;
+            outage.store(false, Ordering::Relaxed);
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -208,14 +217,23 @@ async fn master_failover_answers_within_the_deadline_then_resumes_exact_limits()
         "decisions came back from the store after the replica's promotion"
     );
     stop.store(true, Ordering::Relaxed);
+    let (mut decided_in_outage, mut open_in_outage) = (0, 0);
     for task in load {
-        let (n, slowest) = task.await.unwrap();
+        let (n, slowest, decided, open) = task.await.unwrap();
+        open_in_outage += open;
         assert!(n > 0);
         assert!(
             slowest < DEADLINE + Duration::from_millis(400),
             "a request under load took {slowest:?}"
         );
+        decided_in_outage += decided;
     }
+    // Breakers are per slot range: the two live masters kept deciding for
+    // their clients (about 2/3 of the keys) while the third was down.
+    assert!(
+        decided_in_outage > open_in_outage,
+        "during the failover {decided_in_outage} decisions came from Redis, {open_in_outage} failed open"
+    );
     cluster.wait_ok();
 
     // Exact again: a fresh client on the promoted replica's slot gets exactly its limit.
@@ -223,11 +241,12 @@ async fn master_failover_answers_within_the_deadline_then_resumes_exact_limits()
     let exact = Policy::sliding_log(5, Duration::from_secs(3600)).named("after");
     let sa = service(stores[0].clone(), exact.clone(), calls2.clone());
     let sb = service(stores[1].clone(), exact, calls2.clone());
-    // Both instances' breakers close once their probes succeed.
-    for svc in [&sa, &sb] {
+    // Both instances' breakers for the victim's slots close once their
+    // probes succeed (the same client key, so the same slot, through a and b).
+    for svc in [&a, &b] {
         let start = Instant::now();
         loop {
-            let res = svc.clone().oneshot(req("warm-up")).await.unwrap();
+            let res = svc.clone().oneshot(req("victim")).await.unwrap();
             let source = res.extensions().get::<RateLimitDecision>().unwrap().source;
             if source == DecisionSource::Store {
                 break;

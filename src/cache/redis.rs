@@ -126,7 +126,9 @@ impl CacheStore for RedisStore {
         let store = self.clone();
         Box::pin(async move {
             let mut conn = store.conn();
-            let v = store.call(inv.invoke_async::<Value>(&mut conn)).await?;
+            let v = store
+                .call(&base, inv.invoke_async::<Value>(&mut conn))
+                .await?;
             parse_found(v)
         })
     }
@@ -143,13 +145,15 @@ impl CacheStore for RedisStore {
             .arg(w.keep_ms.max(1))
             .arg(w.token.map(|t| t.to_string()).unwrap_or_default())
             .arg(w.max_variants)
-            .arg(base)
+            .arg(&base)
             .arg(self.cache_channel())
             .arg(format!("{}|{}", w.writer, w.slot.url));
         let store = self.clone();
         Box::pin(async move {
             let mut conn = store.conn();
-            store.call(inv.invoke_async::<Value>(&mut conn)).await?;
+            store
+                .call(&base, inv.invoke_async::<Value>(&mut conn))
+                .await?;
             Ok(())
         })
     }
@@ -167,7 +171,9 @@ impl CacheStore for RedisStore {
         let store = self.clone();
         Box::pin(async move {
             let mut conn = store.conn();
-            store.call(inv.invoke_async::<Value>(&mut conn)).await?;
+            store
+                .call(&base, inv.invoke_async::<Value>(&mut conn))
+                .await?;
             Ok(())
         })
     }
@@ -176,13 +182,15 @@ impl CacheStore for RedisStore {
         let base = self.cache_base(url);
         let mut inv = PURGE.prepare_invoke();
         inv.key(format!("{base}i"))
-            .arg(base)
+            .arg(&base)
             .arg(self.cache_channel())
             .arg(format!("-|{url}"));
         let store = self.clone();
         Box::pin(async move {
             let mut conn = store.conn();
-            let n = store.call(inv.invoke_async::<i64>(&mut conn)).await?;
+            let n = store
+                .call(&base, inv.invoke_async::<i64>(&mut conn))
+                .await?;
             Ok(n.max(0) as u64)
         })
     }

@@ -41,12 +41,14 @@ impl RedisStore {
         let store = self.clone();
         let redis_key = self.idempotency_key(key);
         Box::pin(async move {
-            let mut inv = script.key(redis_key);
+            let mut inv = script.key(&redis_key);
             for a in &args {
                 inv.arg(&a[..]);
             }
             let mut conn = store.conn();
-            store.call(inv.invoke_async::<Value>(&mut conn)).await
+            store
+                .call(&redis_key, inv.invoke_async::<Value>(&mut conn))
+                .await
         })
     }
 

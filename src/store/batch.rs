@@ -186,6 +186,14 @@ async fn invoke(
             inv.arg(*a);
         }
     }
+    // Every item of a batch shares one slot (see `by_slot`): its first key
+    // routes the breaker.
+    let key = batch
+        .first()
+        .and_then(|i| i.keys.first())
+        .map_or("", String::as_str);
     let mut conn = store.conn();
-    store.call(inv.invoke_async::<Vec<i64>>(&mut conn)).await
+    store
+        .call(key, inv.invoke_async::<Vec<i64>>(&mut conn))
+        .await
 }

@@ -15,7 +15,8 @@ use crate::error::{ConfigError, StoreError};
 /// Shared state in Redis for every layer of this crate.
 ///
 /// Cheap to clone: clones share one multiplexed connection. Every call has a
-/// deadline (default 50 ms) and goes through a circuit breaker, so a slow or
+/// deadline (default 50 ms) and goes through a circuit breaker (on a cluster,
+/// one per range of 256 hash slots), so a slow or
 /// absent Redis costs each request at most the deadline, and nothing once the
 /// breaker is open. What a layer does when the store fails is the layer's
 /// failure policy.
@@ -43,7 +44,9 @@ struct Inner {
     conn: RedisConn,
     prefix: String,
     deadline: Duration,
-    breaker: Breaker,
+    /// One breaker for a standalone Redis; on a cluster one per range of
+    /// hash slots, so a dead master opens the breakers of its own slots only.
+    breakers: Box<[Breaker]>,
     rate_limit: Batcher,
     /// Clients for dedicated connections (pub/sub): the URL, or every seed
     /// node of a cluster (classic pub/sub is cluster-wide, so any node serves).
@@ -201,29 +204,39 @@ impl RedisStore {
         self.inner.conn.clone()
     }
 
-    /// Runs one store call under the breaker and the deadline.
-    pub(crate) async fn call<T, F>(&self, fut: F) -> Result<T, StoreError>
+    /// Runs one store call about `key` under the breaker of `key`'s slots
+    /// and the deadline.
+    pub(crate) async fn call<T, F>(&self, key: &str, fut: F) -> Result<T, StoreError>
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
         let inner = &self.inner;
-        if !inner.breaker.allow() {
+        let breaker = self.breaker(key);
+        if !breaker.allow() {
             return Err(StoreError::circuit_open());
         }
         match tokio::time::timeout(inner.deadline, fut).await {
             Ok(Ok(v)) => {
-                inner.breaker.record_success();
+                breaker.record_success();
                 Ok(v)
             }
             Ok(Err(e)) => {
-                inner.breaker.record_failure();
+                breaker.record_failure();
                 Err(StoreError::backend(e))
             }
             Err(_) => {
-                inner.breaker.record_failure();
+                breaker.record_failure();
                 Err(StoreError::timeout(inner.deadline))
             }
         }
+    }
+
+    fn breaker(&self, key: &str) -> &Breaker {
+        let breakers = &self.inner.breakers;
+        if breakers.len() == 1 {
+            return &breakers[0];
+        }
+        &breakers[usize::from(slot::of(key.as_bytes())) * breakers.len() / slot::SLOTS]
     }
 }
 
@@ -322,12 +335,13 @@ impl RedisStoreBuilder {
                 RedisConn::Cluster(client.get_pending_async_connection_with_config(config))
             }
         };
+        let breakers = breakers(&conn, self.breaker);
         let store = RedisStore {
             inner: Arc::new(Inner {
                 conn,
                 prefix: self.prefix,
                 deadline: self.deadline,
-                breaker: Breaker::new(self.breaker),
+                breakers,
                 rate_limit: Batcher::new(&crate::rate_limit::SCRIPT),
                 pubsub,
             }),
@@ -354,4 +368,70 @@ pub(crate) fn validate_prefix(prefix: &str) -> Result<(), ConfigError> {
         )));
     }
     Ok(())
+}
+
+/// Breaker ranges on a cluster: 64 contiguous ranges of 256 slots. A master
+/// owns whole ranges (or nearly), so its failure opens only its own.
+#[cfg(feature = "cluster")]
+const CLUSTER_BREAKERS: usize = 64;
+
+fn breakers(conn: &RedisConn, config: BreakerConfig) -> Box<[Breaker]> {
+    let n = match conn {
+        RedisConn::Standalone(_) => 1,
+        #[cfg(feature = "cluster")]
+        RedisConn::Cluster(_) => CLUSTER_BREAKERS,
+    };
+    (0..n).map(|_| Breaker::new(config)).collect()
+}
+
+/// Redis Cluster's key slot: CRC16 (XMODEM) of the key's hash tag, or of the
+/// whole key when it has none, modulo 16384.
+mod slot {
+    pub(super) const SLOTS: usize = 16384;
+
+    #[cfg(feature = "cluster")]
+    pub(super) fn of(key: &[u8]) -> u16 {
+        let tagged = key
+            .iter()
+            .position(|&b| b == b'{')
+            .and_then(|open| {
+                let rest = &key[open + 1..];
+                let close = rest.iter().position(|&b| b == b'}')?;
+                (close > 0).then(|| &rest[..close])
+            })
+            .unwrap_or(key);
+        crc16::State::<crc16::XMODEM>::calculate(tagged) % SLOTS as u16
+    }
+
+    #[cfg(not(feature = "cluster"))]
+    pub(super) fn of(_key: &[u8]) -> u16 {
+        0
+    }
+
+    #[cfg(all(test, feature = "cluster"))]
+    mod tests {
+        use redis::cluster_routing::Slot;
+
+        #[test]
+        fn slots_match_redis_rs() {
+            for key in [
+                "a",
+                "foo",
+                "{user1000}.following",
+                "x{}y",
+                "p:rl:{s:abc}:n",
+                "{a}{b}",
+            ] {
+                let ours = super::of(key.as_bytes());
+                let mut same = None;
+                for s in 0..super::SLOTS as u16 {
+                    if Slot::new(s) == Some(Slot::for_key(key)) {
+                        same = Some(s);
+                        break;
+                    }
+                }
+                assert_eq!(Some(ours), same, "{key}");
+            }
+        }
+    }
 }
