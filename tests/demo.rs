@@ -57,7 +57,18 @@ fn start(redis_url: &str, prefix: &str, envs: &[(&str, &str)]) -> Demo {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_demo_instances_share_limits_orders_cache_and_stats() {
-    let url = support::redis_url();
+    fleet_invariants(&support::redis_url()).await;
+}
+
+/// The same, with `REDIS_URL` listing the nodes of a Redis Cluster.
+#[cfg(feature = "cluster")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_demo_instances_on_a_redis_cluster() {
+    fleet_invariants(&support::cluster::shared_cluster_urls().join(",")).await;
+}
+
+async fn fleet_invariants(url: &str) {
+    let url = url.to_owned();
     let prefix = support::unique_prefix("demo");
     let a = start(&url, &prefix, &[("ORDER_DELAY_MS", "300")]);
     let b = start(&url, &prefix, &[("ORDER_DELAY_MS", "300")]);
