@@ -7,9 +7,13 @@
 #[cfg(feature = "redis")]
 pub(crate) mod batch;
 mod breaker;
+#[cfg(feature = "redis")]
+pub(crate) mod conn;
 pub(crate) mod memory;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
+#[cfg(feature = "redis")]
+mod slots;
 
 pub use breaker::BreakerConfig;
 pub use memory::MemoryStore;

@@ -5,11 +5,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::batch::Batcher;
 use super::breaker::{Breaker, BreakerConfig};
+use super::conn::RedisConn;
+use super::slots::{breakers, slot};
 use crate::error::{ConfigError, StoreError};
 
 /// Shared state in Redis for every layer of this crate.
@@ -51,55 +52,6 @@ struct Inner {
     /// Clients for dedicated connections (pub/sub): the URL, or every seed
     /// node of a cluster (classic pub/sub is cluster-wide, so any node serves).
     pubsub: Vec<redis::Client>,
-}
-
-/// The connection a [`RedisStore`] talks through.
-#[derive(Clone)]
-pub(crate) enum RedisConn {
-    Standalone(ConnectionManager),
-    #[cfg(feature = "cluster")]
-    Cluster(redis::cluster_async::ClusterConnection),
-}
-
-impl std::fmt::Debug for RedisConn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RedisConn::Standalone(_) => f.write_str("Standalone"),
-            #[cfg(feature = "cluster")]
-            RedisConn::Cluster(_) => f.write_str("Cluster"),
-        }
-    }
-}
-
-impl ConnectionLike for RedisConn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            RedisConn::Standalone(c) => c.req_packed_command(cmd),
-            #[cfg(feature = "cluster")]
-            RedisConn::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            RedisConn::Standalone(c) => c.req_packed_commands(pipeline, offset, count),
-            #[cfg(feature = "cluster")]
-            RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            RedisConn::Standalone(c) => c.get_db(),
-            #[cfg(feature = "cluster")]
-            RedisConn::Cluster(c) => c.get_db(),
-        }
-    }
 }
 
 enum Target {
@@ -368,70 +320,4 @@ pub(crate) fn validate_prefix(prefix: &str) -> Result<(), ConfigError> {
         )));
     }
     Ok(())
-}
-
-/// Breaker ranges on a cluster: 64 contiguous ranges of 256 slots. A master
-/// owns whole ranges (or nearly), so its failure opens only its own.
-#[cfg(feature = "cluster")]
-const CLUSTER_BREAKERS: usize = 64;
-
-fn breakers(conn: &RedisConn, config: BreakerConfig) -> Box<[Breaker]> {
-    let n = match conn {
-        RedisConn::Standalone(_) => 1,
-        #[cfg(feature = "cluster")]
-        RedisConn::Cluster(_) => CLUSTER_BREAKERS,
-    };
-    (0..n).map(|_| Breaker::new(config)).collect()
-}
-
-/// Redis Cluster's key slot: CRC16 (XMODEM) of the key's hash tag, or of the
-/// whole key when it has none, modulo 16384.
-mod slot {
-    pub(super) const SLOTS: usize = 16384;
-
-    #[cfg(feature = "cluster")]
-    pub(super) fn of(key: &[u8]) -> u16 {
-        let tagged = key
-            .iter()
-            .position(|&b| b == b'{')
-            .and_then(|open| {
-                let rest = &key[open + 1..];
-                let close = rest.iter().position(|&b| b == b'}')?;
-                (close > 0).then(|| &rest[..close])
-            })
-            .unwrap_or(key);
-        crc16::State::<crc16::XMODEM>::calculate(tagged) % SLOTS as u16
-    }
-
-    #[cfg(not(feature = "cluster"))]
-    pub(super) fn of(_key: &[u8]) -> u16 {
-        0
-    }
-
-    #[cfg(all(test, feature = "cluster"))]
-    mod tests {
-        use redis::cluster_routing::Slot;
-
-        #[test]
-        fn slots_match_redis_rs() {
-            for key in [
-                "a",
-                "foo",
-                "{user1000}.following",
-                "x{}y",
-                "p:rl:{s:abc}:n",
-                "{a}{b}",
-            ] {
-                let ours = super::of(key.as_bytes());
-                let mut same = None;
-                for s in 0..super::SLOTS as u16 {
-                    if Slot::new(s) == Some(Slot::for_key(key)) {
-                        same = Some(s);
-                        break;
-                    }
-                }
-                assert_eq!(Some(ours), same, "{key}");
-            }
-        }
-    }
 }
