@@ -162,17 +162,30 @@ end
 local r_ok, r_rem, r_reset, r_retry, r_s1, r_s2, r_s3 = {}, {}, {}, {}, {}, {}, {}
 local r_alg, r_key, r_period = {}, {}, {}
 
+-- The same few strings repeat in every request of a batch (cost 1, the
+-- layer's policy parameters): convert each once.
+local parsed = {}
+local function arg(i)
+  local s = ARGV[i]
+  local v = parsed[s]
+  if v == nil then
+    v = tonumber(s)
+    parsed[s] = v
+  end
+  return v
+end
+
 local out, n = {}, 0
 local a, k = 2, 1
 for _ = 1, tonumber(ARGV[1]) do
-  local cost, npol = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local cost, npol = arg(a), arg(a + 1)
   a = a + 2
   local all = true
   for p = 1, npol do
-    local alg, period = tonumber(ARGV[a]), tonumber(ARGV[a + 3])
+    local alg, period = arg(a), arg(a + 3)
     local key = KEYS[k]
-    local ok, rem, reset, retry, s1, s2, s3 = peek[alg](key, cost, tonumber(ARGV[a + 1]),
-      tonumber(ARGV[a + 2]), period, tonumber(ARGV[a + 4]))
+    local ok, rem, reset, retry, s1, s2, s3 = peek[alg](key, cost, arg(a + 1),
+      arg(a + 2), period, arg(a + 4))
     r_ok[p], r_rem[p], r_reset[p], r_retry[p] = ok, rem, reset, retry
     r_s1[p], r_s2[p], r_s3[p] = s1, s2, s3
     r_alg[p], r_key[p], r_period[p] = alg, key, period
