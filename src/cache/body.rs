@@ -27,8 +27,8 @@ pin_project! {
 pin_project! {
     #[project = KindProj]
     enum Kind<B> {
-        Inner { #[pin] body: B },
-        Full { data: Option<Bytes> },
+        // The origin's body passed through, or a stored entry's bytes.
+        Plain { #[pin] body: crate::ResponseBody<B> },
         Capture { #[pin] body: B, capture: Option<Capture> },
     }
 }
@@ -43,14 +43,16 @@ pub(crate) struct Capture {
 impl<B> ResponseBody<B> {
     pub(crate) fn inner(body: B) -> Self {
         Self {
-            kind: Kind::Inner { body },
+            kind: Kind::Plain {
+                body: crate::ResponseBody::inner(body),
+            },
         }
     }
 
     pub(crate) fn full(data: Bytes) -> Self {
         Self {
-            kind: Kind::Full {
-                data: (!data.is_empty()).then_some(data),
+            kind: Kind::Plain {
+                body: crate::ResponseBody::full(data),
             },
         }
     }
@@ -86,11 +88,7 @@ impl<B> ResponseBody<B> {
 impl<B> std::fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.kind {
-            Kind::Inner { .. } => f.write_str("ResponseBody::Inner"),
-            Kind::Full { data } => f
-                .debug_struct("ResponseBody::Full")
-                .field("len", &data.as_ref().map_or(0, Bytes::len))
-                .finish(),
+            Kind::Plain { body } => body.fmt(f),
             Kind::Capture { capture, .. } => f
                 .debug_struct("ResponseBody::Capture")
                 .field("captured", &capture.as_ref().map(|c| c.len))
@@ -111,8 +109,7 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.project().kind.project() {
-            KindProj::Inner { body } => body.poll_frame(cx),
-            KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProj::Plain { body } => body.poll_frame(cx),
             KindProj::Capture { mut body, capture } => {
                 let frame = ready!(body.as_mut().poll_frame(cx));
                 match &frame {
@@ -151,15 +148,15 @@ where
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Inner { body } | Kind::Capture { body, .. } => body.is_end_stream(),
-            Kind::Full { data } => data.is_none(),
+            Kind::Plain { body } => body.is_end_stream(),
+            Kind::Capture { body, .. } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Inner { body } | Kind::Capture { body, .. } => body.size_hint(),
-            Kind::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, Bytes::len) as u64),
+            Kind::Plain { body } => body.size_hint(),
+            Kind::Capture { body, .. } => body.size_hint(),
         }
     }
 }
