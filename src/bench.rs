@@ -8,19 +8,20 @@ use http::{HeaderMap, HeaderValue, Request};
 
 use crate::cache::entry::{decode, encode, Meta};
 use crate::idempotency::Fingerprint;
-use crate::rate_limit::{DecisionSource, PolicyDecision, RateLimitDecision};
+use crate::rate_limit::headers::{render_names, render_policy, HeaderConfig};
+use crate::rate_limit::{DecisionSource, PolicyDecision, PolicyMeta, RateLimitDecision};
 
 /// A rejection's rate-limit fields for `n` policies, configured once.
 #[derive(Debug)]
 pub struct RateLimitFields {
-    cfg: crate::rate_limit::HeaderConfigForBench,
+    cfg: HeaderConfig,
     decision: RateLimitDecision,
 }
 
 impl RateLimitFields {
     /// Fields of a layer with `n` policies and a decision that denied.
     pub fn new(n: usize) -> Self {
-        let (cfg, names) = crate::rate_limit::bench_header_config(n);
+        let (cfg, names) = header_config(n);
         Self {
             cfg,
             decision: denial(&names),
@@ -31,6 +32,24 @@ impl RateLimitFields {
     pub fn apply(&self, headers: &mut HeaderMap) {
         self.cfg.apply(headers, &self.decision, true);
     }
+}
+
+/// A header configuration with `n` policies.
+fn header_config(n: usize) -> (HeaderConfig, Vec<String>) {
+    let meta: Vec<PolicyMeta> = (0..n)
+        .map(|i| PolicyMeta {
+            name: format!("policy-{i}").into(),
+            limit: 100,
+            window: Duration::from_secs(60),
+        })
+        .collect();
+    let cfg = HeaderConfig {
+        policy: render_policy(&meta),
+        names: render_names(&meta),
+        on_allowed: true,
+        legacy: false,
+    };
+    (cfg, meta.iter().map(|m| m.name.to_string()).collect())
 }
 
 fn denial(names: &[String]) -> RateLimitDecision {

@@ -44,3 +44,16 @@ pub fn forwarding_headers(data: &[u8]) -> bool {
     }
     ok
 }
+
+/// Decodes `data` as a stored cache entry, then as the content of an entry
+/// with a valid checksum (so the field parsing is reached). Returns whether
+/// either decoded.
+pub fn entry_decode(data: &[u8]) -> bool {
+    use crate::cache::entry::{checksum, decode};
+    let raw = decode(Bytes::copy_from_slice(data)).is_ok();
+    let mut sealed = b"TRLC\x01".to_vec();
+    sealed.extend_from_slice(data);
+    let sum = checksum(&[&sealed]);
+    sealed.extend_from_slice(&sum.to_be_bytes());
+    raw | decode(Bytes::from(sealed)).is_ok()
+}

@@ -82,11 +82,13 @@
 #[macro_use]
 mod macros;
 
+#[cfg(feature = "__hooks")]
 #[doc(hidden)]
 pub mod bench;
 mod body;
 pub mod cache;
 mod error;
+#[cfg(feature = "__hooks")]
 #[doc(hidden)]
 pub mod fuzz;
 pub mod idempotency;
@@ -94,6 +96,7 @@ pub mod key;
 mod problem;
 pub mod rate_limit;
 mod store;
+mod warn;
 
 pub use body::ResponseBody;
 pub use error::{ConfigError, StoreError, StoreErrorKind};

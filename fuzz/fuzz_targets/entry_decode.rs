@@ -5,5 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    tower_redis_layers::cache::__fuzz::entry_decode(data);
+    tower_redis_layers::fuzz::entry_decode(data);
 });

@@ -186,22 +186,3 @@ pub use handle::CacheHandle;
 pub use layer::{RequestDirectives, ResponseCacheLayer, ResponseCacheLayerBuilder};
 pub use service::ResponseCache;
 pub use store::CacheStore;
-
-pub(crate) use store::MemoryState;
-
-/// Entry points for fuzzing; not part of the API.
-#[doc(hidden)]
-pub mod __fuzz {
-    /// Decodes `data` as a stored entry, then as the content of an entry
-    /// with a valid checksum (so the field parsing is reached); must never
-    /// panic. Returns whether either decoded.
-    pub fn entry_decode(data: &[u8]) -> bool {
-        use super::entry::{checksum, decode};
-        let raw = decode(bytes::Bytes::copy_from_slice(data)).is_ok();
-        let mut sealed = b"TRLC\x01".to_vec();
-        sealed.extend_from_slice(data);
-        let sum = checksum(&[&sealed]);
-        sealed.extend_from_slice(&sum.to_be_bytes());
-        raw | decode(bytes::Bytes::from(sealed)).is_ok()
-    }
-}

@@ -142,7 +142,8 @@ impl MemoryStore {
     fn cache_lookup(&self, q: &Lookup) -> Found {
         let now_us = self.now_us();
         let now_ms = now_us / 1000;
-        let mut st = lock(&self.inner.cache);
+        let state = self.state::<std::sync::Mutex<MemoryState>>();
+        let mut st = lock(&state);
         let st = &mut *st;
         let s = &q.slot;
         let mut fresh_until = 0;
@@ -184,7 +185,8 @@ impl MemoryStore {
     fn cache_write(&self, w: Write) {
         let now_us = self.now_us();
         let now_ms = now_us / 1000;
-        let mut st = lock(&self.inner.cache);
+        let state = self.state::<std::sync::Mutex<MemoryState>>();
+        let mut st = lock(&state);
         let st = &mut *st;
         let s = &w.slot;
         let mut idx = match st.index.remove(&s.url, now_us) {
@@ -238,7 +240,8 @@ impl MemoryStore {
 
     fn cache_purge(&self, url: &str) -> u64 {
         let now_us = self.now_us();
-        let mut st = lock(&self.inner.cache);
+        let state = self.state::<std::sync::Mutex<MemoryState>>();
+        let mut st = lock(&state);
         let st = &mut *st;
         let url: Arc<str> = url.into();
         let Some(idx) = st.index.remove(&url, now_us) else {
@@ -279,7 +282,8 @@ impl CacheStore for MemoryStore {
         pass_ms: u64,
     ) -> BoxFuture<'static, Result<(), StoreError>> {
         let now_us = self.now_us();
-        let mut st = lock(&self.inner.cache);
+        let state = self.state::<std::sync::Mutex<MemoryState>>();
+        let mut st = lock(&state);
         if pass_ms > 0 {
             let key = (slot.url.clone(), slot.variant.clone());
             st.passes.insert(key, (), now_us + pass_ms * 1000, now_us);

@@ -152,5 +152,5 @@ pub use response::{IdempotencyOutcome, IDEMPOTENT_REPLAYED};
 pub use service::Idempotency;
 pub use store::IdempotencyStore;
 
-pub(crate) use fingerprint::{Fingerprint, RecordKey};
-pub(crate) use store::MemoryRecord;
+#[cfg(feature = "__hooks")]
+pub(crate) use fingerprint::Fingerprint;

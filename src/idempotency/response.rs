@@ -52,7 +52,7 @@ fn retry_after(res: &mut Response<Bytes>, secs: u64) {
 /// 400: a key, principal or body the layer cannot use.
 pub(crate) fn invalid(detail: &str) -> Response<Bytes> {
     with_outcome(
-        crate::problem::bad_request(detail),
+        crate::problem::bad_request(false, detail),
         IdempotencyOutcome::Invalid,
     )
 }

@@ -104,6 +104,10 @@ pub enum Reservation {
     Completed(Bytes),
 }
 
+/// Every record in process (a temporary home until the store split).
+#[derive(Debug, Default)]
+struct MemoryRecords(std::sync::Mutex<crate::store::memory::ExpiringMap<RecordKey, MemoryRecord>>);
+
 /// One record in process.
 #[derive(Debug)]
 pub(crate) enum MemoryRecord {
@@ -126,7 +130,8 @@ fn micros(d: Duration) -> u64 {
 impl MemoryStore {
     fn idem_reserve(&self, r: &Reserve) -> Reservation {
         let now = self.now_us();
-        let mut map = lock(&self.inner.idempotency);
+        let records = self.state::<MemoryRecords>();
+        let mut map = lock(&records.0);
         match map.get_mut(&r.key, now) {
             None => {
                 let expires = now + micros(r.lease);
@@ -170,7 +175,8 @@ impl MemoryStore {
         f: impl FnOnce(Fingerprint, u64) -> Option<(MemoryRecord, u64)>,
     ) -> bool {
         let now = self.now_us();
-        let mut map = lock(&self.inner.idempotency);
+        let records = self.state::<MemoryRecords>();
+        let mut map = lock(&records.0);
         let fingerprint = match map.get_mut(key, now) {
             Some(MemoryRecord::InProgress {
                 token: t,

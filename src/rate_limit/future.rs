@@ -2,7 +2,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -165,14 +164,14 @@ fn decide<S, B>(p: &Pending<S, B>, result: Result<Answer, StoreError>) -> Next {
     Next::Respond(rejection(cfg, decision, p.grpc))
 }
 
-/// One warning per second at most: an outage must not flood the logs.
 fn warn_store_failure(cfg: &Config, e: &StoreError) {
-    let sec = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    if cfg.warned_at.swap(sec, Ordering::Relaxed) != sec {
-        tracing::warn!(error = %e, policy = ?cfg.on_failure, "rate limit store failed");
-    }
+    let then = match cfg.on_failure {
+        FailurePolicy::Open => "let the request through (fail open)",
+        FailurePolicy::Closed => "answered 503 (fail closed)",
+        FailurePolicy::Local => "decided in process (local fallback)",
+    };
+    cfg.warned
+        .store_failed("rate limit", &cfg.scope, "a decision", then, e);
 }
 
 impl<S, B, ResBody> Future for ResponseFuture<S, B>

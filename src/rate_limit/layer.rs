@@ -12,6 +12,8 @@ use super::denials::Denials;
 use super::headers::{render_names, render_policy, HeaderConfig};
 use super::policy::{Compiled, Policy};
 use super::service::RateLimit;
+use super::store::memory::MemoryHome;
+use super::store::RateLimitHome;
 use super::store::RateLimitStore;
 use crate::error::ConfigError;
 use crate::key::{ClientKey, KeyExtractor, PeerIp, RequestView};
@@ -65,8 +67,8 @@ where
 }
 
 pub(crate) struct Config {
-    pub(crate) store: Arc<dyn RateLimitStore>,
-    pub(crate) fallback: MemoryStore,
+    pub(crate) store: Arc<dyn RateLimitHome>,
+    pub(crate) fallback: MemoryHome,
     pub(crate) scope: Arc<str>,
     pub(crate) policies: Arc<[Compiled]>,
     pub(crate) meta: Arc<[PolicyMeta]>,
@@ -80,7 +82,7 @@ pub(crate) struct Config {
     pub(crate) headers: HeaderConfig,
     pub(crate) denials: Option<Denials>,
     pub(crate) rejection: Option<Arc<dyn RejectionResponse>>,
-    pub(crate) warned_at: std::sync::atomic::AtomicU64,
+    pub(crate) warned: crate::warn::Throttle,
 }
 
 impl fmt::Debug for Config {
@@ -265,8 +267,8 @@ impl RateLimitLayerBuilder {
         };
         Ok(RateLimitLayer {
             config: Arc::new(Config {
-                store: self.store,
-                fallback: MemoryStore::new(),
+                store: self.store.rate_limit_home(),
+                fallback: MemoryHome::new(&MemoryStore::new()),
                 scope: self.scope.into(),
                 policies: compiled.into(),
                 meta: meta.into(),
@@ -279,7 +281,7 @@ impl RateLimitLayerBuilder {
                 headers,
                 denials: self.remember_denials.then(Denials::default),
                 rejection: self.rejection,
-                warned_at: std::sync::atomic::AtomicU64::new(0),
+                warned: crate::warn::Throttle::default(),
             }),
         })
     }

@@ -91,13 +91,15 @@ mod algorithm;
 mod decision;
 mod denials;
 mod future;
-mod headers;
+pub(crate) mod headers;
 mod layer;
 mod policy;
 mod response;
 mod service;
 mod store;
 
+#[cfg(feature = "__hooks")]
+pub(crate) use decision::PolicyMeta;
 pub use decision::{DecisionSource, PolicyDecision, RateLimitDecision};
 pub use future::ResponseFuture;
 pub use headers::{RATELIMIT, RATELIMIT_POLICY};
@@ -107,27 +109,3 @@ pub use layer::{
 pub use policy::{Algorithm, Policy, MAX_SLIDING_LOG_LIMIT};
 pub use service::RateLimit;
 pub use store::RateLimitStore;
-
-pub(crate) use store::MemoryState;
-#[cfg(feature = "redis")]
-pub(crate) use store::SCRIPT;
-
-pub(crate) type HeaderConfigForBench = headers::HeaderConfig;
-
-/// A header configuration with `n` policies, for the micro-benchmarks.
-pub(crate) fn bench_header_config(n: usize) -> (headers::HeaderConfig, Vec<String>) {
-    let meta: Vec<decision::PolicyMeta> = (0..n)
-        .map(|i| decision::PolicyMeta {
-            name: format!("policy-{i}").into(),
-            limit: 100,
-            window: std::time::Duration::from_secs(60),
-        })
-        .collect();
-    let cfg = headers::HeaderConfig {
-        policy: headers::render_policy(&meta),
-        names: headers::render_names(&meta),
-        on_allowed: true,
-        legacy: false,
-    };
-    (cfg, meta.iter().map(|m| m.name.to_string()).collect())
-}

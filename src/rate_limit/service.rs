@@ -9,11 +9,11 @@ use tower_service::Service;
 use super::decision::{DecisionSource, RateLimitDecision};
 use super::future::ResponseFuture;
 use super::layer::{Config, MissingKey};
-use super::response::{is_grpc, rejection};
+use super::response::rejection;
 use super::store::Question;
 use crate::body::ResponseBody;
 use crate::key::{KeyError, RequestView};
-use crate::problem::bad_request;
+use crate::problem::{bad_request, is_grpc};
 
 /// Rate-limits requests to the inner service; built by
 /// [`RateLimitLayer`](super::RateLimitLayer).
@@ -45,13 +45,16 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let cfg = &self.config;
-        let grpc = is_grpc(&req);
+        let grpc = is_grpc(req.headers());
         let view = RequestView::new(&req);
         let key = match cfg.key.extract(&view) {
             Ok(key) => key,
             Err(KeyError::Invalid(why)) => {
                 tracing::debug!(%why, "rate limit: invalid client key");
-                return ResponseFuture::respond(bad_request(&format!("invalid client key: {why}")));
+                return ResponseFuture::respond(bad_request(
+                    grpc,
+                    &format!("invalid client key: {why}"),
+                ));
             }
             Err(KeyError::Missing) => match &cfg.missing_key {
                 MissingKey::Fallback(key) => key.clone(),
@@ -61,6 +64,7 @@ where
                 }
                 MissingKey::Reject => {
                     return ResponseFuture::respond(bad_request(
+                        grpc,
                         "the request carries no client key for the rate limit",
                     ))
                 }

@@ -53,6 +53,11 @@ impl Batcher {
         }
     }
 
+    /// Whether this batcher runs `script`.
+    pub(crate) fn runs(&self, script: &'static Script) -> bool {
+        std::ptr::eq(self.script, script)
+    }
+
     /// Queues `item` and waits for its share of the batch's reply. The
     /// caller's deadline bounds the wait.
     pub(crate) async fn submit(

@@ -1,6 +1,7 @@
 //! The in-process store: the embedded default. Bounded: expired state is
 //! swept as the maps grow, so memory follows the live keys, not the history.
 
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -29,22 +30,22 @@ pub struct MemoryStore {
     pub(crate) inner: Arc<MemoryInner>,
 }
 
+/// The store knows no layer: each layer registers the type of its state
+/// and gets one shared instance of it per store, resolved once when the
+/// layer is built, so the request path pays no lookup.
+type States = HashMap<TypeId, Arc<dyn Any + Send + Sync>>;
+
 #[derive(Debug)]
 pub(crate) struct MemoryInner {
     clock: Clock,
-    pub(crate) rate_limit: Mutex<ExpiringMap<Vec<u8>, crate::rate_limit::MemoryState>>,
-    pub(crate) idempotency:
-        Mutex<ExpiringMap<crate::idempotency::RecordKey, crate::idempotency::MemoryRecord>>,
-    pub(crate) cache: Mutex<crate::cache::MemoryState>,
+    states: Mutex<States>,
 }
 
 impl Default for MemoryInner {
     fn default() -> Self {
         Self {
             clock: Clock::new(),
-            rate_limit: Mutex::default(),
-            idempotency: Mutex::default(),
-            cache: Mutex::default(),
+            states: Mutex::default(),
         }
     }
 }
@@ -59,6 +60,20 @@ impl MemoryStore {
     /// paused test clock pauses it), aligned to wall-clock time like Redis's `TIME`.
     pub(crate) fn now_us(&self) -> u64 {
         self.inner.clock.now_us()
+    }
+
+    /// The state of type `T` in this store: created on first use, then the
+    /// same instance for every caller (every layer built on this store or
+    /// its clones).
+    pub(crate) fn state<T: Default + Send + Sync + 'static>(&self) -> Arc<T> {
+        let mut states = lock(&self.inner.states);
+        let any = states
+            .entry(TypeId::of::<T>())
+            .or_insert_with(|| Arc::new(T::default()))
+            .clone();
+        drop(states);
+        any.downcast::<T>()
+            .unwrap_or_else(|_| unreachable!("the entry of TypeId T holds a T"))
     }
 }
 
@@ -145,6 +160,20 @@ impl<K: Hash + Eq, V> ExpiringMap<K, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn state_is_one_instance_per_type_and_store() {
+        let store = MemoryStore::new();
+        let a = store.state::<Mutex<Vec<u8>>>();
+        lock(&a).push(1);
+        let b = store.clone().state::<Mutex<Vec<u8>>>();
+        assert!(Arc::ptr_eq(&a, &b), "clones share the state");
+        assert_eq!(*lock(&b), vec![1]);
+        let other = store.state::<Mutex<Vec<u16>>>();
+        assert!(lock(&other).is_empty(), "another type, another state");
+        let fresh = MemoryStore::new().state::<Mutex<Vec<u8>>>();
+        assert!(lock(&fresh).is_empty(), "another store, another state");
+    }
 
     #[test]
     fn expired_entries_read_as_absent_and_are_swept() {

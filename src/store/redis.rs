@@ -48,7 +48,8 @@ struct Inner {
     /// One breaker for a standalone Redis; on a cluster one per range of
     /// hash slots, so a dead master opens the breakers of its own slots only.
     breakers: Box<[Breaker]>,
-    rate_limit: Batcher,
+    /// One batcher per script, created when a layer first asks for it.
+    batchers: std::sync::Mutex<Vec<Arc<Batcher>>>,
     /// Clients for dedicated connections (pub/sub): the URL, or every seed
     /// node of a cluster (classic pub/sub is cluster-wide, so any node serves).
     pubsub: Vec<redis::Client>,
@@ -142,8 +143,16 @@ impl RedisStore {
         self.inner.deadline
     }
 
-    pub(crate) fn rate_limit_batcher(&self) -> &Batcher {
-        &self.inner.rate_limit
+    /// The batcher of `script` on this store (one per script, shared by the
+    /// store's clones): layers resolve it once when they are built.
+    pub(crate) fn batcher(&self, script: &'static redis::Script) -> Arc<Batcher> {
+        let mut batchers = super::memory::lock(&self.inner.batchers);
+        if let Some(b) = batchers.iter().find(|b| b.runs(script)) {
+            return b.clone();
+        }
+        let b = Arc::new(Batcher::new(script));
+        batchers.push(b.clone());
+        b
     }
 
     /// Clients to open dedicated connections (pub/sub) with: empty when the
@@ -294,7 +303,7 @@ impl RedisStoreBuilder {
                 prefix: self.prefix,
                 deadline: self.deadline,
                 breakers,
-                rate_limit: Batcher::new(&crate::rate_limit::SCRIPT),
+                batchers: std::sync::Mutex::default(),
                 pubsub,
             }),
         };

@@ -1,0 +1,80 @@
+//! The in-process home of the algorithms: one map of policy states per
+//! [`MemoryStore`], shared by every rate-limit layer built on it.
+
+use std::sync::{Arc, Mutex};
+
+use futures_util::future::BoxFuture;
+
+use super::{Answer, Question, RateLimitHome, RateLimitStore};
+use crate::error::StoreError;
+use crate::rate_limit::algorithm::{peek, AlgState};
+use crate::store::memory::{lock, ExpiringMap};
+use crate::store::MemoryStore;
+
+/// Every client's policy states in one store, keyed by scope, policy and client.
+#[derive(Debug, Default)]
+struct States(Mutex<ExpiringMap<Vec<u8>, AlgState>>);
+
+/// The rate-limit home of one [`MemoryStore`].
+#[derive(Debug)]
+pub(crate) struct MemoryHome {
+    store: MemoryStore,
+    states: Arc<States>,
+}
+
+impl MemoryHome {
+    pub(crate) fn new(store: &MemoryStore) -> Self {
+        Self {
+            store: store.clone(),
+            states: store.state(),
+        }
+    }
+
+    /// Decides `q` at once: all policies pass, or none is charged.
+    pub(crate) fn decide(&self, q: &Question) -> Answer {
+        let now = self.store.now_us();
+        let mut map = lock(&self.states.0);
+        let keys: Vec<Vec<u8>> = q.policies.iter().map(|p| key(q, &p.key_suffix)).collect();
+        let peeks: Vec<_> = q
+            .policies
+            .iter()
+            .zip(&keys)
+            .map(|(p, k)| peek(p, map.get_mut(k, now).map(|s| &*s), q.cost, now))
+            .collect();
+        let allowed = peeks.iter().all(|p| p.allowed);
+        let policies = peeks.iter().map(|p| p.outcome(allowed, q.cost)).collect();
+        if allowed && q.cost > 0 {
+            for (peek, key) in peeks.into_iter().zip(keys) {
+                let expires = now + peek.expires_in().max(1);
+                if let Some(next) = peek.next {
+                    map.insert(key, next, expires, now);
+                }
+            }
+        }
+        Answer { allowed, policies }
+    }
+}
+
+/// `scope \0 policy \0 client`: the Redis key's parts, unambiguous.
+fn key(q: &Question, suffix: &str) -> Vec<u8> {
+    let client = q.key.as_bytes();
+    let mut k = Vec::with_capacity(q.scope.len() + suffix.len() + client.len() + 2);
+    k.extend_from_slice(q.scope.as_bytes());
+    k.push(0);
+    k.extend_from_slice(suffix.as_bytes());
+    k.push(0);
+    k.extend_from_slice(client);
+    k
+}
+
+impl RateLimitHome for MemoryHome {
+    fn check(&self, q: &Question) -> BoxFuture<'static, Result<Answer, StoreError>> {
+        Box::pin(std::future::ready(Ok(self.decide(q))))
+    }
+}
+
+impl RateLimitStore for MemoryStore {
+    fn rate_limit_home(&self) -> Arc<dyn RateLimitHome> {
+        Arc::new(MemoryHome::new(self))
+    }
+}
