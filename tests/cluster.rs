@@ -58,13 +58,13 @@ async fn cluster_fleet(
             RedisStore::cluster_builder(urls.clone())
                 .prefix(prefix)
                 .deadline(deadline)
-                // Probe at least every second once the breaker opens, so the
-                // test sees recovery soon after the promotion.
-                .breaker(BreakerConfig {
-                    failures: 5,
-                    open_for: Duration::from_millis(250),
-                    max_open_for: Duration::from_secs(1),
-                })
+                // Probe every 250 ms once the breaker opens, so the test sees
+                // recovery soon after the promotion.
+                .breaker(
+                    BreakerConfig::default()
+                        .failures(5)
+                        .probe_every(Duration::from_millis(250)),
+                )
                 .connect_timeout(Duration::from_secs(1))
                 .ping_on_connect(true)
                 .connect()

@@ -26,11 +26,11 @@ async fn store(server: &RedisServer) -> RedisStore {
     RedisStore::builder(server.url())
         .prefix("faults")
         .deadline(DEADLINE)
-        .breaker(BreakerConfig {
-            failures: 3,
-            open_for: Duration::from_millis(200),
-            max_open_for: Duration::from_millis(800),
-        })
+        .breaker(
+            BreakerConfig::default()
+                .failures(3)
+                .probe_every(Duration::from_millis(100)),
+        )
         .ping_on_connect(true)
         .connect()
         .await
@@ -191,4 +191,41 @@ async fn local_fallback_enforces_the_policy_while_redis_is_down() {
         statuses.push(res.status().as_u16());
     }
     assert_eq!(statuses, [200, 200, 200, 429, 429]);
+}
+
+/// After an outage, the breaker closes in the background: no request has to
+/// probe, and the first request once Redis has answered for a second is
+/// decided by Redis, however long the outage was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_outage_a_background_probe_closes_the_breaker_without_requests() {
+    let mut server = RedisServer::start();
+    let store = store(&server).await;
+    let open = service(store.clone(), FailurePolicy::Open, 1000);
+    let (res, _) = timed(&open, "k").await;
+    assert_eq!(source(&res), DecisionSource::Store);
+
+    server.kill();
+    // A long outage with traffic: under a doubling back-off this would
+    // leave the breaker open for seconds after Redis returns.
+    let outage = Instant::now();
+    while outage.elapsed() < Duration::from_secs(3) {
+        let (res, _) = timed(&open, "k").await;
+        assert_eq!(source(&res), DecisionSource::FailOpen);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    server.restart();
+    // No request for a second: only the background probe talks to Redis.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pings = support::command_calls(&server.url(), |c| c == "ping").await;
+    assert!(
+        pings >= 1,
+        "the background probe asked the restarted server"
+    );
+    let (res, _) = timed(&open, "k").await;
+    assert_eq!(
+        source(&res),
+        DecisionSource::Store,
+        "the first request after Redis answered for 1 s is decided by Redis"
+    );
 }

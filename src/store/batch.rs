@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use redis::Script;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use super::lane::Lane;
 use super::memory::lock;
-use super::redis::RedisStore;
 use crate::error::StoreError;
 
 /// One queued call.
@@ -60,22 +60,18 @@ impl Batcher {
 
     /// Queues `item` and waits for its share of the batch's reply. The
     /// caller's deadline bounds the wait.
-    pub(crate) async fn submit(
-        &self,
-        store: &RedisStore,
-        mut item: Item,
-    ) -> Result<Vec<i64>, StoreError> {
+    pub(crate) async fn submit(&self, lane: &Lane, mut item: Item) -> Result<Vec<i64>, StoreError> {
         let (reply, rx) = oneshot::channel();
         item.reply = Some(reply);
-        self.send(store, item);
-        match tokio::time::timeout(store.deadline(), rx).await {
+        self.send(lane, item);
+        match tokio::time::timeout(lane.deadline(), rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(StoreError::protocol("the batch task ended")),
-            Err(_) => Err(StoreError::timeout(store.deadline())),
+            Err(_) => Err(StoreError::timeout(lane.deadline())),
         }
     }
 
-    fn send(&self, store: &RedisStore, item: Item) {
+    fn send(&self, lane: &Lane, item: Item) {
         let mut tx = lock(&self.tx);
         let item = match tx.as_ref() {
             Some(t) => match t.send(item) {
@@ -86,7 +82,7 @@ impl Batcher {
         };
         // First use, or the runtime that ran the task is gone: start one here.
         let (new_tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(self.script, store.clone(), rx));
+        tokio::spawn(run(self.script, lane.clone(), rx));
         let _ = new_tx.send(item);
         *tx = Some(new_tx);
     }
@@ -96,7 +92,7 @@ impl Batcher {
 /// on its way, so Redis does not sit idle for a round trip between batches.
 const IN_FLIGHT: usize = 2;
 
-async fn run(script: &'static Script, store: RedisStore, mut rx: mpsc::UnboundedReceiver<Item>) {
+async fn run(script: &'static Script, lane: Lane, mut rx: mpsc::UnboundedReceiver<Item>) {
     let permits = Arc::new(Semaphore::new(IN_FLIGHT));
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -112,11 +108,11 @@ async fn run(script: &'static Script, store: RedisStore, mut rx: mpsc::Unbounded
         if batch.is_empty() {
             continue;
         }
-        for group in by_slot(&store, batch) {
-            let store = store.clone();
+        for group in by_slot(&lane, batch) {
+            let lane = lane.clone();
             let permit = permit.clone();
             tokio::spawn(async move {
-                let result = invoke(script, &store, &group).await;
+                let result = invoke(script, &lane, &group).await;
                 dispatch(group, result);
                 drop(permit);
             });
@@ -127,9 +123,9 @@ async fn run(script: &'static Script, store: RedisStore, mut rx: mpsc::Unbounded
 /// On a cluster, one script call may only touch keys of one hash slot: the
 /// batch goes out as one call per slot (all at once). Standalone: one call.
 #[cfg(feature = "cluster")]
-fn by_slot(store: &RedisStore, batch: Vec<Item>) -> Vec<Vec<Item>> {
+fn by_slot(lane: &Lane, batch: Vec<Item>) -> Vec<Vec<Item>> {
     use redis::cluster_routing::Slot;
-    if !store.is_cluster() {
+    if !lane.is_cluster() {
         return vec![batch];
     }
     let mut groups: Vec<(Slot, Vec<Item>)> = Vec::new();
@@ -144,7 +140,7 @@ fn by_slot(store: &RedisStore, batch: Vec<Item>) -> Vec<Vec<Item>> {
 }
 
 #[cfg(not(feature = "cluster"))]
-fn by_slot(_store: &RedisStore, batch: Vec<Item>) -> Vec<Vec<Item>> {
+fn by_slot(_lane: &Lane, batch: Vec<Item>) -> Vec<Vec<Item>> {
     vec![batch]
 }
 
@@ -178,7 +174,7 @@ fn dispatch(batch: Vec<Item>, result: Result<Vec<i64>, StoreError>) {
 
 async fn invoke(
     script: &'static Script,
-    store: &RedisStore,
+    lane: &Lane,
     batch: &[Item],
 ) -> Result<Vec<i64>, StoreError> {
     let mut inv = script.prepare_invoke();
@@ -197,8 +193,7 @@ async fn invoke(
         .first()
         .and_then(|i| i.keys.first())
         .map_or("", String::as_str);
-    let mut conn = store.conn();
-    store
-        .call(key, inv.invoke_async::<Vec<i64>>(&mut conn))
+    let mut conn = lane.conn();
+    lane.call(key, inv.invoke_async::<Vec<i64>>(&mut conn))
         .await
 }

@@ -1,27 +1,57 @@
 //! A small circuit breaker: after repeated failures the store is skipped for a
 //! back-off period, then one probe call decides whether it is healthy again.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Settings of the circuit breaker in front of a remote store.
+///
+/// While a breaker is open, requests skip the store (their layer's failure
+/// policy answers) and one background probe per breaker asks the store every
+/// [`probe_every`](Self::probe_every); the first answer closes the breaker,
+/// so decisions come from the store again within about one probe interval of
+/// it answering, however long the outage was. Requests never probe while the
+/// background probe runs.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_redis_layers::BreakerConfig;
+///
+/// let config = BreakerConfig::default()
+///     .failures(3)
+///     .probe_every(Duration::from_millis(100));
+/// assert_eq!(config.failures, 3);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BreakerConfig {
     /// Consecutive failures that open the breaker (0 disables it).
     pub failures: u32,
-    /// How long the breaker stays open the first time.
-    pub open_for: Duration,
-    /// Upper bound of the doubling back-off while probes keep failing.
-    pub max_open_for: Duration,
+    /// How often the background probe asks the store while the breaker is open.
+    pub probe_every: Duration,
 }
 
 impl Default for BreakerConfig {
     fn default() -> Self {
         Self {
             failures: 5,
-            open_for: Duration::from_millis(500),
-            max_open_for: Duration::from_secs(10),
+            probe_every: Duration::from_millis(200),
         }
+    }
+}
+
+impl BreakerConfig {
+    /// Consecutive failures that open the breaker (default 5; 0 disables it).
+    pub fn failures(mut self, n: u32) -> Self {
+        self.failures = n;
+        self
+    }
+
+    /// How often the background probe asks the store while the breaker is
+    /// open (default 200 ms; at least 10 ms).
+    pub fn probe_every(mut self, every: Duration) -> Self {
+        self.probe_every = every.max(Duration::from_millis(10));
+        self
     }
 }
 
@@ -30,9 +60,10 @@ pub(crate) struct Breaker {
     config: BreakerConfig,
     origin: Instant,
     failures: AtomicU32,
-    trips: AtomicU32,
     /// Milliseconds since `origin` until which calls are skipped; 0 = closed.
     open_until: AtomicU64,
+    /// A background probe is running for this breaker.
+    probing: AtomicBool,
 }
 
 impl Breaker {
@@ -41,17 +72,26 @@ impl Breaker {
             config,
             origin: Instant::now(),
             failures: AtomicU32::new(0),
-            trips: AtomicU32::new(0),
             open_until: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
         }
+    }
+
+    pub(crate) fn config(&self) -> &BreakerConfig {
+        &self.config
     }
 
     fn now_ms(&self) -> u64 {
         self.origin.elapsed().as_millis() as u64 + 1
     }
 
-    /// May a call go to the store now? While open, no; once the back-off has
-    /// passed, exactly one caller wins the probe and the others keep skipping.
+    pub(crate) fn is_open(&self) -> bool {
+        self.open_until.load(Ordering::Acquire) != 0
+    }
+
+    /// May a call go to the store now? While open, no. Should the background
+    /// probe be gone (its runtime shut down), the hold it set lapses and
+    /// exactly one caller wins a probe, the others keep skipping.
     pub(crate) fn allow(&self) -> bool {
         let until = self.open_until.load(Ordering::Acquire);
         if until == 0 {
@@ -61,44 +101,63 @@ impl Breaker {
         if now < until {
             return false;
         }
-        // Half-open: hold others off for one more back-off while the probe runs.
-        let probe_until = now + self.config.open_for.as_millis() as u64;
+        let probe_until = now + self.hold_ms();
         self.open_until
             .compare_exchange(until, probe_until, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
     }
 
+    /// How long requests are held off per probe round: several probe
+    /// intervals, so a live probe task always renews it first.
+    fn hold_ms(&self) -> u64 {
+        (self.config.probe_every.as_millis() as u64).saturating_mul(4) + 1000
+    }
+
+    /// The background probe is alive: hold requests off for another round.
+    pub(crate) fn hold(&self) {
+        let until = self.now_ms() + self.hold_ms();
+        let _ = self
+            .open_until
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                (u != 0).then_some(until)
+            });
+    }
+
     pub(crate) fn record_success(&self) {
         self.failures.store(0, Ordering::Relaxed);
         if self.open_until.swap(0, Ordering::AcqRel) != 0 {
-            self.trips.store(0, Ordering::Relaxed);
             tracing::warn!("store circuit breaker closed: the store answers again");
         }
     }
 
-    pub(crate) fn record_failure(&self) {
+    /// Counts a failure; `true` when this one opened the breaker.
+    pub(crate) fn record_failure(&self) -> bool {
         if self.config.failures == 0 {
-            return;
+            return false;
         }
         let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
         if failures < self.config.failures {
-            return;
+            return false;
         }
-        let trips = self.trips.fetch_add(1, Ordering::AcqRel).min(16);
-        let back_off = self
-            .config
-            .open_for
-            .saturating_mul(1 << trips)
-            .min(self.config.max_open_for);
-        let until = self.now_ms() + back_off.as_millis() as u64;
-        let previous = self.open_until.swap(until, Ordering::AcqRel);
-        if previous == 0 {
+        let until = self.now_ms() + self.hold_ms();
+        let opened = self.open_until.swap(until, Ordering::AcqRel) == 0;
+        if opened {
             tracing::warn!(
                 failures,
-                back_off_ms = back_off.as_millis() as u64,
-                "store circuit breaker opened: skipping the store"
+                probe_every_ms = self.config.probe_every.as_millis() as u64,
+                "store circuit breaker opened: skipping the store while a background probe waits for it"
             );
         }
+        opened
+    }
+
+    /// Claims the one background probe of this breaker.
+    pub(crate) fn start_probe(&self) -> bool {
+        !self.probing.swap(true, Ordering::AcqRel)
+    }
+
+    pub(crate) fn probe_ended(&self) {
+        self.probing.store(false, Ordering::Release);
     }
 }
 
@@ -108,19 +167,22 @@ mod tests {
 
     #[test]
     fn opens_after_threshold_and_lets_one_probe_through() {
-        let b = Breaker::new(BreakerConfig {
-            failures: 3,
-            open_for: Duration::from_millis(20),
-            max_open_for: Duration::from_millis(40),
-        });
+        let b = Breaker::new(
+            BreakerConfig::default()
+                .failures(3)
+                .probe_every(Duration::from_millis(10)),
+        );
         for _ in 0..2 {
-            b.record_failure();
+            assert!(!b.record_failure());
             assert!(b.allow());
         }
-        b.record_failure();
+        assert!(b.record_failure(), "the third failure opens it");
         assert!(!b.allow(), "open after 3 failures");
-        std::thread::sleep(Duration::from_millis(25));
-        assert!(b.allow(), "one probe after the back-off");
+        b.hold();
+        assert!(!b.allow(), "held off while the background probe lives");
+        // No probe renews the hold: it lapses and one request probes.
+        std::thread::sleep(Duration::from_millis(b.hold_ms() + 5));
+        assert!(b.allow(), "one probe after the hold lapsed");
         assert!(!b.allow(), "only one probe");
         b.record_success();
         assert!(b.allow());
@@ -129,12 +191,9 @@ mod tests {
 
     #[test]
     fn zero_threshold_never_opens() {
-        let b = Breaker::new(BreakerConfig {
-            failures: 0,
-            ..BreakerConfig::default()
-        });
+        let b = Breaker::new(BreakerConfig::default().failures(0));
         for _ in 0..100 {
-            b.record_failure();
+            assert!(!b.record_failure());
         }
         assert!(b.allow());
     }

@@ -9,6 +9,8 @@ pub(crate) mod batch;
 mod breaker;
 #[cfg(feature = "redis")]
 pub(crate) mod conn;
+#[cfg(feature = "redis")]
+pub(crate) mod lane;
 pub(crate) mod memory;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;

@@ -8,9 +8,9 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::batch::Batcher;
-use super::breaker::{Breaker, BreakerConfig};
+use super::breaker::BreakerConfig;
 use super::conn::RedisConn;
-use super::slots::{breakers, slot};
+use super::lane::Lane;
 use crate::error::{ConfigError, StoreError};
 
 /// Shared state in Redis for every layer of this crate.
@@ -42,12 +42,14 @@ pub struct RedisStore {
 
 #[derive(Debug)]
 struct Inner {
-    conn: RedisConn,
+    /// The lane of calls made through the store itself; each layer opens
+    /// its own (own breakers; the cache its own connection too).
+    lane: Lane,
+    /// Makes the connections of lanes that ask for their own.
+    connector: Connector,
     prefix: String,
-    deadline: Duration,
-    /// One breaker for a standalone Redis; on a cluster one per range of
-    /// hash slots, so a dead master opens the breakers of its own slots only.
-    breakers: Box<[Breaker]>,
+    breaker: BreakerConfig,
+    probe_timeout: Duration,
     /// One batcher per script, created when a layer first asks for it.
     batchers: std::sync::Mutex<Vec<Arc<Batcher>>>,
     /// Clients for dedicated connections (pub/sub): the URL, or every seed
@@ -125,7 +127,7 @@ impl RedisStore {
 
     /// `true` when the store talks to a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
-        !matches!(self.inner.conn, RedisConn::Standalone(_))
+        self.inner.lane.is_cluster()
     }
 
     /// Connects to `url` with the default settings (prefix `trl`, 50 ms deadline).
@@ -140,7 +142,30 @@ impl RedisStore {
 
     /// The deadline of every call.
     pub fn deadline(&self) -> Duration {
-        self.inner.deadline
+        self.inner.lane.deadline()
+    }
+
+    /// A lane of its own for one layer: its own circuit breakers, so its
+    /// failures never open another layer's, and with `own_connection` its own
+    /// connection too (when the store can make one: not for a store built
+    /// from an application's connection), so its payloads never queue ahead
+    /// of another layer's calls.
+    pub(crate) fn lane(&self, name: &'static str, own_connection: bool) -> Lane {
+        let inner = &self.inner;
+        let conn = match own_connection {
+            true => inner
+                .connector
+                .connect()
+                .unwrap_or_else(|_| inner.lane.conn()),
+            false => inner.lane.conn(),
+        };
+        Lane::new(
+            name,
+            conn,
+            self.deadline(),
+            inner.probe_timeout,
+            inner.breaker,
+        )
     }
 
     /// The batcher of `script` on this store (one per script, shared by the
@@ -162,42 +187,15 @@ impl RedisStore {
     }
 
     pub(crate) fn conn(&self) -> RedisConn {
-        self.inner.conn.clone()
+        self.inner.lane.conn()
     }
 
-    /// Runs one store call about `key` under the breaker of `key`'s slots
-    /// and the deadline.
+    /// Runs one store call about `key` on the store's own lane.
     pub(crate) async fn call<T, F>(&self, key: &str, fut: F) -> Result<T, StoreError>
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
-        let inner = &self.inner;
-        let breaker = self.breaker(key);
-        if !breaker.allow() {
-            return Err(StoreError::circuit_open());
-        }
-        match tokio::time::timeout(inner.deadline, fut).await {
-            Ok(Ok(v)) => {
-                breaker.record_success();
-                Ok(v)
-            }
-            Ok(Err(e)) => {
-                breaker.record_failure();
-                Err(StoreError::backend(e))
-            }
-            Err(_) => {
-                breaker.record_failure();
-                Err(StoreError::timeout(inner.deadline))
-            }
-        }
-    }
-
-    fn breaker(&self, key: &str) -> &Breaker {
-        let breakers = &self.inner.breakers;
-        if breakers.len() == 1 {
-            return &breakers[0];
-        }
-        &breakers[usize::from(slot::of(key.as_bytes())) * breakers.len() / slot::SLOTS]
+        self.inner.lane.call(key, fut).await
     }
 }
 
@@ -262,6 +260,7 @@ impl RedisStoreBuilder {
             )));
         }
         let mut pubsub = Vec::new();
+        let mut connector = Connector::None;
         let conn = match self.target {
             Target::Manager(m) => RedisConn::Standalone(m),
             Target::Url(url) => {
@@ -271,10 +270,8 @@ impl RedisStoreBuilder {
                     .set_number_of_retries(self.reconnect_retries)
                     .set_connection_timeout(Some(self.connect_timeout))
                     .set_max_delay(Duration::from_millis(100));
-                RedisConn::Standalone(
-                    ConnectionManager::new_lazy_with_config(client, config)
-                        .map_err(StoreError::backend)?,
-                )
+                connector = Connector::Standalone(client, config);
+                connector.connect().map_err(StoreError::backend)?
             }
             #[cfg(feature = "cluster")]
             Target::ClusterConnection(c) => RedisConn::Cluster(c),
@@ -291,18 +288,18 @@ impl RedisStoreBuilder {
                 let config = redis::cluster::ClusterConfig::new()
                     .set_connection_timeout(self.connect_timeout)
                     .set_response_timeout(self.deadline.max(self.connect_timeout));
-                // Connects in the background: a cluster that is down at start-up
-                // is a store failure per request, like a standalone Redis.
-                RedisConn::Cluster(client.get_pending_async_connection_with_config(config))
+                connector = Connector::Cluster(client, config);
+                connector.connect().map_err(StoreError::backend)?
             }
         };
-        let breakers = breakers(&conn, self.breaker);
+        let probe_timeout = self.deadline.max(self.connect_timeout);
         let store = RedisStore {
             inner: Arc::new(Inner {
-                conn,
+                lane: Lane::new("store", conn, self.deadline, probe_timeout, self.breaker),
+                connector,
                 prefix: self.prefix,
-                deadline: self.deadline,
-                breakers,
+                breaker: self.breaker,
+                probe_timeout,
                 batchers: std::sync::Mutex::default(),
                 pubsub,
             }),
@@ -329,4 +326,47 @@ pub(crate) fn validate_prefix(prefix: &str) -> Result<(), ConfigError> {
         )));
     }
     Ok(())
+}
+
+/// What new connections are made from: the store's URL or cluster nodes.
+/// None for a store built on an application's connection.
+enum Connector {
+    None,
+    Standalone(redis::Client, ConnectionManagerConfig),
+    #[cfg(feature = "cluster")]
+    Cluster(redis::cluster::ClusterClient, redis::cluster::ClusterConfig),
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Connector::None => "None",
+            Connector::Standalone(..) => "Standalone",
+            #[cfg(feature = "cluster")]
+            Connector::Cluster(..) => "Cluster",
+        })
+    }
+}
+
+impl Connector {
+    /// A new connection, made lazily: a Redis that is down is a store
+    /// failure per call, not an error here.
+    fn connect(&self) -> Result<RedisConn, ConfigError> {
+        match self {
+            Connector::None => Err(ConfigError::new(
+                "a store built on an existing connection makes no other",
+            )),
+            Connector::Standalone(client, config) => {
+                ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+                    .map(RedisConn::Standalone)
+                    .map_err(|e| ConfigError::new(e.to_string()))
+            }
+            // Connects in the background: a cluster that is down at start-up
+            // is a store failure per request, like a standalone Redis.
+            #[cfg(feature = "cluster")]
+            Connector::Cluster(client, config) => Ok(RedisConn::Cluster(
+                client.get_pending_async_connection_with_config(config.clone()),
+            )),
+        }
+    }
 }

@@ -19,6 +19,21 @@ pub(crate) fn breakers(conn: &RedisConn, config: BreakerConfig) -> Box<[Breaker]
     (0..n).map(|_| Breaker::new(config)).collect()
 }
 
+/// A key whose slot falls in breaker range `index` of `n`: the background
+/// probe asks the master of that range with it.
+#[cfg(feature = "cluster")]
+pub(crate) fn probe_key(index: usize, n: usize) -> String {
+    (0u32..)
+        .map(|i| format!("trl-probe-{i}"))
+        .find(|k| usize::from(slot::of(k.as_bytes())) * n / slot::SLOTS == index)
+        .unwrap_or_default()
+}
+
+#[cfg(not(feature = "cluster"))]
+pub(crate) fn probe_key(_index: usize, _n: usize) -> String {
+    String::new()
+}
+
 /// Redis Cluster's key slot: CRC16 (XMODEM) of the key's hash tag, or of the
 /// whole key when it has none, modulo 16384.
 pub(crate) mod slot {

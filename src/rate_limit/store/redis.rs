@@ -8,23 +8,26 @@ use futures_util::future::BoxFuture;
 use super::{Answer, PolicyOutcome, Question, RateLimitHome, RateLimitStore};
 use crate::error::StoreError;
 use crate::store::batch::{Batcher, Item};
+use crate::store::lane::Lane;
 use crate::RedisStore;
 
 static SCRIPT: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("../scripts/check.lua")));
 
-/// The rate-limit home of one [`RedisStore`]: the store and its batcher of
-/// the check script.
+/// The rate-limit home of one [`RedisStore`]: the layer's own lane (own
+/// breakers) and the store's batcher of the check script.
 #[derive(Debug)]
 pub(crate) struct RedisHome {
-    store: RedisStore,
+    prefix: String,
+    lane: Lane,
     batcher: Arc<Batcher>,
 }
 
 impl RateLimitStore for RedisStore {
     fn rate_limit_home(&self) -> Arc<dyn RateLimitHome> {
         Arc::new(RedisHome {
-            store: self.clone(),
+            prefix: self.prefix().to_owned(),
+            lane: self.lane("rate limit", false),
             batcher: self.batcher(&SCRIPT),
         })
     }
@@ -40,10 +43,7 @@ impl RedisHome {
             .map(|p| {
                 format!(
                     "{}:rl:{{{}:{}}}:{}",
-                    self.store.prefix(),
-                    q.scope,
-                    digest,
-                    p.key_suffix
+                    self.prefix, q.scope, digest, p.key_suffix
                 )
             })
             .collect()
@@ -75,10 +75,10 @@ impl RateLimitHome for RedisHome {
         }
         let n = q.policies.len();
         let item = Item::new(keys, args, 1 + 3 * n);
-        let store = self.store.clone();
+        let lane = self.lane.clone();
         let batcher = self.batcher.clone();
         Box::pin(async move {
-            let values = batcher.submit(&store, item).await?;
+            let values = batcher.submit(&lane, item).await?;
             parse(&values, n)
         })
     }

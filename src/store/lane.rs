@@ -1,0 +1,161 @@
+//! A lane: one path to Redis with its own circuit breakers (one per range
+//! of hash slots on a cluster) and, when asked, its own connection. Each
+//! layer talks through its own lane, so one layer's failures (or a flood of
+//! large cache payloads) cannot open another layer's breaker or hold up its
+//! calls.
+
+use std::future::Future;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use super::breaker::{Breaker, BreakerConfig};
+use super::conn::RedisConn;
+use super::slots::{breakers, probe_key, slot};
+use crate::error::StoreError;
+
+#[derive(Clone, Debug)]
+pub(crate) struct Lane {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    name: &'static str,
+    conn: RedisConn,
+    deadline: Duration,
+    /// How long the background probe waits for an answer.
+    probe_timeout: Duration,
+    breakers: Box<[Breaker]>,
+}
+
+impl Lane {
+    pub(crate) fn new(
+        name: &'static str,
+        conn: RedisConn,
+        deadline: Duration,
+        probe_timeout: Duration,
+        config: BreakerConfig,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                name,
+                breakers: breakers(&conn, config),
+                conn,
+                deadline,
+                probe_timeout,
+            }),
+        }
+    }
+
+    pub(crate) fn conn(&self) -> RedisConn {
+        self.inner.conn.clone()
+    }
+
+    pub(crate) fn is_cluster(&self) -> bool {
+        !matches!(self.inner.conn, RedisConn::Standalone(_))
+    }
+
+    pub(crate) fn deadline(&self) -> Duration {
+        self.inner.deadline
+    }
+
+    /// Runs one call about `key` under the breaker of `key`'s slots and the
+    /// deadline. The call that opens a breaker starts its background probe.
+    pub(crate) async fn call<T, F>(&self, key: &str, fut: F) -> Result<T, StoreError>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        let index = self.breaker_index(key);
+        let breaker = &self.inner.breakers[index];
+        if !breaker.allow() {
+            return Err(StoreError::circuit_open());
+        }
+        let result = match tokio::time::timeout(self.inner.deadline, fut).await {
+            Ok(Ok(v)) => {
+                breaker.record_success();
+                return Ok(v);
+            }
+            Ok(Err(e)) => Err(StoreError::backend(e)),
+            Err(_) => Err(StoreError::timeout(self.inner.deadline)),
+        };
+        if breaker.record_failure() {
+            spawn_probe(&self.inner, index);
+        }
+        result
+    }
+
+    fn breaker_index(&self, key: &str) -> usize {
+        let n = self.inner.breakers.len();
+        if n == 1 {
+            return 0;
+        }
+        usize::from(slot::of(key.as_bytes())) * n / slot::SLOTS
+    }
+}
+
+/// Starts the one background probe of breaker `index`: it asks the node of
+/// that breaker's slots every `probe_every` and closes the breaker on the
+/// first answer. It holds only a weak reference: a lane dropped by its owner
+/// stops its probe.
+fn spawn_probe(inner: &Arc<Inner>, index: usize) {
+    let breaker = &inner.breakers[index];
+    if tokio::runtime::Handle::try_current().is_err() || !breaker.start_probe() {
+        return;
+    }
+    breaker.hold();
+    let weak = Arc::downgrade(inner);
+    tokio::spawn(async move {
+        let _ended = ProbeEnded(weak.clone(), index);
+        loop {
+            let every = match weak.upgrade() {
+                Some(inner) => inner.breakers[index].config().probe_every,
+                None => return,
+            };
+            tokio::time::sleep(every).await;
+            let Some(inner) = weak.upgrade() else { return };
+            let breaker = &inner.breakers[index];
+            if !breaker.is_open() {
+                return;
+            }
+            breaker.hold();
+            if probe(&inner, index).await {
+                breaker.record_success();
+                tracing::info!(lane = inner.name, "store answers again: decisions resume");
+                return;
+            }
+        }
+    });
+}
+
+/// Clears the probe flag however the probe task ends (even with its runtime).
+struct ProbeEnded(Weak<Inner>, usize);
+
+impl Drop for ProbeEnded {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.breakers[self.1].probe_ended();
+        }
+    }
+}
+
+async fn probe(inner: &Inner, index: usize) -> bool {
+    let mut conn = inner.conn.clone();
+    let ask = async {
+        match &conn {
+            RedisConn::Standalone(_) => redis::cmd("PING").query_async::<()>(&mut conn).await,
+            // A key of the breaker's slot range routes the probe to its master.
+            #[cfg(feature = "cluster")]
+            RedisConn::Cluster(_) => {
+                let n = inner.breakers.len();
+                redis::cmd("EXISTS")
+                    .arg(probe_key(index, n))
+                    .query_async::<()>(&mut conn)
+                    .await
+            }
+        }
+    };
+    matches!(
+        tokio::time::timeout(inner.probe_timeout, ask).await,
+        Ok(Ok(()))
+    )
+}
