@@ -83,6 +83,52 @@ pub(crate) struct Config {
     pub(crate) denials: Option<Denials>,
     pub(crate) rejection: Option<Arc<dyn RejectionResponse>>,
     pub(crate) warned: crate::warn::Throttle,
+    pub(crate) warned_missing_key: std::sync::Once,
+    /// One hash per (store counters, scope, policy) this layer charges.
+    pub(crate) counters: Vec<u64>,
+    pub(crate) warned_twice: std::sync::Once,
+}
+
+/// The counters (store, scope, policy) the rate-limit layers a request
+/// passed have charged: two stacked layers charging the same one count
+/// every request twice.
+#[derive(Clone, Debug, Default)]
+struct Counted(Vec<u64>);
+
+impl Config {
+    /// Records this layer's counters on the request; warns once when an
+    /// outer layer already charged one of them.
+    pub(crate) fn mark_counted(&self, ext: &mut http::Extensions) {
+        let counted = ext.get_or_insert_default::<Counted>();
+        if counted.0.iter().any(|c| self.counters.contains(c)) {
+            self.warned_twice.call_once(|| {
+                tracing::warn!(
+                    layer = "rate limit",
+                    scope = %self.scope,
+                    "two stacked rate-limit layers share scope {:?} and a policy on one \
+                     store: every request is counted twice. Give each layer its own .scope()",
+                    self.scope
+                );
+            });
+        }
+        counted.0.extend_from_slice(&self.counters);
+    }
+
+    /// Once per layer: every request without a key is rejected, which is
+    /// usually a set-up mistake (no peer address set by the server).
+    pub(crate) fn warn_missing_key(&self, looked_for: &str) {
+        self.warned_missing_key.call_once(|| {
+            tracing::warn!(
+                layer = "rate limit",
+                scope = %self.scope,
+                "rate limit: a request carried no client key (looked for {looked_for}); \
+                 it was rejected with 400 (MissingKey::Reject). If every request is \
+                 rejected, the server sets no peer address: on axum enable the `axum` \
+                 feature and serve with into_make_service_with_connect_info::<SocketAddr>(), \
+                 or choose MissingKey::Fallback / Allow"
+            );
+        });
+    }
 }
 
 impl fmt::Debug for Config {
@@ -265,9 +311,18 @@ impl RateLimitLayerBuilder {
             on_allowed: self.headers_on_allowed,
             legacy: self.legacy_headers,
         };
+        let store = self.store.rate_limit_home();
+        let counters = compiled
+            .iter()
+            .map(|p| {
+                use std::hash::{BuildHasher, BuildHasherDefault};
+                BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+                    .hash_one((store.counters(), &self.scope, &p.key_suffix))
+            })
+            .collect();
         Ok(RateLimitLayer {
             config: Arc::new(Config {
-                store: self.store.rate_limit_home(),
+                store,
                 fallback: MemoryHome::new(&MemoryStore::new()),
                 scope: self.scope.into(),
                 policies: compiled.into(),
@@ -282,6 +337,9 @@ impl RateLimitLayerBuilder {
                 denials: self.remember_denials.then(Denials::default),
                 rejection: self.rejection,
                 warned: crate::warn::Throttle::default(),
+                warned_missing_key: std::sync::Once::new(),
+                counters,
+                warned_twice: std::sync::Once::new(),
             }),
         })
     }

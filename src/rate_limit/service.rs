@@ -43,8 +43,9 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let cfg = &self.config;
+        cfg.mark_counted(req.extensions_mut());
         let grpc = is_grpc(req.headers());
         let view = RequestView::new(&req);
         let key = match cfg.key.extract(&view) {
@@ -63,10 +64,12 @@ where
                     return ResponseFuture::call(self.inner.call(req), d, cfg.clone());
                 }
                 MissingKey::Reject => {
+                    let looked_for = cfg.key.describe();
+                    cfg.warn_missing_key(&looked_for);
                     return ResponseFuture::respond(bad_request(
                         grpc,
-                        "the request carries no client key for the rate limit",
-                    ))
+                        &format!("the request carries no client key for the rate limit; looked for {looked_for}"),
+                    ));
                 }
             },
         };

@@ -30,6 +30,9 @@ pub trait RateLimitStore: Send + Sync + 'static + crate::store::sealed::Sealed {
 pub trait RateLimitHome: Send + Sync + std::fmt::Debug {
     /// Decides one question.
     fn check(&self, q: &Question) -> BoxFuture<'static, Result<Answer, StoreError>>;
+
+    /// The same for every home of one store's counters (its clones too).
+    fn counters(&self) -> usize;
 }
 
 impl<T: RateLimitStore + ?Sized> RateLimitStore for Arc<T> {
