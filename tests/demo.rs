@@ -1,6 +1,6 @@
 //! Two demo processes (the example binary that `cargo test` builds) sharing
-//! one Redis: the rate limit, idempotency, cache and stats invariants of
-//! shared/DEMO.md hold across them.
+//! one Redis: the rate limit, idempotency, cache and stats invariants of the
+//! demo's routes hold across them.
 
 mod support;
 

@@ -17,7 +17,7 @@
 //! curl -s localhost:3000/api/stats
 //! ```
 //!
-//! Routes (the contract of shared/DEMO.md):
+//! Routes (a fixed interface: tests/demo.rs checks it):
 //! - `GET /api/limited`: RateLimitLayer, 5 requests per 10 s per `x-api-key`, else per peer IP.
 //! - `POST /api/orders`: IdempotencyLayer (`Idempotency-Key` optional, principal
 //!   `x-api-key` else anonymous); creates an order (counter), answers 201 JSON.

@@ -83,8 +83,9 @@
 //! [`max_variants`](ResponseCacheLayerBuilder::max_variants) variants per
 //! URL. URLs and values are hashed before they reach a store key. On Redis:
 //! `{prefix}:cache:{<url digest>}:i` (index: the Vary spec and each
-//! variant's freshness), `…:e:<variant>` (entry) and `…:l:<variant>` (fill
-//! lock), all with a TTL, one hash tag per URL. The path is the one the layer
+//! variant's freshness), `…:e:<variant>` (entry), `…:l:<variant>` (fill
+//! lock) and `…:p:<variant>` (hit-for-miss marker), all with a TTL, one hash
+//! tag per URL. The path is the one the layer
 //! sees: inside axum's `Router::nest` the nest prefix is stripped, so caches
 //! in different nests sharing a store need [`scope`](ResponseCacheLayerBuilder::scope)s
 //! of their own.
@@ -155,9 +156,11 @@
 //!
 //! - An instance learns a URL's `Vary` from the store: its first lookup of a
 //!   varying URL takes a second round trip; later ones take one.
-//! - Redis Cluster: the keys of one URL share a hash tag, but the scripts
-//!   also touch a URL's other variant keys (same slot) that are not passed
-//!   in `KEYS`. No cluster store exists yet to run them on.
+//! - Redis Cluster: the keys of one URL share a hash tag, so each script
+//!   runs on one slot of a cluster store. The scripts also touch a URL's
+//!   other variant keys (same slot) that are not passed in `KEYS`: Redis and
+//!   Redis Cluster run them, servers or proxies that enforce declared keys
+//!   refuse them.
 //! - Purge by tag (`Surrogate-Key`) and soft purge are not implemented.
 
 mod body;
