@@ -7,13 +7,12 @@ use bytes::Bytes;
 use http::Response;
 use tower_layer::Layer;
 
-use super::decision::{PolicyMeta, RateLimitDecision};
-use super::denials::Denials;
-use super::headers::{render_names, render_policy, HeaderConfig};
-use super::policy::{Compiled, Policy};
+use super::config::{Config, CostFn, PlanFn, SkipFn};
+use super::decision::RateLimitDecision;
+use super::plan::{FieldSettings, Plan, PlanSet};
+use super::policy::Policy;
 use super::service::RateLimit;
 use super::store::memory::MemoryHome;
-use super::store::RateLimitHome;
 use super::store::RateLimitStore;
 use crate::error::ConfigError;
 use crate::key::{ClientKey, KeyExtractor, PeerIp, RequestView};
@@ -47,8 +46,6 @@ pub enum FailurePolicy {
     Local,
 }
 
-type CostFn = dyn Fn(&RequestView<'_>) -> u64 + Send + Sync;
-
 /// Builds the rejection response of an over-quota HTTP request. Implemented
 /// by closures `Fn(&RateLimitDecision) -> Response<Bytes>`. The layer adds the
 /// rate-limit fields (`Retry-After`, `RateLimit`, ...) the response lacks.
@@ -66,85 +63,6 @@ where
     }
 }
 
-pub(crate) struct Config {
-    pub(crate) store: Arc<dyn RateLimitHome>,
-    pub(crate) fallback: MemoryHome,
-    pub(crate) scope: Arc<str>,
-    pub(crate) policies: Arc<[Compiled]>,
-    pub(crate) meta: Arc<[PolicyMeta]>,
-    /// The smallest capacity of any policy: a dearer request can never pass.
-    pub(crate) max_cost: u64,
-    pub(crate) key: Arc<dyn KeyExtractor>,
-    pub(crate) cost: Option<Arc<CostFn>>,
-    pub(crate) missing_key: MissingKey,
-    pub(crate) on_failure: FailurePolicy,
-    pub(crate) shadow: bool,
-    pub(crate) headers: HeaderConfig,
-    pub(crate) denials: Option<Denials>,
-    pub(crate) rejection: Option<Arc<dyn RejectionResponse>>,
-    pub(crate) warned: crate::warn::Throttle,
-    pub(crate) warned_missing_key: std::sync::Once,
-    /// One hash per (store counters, scope, policy) this layer charges.
-    pub(crate) counters: Vec<u64>,
-    pub(crate) warned_twice: std::sync::Once,
-}
-
-/// The counters (store, scope, policy) the rate-limit layers a request
-/// passed have charged: two stacked layers charging the same one count
-/// every request twice.
-#[derive(Clone, Debug, Default)]
-struct Counted(Vec<u64>);
-
-impl Config {
-    /// Records this layer's counters on the request; warns once when an
-    /// outer layer already charged one of them.
-    pub(crate) fn mark_counted(&self, ext: &mut http::Extensions) {
-        let counted = ext.get_or_insert_default::<Counted>();
-        if counted.0.iter().any(|c| self.counters.contains(c)) {
-            self.warned_twice.call_once(|| {
-                tracing::warn!(
-                    layer = "rate limit",
-                    scope = %self.scope,
-                    "two stacked rate-limit layers share scope {:?} and a policy on one \
-                     store: every request is counted twice. Give each layer its own .scope()",
-                    self.scope
-                );
-            });
-        }
-        counted.0.extend_from_slice(&self.counters);
-    }
-
-    /// Once per layer: every request without a key is rejected, which is
-    /// usually a set-up mistake (no peer address set by the server).
-    pub(crate) fn warn_missing_key(&self, looked_for: &str) {
-        self.warned_missing_key.call_once(|| {
-            tracing::warn!(
-                layer = "rate limit",
-                scope = %self.scope,
-                "rate limit: a request carried no client key (looked for {looked_for}); \
-                 it was rejected with 400 (MissingKey::Reject). If every request is \
-                 rejected, the server sets no peer address: on axum enable the `axum` \
-                 feature and serve with into_make_service_with_connect_info::<SocketAddr>(), \
-                 or choose MissingKey::Fallback / Allow"
-            );
-        });
-    }
-}
-
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RateLimitConfig")
-            .field("scope", &self.scope)
-            .field("policies", &self.policies)
-            .field("missing_key", &self.missing_key)
-            .field("on_failure", &self.on_failure)
-            .field("shadow", &self.shadow)
-            .field("headers", &self.headers)
-            .field("remember_denials", &self.denials.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
 /// Applies a fleet-wide quota to every request; see the [module docs](super).
 #[derive(Clone, Debug)]
 #[must_use]
@@ -158,6 +76,9 @@ impl RateLimitLayer {
         RateLimitLayerBuilder {
             store: Arc::new(store),
             policies: Vec::new(),
+            plans: Vec::new(),
+            plan_by: None,
+            skip: None,
             scope: "default".into(),
             key: Arc::new(PeerIp::new()),
             cost: None,
@@ -185,6 +106,9 @@ impl<S> Layer<S> for RateLimitLayer {
 pub struct RateLimitLayerBuilder {
     store: Arc<dyn RateLimitStore>,
     policies: Vec<Policy>,
+    plans: Vec<(String, Vec<Policy>)>,
+    plan_by: Option<Arc<PlanFn>>,
+    skip: Option<Arc<SkipFn>>,
     scope: String,
     key: Arc<dyn KeyExtractor>,
     cost: Option<Arc<CostFn>>,
@@ -211,6 +135,58 @@ impl RateLimitLayerBuilder {
     /// a request denied by one consumes nothing from the others.
     pub fn policy(mut self, policy: Policy) -> Self {
         self.policies.push(policy);
+        self
+    }
+
+    /// Adds a named plan: its own policy set, for the requests on that
+    /// [`Plan`] (say `free` and `pro`). The policies given with
+    /// [`policy`](Self::policy) are the default set, for requests with no
+    /// plan or one the layer does not know. A plan's counters are its own:
+    /// a client that changes plan starts on the new plan's quota.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_redis_layers::rate_limit::{Plan, Policy, RateLimitLayer};
+    /// use tower_redis_layers::MemoryStore;
+    ///
+    /// # fn main() -> Result<(), tower_redis_layers::ConfigError> {
+    /// let layer = RateLimitLayer::builder(MemoryStore::new())
+    ///     .policy(Policy::gcra(60, Duration::from_secs(60))) // free
+    ///     .plan("pro", [Policy::gcra(6000, Duration::from_secs(60))])
+    ///     // Or leave out plan_by and insert a `Plan` extension upstream.
+    ///     .plan_by(|req| {
+    ///         let pro = req.headers.get("x-plan").is_some_and(|v| v == "pro");
+    ///         pro.then(|| Plan::new("pro"))
+    ///     })
+    ///     .build()?;
+    /// # drop(layer);
+    /// # Ok(()) }
+    /// ```
+    pub fn plan(
+        mut self,
+        name: impl Into<String>,
+        policies: impl IntoIterator<Item = Policy>,
+    ) -> Self {
+        self.plans
+            .push((name.into(), policies.into_iter().collect()));
+        self
+    }
+
+    /// Picks each request's plan (default: the request's [`Plan`] extension).
+    /// Only trust what the client cannot choose: a plan from an authenticated
+    /// principal, never a header the client sets freely.
+    pub fn plan_by(
+        mut self,
+        plan: impl Fn(&RequestView<'_>) -> Option<Plan> + Send + Sync + 'static,
+    ) -> Self {
+        self.plan_by = Some(Arc::new(plan));
+        self
+    }
+
+    /// Requests for which this returns `true` skip the limit (an allowlist:
+    /// health checks, internal callers). They pass uncounted, without fields.
+    pub fn skip(mut self, skip: impl Fn(&RequestView<'_>) -> bool + Send + Sync + 'static) -> Self {
+        self.skip = Some(Arc::new(skip));
         self
     }
 
@@ -279,65 +255,40 @@ impl RateLimitLayerBuilder {
 
     /// Checks the configuration and builds the layer.
     pub fn build(self) -> Result<RateLimitLayer, ConfigError> {
-        if self.policies.is_empty() {
-            return Err(ConfigError::new("a rate limit needs at least one policy"));
-        }
         crate::error::check_name("scope", &self.scope)?;
-        let compiled: Vec<Compiled> = self
-            .policies
-            .iter()
-            .map(Policy::compile)
-            .collect::<Result<_, _>>()?;
-        for (i, p) in compiled.iter().enumerate() {
-            if compiled[..i].iter().any(|q| q.name == p.name) {
-                return Err(ConfigError::new(format!(
-                    "two policies are named {:?}; name them apart with Policy::named",
-                    p.name
-                )));
-            }
-        }
-        let meta: Vec<PolicyMeta> = compiled
-            .iter()
-            .map(|p| PolicyMeta {
-                name: p.name.as_str().into(),
-                limit: p.limit,
-                window: std::time::Duration::from_micros(p.period_us),
-            })
-            .collect();
-        let max_cost = compiled.iter().map(|p| p.capacity).min().unwrap_or(0);
-        let headers = HeaderConfig {
-            policy: render_policy(&meta),
-            names: render_names(&meta),
+        let fields = FieldSettings {
             on_allowed: self.headers_on_allowed,
             legacy: self.legacy_headers,
+            remember_denials: self.remember_denials,
         };
+        let mut plans = vec![Arc::new(PlanSet::compile("", &self.policies, fields)?)];
+        for (name, policies) in &self.plans {
+            if name.is_empty() || plans.iter().any(|p| *p.name == **name) {
+                return Err(ConfigError::new(format!(
+                    "plan {name:?} is defined twice or has no name"
+                )));
+            }
+            plans.push(Arc::new(PlanSet::compile(name, policies, fields)?));
+        }
         let store = self.store.rate_limit_home();
-        let counters = compiled
-            .iter()
-            .map(|p| {
-                use std::hash::{BuildHasher, BuildHasherDefault};
-                BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
-                    .hash_one((store.counters(), &self.scope, &p.key_suffix))
-            })
-            .collect();
+        let counters = Config::counters_of(&*store, &self.scope, &plans);
         Ok(RateLimitLayer {
             config: Arc::new(Config {
                 store,
                 fallback: MemoryHome::new(&MemoryStore::new()),
                 scope: self.scope.into(),
-                policies: compiled.into(),
-                meta: meta.into(),
-                max_cost,
+                plans: plans.into(),
+                plan_by: self.plan_by,
+                skip: self.skip,
                 key: self.key,
                 cost: self.cost,
                 missing_key: self.missing_key,
                 on_failure: self.on_failure,
                 shadow: self.shadow,
-                headers,
-                denials: self.remember_denials.then(Denials::default),
                 rejection: self.rejection,
                 warned: crate::warn::Throttle::default(),
                 warned_missing_key: std::sync::Once::new(),
+                warned_unknown_plan: std::sync::Once::new(),
                 counters,
                 warned_twice: std::sync::Once::new(),
             }),
