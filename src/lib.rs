@@ -114,6 +114,10 @@ mod warn;
 
 pub use body::ResponseBody;
 pub use error::{ConfigError, StoreError, StoreErrorKind};
+/// The redis-rs crate this one is built on, for building a [`RedisStore`]
+/// from an application's own connection without a second `redis` dependency.
+#[cfg(feature = "redis")]
+pub use redis;
 pub use store::{BreakerConfig, MemoryStore};
 #[cfg(feature = "redis")]
 pub use store::{RedisStore, RedisStoreBuilder};

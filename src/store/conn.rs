@@ -1,7 +1,11 @@
 //! The connection a [`RedisStore`](super::RedisStore) talks through: a
 //! standalone connection manager or (feature `cluster`) a cluster connection.
 
-use redis::aio::{ConnectionLike, ConnectionManager};
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+
+use crate::error::ConfigError;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 /// The connection a [`RedisStore`] talks through.
@@ -49,6 +53,57 @@ impl ConnectionLike for RedisConn {
             RedisConn::Standalone(c) => c.get_db(),
             #[cfg(feature = "cluster")]
             RedisConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Few retries and short waits: redis-rs's defaults stall calls for seconds.
+pub(crate) fn manager_config(retries: usize, connect_timeout: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_number_of_retries(retries)
+        .set_connection_timeout(Some(connect_timeout))
+        .set_max_delay(Duration::from_millis(100))
+}
+
+/// What new connections are made from: the store's URL or cluster nodes.
+/// None for a store built on an application's connection.
+pub(crate) enum Connector {
+    None,
+    Standalone(redis::Client, ConnectionManagerConfig),
+    #[cfg(feature = "cluster")]
+    Cluster(redis::cluster::ClusterClient, redis::cluster::ClusterConfig),
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Connector::None => "None",
+            Connector::Standalone(..) => "Standalone",
+            #[cfg(feature = "cluster")]
+            Connector::Cluster(..) => "Cluster",
+        })
+    }
+}
+
+impl Connector {
+    /// A new connection, made lazily: a Redis that is down is a store
+    /// failure per call, not an error here.
+    pub(crate) fn connect(&self) -> Result<RedisConn, ConfigError> {
+        match self {
+            Connector::None => Err(ConfigError::new(
+                "a store built on an existing connection makes no other",
+            )),
+            Connector::Standalone(client, config) => {
+                ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+                    .map(RedisConn::Standalone)
+                    .map_err(|e| ConfigError::new(e.to_string()))
+            }
+            // Connects in the background: a cluster that is down at start-up
+            // is a store failure per request, like a standalone Redis.
+            #[cfg(feature = "cluster")]
+            Connector::Cluster(client, config) => Ok(RedisConn::Cluster(
+                client.get_pending_async_connection_with_config(config.clone()),
+            )),
         }
     }
 }
