@@ -12,7 +12,7 @@ use super::policy::{
     check_allow_list, default_store_policy, SharedPolicy, StorePolicy, DEFAULT_STORED_HEADERS,
 };
 use super::service::Idempotency;
-use super::store::IdempotencyStore;
+use super::store::{IdempotencyHome, IdempotencyStore};
 use crate::error::ConfigError;
 use crate::key::{ClientKey, Header, KeyError, KeyExtractor, KeyExtractorExt, RequestView};
 
@@ -41,7 +41,7 @@ pub enum FailurePolicy {
 }
 
 pub(crate) struct Config {
-    pub(crate) store: Arc<dyn IdempotencyStore>,
+    pub(crate) store: Arc<dyn IdempotencyHome>,
     pub(crate) scope: Arc<str>,
     pub(crate) principal: Arc<dyn KeyExtractor>,
     pub(crate) methods: Vec<Method>,
@@ -261,7 +261,7 @@ impl IdempotencyLayerBuilder {
         check_allow_list(&self.stored_headers).map_err(ConfigError::new)?;
         Ok(IdempotencyLayer {
             config: Arc::new(Config {
-                store: self.store,
+                store: self.store.idempotency_home(),
                 scope: self.scope.into(),
                 principal: self.principal,
                 methods: self.methods,

@@ -13,7 +13,7 @@ use futures_util::future::BoxFuture;
 use tokio::time::{Instant, Sleep};
 
 use super::fingerprint::{RecordKey, Token};
-use super::store::IdempotencyStore;
+use super::store::IdempotencyHome;
 use crate::error::StoreError;
 
 type StoreFuture = BoxFuture<'static, Result<bool, StoreError>>;
@@ -21,7 +21,7 @@ type StoreFuture = BoxFuture<'static, Result<bool, StoreError>>;
 /// A held reservation. Dropping it releases the record, unless it was
 /// completed or lost.
 pub(crate) struct Lease {
-    store: Arc<dyn IdempotencyStore>,
+    store: Arc<dyn IdempotencyHome>,
     key: RecordKey,
     token: Token,
     lease: Duration,
@@ -40,7 +40,7 @@ impl std::fmt::Debug for Lease {
 
 impl Lease {
     pub(crate) fn new(
-        store: Arc<dyn IdempotencyStore>,
+        store: Arc<dyn IdempotencyHome>,
         key: RecordKey,
         token: Token,
         lease: Duration,

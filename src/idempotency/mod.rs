@@ -136,8 +136,6 @@ mod layer;
 mod lease;
 mod policy;
 pub(crate) mod record;
-#[cfg(feature = "redis")]
-mod redis_store;
 mod response;
 mod service;
 mod steps;

@@ -1,45 +1,61 @@
-//! The Redis home of the idempotency records: one Lua script per step.
+//! The Redis home of the idempotency records: one Lua script per step, on
+//! one key per record.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use redis::{Script, Value};
 
-use super::fingerprint::{RecordKey, Token};
-use super::store::{IdempotencyStore, Reservation, Reserve};
+use super::{IdempotencyHome, IdempotencyStore, Reservation, Reserve};
 use crate::error::StoreError;
+use crate::idempotency::fingerprint::{RecordKey, Token};
 use crate::RedisStore;
 
 static RESERVE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/reserve.lua")));
+    LazyLock::new(|| Script::new(include_str!("../scripts/reserve.lua")));
 static COMPLETE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/complete.lua")));
+    LazyLock::new(|| Script::new(include_str!("../scripts/complete.lua")));
 static RELEASE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/release.lua")));
-static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/renew.lua")));
+    LazyLock::new(|| Script::new(include_str!("../scripts/release.lua")));
+static RENEW: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../scripts/renew.lua")));
+
+/// The idempotency home of one [`RedisStore`].
+#[derive(Debug)]
+pub(crate) struct RedisHome {
+    store: RedisStore,
+}
+
+impl IdempotencyStore for RedisStore {
+    fn idempotency_home(&self) -> Arc<dyn IdempotencyHome> {
+        Arc::new(RedisHome {
+            store: self.clone(),
+        })
+    }
+}
 
 fn millis(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
 }
 
-impl RedisStore {
+impl RedisHome {
     /// `{prefix}:idem:{digest}`: one hash per record (state, fingerprint,
     /// lease token, response), so the hash tag puts all of it in one slot.
-    pub(crate) fn idempotency_key(&self, key: &RecordKey) -> String {
-        format!("{}:idem:{{{}}}", self.prefix(), key.0)
+    fn key(&self, key: &RecordKey) -> String {
+        format!("{}:idem:{{{}}}", self.store.prefix(), key.0)
     }
 
     /// Runs `script` on one record with `args`, under the breaker and deadline.
-    fn idem_call(
+    fn call(
         &self,
         script: &'static Script,
         key: &RecordKey,
         args: Vec<Bytes>,
     ) -> BoxFuture<'static, Result<Value, StoreError>> {
-        let store = self.clone();
-        let redis_key = self.idempotency_key(key);
+        let store = self.store.clone();
+        let redis_key = self.key(key);
         Box::pin(async move {
             let mut inv = script.key(&redis_key);
             for a in &args {
@@ -52,13 +68,14 @@ impl RedisStore {
         })
     }
 
-    fn idem_flag(
+    /// A script that answers 1 (done) or 0 (the lease token does not hold).
+    fn flag(
         &self,
         script: &'static Script,
         key: &RecordKey,
         args: Vec<Bytes>,
     ) -> BoxFuture<'static, Result<bool, StoreError>> {
-        let call = self.idem_call(script, key, args);
+        let call = self.call(script, key, args);
         Box::pin(async move {
             match call.await? {
                 Value::Int(n) => Ok(n == 1),
@@ -91,14 +108,14 @@ fn parse_reserve(value: Value) -> Result<Reservation, StoreError> {
     }
 }
 
-impl IdempotencyStore for RedisStore {
+impl IdempotencyHome for RedisHome {
     fn reserve(&self, r: &Reserve) -> BoxFuture<'static, Result<Reservation, StoreError>> {
         let args = vec![
             Bytes::copy_from_slice(&r.token.0),
             Bytes::copy_from_slice(&r.fingerprint.0),
             millis(r.lease).to_string().into(),
         ];
-        let call = self.idem_call(&RESERVE, &r.key, args);
+        let call = self.call(&RESERVE, &r.key, args);
         Box::pin(async move { parse_reserve(call.await?) })
     }
 
@@ -114,7 +131,7 @@ impl IdempotencyStore for RedisStore {
             record,
             millis(ttl).to_string().into(),
         ];
-        self.idem_flag(&COMPLETE, key, args)
+        self.flag(&COMPLETE, key, args)
     }
 
     fn release(
@@ -122,7 +139,7 @@ impl IdempotencyStore for RedisStore {
         key: &RecordKey,
         token: &Token,
     ) -> BoxFuture<'static, Result<bool, StoreError>> {
-        self.idem_flag(&RELEASE, key, vec![Bytes::copy_from_slice(&token.0)])
+        self.flag(&RELEASE, key, vec![Bytes::copy_from_slice(&token.0)])
     }
 
     fn renew(
@@ -135,6 +152,6 @@ impl IdempotencyStore for RedisStore {
             Bytes::copy_from_slice(&token.0),
             millis(lease).to_string().into(),
         ];
-        self.idem_flag(&RENEW, key, args)
+        self.flag(&RENEW, key, args)
     }
 }
