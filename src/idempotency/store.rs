@@ -37,29 +37,26 @@ pub trait IdempotencyHome: Send + Sync + std::fmt::Debug {
     /// Reserves the record for a first execution, or reports its state.
     fn reserve(&self, r: &Reserve) -> BoxFuture<'static, Result<Reservation, StoreError>>;
 
-    /// Stores the response while `token` holds the lease; `false` if it does not.
-    fn complete(
-        &self,
-        key: &RecordKey,
-        token: &Token,
-        record: Bytes,
-        ttl: Duration,
-    ) -> BoxFuture<'static, Result<bool, StoreError>>;
+    /// Stores the response while `hold` holds the lease; `false` if it does not.
+    fn complete(&self, hold: &Hold, record: Bytes, ttl: Duration) -> Flag;
 
-    /// Deletes the reservation while `token` holds it.
-    fn release(
-        &self,
-        key: &RecordKey,
-        token: &Token,
-    ) -> BoxFuture<'static, Result<bool, StoreError>>;
+    /// Deletes the reservation while `hold` holds it.
+    fn release(&self, hold: &Hold) -> Flag;
 
-    /// Extends the lease while `token` holds it.
-    fn renew(
-        &self,
-        key: &RecordKey,
-        token: &Token,
-        lease: Duration,
-    ) -> BoxFuture<'static, Result<bool, StoreError>>;
+    /// Extends the lease while `hold` holds it.
+    fn renew(&self, hold: &Hold, lease: Duration) -> Flag;
+}
+
+/// A step on a held reservation: `true` done, `false` the lease was lost.
+pub(crate) type Flag = BoxFuture<'static, Result<bool, StoreError>>;
+
+/// A reservation: its record and the lease token that holds it (fencing).
+#[doc(hidden)]
+#[derive(Debug, Clone)]
+#[allow(unreachable_pub)]
+pub struct Hold {
+    pub(crate) key: RecordKey,
+    pub(crate) token: Token,
 }
 
 /// One reservation attempt.
@@ -67,9 +64,8 @@ pub trait IdempotencyHome: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Clone)]
 #[allow(unreachable_pub)]
 pub struct Reserve {
-    pub(crate) key: RecordKey,
+    pub(crate) hold: Hold,
     pub(crate) fingerprint: Fingerprint,
-    pub(crate) token: Token,
     pub(crate) lease: Duration,
 }
 

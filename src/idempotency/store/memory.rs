@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
-use super::{IdempotencyHome, IdempotencyStore, Reservation, Reserve};
+use super::{Flag, Hold, IdempotencyHome, IdempotencyStore, Reservation, Reserve};
 use crate::error::StoreError;
 use crate::idempotency::fingerprint::{Fingerprint, RecordKey, Token};
 use crate::store::memory::{lock, ExpiringMap};
@@ -58,15 +58,15 @@ impl MemoryHome {
     fn decide(&self, r: &Reserve) -> Reservation {
         let now = self.store.now_us();
         let mut map = lock(&self.records.0);
-        match map.get_mut(&r.key, now) {
+        match map.get_mut(&r.hold.key, now) {
             None => {
                 let expires = now + micros(r.lease);
                 let rec = Record::InProgress {
-                    token: r.token.clone(),
+                    token: r.hold.token.clone(),
                     fingerprint: r.fingerprint,
                     expires,
                 };
-                map.insert(r.key.clone(), rec, expires, now);
+                map.insert(r.hold.key.clone(), rec, expires, now);
                 Reservation::Reserved
             }
             Some(
@@ -79,14 +79,14 @@ impl MemoryHome {
         }
     }
 
-    /// Replaces the in-progress record held by `token` with what `f` makes
-    /// of it (nothing: removed); `false` if `token` does not hold it.
+    /// Replaces the in-progress record `hold` holds with what `f` makes
+    /// of it (nothing: removed); `false` if `hold` does not hold it.
     fn with_lease(
         &self,
-        key: &RecordKey,
-        token: &Token,
+        hold: &Hold,
         f: impl FnOnce(Fingerprint, u64) -> Option<(Record, u64)>,
     ) -> bool {
+        let (key, token) = (&hold.key, &hold.token);
         let now = self.store.now_us();
         let mut map = lock(&self.records.0);
         let fingerprint = match map.get_mut(key, now) {
@@ -114,14 +114,8 @@ impl IdempotencyHome for MemoryHome {
         ready(self.decide(r))
     }
 
-    fn complete(
-        &self,
-        key: &RecordKey,
-        token: &Token,
-        record: Bytes,
-        ttl: Duration,
-    ) -> BoxFuture<'static, Result<bool, StoreError>> {
-        ready(self.with_lease(key, token, |fingerprint, now| {
+    fn complete(&self, hold: &Hold, record: Bytes, ttl: Duration) -> Flag {
+        ready(self.with_lease(hold, |fingerprint, now| {
             let rec = Record::Completed {
                 fingerprint,
                 record,
@@ -130,25 +124,16 @@ impl IdempotencyHome for MemoryHome {
         }))
     }
 
-    fn release(
-        &self,
-        key: &RecordKey,
-        token: &Token,
-    ) -> BoxFuture<'static, Result<bool, StoreError>> {
-        ready(self.with_lease(key, token, |_, _| None))
+    fn release(&self, hold: &Hold) -> Flag {
+        ready(self.with_lease(hold, |_, _| None))
     }
 
-    fn renew(
-        &self,
-        key: &RecordKey,
-        token: &Token,
-        lease: Duration,
-    ) -> BoxFuture<'static, Result<bool, StoreError>> {
-        let token2 = token.clone();
-        ready(self.with_lease(key, token, move |fingerprint, now| {
+    fn renew(&self, hold: &Hold, lease: Duration) -> Flag {
+        let token = hold.token.clone();
+        ready(self.with_lease(hold, move |fingerprint, now| {
             let expires = now + micros(lease);
             let rec = Record::InProgress {
-                token: token2,
+                token,
                 fingerprint,
                 expires,
             };

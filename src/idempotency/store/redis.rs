@@ -8,9 +8,9 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use redis::{Script, Value};
 
-use super::{IdempotencyHome, IdempotencyStore, Reservation, Reserve};
+use super::{Flag, Hold, IdempotencyHome, IdempotencyStore, Reservation, Reserve};
 use crate::error::StoreError;
-use crate::idempotency::fingerprint::{RecordKey, Token};
+use crate::idempotency::fingerprint::RecordKey;
 use crate::RedisStore;
 
 static RESERVE: LazyLock<Script> =
@@ -68,14 +68,11 @@ impl RedisHome {
         })
     }
 
-    /// A script that answers 1 (done) or 0 (the lease token does not hold).
-    fn flag(
-        &self,
-        script: &'static Script,
-        key: &RecordKey,
-        args: Vec<Bytes>,
-    ) -> BoxFuture<'static, Result<bool, StoreError>> {
-        let call = self.call(script, key, args);
+    /// A script on a held record, `hold`'s token first among `args`: it
+    /// answers 1 (done) or 0 (the token does not hold the lease).
+    fn flag(&self, script: &'static Script, hold: &Hold, mut args: Vec<Bytes>) -> Flag {
+        args.insert(0, Bytes::copy_from_slice(&hold.token.0));
+        let call = self.call(script, &hold.key, args);
         Box::pin(async move {
             match call.await? {
                 Value::Int(n) => Ok(n == 1),
@@ -111,47 +108,27 @@ fn parse_reserve(value: Value) -> Result<Reservation, StoreError> {
 impl IdempotencyHome for RedisHome {
     fn reserve(&self, r: &Reserve) -> BoxFuture<'static, Result<Reservation, StoreError>> {
         let args = vec![
-            Bytes::copy_from_slice(&r.token.0),
+            Bytes::copy_from_slice(&r.hold.token.0),
             Bytes::copy_from_slice(&r.fingerprint.0),
             millis(r.lease).to_string().into(),
         ];
-        let call = self.call(&RESERVE, &r.key, args);
+        let call = self.call(&RESERVE, &r.hold.key, args);
         Box::pin(async move { parse_reserve(call.await?) })
     }
 
-    fn complete(
-        &self,
-        key: &RecordKey,
-        token: &Token,
-        record: Bytes,
-        ttl: Duration,
-    ) -> BoxFuture<'static, Result<bool, StoreError>> {
-        let args = vec![
-            Bytes::copy_from_slice(&token.0),
-            record,
-            millis(ttl).to_string().into(),
-        ];
-        self.flag(&COMPLETE, key, args)
+    fn complete(&self, hold: &Hold, record: Bytes, ttl: Duration) -> Flag {
+        self.flag(
+            &COMPLETE,
+            hold,
+            vec![record, millis(ttl).to_string().into()],
+        )
     }
 
-    fn release(
-        &self,
-        key: &RecordKey,
-        token: &Token,
-    ) -> BoxFuture<'static, Result<bool, StoreError>> {
-        self.flag(&RELEASE, key, vec![Bytes::copy_from_slice(&token.0)])
+    fn release(&self, hold: &Hold) -> Flag {
+        self.flag(&RELEASE, hold, Vec::new())
     }
 
-    fn renew(
-        &self,
-        key: &RecordKey,
-        token: &Token,
-        lease: Duration,
-    ) -> BoxFuture<'static, Result<bool, StoreError>> {
-        let args = vec![
-            Bytes::copy_from_slice(&token.0),
-            millis(lease).to_string().into(),
-        ];
-        self.flag(&RENEW, key, args)
+    fn renew(&self, hold: &Hold, lease: Duration) -> Flag {
+        self.flag(&RENEW, hold, vec![millis(lease).to_string().into()])
     }
 }
