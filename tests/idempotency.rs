@@ -793,3 +793,46 @@ async fn responses_with_trailers_or_failing_bodies_are_not_stored() {
     }
     assert_eq!(calls.load(Ordering::SeqCst), 4, "neither was stored");
 }
+
+#[tokio::test]
+async fn grpc_clients_get_a_grpc_status_for_every_rejection() {
+    let h = Handler::new();
+    let layer = builder(tower_redis_layers::MemoryStore::new())
+        .max_body(64)
+        .build()
+        .unwrap();
+    let svc = service(layer, &h);
+    let grpc = |mut req: Request<Full<Bytes>>| {
+        req.headers_mut()
+            .insert("content-type", "application/grpc".parse().unwrap());
+        req
+    };
+    let first = tokio::spawn({
+        let svc = svc.clone();
+        async move { send(&svc, grpc(behave(post("k"), "block"))).await }
+    });
+    started(&h, 1).await;
+    let mut bad_key = grpc(post("k"));
+    bad_key
+        .headers_mut()
+        .insert("idempotency-key", "a b".parse().unwrap());
+    let mut other_body = grpc(request("alice", Some("k"), "pay 99"));
+    other_body
+        .headers_mut()
+        .insert("content-type", "application/grpc".parse().unwrap());
+    for (req, code) in [
+        (bad_key, "3"),
+        (grpc(request("alice", Some("big"), &"x".repeat(65))), "3"),
+        (grpc(post("k")), "10"),
+        (other_body, "9"),
+    ] {
+        let res = send(&svc, req).await;
+        assert_eq!(res.status(), StatusCode::OK, "a trailers-only gRPC answer");
+        assert_eq!(res.headers()["content-type"], "application/grpc");
+        assert_eq!(res.headers()["grpc-status"], code);
+        assert!(res.headers().contains_key("grpc-message"));
+    }
+    h.gate.add_permits(1);
+    first.await.unwrap();
+    assert_eq!(h.calls(), 1);
+}

@@ -275,7 +275,7 @@ async fn a_store_outage_fails_closed_or_passes_through() {
     let open = ServiceBuilder::new()
         .layer(
             IdempotencyLayer::builder(connect().await.unwrap())
-                .on_store_failure(FailurePolicy::PassThrough)
+                .on_store_failure(FailurePolicy::Open)
                 .build()
                 .unwrap(),
         )

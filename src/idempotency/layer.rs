@@ -1,12 +1,13 @@
 //! [`IdempotencyLayer`] and its builder.
 
 use std::fmt;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, Method};
 use tower_layer::Layer;
+
+use super::config::{Config, Conflict, FailurePolicy};
 
 use super::policy::{
     check_allow_list, default_store_policy, SharedPolicy, StorePolicy, DEFAULT_STORED_HEADERS,
@@ -15,63 +16,6 @@ use super::service::Idempotency;
 use super::store::IdempotencyStore;
 use crate::error::ConfigError;
 use crate::key::{ClientKey, Header, KeyError, KeyExtractor, KeyExtractorExt, RequestView};
-
-/// What a request gets while another request with its key is in progress.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Conflict {
-    /// 409 Conflict with `Retry-After` at once (default, like Stripe).
-    #[default]
-    Reject,
-    /// Wait up to this long for the first request's outcome and replay it
-    /// (or run, if the first one failed and released the key); 409 after.
-    Wait(Duration),
-}
-
-/// What to do when the store fails, misses its deadline or holds a corrupt record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum FailurePolicy {
-    /// 503 with `Retry-After` (default): running a payment twice is worse
-    /// than refusing it for a moment.
-    #[default]
-    Closed,
-    /// Run the handler without idempotency protection.
-    PassThrough,
-}
-
-pub(crate) struct Config {
-    pub(crate) store: Arc<dyn IdempotencyStore>,
-    pub(crate) scope: Arc<str>,
-    pub(crate) principal: Arc<dyn KeyExtractor>,
-    pub(crate) methods: Vec<Method>,
-    pub(crate) required: bool,
-    pub(crate) max_body: usize,
-    pub(crate) max_stored_body: usize,
-    pub(crate) record_ttl: Duration,
-    pub(crate) lease: Duration,
-    pub(crate) conflict: Conflict,
-    pub(crate) on_failure: FailurePolicy,
-    pub(crate) policy: SharedPolicy,
-    pub(crate) stored_headers: Vec<HeaderName>,
-    pub(crate) warned_at: AtomicU64,
-}
-
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("IdempotencyConfig")
-            .field("methods", &self.methods)
-            .field("required", &self.required)
-            .field("max_body", &self.max_body)
-            .field("max_stored_body", &self.max_stored_body)
-            .field("record_ttl", &self.record_ttl)
-            .field("lease", &self.lease)
-            .field("conflict", &self.conflict)
-            .field("on_failure", &self.on_failure)
-            .field("stored_headers", &self.stored_headers)
-            .finish_non_exhaustive()
-    }
-}
 
 /// Runs a request with an `Idempotency-Key` once and replays its response
 /// to retries; see the [module docs](super).
@@ -107,6 +51,13 @@ impl IdempotencyLayer {
             policy: Arc::new(default_store_policy),
             stored_headers: DEFAULT_STORED_HEADERS.to_vec(),
         }
+    }
+}
+
+#[cfg(test)]
+impl IdempotencyLayer {
+    pub(crate) fn config(&self) -> Arc<Config> {
+        self.config.clone()
     }
 }
 
@@ -261,7 +212,7 @@ impl IdempotencyLayerBuilder {
         check_allow_list(&self.stored_headers).map_err(ConfigError::new)?;
         Ok(IdempotencyLayer {
             config: Arc::new(Config {
-                store: self.store,
+                home: self.store.idempotency_home(),
                 scope: self.scope.into(),
                 principal: self.principal,
                 methods: self.methods,
@@ -274,7 +225,7 @@ impl IdempotencyLayerBuilder {
                 on_failure: self.on_failure,
                 policy: self.policy,
                 stored_headers: self.stored_headers,
-                warned_at: AtomicU64::new(0),
+                warned: crate::warn::Throttle::default(),
             }),
         })
     }

@@ -6,14 +6,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use tokio::time::{Instant, Sleep};
 
-use super::fingerprint::{RecordKey, Token};
-use super::store::IdempotencyStore;
+use super::config::Config;
+use super::store::Hold;
 use crate::error::StoreError;
 
 type StoreFuture = BoxFuture<'static, Result<bool, StoreError>>;
@@ -21,10 +20,8 @@ type StoreFuture = BoxFuture<'static, Result<bool, StoreError>>;
 /// A held reservation. Dropping it releases the record, unless it was
 /// completed or lost.
 pub(crate) struct Lease {
-    store: Arc<dyn IdempotencyStore>,
-    key: RecordKey,
-    token: Token,
-    lease: Duration,
+    config: Arc<Config>,
+    hold: Hold,
     timer: Pin<Box<Sleep>>,
     renewing: Option<StoreFuture>,
     held: bool,
@@ -39,18 +36,12 @@ impl std::fmt::Debug for Lease {
 }
 
 impl Lease {
-    pub(crate) fn new(
-        store: Arc<dyn IdempotencyStore>,
-        key: RecordKey,
-        token: Token,
-        lease: Duration,
-    ) -> Self {
+    pub(crate) fn new(config: Arc<Config>, hold: Hold) -> Self {
+        let timer = Box::pin(tokio::time::sleep(config.lease / 3));
         Self {
-            store,
-            key,
-            token,
-            lease,
-            timer: Box::pin(tokio::time::sleep(lease / 3)),
+            config,
+            hold,
+            timer,
             renewing: None,
             held: true,
         }
@@ -70,33 +61,40 @@ impl Lease {
                     Ok(false) => {
                         // Expired and perhaps taken: the completion will be fenced off.
                         tracing::warn!(
+                            scope = %self.config.scope,
                             "idempotency: the lease lapsed while the handler ran; \
                              its response will not be stored (raise the lease)"
                         );
                         self.held = false;
                     }
-                    Err(e) => tracing::warn!(error = %e, "idempotency: lease renewal failed"),
+                    Err(e) => self.config.store_failed(
+                        "lease renewal",
+                        "renewal retried at the next third of the lease",
+                        &e,
+                    ),
                 }
                 continue;
             }
             if self.timer.as_mut().poll(cx).is_pending() {
                 return;
             }
-            self.timer.as_mut().reset(Instant::now() + self.lease / 3);
-            self.renewing = Some(self.store.renew(&self.key, &self.token, self.lease));
+            let lease = self.config.lease;
+            self.timer.as_mut().reset(Instant::now() + lease / 3);
+            self.renewing = Some(self.config.home.renew(&self.hold, lease));
         }
     }
 
     /// Hands the reservation to the completion write. When the lease was
     /// lost nothing is written, and the completion answers `Ok(false)`.
-    pub(crate) fn complete(mut self, record: Bytes, ttl: Duration) -> Completion {
+    pub(crate) fn complete(mut self, record: Bytes) -> Completion {
         if !self.held {
             return Completion { fut: None };
         }
         // From here the completion decides; a failed write lets the lease lapse.
         self.held = false;
+        let cfg = &self.config;
         Completion {
-            fut: Some(self.store.complete(&self.key, &self.token, record, ttl)),
+            fut: Some(cfg.home.complete(&self.hold, record, cfg.record_ttl)),
         }
     }
 
@@ -105,7 +103,7 @@ impl Lease {
     pub(crate) fn release(mut self) -> Completion {
         self.held = false;
         Completion {
-            fut: Some(self.store.release(&self.key, &self.token)),
+            fut: Some(self.config.home.release(&self.hold)),
         }
     }
 }
@@ -116,12 +114,13 @@ impl Drop for Lease {
             return;
         }
         // A memory store acts when called; a Redis release runs as a task.
-        let release = self.store.release(&self.key, &self.token);
+        let release = self.config.home.release(&self.hold);
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
+                let config = self.config.clone();
                 rt.spawn(async move {
                     if let Err(e) = release.await {
-                        tracing::warn!(error = %e, "idempotency: release failed; the lease will lapse");
+                        config.store_failed("release", "the lease will lapse", &e);
                     }
                 });
             }

@@ -32,7 +32,7 @@
 //!
 //! Customised: records scoped by API key, a key required, waiting for the
 //! first request instead of answering 409, a shorter record life, and
-//! pass-through when the store is down:
+//! running unprotected when the store is down:
 //!
 //! ```
 //! use std::time::Duration;
@@ -50,7 +50,7 @@
 //!     .record_ttl(Duration::from_secs(3600))
 //!     .lease(Duration::from_secs(30))
 //!     .max_body(64 * 1024)
-//!     .on_store_failure(FailurePolicy::PassThrough)
+//!     .on_store_failure(FailurePolicy::Open)
 //!     .store_policy(|status: http::StatusCode| status.is_success())
 //!     .build()?;
 //! # drop(layer);
@@ -127,8 +127,11 @@
 //! response is our own versioned binary record; a corrupt one is a store
 //! failure, never a panic.
 
+mod admit;
 mod body;
 mod capture;
+mod config;
+mod execute;
 mod fingerprint;
 mod future;
 pub(crate) mod key;
@@ -136,17 +139,16 @@ mod layer;
 mod lease;
 mod policy;
 pub(crate) mod record;
-#[cfg(feature = "redis")]
-mod redis_store;
 mod response;
 mod service;
 mod steps;
 mod store;
 
 pub use body::RequestBody;
+pub use config::{Conflict, FailurePolicy};
 pub use future::ResponseFuture;
 pub use key::IDEMPOTENCY_KEY;
-pub use layer::{Conflict, FailurePolicy, IdempotencyLayer, IdempotencyLayerBuilder};
+pub use layer::{IdempotencyLayer, IdempotencyLayerBuilder};
 pub use policy::{default_store_policy, StorePolicy, DEFAULT_STORED_HEADERS};
 pub use response::{IdempotencyOutcome, IDEMPOTENT_REPLAYED};
 pub use service::Idempotency;

@@ -8,14 +8,14 @@ use http::{Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
+use super::admit::{admit, Admit};
 use super::body::RequestBody;
+use super::config::Config;
 use super::fingerprint::RecordKey;
 use super::future::{Ctx, ResponseFuture};
-use super::key;
-use super::layer::Config;
-use super::response::{invalid, too_large};
+use super::response::reject;
 use crate::body::ResponseBody;
-use crate::key::{KeyError, RequestView};
+use crate::problem::is_grpc;
 
 /// Runs each request with an `Idempotency-Key` once and replays its
 /// response to retries; built by [`IdempotencyLayer`](super::IdempotencyLayer).
@@ -49,35 +49,16 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let cfg = &self.config;
-        if !cfg.methods.contains(req.method()) {
-            return ResponseFuture::skip(self.inner.call(req.map(RequestBody::streaming)));
-        }
-        let idem_key = match key::parse(req.headers()) {
-            Ok(Some(k)) => k,
-            Ok(None) if cfg.required => {
-                return ResponseFuture::respond(invalid(
-                    "this endpoint requires an Idempotency-Key header",
-                ))
-            }
-            Ok(None) => {
+        let (idem_key, principal) = match admit(cfg, &req) {
+            Admit::Skip => {
                 return ResponseFuture::skip(self.inner.call(req.map(RequestBody::streaming)))
             }
-            Err(why) => return ResponseFuture::respond(invalid(&why)),
-        };
-        let principal = match cfg.principal.extract(&RequestView::new(&req)) {
-            Ok(p) => p,
-            Err(KeyError::Invalid(why)) => {
-                return ResponseFuture::respond(invalid(&format!("invalid principal: {why}")))
+            Admit::Reject(r) => {
+                return ResponseFuture::respond(reject(cfg, is_grpc(req.headers()), r))
             }
-            Err(KeyError::Missing) => {
-                return ResponseFuture::respond(invalid(
-                    "the request names no principal to scope its Idempotency-Key",
-                ))
-            }
+            Admit::Check(k, p) => (k, p),
         };
-        if req.body().size_hint().lower() > cfg.max_body as u64 {
-            return ResponseFuture::respond(too_large(cfg.max_body));
-        }
+        let grpc = is_grpc(req.headers());
         let (parts, body) = req.into_parts();
         let key = RecordKey::new(&cfg.scope, &principal, &parts, &idem_key);
         // The readied service goes into the future; a fresh clone stays here.
@@ -90,6 +71,7 @@ where
                 inner,
                 config: cfg.clone(),
                 key,
+                grpc,
             },
         )
     }

@@ -1,45 +1,61 @@
-//! The Redis home of the idempotency records: one Lua script per step.
+//! The Redis home of the idempotency records: one Lua script per step, on
+//! one key per record.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use redis::{Script, Value};
 
-use super::fingerprint::{RecordKey, Token};
-use super::store::{IdempotencyStore, Reservation, Reserve};
+use super::{Flag, Hold, IdempotencyHome, IdempotencyStore, Reservation, Reserve};
 use crate::error::StoreError;
+use crate::idempotency::fingerprint::RecordKey;
 use crate::RedisStore;
 
 static RESERVE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/reserve.lua")));
+    LazyLock::new(|| Script::new(include_str!("../scripts/reserve.lua")));
 static COMPLETE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/complete.lua")));
+    LazyLock::new(|| Script::new(include_str!("../scripts/complete.lua")));
 static RELEASE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/release.lua")));
-static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/renew.lua")));
+    LazyLock::new(|| Script::new(include_str!("../scripts/release.lua")));
+static RENEW: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../scripts/renew.lua")));
+
+/// The idempotency home of one [`RedisStore`].
+#[derive(Debug)]
+pub(crate) struct RedisHome {
+    store: RedisStore,
+}
+
+impl IdempotencyStore for RedisStore {
+    fn idempotency_home(&self) -> Arc<dyn IdempotencyHome> {
+        Arc::new(RedisHome {
+            store: self.clone(),
+        })
+    }
+}
 
 fn millis(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
 }
 
-impl RedisStore {
+impl RedisHome {
     /// `{prefix}:idem:{digest}`: one hash per record (state, fingerprint,
     /// lease token, response), so the hash tag puts all of it in one slot.
-    pub(crate) fn idempotency_key(&self, key: &RecordKey) -> String {
-        format!("{}:idem:{{{}}}", self.prefix(), key.0)
+    fn key(&self, key: &RecordKey) -> String {
+        format!("{}:idem:{{{}}}", self.store.prefix(), key.0)
     }
 
     /// Runs `script` on one record with `args`, under the breaker and deadline.
-    fn idem_call(
+    fn call(
         &self,
         script: &'static Script,
         key: &RecordKey,
         args: Vec<Bytes>,
     ) -> BoxFuture<'static, Result<Value, StoreError>> {
-        let store = self.clone();
-        let redis_key = self.idempotency_key(key);
+        let store = self.store.clone();
+        let redis_key = self.key(key);
         Box::pin(async move {
             let mut inv = script.key(&redis_key);
             for a in &args {
@@ -52,13 +68,11 @@ impl RedisStore {
         })
     }
 
-    fn idem_flag(
-        &self,
-        script: &'static Script,
-        key: &RecordKey,
-        args: Vec<Bytes>,
-    ) -> BoxFuture<'static, Result<bool, StoreError>> {
-        let call = self.idem_call(script, key, args);
+    /// A script on a held record, `hold`'s token first among `args`: it
+    /// answers 1 (done) or 0 (the token does not hold the lease).
+    fn flag(&self, script: &'static Script, hold: &Hold, mut args: Vec<Bytes>) -> Flag {
+        args.insert(0, Bytes::copy_from_slice(&hold.token.0));
+        let call = self.call(script, &hold.key, args);
         Box::pin(async move {
             match call.await? {
                 Value::Int(n) => Ok(n == 1),
@@ -91,50 +105,30 @@ fn parse_reserve(value: Value) -> Result<Reservation, StoreError> {
     }
 }
 
-impl IdempotencyStore for RedisStore {
+impl IdempotencyHome for RedisHome {
     fn reserve(&self, r: &Reserve) -> BoxFuture<'static, Result<Reservation, StoreError>> {
         let args = vec![
-            Bytes::copy_from_slice(&r.token.0),
+            Bytes::copy_from_slice(&r.hold.token.0),
             Bytes::copy_from_slice(&r.fingerprint.0),
             millis(r.lease).to_string().into(),
         ];
-        let call = self.idem_call(&RESERVE, &r.key, args);
+        let call = self.call(&RESERVE, &r.hold.key, args);
         Box::pin(async move { parse_reserve(call.await?) })
     }
 
-    fn complete(
-        &self,
-        key: &RecordKey,
-        token: &Token,
-        record: Bytes,
-        ttl: Duration,
-    ) -> BoxFuture<'static, Result<bool, StoreError>> {
-        let args = vec![
-            Bytes::copy_from_slice(&token.0),
-            record,
-            millis(ttl).to_string().into(),
-        ];
-        self.idem_flag(&COMPLETE, key, args)
+    fn complete(&self, hold: &Hold, record: Bytes, ttl: Duration) -> Flag {
+        self.flag(
+            &COMPLETE,
+            hold,
+            vec![record, millis(ttl).to_string().into()],
+        )
     }
 
-    fn release(
-        &self,
-        key: &RecordKey,
-        token: &Token,
-    ) -> BoxFuture<'static, Result<bool, StoreError>> {
-        self.idem_flag(&RELEASE, key, vec![Bytes::copy_from_slice(&token.0)])
+    fn release(&self, hold: &Hold) -> Flag {
+        self.flag(&RELEASE, hold, Vec::new())
     }
 
-    fn renew(
-        &self,
-        key: &RecordKey,
-        token: &Token,
-        lease: Duration,
-    ) -> BoxFuture<'static, Result<bool, StoreError>> {
-        let args = vec![
-            Bytes::copy_from_slice(&token.0),
-            millis(lease).to_string().into(),
-        ];
-        self.idem_flag(&RENEW, key, args)
+    fn renew(&self, hold: &Hold, lease: Duration) -> Flag {
+        self.flag(&RENEW, hold, vec![millis(lease).to_string().into()])
     }
 }
