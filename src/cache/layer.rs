@@ -304,7 +304,7 @@ impl ResponseCacheLayerBuilder {
         self.key.headers.dedup();
         Ok(ResponseCacheLayer {
             shared: Arc::new(Shared::new(Settings {
-                store: self.store,
+                home: self.store.cache_home(),
                 rules: self.rules,
                 key: self.key,
                 max_body: self.max_body,

@@ -172,8 +172,6 @@ mod key;
 mod l1;
 mod layer;
 mod policy;
-#[cfg(feature = "redis")]
-mod redis;
 mod resolve;
 mod response;
 mod service;

@@ -122,7 +122,7 @@ pub(crate) async fn resolve(shared: Arc<Shared>, ask: Ask) -> Resolution {
             }
         }
         // In process, a fresh hit is one map read: serve it without a flight.
-        if shared.store.is_local() && ask.force_older_than.is_none() {
+        if shared.home.is_local() && ask.force_older_than.is_none() {
             match look_only(&shared, slot.clone()).await {
                 Some(hit @ Resolution::Hit(..)) => return hit,
                 Some(_) => {}
@@ -156,7 +156,7 @@ async fn look_only(shared: &Arc<Shared>, slot: Slot) -> Option<Resolution> {
         lock: None,
         force: false,
     };
-    match shared.store.lookup(&q).await {
+    match shared.home.lookup(&q).await {
         Ok(found) => {
             shared.observe(found.now_ms);
             if found.spec != slot.spec {
@@ -253,7 +253,7 @@ async fn lead(
             lock: Some((token, lock_ttl)),
             force,
         };
-        let found = match shared.store.lookup(&q).await {
+        let found = match shared.home.lookup(&q).await {
             Ok(f) => f,
             Err(e) => {
                 shared.warn("a lookup", &e);

@@ -14,7 +14,7 @@ use super::key::{KeyRules, Slot};
 use super::l1::L1;
 use super::layer::RequestDirectives;
 use super::policy::Rules;
-use super::store::{CacheStore, Write};
+use super::store::{CacheHome, Write};
 use crate::error::StoreError;
 use crate::store::memory::lock;
 
@@ -22,7 +22,7 @@ use crate::store::memory::lock;
 const MAX_SPECS: usize = 10_000;
 
 pub(crate) struct Shared {
-    pub(crate) store: Arc<dyn CacheStore>,
+    pub(crate) home: Arc<dyn CacheHome>,
     pub(crate) rules: Rules,
     pub(crate) key: KeyRules,
     pub(crate) flights: Arc<Flights>,
@@ -57,7 +57,7 @@ impl std::fmt::Debug for Shared {
 }
 
 pub(crate) struct Settings {
-    pub(crate) store: Arc<dyn CacheStore>,
+    pub(crate) home: Arc<dyn CacheHome>,
     pub(crate) rules: Rules,
     pub(crate) key: KeyRules,
     pub(crate) max_body: usize,
@@ -75,7 +75,7 @@ impl Shared {
     pub(crate) fn new(s: Settings) -> Self {
         let l1 = s.l1.and_then(|(n, age)| {
             let l1 = Arc::new(L1::new(n, age));
-            if s.store.listen(l1.listener()) {
+            if s.home.listen(l1.listener()) {
                 Some(l1)
             } else {
                 tracing::warn!(
@@ -87,7 +87,7 @@ impl Shared {
         });
         Self {
             l1,
-            store: s.store,
+            home: s.home,
             rules: s.rules,
             key: s.key,
             flights: Arc::default(),
@@ -160,7 +160,7 @@ impl Shared {
 
     /// Writes an entry in the background: the response is not held up by it.
     pub(crate) fn spawn_write(self: &Arc<Self>, w: Write) {
-        let fut = self.store.write(w);
+        let fut = self.home.write(w);
         let shared = self.clone();
         spawn(async move {
             if let Err(e) = fut.await {
@@ -184,11 +184,11 @@ impl Shared {
         if let Some(l1) = &self.l1 {
             l1.remove_url(url);
         }
-        self.store.purge(url)
+        self.home.purge(url)
     }
 
     pub(crate) fn spawn_release(self: &Arc<Self>, slot: &Slot, token: u64, pass_ms: u64) {
-        let fut = self.store.release(slot, token, pass_ms);
+        let fut = self.home.release(slot, token, pass_ms);
         spawn(async move {
             let _ = fut.await;
         });
