@@ -945,9 +945,20 @@ async fn l1_pair(fleet: &[tower_redis_layers::RedisStore]) -> (Cached, Cached) {
         )
     };
     let (a, b) = (mk(fleet[0].clone()), mk(fleet[1].clone()));
-    tokio::time::sleep(Duration::from_millis(300)).await; // subscriptions up
-    assert_eq!(send(&a, get("/hot")).await.body, "v1");
-    assert_eq!(send(&b, get("/hot")).await.body, "v1");
+    for svc in [&a, &b] {
+        // Copies are kept once the subscription is up: wait for it.
+        let mut tries = 0;
+        loop {
+            let got = send(svc, get("/hot")).await;
+            assert_eq!(got.body, "v1");
+            if got.cache_status().contains("detail=l1") {
+                break;
+            }
+            tries += 1;
+            assert!(tries < 100, "the subscription never came up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     (a, b)
 }
 
