@@ -145,7 +145,9 @@ fn builder(store: impl CacheStore) -> ResponseCacheLayerBuilder {
 async fn send<S>(svc: &S, req: Request<Full<Bytes>>) -> Got
 where
     S: Service<Request<Full<Bytes>>> + Clone,
-    S::Response: Into<Response<tower_redis_layers::cache::ResponseBody<Chunks>>>,
+    S::Response: Into<
+        Response<tower_redis_layers::ResponseBody<tower_redis_layers::cache::CaptureBody<Chunks>>>,
+    >,
     S::Error: std::fmt::Debug,
 {
     let res: Response<_> = svc.clone().oneshot(req).await.unwrap().into();

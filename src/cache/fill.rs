@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Response, StatusCode};
 use http_body::Body;
 
-use super::body::ResponseBody;
+use super::capture::{passed, CacheBody, CaptureBody};
 use super::entry::{encode, Entry, Meta};
 use super::flight::Outcome;
 use super::key::{self, Slot};
@@ -91,12 +91,13 @@ pub(crate) fn serve_stale_on_error<B>(
     leader: &Leader,
     ctx: &FillCtx,
     status: u16,
-) -> Option<Response<ResponseBody<B>>> {
+) -> Option<Response<CacheBody<B>>> {
     let stale = leader.stale.as_ref()?;
     let now = leader.shared.now_ms();
     sie_ok(stale, now).then(|| {
         let params = format!("fwd=stale; fwd-status={status}");
-        serve(&leader.shared.name, stale, now, false, &ctx.cond, &params).map(ResponseBody::full)
+        serve(&leader.shared.name, stale, now, false, &ctx.cond, &params)
+            .map(crate::ResponseBody::full)
     })
 }
 
@@ -104,7 +105,7 @@ pub(crate) fn on_origin<B: Body>(
     mut leader: Leader,
     res: Response<B>,
     ctx: &FillCtx,
-) -> Response<ResponseBody<B>> {
+) -> Response<CacheBody<B>> {
     let shared = leader.shared.clone();
     let name = &shared.name;
     let now = shared.now_ms();
@@ -142,7 +143,7 @@ pub(crate) fn on_origin<B: Body>(
             Verdict::Store(_) => "vary-star",
         };
         leader.finish(Outcome::Pass);
-        let mut res = res.map(ResponseBody::inner);
+        let mut res = res.map(passed);
         let params = format!("fwd={fwd}; fwd-status={}; detail={why}", status.as_u16());
         res.headers_mut()
             .append(CACHE_STATUS.clone(), cache_status(name, &params));
@@ -170,7 +171,7 @@ pub(crate) fn on_origin<B: Body>(
     parts
         .headers
         .append(CACHE_STATUS.clone(), cache_status(name, &params));
-    let body = ResponseBody::capture(body, fill, shared.max_body);
+    let body = crate::ResponseBody::inner(CaptureBody::capture(body, fill, shared.max_body));
     Response::from_parts(parts, body)
 }
 
@@ -181,7 +182,7 @@ fn refreshed<B>(
     fields: &HeaderMap,
     ctx: &FillCtx,
     now: u64,
-) -> Response<ResponseBody<B>> {
+) -> Response<CacheBody<B>> {
     let shared = leader.shared.clone();
     let headers = super::response::merge_304(&stale.headers, fields);
     let status = StatusCode::from_u16(stale.meta.status).unwrap_or(StatusCode::OK);
@@ -203,7 +204,7 @@ fn refreshed<B>(
             fill.finish(std::slice::from_ref(&stale.body));
             let params = "fwd=stale; fwd-status=304; stored";
             return serve(&shared.name, &entry, now, false, &ctx.cond, params)
-                .map(ResponseBody::full);
+                .map(crate::ResponseBody::full);
         }
         Verdict::Pass(_) => Entry { headers, ..stale },
     };
@@ -216,7 +217,7 @@ fn refreshed<B>(
         &ctx.cond,
         "fwd=stale; fwd-status=304",
     )
-    .map(ResponseBody::full)
+    .map(crate::ResponseBody::full)
 }
 
 /// Stores an application value (`get_or_load`) for `ttl`.

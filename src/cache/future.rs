@@ -14,7 +14,7 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::body::ResponseBody;
+use super::capture::{passed, CacheBody};
 use super::fill::{on_origin, serve_stale_on_error, FillCtx};
 use super::invalidate::Targets;
 use super::resolve::{HitKind, Leader, Resolution};
@@ -178,7 +178,7 @@ where
     S: Service<Request<B>, Response = Response<ResBody>>,
     ResBody: Body,
 {
-    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
+    type Output = Result<Response<CacheBody<ResBody>>, S::Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
@@ -207,7 +207,7 @@ where
                         }
                         (_, Err(e)) => return Poll::Ready(Err(e)),
                         (After::Pass(status), Ok(res)) => {
-                            let mut res = res.map(ResponseBody::inner);
+                            let mut res = res.map(passed);
                             if let Some(s) = status {
                                 res.headers_mut().append(CACHE_STATUS.clone(), s);
                             }
@@ -216,7 +216,7 @@ where
                         (After::Invalidate(shared, targets), Ok(res)) => {
                             let s = res.status();
                             if !(s.is_success() || s.is_redirection()) {
-                                return Poll::Ready(Ok(res.map(ResponseBody::inner)));
+                                return Poll::Ready(Ok(res.map(passed)));
                             }
                             let fut = targets.purge(&shared, res.headers());
                             State::Invalidating {
@@ -229,11 +229,11 @@ where
                 StateProj::Invalidating { fut, res } => {
                     ready!(fut.as_mut().poll(cx));
                     let res = res.take().expect("ResponseFuture polled after completion");
-                    return Poll::Ready(Ok(res.map(ResponseBody::inner)));
+                    return Poll::Ready(Ok(res.map(passed)));
                 }
                 StateProj::Ready { res } => {
                     let res = res.take().expect("ResponseFuture polled after completion");
-                    return Poll::Ready(Ok(res.map(ResponseBody::full)));
+                    return Poll::Ready(Ok(res.map(crate::ResponseBody::full)));
                 }
             };
             this.state.set(next);

@@ -160,8 +160,8 @@
 //!   in `KEYS`. No cluster store exists yet to run them on.
 //! - Purge by tag (`Surrogate-Key`) and soft purge are not implemented.
 
-mod body;
 mod cache_control;
+mod capture;
 pub(crate) mod entry;
 mod fill;
 mod flight;
@@ -178,7 +178,7 @@ mod service;
 mod shared;
 mod store;
 
-pub use body::ResponseBody;
+pub use capture::CaptureBody;
 pub use future::ResponseFuture;
 pub use handle::CacheHandle;
 pub use layer::{RequestDirectives, ResponseCacheLayer, ResponseCacheLayerBuilder};

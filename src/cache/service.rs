@@ -8,7 +8,7 @@ use http::{Method, Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
-use super::body::ResponseBody;
+use super::capture::CacheBody;
 use super::fill::FillCtx;
 use super::future::{After, Pending, ResponseFuture};
 use super::invalidate::Targets;
@@ -47,7 +47,7 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
     ResBody: Body,
 {
-    type Response = Response<ResponseBody<ResBody>>;
+    type Response = Response<CacheBody<ResBody>>;
     type Error = S::Error;
     type Future = ResponseFuture<S, ReqBody>;
 
