@@ -9,11 +9,12 @@ use http::{HeaderMap, Response, StatusCode};
 use http_body::Body;
 
 use super::capture::{passed, CacheBody, CaptureBody};
+use super::decide::sie_ok;
 use super::entry::{encode, Entry, Meta};
 use super::flight::Outcome;
 use super::key::{self, Slot};
+use super::leader::Leader;
 use super::policy::{verdict, Lifetime, Verdict};
-use super::resolve::Leader;
 use super::response::{cache_status, serve, to_store, Cond, CACHE_STATUS};
 use super::store::Write;
 
@@ -71,11 +72,6 @@ fn meta(slot: &Slot, status: StatusCode, now: u64, l: &Lifetime) -> Meta {
     }
 }
 
-/// Within `stale-if-error`.
-pub(crate) fn sie_ok(e: &Entry, now: u64) -> bool {
-    !e.meta.must_revalidate && now < e.meta.fresh_until_ms() + u64::from(e.meta.sie_s) * 1000
-}
-
 /// The request context a fill needs once the origin answered.
 #[derive(Debug)]
 pub(crate) struct FillCtx {
@@ -84,6 +80,8 @@ pub(crate) struct FillCtx {
     pub(crate) authorized: bool,
     /// `only-if-cached` (honoured by policy): a miss is answered 504.
     pub(crate) only_if_cached: bool,
+    /// The client speaks gRPC: the cache's own answers are gRPC statuses.
+    pub(crate) grpc: bool,
 }
 
 /// A stale entry served because the origin failed.

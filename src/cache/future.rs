@@ -15,10 +15,12 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::capture::{passed, CacheBody};
+use super::decide::HitKind;
 use super::fill::{on_origin, serve_stale_on_error, FillCtx};
 use super::invalidate::Targets;
-use super::resolve::{HitKind, Leader, Resolution};
-use super::response::{cache_status, serve, CACHE_STATUS};
+use super::leader::Leader;
+use super::resolve::Resolution;
+use super::response::{cache_status, refusal, serve, Refusal, CACHE_STATUS};
 use super::shared::Shared;
 
 pin_project! {
@@ -155,14 +157,13 @@ where
                 after: Some(After::Fill(Box::new((leader, ctx)))),
             }
         }
-        Resolution::Pass(_) if ctx.only_if_cached => {
-            // RFC 9111 §5.2.1.7: nothing stored, so 504 without asking the origin.
-            let mut res = Response::new(Bytes::new());
-            *res.status_mut() = http::StatusCode::GATEWAY_TIMEOUT;
-            let status = cache_status(&shared.name, "fwd=miss; detail=only-if-cached");
-            res.headers_mut().insert(CACHE_STATUS.clone(), status);
-            State::Ready { res: Some(res) }
-        }
+        // RFC 9111 §5.2.1.7: nothing stored, so 504 without asking the origin.
+        Resolution::Pass(_) if ctx.only_if_cached => State::Ready {
+            res: Some(refusal(&shared.name, Refusal::OnlyIfCached, ctx.grpc)),
+        },
+        Resolution::Unavailable => State::Ready {
+            res: Some(refusal(&shared.name, Refusal::Unavailable, ctx.grpc)),
+        },
         Resolution::Pass(detail) => {
             let status = cache_status(&shared.name, &format!("fwd=miss; detail={detail}"));
             State::Calling {
