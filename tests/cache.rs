@@ -145,7 +145,9 @@ fn builder(store: impl CacheStore) -> ResponseCacheLayerBuilder {
 async fn send<S>(svc: &S, req: Request<Full<Bytes>>) -> Got
 where
     S: Service<Request<Full<Bytes>>> + Clone,
-    S::Response: Into<Response<tower_redis_layers::cache::ResponseBody<Chunks>>>,
+    S::Response: Into<
+        Response<tower_redis_layers::ResponseBody<tower_redis_layers::cache::CaptureBody<Chunks>>>,
+    >,
     S::Error: std::fmt::Debug,
 {
     let res: Response<_> = svc.clone().oneshot(req).await.unwrap().into();
@@ -544,6 +546,7 @@ conformance! {
         assert_eq!(send(&svc, get("/d")).await.body, "v2", "and the refetch was stored");
         let only = send(&svc, with(Method::GET, "/never", &[("cache-control", "only-if-cached")])).await;
         assert_eq!(only.status, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(only.headers["content-type"], "application/problem+json");
         let only = send(&svc, with(Method::GET, "/d", &[("cache-control", "only-if-cached")])).await;
         assert_eq!(only.body, "v2");
         let no_store = send(&svc, with(Method::GET, "/q", &[("cache-control", "no-store")])).await;
@@ -945,9 +948,20 @@ async fn l1_pair(fleet: &[tower_redis_layers::RedisStore]) -> (Cached, Cached) {
         )
     };
     let (a, b) = (mk(fleet[0].clone()), mk(fleet[1].clone()));
-    tokio::time::sleep(Duration::from_millis(300)).await; // subscriptions up
-    assert_eq!(send(&a, get("/hot")).await.body, "v1");
-    assert_eq!(send(&b, get("/hot")).await.body, "v1");
+    for svc in [&a, &b] {
+        // Copies are kept once the subscription is up: wait for it.
+        let mut tries = 0;
+        loop {
+            let got = send(svc, get("/hot")).await;
+            assert_eq!(got.body, "v1");
+            if got.cache_status().contains("detail=l1") {
+                break;
+            }
+            tries += 1;
+            assert!(tries < 100, "the subscription never came up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     (a, b)
 }
 
@@ -1076,4 +1090,87 @@ async fn the_l1_tier_stays_coherent_on_a_cluster() {
         "v3",
         "B's copy was dropped"
     );
+}
+
+/// A store whose every call fails: a dead port, the breaker opening at the
+/// first failure.
+async fn dead_store() -> tower_redis_layers::RedisStore {
+    let port = support::server::free_port();
+    tower_redis_layers::RedisStore::builder(format!("redis://127.0.0.1:{port}"))
+        .deadline(Duration::from_millis(50))
+        .breaker(tower_redis_layers::BreakerConfig::default().failures(1))
+        .connect()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn failing_open_the_origin_serves_and_failing_closed_it_is_shielded() {
+    use tower_redis_layers::cache::FailurePolicy;
+    // Fail open (default): a failed lookup is a miss the origin serves.
+    let origin = versioned(MAX60);
+    let svc = cached(builder(dead_store().await).build().unwrap(), &origin);
+    for n in 1..=3 {
+        let got = send(&svc, get("/o")).await;
+        assert_eq!(
+            (got.status, got.body.clone()),
+            (StatusCode::OK, Bytes::from(format!("v{n}")))
+        );
+        assert!(
+            got.cache_status().contains("detail=store-error"),
+            "{}",
+            got.cache_status()
+        );
+    }
+    // Fail closed: 503 with Retry-After, the origin never called.
+    let origin = versioned(MAX60);
+    let layer = builder(dead_store().await)
+        .on_store_failure(FailurePolicy::Closed)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = cached(layer, &origin);
+    for _ in 0..3 {
+        let got = send(&svc, get("/c")).await;
+        assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(got.headers["retry-after"], "1");
+        assert_eq!(got.headers["content-type"], "application/problem+json");
+        assert!(got.cache_status().contains("detail=store-unavailable"));
+    }
+    let grpc = send(
+        &svc,
+        with(Method::GET, "/c", &[("content-type", "application/grpc")]),
+    )
+    .await;
+    assert_eq!(
+        (grpc.status, &grpc.headers["grpc-status"]),
+        (StatusCode::OK, &"14".parse::<http::HeaderValue>().unwrap())
+    );
+    assert_eq!(origin.calls(), 0, "the origin is shielded");
+    // Writes still reach the origin; application loaders still run.
+    assert_eq!(
+        send(&svc, with(Method::PUT, "/c", &[])).await.status,
+        StatusCode::OK
+    );
+    let v = handle
+        .get_or_load("k", Duration::from_secs(5), || async {
+            Ok::<_, Infallible>(Bytes::from_static(b"row"))
+        })
+        .await;
+    assert_eq!(v, Ok(Bytes::from_static(b"row")));
+}
+
+conformance! {
+    async fn failing_closed_changes_nothing_while_the_store_answers(store) {
+        use tower_redis_layers::cache::FailurePolicy;
+        let origin = versioned(MAX60);
+        let layer = builder(store).on_store_failure(FailurePolicy::Closed).build().unwrap();
+        let svc = cached(layer, &origin);
+        assert_eq!(send(&svc, get("/a")).await.body, "v1");
+        let hit = send(&svc, get("/a")).await;
+        assert_eq!(hit.body, "v1");
+        assert!(hit.cache_status().contains("hit"));
+        let only = send(&svc, with(Method::GET, "/b", &[("cache-control", "only-if-cached")])).await;
+        assert_eq!(only.status, StatusCode::OK, "request directives are ignored by default");
+    }
 }

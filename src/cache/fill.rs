@@ -8,12 +8,13 @@ use bytes::Bytes;
 use http::{HeaderMap, Response, StatusCode};
 use http_body::Body;
 
-use super::body::ResponseBody;
+use super::capture::{passed, CacheBody, CaptureBody};
+use super::decide::sie_ok;
 use super::entry::{encode, Entry, Meta};
 use super::flight::Outcome;
 use super::key::{self, Slot};
+use super::leader::Leader;
 use super::policy::{verdict, Lifetime, Verdict};
-use super::resolve::Leader;
 use super::response::{cache_status, serve, to_store, Cond, CACHE_STATUS};
 use super::store::Write;
 
@@ -71,11 +72,6 @@ fn meta(slot: &Slot, status: StatusCode, now: u64, l: &Lifetime) -> Meta {
     }
 }
 
-/// Within `stale-if-error`.
-pub(crate) fn sie_ok(e: &Entry, now: u64) -> bool {
-    !e.meta.must_revalidate && now < e.meta.fresh_until_ms() + u64::from(e.meta.sie_s) * 1000
-}
-
 /// The request context a fill needs once the origin answered.
 #[derive(Debug)]
 pub(crate) struct FillCtx {
@@ -84,6 +80,8 @@ pub(crate) struct FillCtx {
     pub(crate) authorized: bool,
     /// `only-if-cached` (honoured by policy): a miss is answered 504.
     pub(crate) only_if_cached: bool,
+    /// The client speaks gRPC: the cache's own answers are gRPC statuses.
+    pub(crate) grpc: bool,
 }
 
 /// A stale entry served because the origin failed.
@@ -91,12 +89,13 @@ pub(crate) fn serve_stale_on_error<B>(
     leader: &Leader,
     ctx: &FillCtx,
     status: u16,
-) -> Option<Response<ResponseBody<B>>> {
+) -> Option<Response<CacheBody<B>>> {
     let stale = leader.stale.as_ref()?;
     let now = leader.shared.now_ms();
     sie_ok(stale, now).then(|| {
         let params = format!("fwd=stale; fwd-status={status}");
-        serve(&leader.shared.name, stale, now, false, &ctx.cond, &params).map(ResponseBody::full)
+        serve(&leader.shared.name, stale, now, false, &ctx.cond, &params)
+            .map(crate::ResponseBody::full)
     })
 }
 
@@ -104,7 +103,7 @@ pub(crate) fn on_origin<B: Body>(
     mut leader: Leader,
     res: Response<B>,
     ctx: &FillCtx,
-) -> Response<ResponseBody<B>> {
+) -> Response<CacheBody<B>> {
     let shared = leader.shared.clone();
     let name = &shared.name;
     let now = shared.now_ms();
@@ -142,7 +141,7 @@ pub(crate) fn on_origin<B: Body>(
             Verdict::Store(_) => "vary-star",
         };
         leader.finish(Outcome::Pass);
-        let mut res = res.map(ResponseBody::inner);
+        let mut res = res.map(passed);
         let params = format!("fwd={fwd}; fwd-status={}; detail={why}", status.as_u16());
         res.headers_mut()
             .append(CACHE_STATUS.clone(), cache_status(name, &params));
@@ -170,7 +169,7 @@ pub(crate) fn on_origin<B: Body>(
     parts
         .headers
         .append(CACHE_STATUS.clone(), cache_status(name, &params));
-    let body = ResponseBody::capture(body, fill, shared.max_body);
+    let body = crate::ResponseBody::inner(CaptureBody::capture(body, fill, shared.max_body));
     Response::from_parts(parts, body)
 }
 
@@ -181,7 +180,7 @@ fn refreshed<B>(
     fields: &HeaderMap,
     ctx: &FillCtx,
     now: u64,
-) -> Response<ResponseBody<B>> {
+) -> Response<CacheBody<B>> {
     let shared = leader.shared.clone();
     let headers = super::response::merge_304(&stale.headers, fields);
     let status = StatusCode::from_u16(stale.meta.status).unwrap_or(StatusCode::OK);
@@ -203,7 +202,7 @@ fn refreshed<B>(
             fill.finish(std::slice::from_ref(&stale.body));
             let params = "fwd=stale; fwd-status=304; stored";
             return serve(&shared.name, &entry, now, false, &ctx.cond, params)
-                .map(ResponseBody::full);
+                .map(crate::ResponseBody::full);
         }
         Verdict::Pass(_) => Entry { headers, ..stale },
     };
@@ -216,7 +215,7 @@ fn refreshed<B>(
         &ctx.cond,
         "fwd=stale; fwd-status=304",
     )
-    .map(ResponseBody::full)
+    .map(crate::ResponseBody::full)
 }
 
 /// Stores an application value (`get_or_load`) for `ttl`.

@@ -14,11 +14,13 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::body::ResponseBody;
+use super::capture::{passed, CacheBody};
+use super::decide::HitKind;
 use super::fill::{on_origin, serve_stale_on_error, FillCtx};
 use super::invalidate::Targets;
-use super::resolve::{HitKind, Leader, Resolution};
-use super::response::{cache_status, serve, CACHE_STATUS};
+use super::leader::Leader;
+use super::resolve::Resolution;
+use super::response::{cache_status, refusal, serve, Refusal, CACHE_STATUS};
 use super::shared::Shared;
 
 pin_project! {
@@ -155,14 +157,13 @@ where
                 after: Some(After::Fill(Box::new((leader, ctx)))),
             }
         }
-        Resolution::Pass(_) if ctx.only_if_cached => {
-            // RFC 9111 §5.2.1.7: nothing stored, so 504 without asking the origin.
-            let mut res = Response::new(Bytes::new());
-            *res.status_mut() = http::StatusCode::GATEWAY_TIMEOUT;
-            let status = cache_status(&shared.name, "fwd=miss; detail=only-if-cached");
-            res.headers_mut().insert(CACHE_STATUS.clone(), status);
-            State::Ready { res: Some(res) }
-        }
+        // RFC 9111 §5.2.1.7: nothing stored, so 504 without asking the origin.
+        Resolution::Pass(_) if ctx.only_if_cached => State::Ready {
+            res: Some(refusal(&shared.name, Refusal::OnlyIfCached, ctx.grpc)),
+        },
+        Resolution::Unavailable => State::Ready {
+            res: Some(refusal(&shared.name, Refusal::Unavailable, ctx.grpc)),
+        },
         Resolution::Pass(detail) => {
             let status = cache_status(&shared.name, &format!("fwd=miss; detail={detail}"));
             State::Calling {
@@ -178,7 +179,7 @@ where
     S: Service<Request<B>, Response = Response<ResBody>>,
     ResBody: Body,
 {
-    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
+    type Output = Result<Response<CacheBody<ResBody>>, S::Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
@@ -207,7 +208,7 @@ where
                         }
                         (_, Err(e)) => return Poll::Ready(Err(e)),
                         (After::Pass(status), Ok(res)) => {
-                            let mut res = res.map(ResponseBody::inner);
+                            let mut res = res.map(passed);
                             if let Some(s) = status {
                                 res.headers_mut().append(CACHE_STATUS.clone(), s);
                             }
@@ -216,7 +217,7 @@ where
                         (After::Invalidate(shared, targets), Ok(res)) => {
                             let s = res.status();
                             if !(s.is_success() || s.is_redirection()) {
-                                return Poll::Ready(Ok(res.map(ResponseBody::inner)));
+                                return Poll::Ready(Ok(res.map(passed)));
                             }
                             let fut = targets.purge(&shared, res.headers());
                             State::Invalidating {
@@ -229,11 +230,11 @@ where
                 StateProj::Invalidating { fut, res } => {
                     ready!(fut.as_mut().poll(cx));
                     let res = res.take().expect("ResponseFuture polled after completion");
-                    return Poll::Ready(Ok(res.map(ResponseBody::inner)));
+                    return Poll::Ready(Ok(res.map(passed)));
                 }
                 StateProj::Ready { res } => {
                     let res = res.take().expect("ResponseFuture polled after completion");
-                    return Poll::Ready(Ok(res.map(ResponseBody::full)));
+                    return Poll::Ready(Ok(res.map(crate::ResponseBody::full)));
                 }
             };
             this.state.set(next);

@@ -55,7 +55,9 @@ impl CacheHandle {
         };
         match resolve(self.shared.clone(), ask).await {
             Resolution::Hit(e, _) => Ok(e.body),
-            Resolution::Pass(_) => loader().await,
+            // The loader is the application's own origin: it runs even
+            // when the layer fails closed.
+            Resolution::Pass(_) | Resolution::Unavailable => loader().await,
             Resolution::Fill(leader) => match loader().await {
                 Ok(v) => {
                     store_value(leader, &v, ttl);

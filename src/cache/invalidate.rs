@@ -73,7 +73,7 @@ pub(crate) fn purge_urls(shared: Arc<Shared>, urls: Vec<Arc<str>>) -> BoxFuture<
     Box::pin(async move {
         for r in futures_util::future::join_all(futs).await {
             if let Err(e) = r {
-                shared.warn("an invalidation", &e);
+                shared.store_failed("an invalidation", "the entries stay until they expire", &e);
             }
         }
     })

@@ -36,12 +36,25 @@ pub enum RequestDirectives {
     },
 }
 
+/// What the layer does when the store fails or misses its deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum FailurePolicy {
+    /// A failed lookup is a miss: the origin serves (default). An outage of
+    /// the cache is not an outage of the service.
+    #[default]
+    Open,
+    /// A failed lookup is answered 503 with `Retry-After`, without calling
+    /// the origin: for origins that must be shielded from uncached load.
+    Closed,
+}
+
 /// Caches GET responses in a store shared by every instance; see the
 /// [module docs](super).
 #[derive(Clone, Debug)]
 #[must_use]
 pub struct ResponseCacheLayer {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
 }
 
 impl ResponseCacheLayer {
@@ -82,6 +95,7 @@ impl ResponseCacheLayer {
             .collect(),
             directives: RequestDirectives::default(),
             invalidate_unsafe: true,
+            on_failure: FailurePolicy::default(),
             l1: None,
         }
     }
@@ -115,6 +129,7 @@ pub struct ResponseCacheLayerBuilder {
     unkeyed: Vec<HeaderName>,
     directives: RequestDirectives,
     invalidate_unsafe: bool,
+    on_failure: FailurePolicy,
     l1: Option<(usize, Duration)>,
 }
 
@@ -258,6 +273,13 @@ impl ResponseCacheLayerBuilder {
         self
     }
 
+    /// What to do when the store fails or misses its deadline (default
+    /// [`FailurePolicy::Open`]: the origin serves).
+    pub fn on_store_failure(mut self, policy: FailurePolicy) -> Self {
+        self.on_failure = policy;
+        self
+    }
+
     /// Keeps up to `max_entries` fresh entries in process as well, each for
     /// at most `max_age`, so a hot hit costs no round trip (default: off).
     ///
@@ -304,7 +326,7 @@ impl ResponseCacheLayerBuilder {
         self.key.headers.dedup();
         Ok(ResponseCacheLayer {
             shared: Arc::new(Shared::new(Settings {
-                store: self.store,
+                home: self.store.cache_home(),
                 rules: self.rules,
                 key: self.key,
                 max_body: self.max_body,
@@ -315,6 +337,7 @@ impl ResponseCacheLayerBuilder {
                 unkeyed: self.unkeyed,
                 directives: self.directives,
                 invalidate_unsafe: self.invalidate_unsafe,
+                on_failure: self.on_failure,
                 l1: self.l1.filter(|(n, age)| *n > 0 && !age.is_zero()),
             })),
         })

@@ -135,9 +135,14 @@
 //! past [`max_body_size`](ResponseCacheLayerBuilder::max_body_size) (1 MiB)
 //! capture stops and the rest streams through unstored. A hit on Redis is
 //! one round trip (one script that also reads the store's clock), and its
-//! body is a slice of the reply, not a copy. When the store fails or misses
-//! its deadline the request is a miss served by the origin, with a warning
-//! logged at most once per second.
+//! body is a slice of the reply, not a copy.
+//!
+//! When the store fails or misses its deadline, a warning is logged (at
+//! most once a second) and the [`FailurePolicy`] decides: `Open` (default)
+//! makes the request a miss served by the origin; `Closed` answers 503 with
+//! `Retry-After` without calling the origin (problem+json, or a gRPC status
+//! for gRPC clients), for origins that must be shielded. `get_or_load` runs
+//! its loader either way.
 //!
 //! Time comes from the store: the Redis server's clock (read by every
 //! lookup), so `Age` and freshness agree across instances.
@@ -163,8 +168,9 @@
 //!   refuse them.
 //! - Purge by tag (`Surrogate-Key`) and soft purge are not implemented.
 
-mod body;
 mod cache_control;
+mod capture;
+mod decide;
 pub(crate) mod entry;
 mod fill;
 mod flight;
@@ -174,18 +180,18 @@ mod invalidate;
 mod key;
 mod l1;
 mod layer;
+mod leader;
 mod policy;
-#[cfg(feature = "redis")]
-mod redis;
 mod resolve;
 mod response;
+mod route;
 mod service;
 mod shared;
 mod store;
 
-pub use body::ResponseBody;
+pub use capture::CaptureBody;
 pub use future::ResponseFuture;
 pub use handle::CacheHandle;
-pub use layer::{RequestDirectives, ResponseCacheLayer, ResponseCacheLayerBuilder};
+pub use layer::{FailurePolicy, RequestDirectives, ResponseCacheLayer, ResponseCacheLayerBuilder};
 pub use service::ResponseCache;
 pub use store::CacheStore;

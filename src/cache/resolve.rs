@@ -1,21 +1,25 @@
 //! Finding the answer to a cacheable request before the origin is asked: a
 //! hit, a fill (this request goes to the origin and stores the result), or
 //! a pass. Misses collapse in process (flights) and across instances (the
-//! store's fill lock: the others poll, with a bounded wait).
+//! store's fill lock: the others poll, with a bounded wait). The decisions
+//! are the pure steps of [`decide`](super::decide); this is the loop.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::HeaderMap;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::entry::{decode, Entry};
+use super::decide::{after_lookup, decode_for, fresh, swr_ok, HitKind, Polling, Step};
+use super::entry::Entry;
 use super::flight::{FlightGuard, Joined, Outcome};
 use super::key::{self, Slot};
+use super::layer::FailurePolicy;
+use super::leader::Leader;
 use super::shared::{token, Shared};
-use super::store::{LockState, Lookup};
+use super::store::{Found, Lookup};
+use crate::error::StoreError;
 
 /// What a cacheable request needs to be resolved.
 #[derive(Debug)]
@@ -29,80 +33,12 @@ pub(crate) struct Ask {
     pub(crate) force_older_than: Option<Duration>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum HitKind {
-    Fresh,
-    /// From the in-process tier: no round trip.
-    Local,
-    /// Served stale while another request revalidates.
-    Stale,
-    /// Waited for another request's origin call.
-    Collapsed,
-}
-
 pub(crate) enum Resolution {
     Hit(Entry, HitKind),
     Fill(Leader),
     Pass(&'static str),
-}
-
-/// The request that goes to the origin for a slot. Dropped without
-/// storing, it releases the fill lock and tells local followers to ask again.
-pub(crate) struct Leader {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) slot: Slot,
-    pub(crate) token: Option<u64>,
-    pub(crate) flight: Option<FlightGuard>,
-    /// The stale entry being revalidated (or kept for `stale-if-error`).
-    pub(crate) stale: Option<Entry>,
-    pub(crate) detail: Option<&'static str>,
-    /// The response could not be stored: mark the slot hit-for-miss.
-    pub(crate) pass: bool,
-}
-
-/// How long a slot whose response could not be stored is not waited for.
-const HIT_FOR_MISS_MS: u64 = 30_000;
-
-impl Leader {
-    /// Ends the flight with `outcome` and releases the lock.
-    pub(crate) fn finish(mut self, outcome: Outcome) {
-        self.pass = matches!(outcome, Outcome::Pass);
-        if let Some(g) = self.flight.take() {
-            g.finish(outcome);
-        }
-    }
-}
-
-impl Drop for Leader {
-    fn drop(&mut self) {
-        if let Some(token) = self.token.take() {
-            let pass_ms = if self.pass { HIT_FOR_MISS_MS } else { 0 };
-            self.shared.spawn_release(&self.slot, token, pass_ms);
-        }
-    }
-}
-
-fn fresh(e: &Entry, now: u64) -> bool {
-    now < e.meta.fresh_until_ms()
-}
-
-/// Within `stale-while-revalidate`.
-pub(crate) fn swr_ok(e: &Entry, now: u64) -> bool {
-    !e.meta.must_revalidate && now < e.meta.fresh_until_ms() + u64::from(e.meta.swr_s) * 1000
-}
-
-fn decode_for(slot: &Slot, raw: Bytes) -> Option<Entry> {
-    match decode(raw) {
-        Ok(e) if e.meta.key_tag == slot.tag() => Some(e),
-        Ok(_) => {
-            tracing::debug!("response cache: foreign entry; treated as a miss");
-            None
-        }
-        Err(err) => {
-            tracing::debug!(?err, "response cache: undecodable entry; treated as a miss");
-            None
-        }
-    }
+    /// The store failed and the layer fails closed.
+    Unavailable,
 }
 
 pub(crate) async fn resolve(shared: Arc<Shared>, ask: Ask) -> Resolution {
@@ -122,7 +58,7 @@ pub(crate) async fn resolve(shared: Arc<Shared>, ask: Ask) -> Resolution {
             }
         }
         // In process, a fresh hit is one map read: serve it without a flight.
-        if shared.store.is_local() && ask.force_older_than.is_none() {
+        if shared.home.is_local() && ask.force_older_than.is_none() {
             match look_only(&shared, slot.clone()).await {
                 Some(hit @ Resolution::Hit(..)) => return hit,
                 Some(_) => {}
@@ -149,6 +85,31 @@ fn local(shared: &Shared, slot: &Slot) -> Option<Entry> {
     decode_for(slot, raw)
 }
 
+/// Records what a store answer teaches; `false` when the URL's spec
+/// changed (nothing else was read: ask again).
+fn learn(shared: &Shared, slot: &Slot, found: &Found) -> bool {
+    shared.observe(found.now_ms);
+    if found.spec != slot.spec {
+        shared.learn(&slot.url, &found.spec);
+        return false;
+    }
+    true
+}
+
+/// What a failed lookup means under the layer's failure policy.
+fn store_failed(
+    shared: &Arc<Shared>,
+    e: &StoreError,
+    open: impl FnOnce() -> Resolution,
+) -> Resolution {
+    let (then, r) = match shared.on_failure {
+        FailurePolicy::Closed => ("answered 503 (fail closed)", Resolution::Unavailable),
+        FailurePolicy::Open => ("the origin serves (fail open)", open()),
+    };
+    shared.store_failed("a lookup", then, e);
+    r
+}
+
 /// A lookup that takes no lock. `None`: the URL's spec changed, ask again.
 async fn look_only(shared: &Arc<Shared>, slot: Slot) -> Option<Resolution> {
     let q = Lookup {
@@ -156,29 +117,24 @@ async fn look_only(shared: &Arc<Shared>, slot: Slot) -> Option<Resolution> {
         lock: None,
         force: false,
     };
-    match shared.store.lookup(&q).await {
-        Ok(found) => {
-            shared.observe(found.now_ms);
-            if found.spec != slot.spec {
-                shared.learn(&slot.url, &found.spec);
-                return None;
-            }
-            let raw = found.entry.clone();
-            Some(match found.entry.and_then(|raw| decode_for(&slot, raw)) {
-                Some(e) if fresh(&e, found.now_ms) => {
-                    if let Some(raw) = &raw {
-                        shared.l1_put(&slot, raw, e.meta.fresh_until_ms());
-                    }
-                    Resolution::Hit(e, HitKind::Fresh)
-                }
-                _ => Resolution::Pass("miss"),
-            })
-        }
-        Err(e) => {
-            shared.warn("a lookup", &e);
-            Some(Resolution::Pass("store-error"))
-        }
+    let found = match shared.home.lookup(&q).await {
+        Ok(found) => found,
+        Err(e) => return Some(store_failed(shared, &e, || Resolution::Pass("store-error"))),
+    };
+    if !learn(shared, &slot, &found) {
+        return None;
     }
+    let hit = found.entry.and_then(|raw| {
+        let e = decode_for(&slot, raw.clone()).filter(|e| fresh(e, found.now_ms))?;
+        Some((e, raw))
+    });
+    Some(match hit {
+        Some((e, raw)) => {
+            shared.l1_put(&slot, &raw, e.meta.fresh_until_ms());
+            Resolution::Hit(e, HitKind::Fresh)
+        }
+        None => Resolution::Pass("miss"),
+    })
 }
 
 /// Waits for the local leader. `None`: ask again (as leader or follower).
@@ -190,20 +146,16 @@ async fn follow(
 ) -> Option<Resolution> {
     loop {
         let outcome = rx.borrow_and_update().clone();
-        let now = shared.now_ms();
         match outcome {
             Outcome::Pending => {}
             Outcome::Stale(raw) => {
-                if let Some(e) = decode_for(slot, raw) {
-                    if swr_ok(&e, now) {
-                        return Some(Resolution::Hit(e, HitKind::Stale));
-                    }
+                if let Some(e) = decode_for(slot, raw).filter(|e| swr_ok(e, shared.now_ms())) {
+                    return Some(Resolution::Hit(e, HitKind::Stale));
                 }
             }
+            // Another variant (the response's Vary differed): ask again.
             Outcome::Done(raw) => {
-                // Another variant (the response's Vary differed): ask again.
-                let e = decode_for(slot, raw)?;
-                return Some(Resolution::Hit(e, HitKind::Collapsed));
+                return Some(Resolution::Hit(decode_for(slot, raw)?, HitKind::Collapsed))
             }
             Outcome::Pass => return Some(Resolution::Pass("uncacheable")),
             Outcome::Abandoned => return None,
@@ -211,26 +163,13 @@ async fn follow(
         match tokio::time::timeout_at(deadline, rx.changed()).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return None,
-            Err(_) => return Some(unlocked_fill(shared, slot.clone(), None, "wait-timeout")),
+            Err(_) => {
+                let leader =
+                    Leader::new(shared, slot.clone(), None, None, None, Some("wait-timeout"));
+                return Some(Resolution::Fill(leader));
+            }
         }
     }
-}
-
-fn unlocked_fill(
-    shared: &Arc<Shared>,
-    slot: Slot,
-    flight: Option<FlightGuard>,
-    detail: &'static str,
-) -> Resolution {
-    Resolution::Fill(Leader {
-        shared: shared.clone(),
-        slot,
-        token: None,
-        flight,
-        stale: None,
-        detail: Some(detail),
-        pass: false,
-    })
 }
 
 /// As local leader: look up (taking the fill lock), then hit, fill, or poll
@@ -244,104 +183,77 @@ async fn lead(
 ) -> Option<Resolution> {
     let token = token();
     let lock_ttl = shared.lock_ttl.as_millis() as u64;
-    let mut force = false;
-    let mut waited = false;
+    let mut polling = Polling::default();
     let mut backoff = Duration::from_millis(5);
     loop {
         let q = Lookup {
             slot: slot.clone(),
             lock: Some((token, lock_ttl)),
-            force,
+            force: polling.force,
         };
-        let found = match shared.store.lookup(&q).await {
+        let found = match shared.home.lookup(&q).await {
             Ok(f) => f,
             Err(e) => {
-                shared.warn("a lookup", &e);
-                return Some(unlocked_fill(shared, slot, Some(guard), "store-error"));
+                return Some(store_failed(shared, &e, || {
+                    let l = Leader::new(shared, slot, None, Some(guard), None, Some("store-error"));
+                    Resolution::Fill(l)
+                }))
             }
         };
-        shared.observe(found.now_ms);
-        let now = found.now_ms;
-        if found.spec != slot.spec {
-            shared.learn(&slot.url, &found.spec);
+        if !learn(shared, &slot, &found) {
             return None;
         }
-        let raw = found.entry.clone();
-        let entry = found.entry.and_then(|raw| decode_for(&slot, raw));
-        let leader = |stale: Option<Entry>, guard: FlightGuard| {
-            Resolution::Fill(Leader {
-                shared: shared.clone(),
-                slot: slot.clone(),
-                token: Some(token),
-                flight: Some(guard),
+        let now = found.now_ms;
+        let raw = found.entry;
+        let entry = raw.clone().and_then(|raw| decode_for(&slot, raw));
+        let step = after_lookup(
+            found.lock,
+            entry.as_ref(),
+            now,
+            ask.force_older_than,
+            polling,
+        );
+        let unlocked = |guard, stale, why| {
+            Some(Resolution::Fill(Leader::new(
+                shared,
+                slot.clone(),
+                None,
+                guard,
                 stale,
-                detail: None,
-                pass: false,
-            })
+                Some(why),
+            )))
         };
-        match (entry, found.lock) {
-            (Some(e), LockState::NotTried) => {
-                let forced = !waited
-                    && ask.force_older_than.is_some_and(|min| {
-                        now.saturating_sub(e.meta.stored_ms) >= min.as_millis() as u64
-                    });
-                if forced && !force {
-                    force = true;
-                    continue;
-                }
-                let raw = raw.unwrap_or_default();
+        match step {
+            Step::Hit(kind) => {
+                let (e, raw) = (entry?, raw.unwrap_or_default());
                 shared.l1_put(&slot, &raw, e.meta.fresh_until_ms());
                 guard.finish(Outcome::Done(raw));
-                let kind = if waited {
-                    HitKind::Collapsed
-                } else {
-                    HitKind::Fresh
-                };
                 return Some(Resolution::Hit(e, kind));
             }
-            // Undecodable under a fresh index: take the lock to repair it.
-            (None, LockState::NotTried) if !force => force = true,
-            (None, LockState::NotTried) => {
-                return Some(unlocked_fill(shared, slot, Some(guard), "store-error"))
-            }
-            (Some(e), LockState::Acquired) => {
-                if let Some(raw) = raw {
+            Step::Force => polling.force = true,
+            Step::Fill => {
+                if let (Some(raw), Some(_)) = (raw, &entry) {
                     guard.stale(raw);
                 }
-                return Some(leader(Some(e), guard));
+                let l = Leader::new(shared, slot, Some(token), Some(guard), entry, None);
+                return Some(Resolution::Fill(l));
             }
-            (None, LockState::Acquired) => return Some(leader(None, guard)),
-            // Nobody waits for a slot whose last response could not be
-            // stored: local followers go at once, and so does this request.
-            (stale, LockState::HitForMiss) => {
+            // Local followers go to the origin at once, and so does this request.
+            Step::HitForMiss => {
                 guard.finish(Outcome::Pass);
-                return Some(Resolution::Fill(Leader {
-                    shared: shared.clone(),
-                    slot,
-                    token: None,
-                    flight: None,
-                    stale,
-                    detail: Some("hit-for-miss"),
-                    pass: false,
-                }));
+                return unlocked(None, entry, "hit-for-miss");
             }
-            (Some(e), LockState::Held) if swr_ok(&e, now) || (waited && fresh(&e, now)) => {
-                guard.finish(Outcome::Done(raw.unwrap_or_default()));
-                let kind = if fresh(&e, now) {
-                    HitKind::Collapsed
-                } else {
-                    HitKind::Stale
-                };
-                return Some(Resolution::Hit(e, kind));
-            }
-            (_, LockState::Held) => {
+            Step::Unlocked(why) => return unlocked(Some(guard), None, why),
+            Step::Wait => {
                 if Instant::now() + backoff > deadline {
-                    return Some(unlocked_fill(shared, slot, Some(guard), "wait-timeout"));
+                    return unlocked(Some(guard), None, "wait-timeout");
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_millis(50));
-                waited = true;
-                force = false;
+                polling = Polling {
+                    waited: true,
+                    force: false,
+                };
             }
         }
     }

@@ -5,12 +5,13 @@
 use bytes::Bytes;
 use http::header::{
     HeaderName, AGE, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_LOCATION, DATE, ETAG,
-    EXPIRES, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, SET_COOKIE, TE, TRAILER,
+    EXPIRES, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, RETRY_AFTER, SET_COOKIE, TE, TRAILER,
     TRANSFER_ENCODING, UPGRADE, VARY,
 };
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
 use super::entry::Entry;
+use crate::problem::Problem;
 
 /// The `Cache-Status` field name.
 pub(crate) static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
@@ -105,6 +106,39 @@ pub(crate) fn serve(
     let h = res.headers_mut();
     h.insert(AGE, HeaderValue::from(age));
     h.append(CACHE_STATUS.clone(), status);
+    res
+}
+
+/// An answer the cache gives without the origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// `only-if-cached` and nothing stored (RFC 9111 §5.2.1.7).
+    OnlyIfCached,
+    /// The store failed and the layer fails closed.
+    Unavailable,
+}
+
+/// The response for a refusal: problem+json, or a gRPC status for gRPC
+/// clients, with `Cache-Status`.
+pub(crate) fn refusal(name: &str, r: Refusal, grpc: bool) -> Response<Bytes> {
+    let (status, detail, params) = match r {
+        Refusal::OnlyIfCached => (
+            StatusCode::GATEWAY_TIMEOUT,
+            "only-if-cached: no stored response",
+            "fwd=miss; detail=only-if-cached",
+        ),
+        Refusal::Unavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the response cache's store is unavailable; retry shortly",
+            "fwd=miss; detail=store-unavailable",
+        ),
+    };
+    let mut res = Problem::plain(status, detail).respond(grpc, &[]);
+    let h = res.headers_mut();
+    if r == Refusal::Unavailable {
+        h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    h.insert(CACHE_STATUS.clone(), cache_status(name, params));
     res
 }
 

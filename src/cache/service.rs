@@ -3,19 +3,17 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::header::{AUTHORIZATION, RANGE};
-use http::{Method, Request, Response};
+use http::{Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
-use super::body::ResponseBody;
+use super::capture::CacheBody;
 use super::fill::FillCtx;
 use super::future::{After, Pending, ResponseFuture};
 use super::invalidate::Targets;
-use super::layer::RequestDirectives;
-use super::policy::CacheControl;
 use super::resolve::{resolve, Ask};
 use super::response::{cache_status, Cond};
+use super::route::{route, Route};
 use super::shared::Shared;
 
 /// Answers GET and HEAD from the cache and invalidates on writes; built by
@@ -34,20 +32,12 @@ impl<S> ResponseCache<S> {
     define_inner_service_accessors!();
 }
 
-/// Every method but the safe ones (RFC 9110 §9.2.1), unknown ones included.
-fn is_unsafe(m: &Method) -> bool {
-    !matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
-    )
-}
-
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ResponseCache<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
     ResBody: Body,
 {
-    type Response = Response<ResponseBody<ResBody>>;
+    type Response = Response<CacheBody<ResBody>>;
     type Error = S::Error;
     type Future = ResponseFuture<S, ReqBody>;
 
@@ -60,56 +50,33 @@ where
         // The readied service goes into the future; a fresh clone stays here.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let method = req.method();
-        if is_unsafe(method) && sh.invalidate_unsafe {
-            let targets = Targets::of(sh, &req);
-            return ResponseFuture::call(inner.call(req), After::Invalidate(sh.clone(), targets));
-        }
-        if *method != Method::GET && *method != Method::HEAD {
-            return ResponseFuture::call(inner.call(req), After::Pass(None));
-        }
-        let h = req.headers();
-        let authorized = h.contains_key(AUTHORIZATION);
-        let bypass = if h.contains_key(RANGE) {
-            Some("range")
-        } else if authorized && !sh.rules.cache_authorized {
-            Some("authorization")
-        } else {
-            None
-        };
-        if let Some(why) = bypass {
-            let status = cache_status(&sh.name, &format!("fwd=bypass; detail={why}"));
-            return ResponseFuture::call(inner.call(req), After::Pass(Some(status)));
-        }
-        let head = *method == Method::HEAD;
-        // A header the key ignores must not shape a stored response.
-        let unkeyed = sh
-            .unkeyed
-            .iter()
-            .any(|n| h.contains_key(n) && !sh.key.headers.contains(n));
-        let mut lookup_only = head || unkeyed;
-        let mut force_older_than = None;
-        let mut only_if_cached = false;
-        if let RequestDirectives::Honor { min_age } = sh.directives {
-            let cc = CacheControl::parse(h);
-            only_if_cached = cc.only_if_cached;
-            lookup_only |= cc.no_store || only_if_cached;
-            if cc.no_cache || cc.max_age == Some(0) {
-                force_older_than = Some(min_age);
+        let plan = match route(sh, req.method(), req.headers()) {
+            Route::Invalidate => {
+                let targets = Targets::of(sh, &req);
+                let after = After::Invalidate(sh.clone(), targets);
+                return ResponseFuture::call(inner.call(req), after);
             }
-        }
+            Route::Pass => return ResponseFuture::call(inner.call(req), After::Pass(None)),
+            Route::Bypass(why) => {
+                let status = cache_status(&sh.name, &format!("fwd=bypass; detail={why}"));
+                return ResponseFuture::call(inner.call(req), After::Pass(Some(status)));
+            }
+            Route::Cache(plan) => plan,
+        };
+        let h = req.headers();
         let request = Arc::new(h.clone());
         let ask = Ask {
             url: sh.key.url(req.uri(), h),
             headers: request.clone(),
-            lookup_only,
-            force_older_than,
+            lookup_only: plan.lookup_only,
+            force_older_than: plan.force_older_than,
         };
         let ctx = FillCtx {
             cond: Cond::of(h),
             request,
-            authorized,
-            only_if_cached,
+            authorized: plan.authorized,
+            only_if_cached: plan.only_if_cached,
+            grpc: crate::problem::is_grpc(h),
         };
         let fut = Box::pin(resolve(sh.clone(), ask));
         let pending = Pending {
@@ -117,7 +84,7 @@ where
             inner,
             shared: sh.clone(),
             ctx,
-            head,
+            head: plan.head,
         };
         ResponseFuture::resolve(fut, pending)
     }

@@ -2,7 +2,7 @@
 //! in-process flights, the store-clock estimate and the learned Vary specs.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,17 +12,18 @@ use tokio::time::Instant;
 use super::flight::Flights;
 use super::key::{KeyRules, Slot};
 use super::l1::L1;
-use super::layer::RequestDirectives;
+use super::layer::{FailurePolicy, RequestDirectives};
 use super::policy::Rules;
-use super::store::{CacheStore, Write};
+use super::store::{CacheHome, Write};
 use crate::error::StoreError;
 use crate::store::memory::lock;
+use crate::warn::Throttle;
 
 /// Most URLs whose Vary spec is remembered in process.
 const MAX_SPECS: usize = 10_000;
 
 pub(crate) struct Shared {
-    pub(crate) store: Arc<dyn CacheStore>,
+    pub(crate) home: Arc<dyn CacheHome>,
     pub(crate) rules: Rules,
     pub(crate) key: KeyRules,
     pub(crate) flights: Arc<Flights>,
@@ -34,11 +35,12 @@ pub(crate) struct Shared {
     pub(crate) unkeyed: Vec<HeaderName>,
     pub(crate) directives: RequestDirectives,
     pub(crate) invalidate_unsafe: bool,
+    pub(crate) on_failure: FailurePolicy,
     pub(crate) l1: Option<Arc<L1>>,
+    warned: Throttle,
     specs: Mutex<HashMap<Arc<str>, Arc<str>>>,
     base: Instant,
     offset_ms: AtomicI64,
-    warned_at: AtomicU64,
 }
 
 impl std::fmt::Debug for Shared {
@@ -52,12 +54,13 @@ impl std::fmt::Debug for Shared {
             .field("wait", &self.wait)
             .field("name", &self.name)
             .field("directives", &self.directives)
+            .field("on_failure", &self.on_failure)
             .finish_non_exhaustive()
     }
 }
 
 pub(crate) struct Settings {
-    pub(crate) store: Arc<dyn CacheStore>,
+    pub(crate) home: Arc<dyn CacheHome>,
     pub(crate) rules: Rules,
     pub(crate) key: KeyRules,
     pub(crate) max_body: usize,
@@ -68,6 +71,7 @@ pub(crate) struct Settings {
     pub(crate) unkeyed: Vec<HeaderName>,
     pub(crate) directives: RequestDirectives,
     pub(crate) invalidate_unsafe: bool,
+    pub(crate) on_failure: FailurePolicy,
     pub(crate) l1: Option<(usize, Duration)>,
 }
 
@@ -75,7 +79,7 @@ impl Shared {
     pub(crate) fn new(s: Settings) -> Self {
         let l1 = s.l1.and_then(|(n, age)| {
             let l1 = Arc::new(L1::new(n, age));
-            if s.store.listen(l1.listener()) {
+            if s.home.listen(l1.listener()) {
                 Some(l1)
             } else {
                 tracing::warn!(
@@ -87,7 +91,7 @@ impl Shared {
         });
         Self {
             l1,
-            store: s.store,
+            home: s.home,
             rules: s.rules,
             key: s.key,
             flights: Arc::default(),
@@ -99,10 +103,11 @@ impl Shared {
             unkeyed: s.unkeyed,
             directives: s.directives,
             invalidate_unsafe: s.invalidate_unsafe,
+            on_failure: s.on_failure,
+            warned: Throttle::default(),
             specs: Mutex::default(),
             base: Instant::now(),
             offset_ms: AtomicI64::new(i64::MIN),
-            warned_at: AtomicU64::new(0),
         }
     }
 
@@ -148,23 +153,19 @@ impl Shared {
         specs.insert(url.clone(), spec.clone());
     }
 
-    /// One warning per second at most: an outage must not flood the logs.
-    pub(crate) fn warn(&self, what: &str, e: &StoreError) {
-        let sec = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        if self.warned_at.swap(sec, Ordering::Relaxed) != sec {
-            tracing::warn!(error = %e, "response cache: {what} failed; the origin serves");
-        }
+    /// Warns (at most once a second) that the store failed at `what`.
+    pub(crate) fn store_failed(&self, what: &str, then: &str, e: &StoreError) {
+        self.warned
+            .store_failed("response cache", &self.key.scope, what, then, e);
     }
 
     /// Writes an entry in the background: the response is not held up by it.
     pub(crate) fn spawn_write(self: &Arc<Self>, w: Write) {
-        let fut = self.store.write(w);
+        let fut = self.home.write(w);
         let shared = self.clone();
         spawn(async move {
             if let Err(e) = fut.await {
-                shared.warn("storing an entry", &e);
+                shared.store_failed("storing an entry", "the response was not stored", &e);
             }
         });
     }
@@ -184,11 +185,11 @@ impl Shared {
         if let Some(l1) = &self.l1 {
             l1.remove_url(url);
         }
-        self.store.purge(url)
+        self.home.purge(url)
     }
 
     pub(crate) fn spawn_release(self: &Arc<Self>, slot: &Slot, token: u64, pass_ms: u64) {
-        let fut = self.store.release(slot, token, pass_ms);
+        let fut = self.home.release(slot, token, pass_ms);
         spawn(async move {
             let _ = fut.await;
         });

@@ -1,6 +1,8 @@
-//! The cache's Redis home: one script per decision, keys
-//! `{prefix}:cache:{<url digest>}:i|e:<variant>|l:<variant>` — the hash tag
-//! keeps a URL's index, entries and locks in one cluster slot.
+//! The cache's Redis home: one script per step (`scripts/*.lua`), keys
+//! `{prefix}:cache:{<url digest>}:i|e:<variant>|l:<variant>|p:<variant>` —
+//! the hash tag keeps a URL's index, entries, locks and markers in one
+//! cluster slot. Invalidations are published on `{prefix}:cache:inval` for
+//! the in-process tiers of the fleet.
 
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -10,26 +12,61 @@ use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use redis::{Script, Value};
 
-use super::key::Slot;
-use super::l1::{Listener, Signal};
-use super::store::{CacheStore, Found, LockState, Lookup, Write};
+use super::{CacheHome, CacheStore, Found, LockState, Lookup, Write};
+use crate::cache::key::Slot;
+use crate::cache::l1::{Listener, Signal};
 use crate::error::StoreError;
+use crate::store::lane::Lane;
 use crate::RedisStore;
 
-static LOOKUP: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/lookup.lua")));
-static STORE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/store.lua")));
+static LOOKUP: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../scripts/lookup.lua")));
+static STORE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../scripts/store.lua")));
 static RELEASE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/release.lua")));
-static PURGE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/purge.lua")));
+    LazyLock::new(|| Script::new(include_str!("../scripts/release.lua")));
+static PURGE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../scripts/purge.lua")));
 
-impl RedisStore {
-    fn cache_base(&self, url: &str) -> String {
-        format!("{}:cache:{{{}}}:", self.prefix(), url)
+/// The cache home of one [`RedisStore`]: the layer's own lane (own
+/// breakers and connection, so large entries never queue ahead of another
+/// layer's calls) and the clients of the invalidation channel.
+#[derive(Debug)]
+pub(crate) struct RedisHome {
+    prefix: String,
+    /// The pub/sub channel of the cache's invalidations.
+    channel: String,
+    lane: Lane,
+    pubsub: Vec<redis::Client>,
+}
+
+impl CacheStore for RedisStore {
+    fn cache_home(&self) -> Arc<dyn CacheHome> {
+        Arc::new(RedisHome {
+            prefix: self.prefix().to_owned(),
+            channel: format!("{}:cache:inval", self.prefix()),
+            lane: self.lane("response cache", true),
+            pubsub: self.pubsub_clients().to_vec(),
+        })
+    }
+}
+
+impl RedisHome {
+    fn base(&self, url: &str) -> String {
+        format!("{}:cache:{{{}}}:", self.prefix, url)
     }
 
-    /// The pub/sub channel of the cache's invalidations.
-    fn cache_channel(&self) -> String {
-        format!("{}:cache:inval", self.prefix())
+    /// Runs one script call about the URL of `base` on the lane.
+    fn run<T: redis::FromRedisValue + Send + 'static>(
+        &self,
+        base: String,
+        inv: redis::ScriptInvocation<'static>,
+    ) -> BoxFuture<'static, Result<T, StoreError>> {
+        let lane = self.lane.clone();
+        Box::pin(async move {
+            let mut conn = lane.conn();
+            lane.call(&base, inv.invoke_async::<T>(&mut conn)).await
+        })
     }
 }
 
@@ -111,9 +148,9 @@ fn parse_found(v: Value) -> Result<Found, StoreError> {
     })
 }
 
-impl CacheStore for RedisStore {
+impl CacheHome for RedisHome {
     fn lookup(&self, q: &Lookup) -> BoxFuture<'static, Result<Found, StoreError>> {
-        let base = self.cache_base(&q.slot.url);
+        let base = self.base(&q.slot.url);
         let [index, entry, lock, pass] = keys(&base, &q.slot);
         let mut inv = LOOKUP.prepare_invoke();
         inv.key(index).key(entry).key(lock).key(pass);
@@ -123,18 +160,12 @@ impl CacheStore for RedisStore {
             None => inv.arg("").arg(0),
         };
         inv.arg(if q.force { "1" } else { "0" });
-        let store = self.clone();
-        Box::pin(async move {
-            let mut conn = store.conn();
-            let v = store
-                .call(&base, inv.invoke_async::<Value>(&mut conn))
-                .await?;
-            parse_found(v)
-        })
+        let call = self.run::<Value>(base, inv);
+        Box::pin(async move { parse_found(call.await?) })
     }
 
     fn write(&self, w: Write) -> BoxFuture<'static, Result<(), StoreError>> {
-        let base = self.cache_base(&w.slot.url);
+        let base = self.base(&w.slot.url);
         let [index, entry, lock, _] = keys(&base, &w.slot);
         let mut inv = STORE.prepare_invoke();
         inv.key(index).key(entry).key(lock);
@@ -146,16 +177,10 @@ impl CacheStore for RedisStore {
             .arg(w.token.map(|t| t.to_string()).unwrap_or_default())
             .arg(w.max_variants)
             .arg(&base)
-            .arg(self.cache_channel())
+            .arg(&self.channel)
             .arg(format!("{}|{}", w.writer, w.slot.url));
-        let store = self.clone();
-        Box::pin(async move {
-            let mut conn = store.conn();
-            store
-                .call(&base, inv.invoke_async::<Value>(&mut conn))
-                .await?;
-            Ok(())
-        })
+        let call = self.run::<Value>(base, inv);
+        Box::pin(async move { call.await.map(drop) })
     }
 
     fn release(
@@ -164,43 +189,37 @@ impl CacheStore for RedisStore {
         token: u64,
         pass_ms: u64,
     ) -> BoxFuture<'static, Result<(), StoreError>> {
-        let base = self.cache_base(&slot.url);
+        let base = self.base(&slot.url);
         let [_, _, lock, pass] = keys(&base, slot);
         let mut inv = RELEASE.prepare_invoke();
         inv.key(lock).key(pass).arg(token.to_string()).arg(pass_ms);
-        let store = self.clone();
-        Box::pin(async move {
-            let mut conn = store.conn();
-            store
-                .call(&base, inv.invoke_async::<Value>(&mut conn))
-                .await?;
-            Ok(())
-        })
+        let call = self.run::<Value>(base, inv);
+        Box::pin(async move { call.await.map(drop) })
     }
 
     fn purge(&self, url: &str) -> BoxFuture<'static, Result<u64, StoreError>> {
-        let base = self.cache_base(url);
+        let base = self.base(url);
         let mut inv = PURGE.prepare_invoke();
         inv.key(format!("{base}i"))
             .arg(&base)
-            .arg(self.cache_channel())
+            .arg(&self.channel)
             .arg(format!("-|{url}"));
-        let store = self.clone();
-        Box::pin(async move {
-            let mut conn = store.conn();
-            let n = store
-                .call(&base, inv.invoke_async::<i64>(&mut conn))
-                .await?;
-            Ok(n.max(0) as u64)
-        })
+        let call = self.run::<i64>(base, inv);
+        Box::pin(async move { Ok(call.await?.max(0) as u64) })
     }
 
     fn listen(&self, listener: Listener) -> bool {
-        let clients = self.pubsub_clients().to_vec();
-        let (false, Ok(rt)) = (clients.is_empty(), tokio::runtime::Handle::try_current()) else {
+        let (false, Ok(rt)) = (
+            self.pubsub.is_empty(),
+            tokio::runtime::Handle::try_current(),
+        ) else {
             return false;
         };
-        rt.spawn(listen_loop(clients, self.cache_channel(), listener));
+        rt.spawn(listen_loop(
+            self.pubsub.clone(),
+            self.channel.clone(),
+            listener,
+        ));
         true
     }
 }

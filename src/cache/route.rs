@@ -1,0 +1,168 @@
+//! How the cache treats a request, decided from its method and fields
+//! before anything is looked up.
+
+use std::time::Duration;
+
+use http::header::{AUTHORIZATION, RANGE};
+use http::{HeaderMap, Method};
+
+use super::layer::RequestDirectives;
+use super::policy::CacheControl;
+use super::shared::Shared;
+
+/// The way a request takes through the layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// An unsafe method: the origin answers, a success invalidates.
+    Invalidate,
+    /// Neither GET nor HEAD: passed through untouched.
+    Pass,
+    /// GET or HEAD that the cache stays out of, and why (`Cache-Status`).
+    Bypass(&'static str),
+    /// Answered through the cache.
+    Cache(Plan),
+}
+
+/// How a cacheable request is resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Plan {
+    pub(crate) head: bool,
+    /// Served from the cache if there, but fills nothing.
+    pub(crate) lookup_only: bool,
+    /// Revalidate entries at least this old (`no-cache`, honoured by policy).
+    pub(crate) force_older_than: Option<Duration>,
+    /// A miss is answered 504 (`only-if-cached`, honoured by policy).
+    pub(crate) only_if_cached: bool,
+    pub(crate) authorized: bool,
+}
+
+/// Every method but the safe ones (RFC 9110 §9.2.1), unknown ones included.
+fn is_unsafe(m: &Method) -> bool {
+    !matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// Decides a request's route from its method and fields.
+pub(crate) fn route(sh: &Shared, method: &Method, h: &HeaderMap) -> Route {
+    if is_unsafe(method) && sh.invalidate_unsafe {
+        return Route::Invalidate;
+    }
+    if *method != Method::GET && *method != Method::HEAD {
+        return Route::Pass;
+    }
+    let authorized = h.contains_key(AUTHORIZATION);
+    if h.contains_key(RANGE) {
+        return Route::Bypass("range");
+    }
+    if authorized && !sh.rules.cache_authorized {
+        return Route::Bypass("authorization");
+    }
+    let head = *method == Method::HEAD;
+    // A header the key ignores must not shape a stored response.
+    let unkeyed = sh
+        .unkeyed
+        .iter()
+        .any(|n| h.contains_key(n) && !sh.key.headers.contains(n));
+    let mut plan = Plan {
+        head,
+        lookup_only: head || unkeyed,
+        force_older_than: None,
+        only_if_cached: false,
+        authorized,
+    };
+    if let RequestDirectives::Honor { min_age } = sh.directives {
+        let cc = CacheControl::parse(h);
+        plan.only_if_cached = cc.only_if_cached;
+        plan.lookup_only |= cc.no_store || cc.only_if_cached;
+        if cc.no_cache || cc.max_age == Some(0) {
+            plan.force_older_than = Some(min_age);
+        }
+    }
+    Route::Cache(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::ResponseCacheLayer;
+    use crate::MemoryStore;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, http::HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    fn plan(lookup_only: bool) -> Route {
+        Route::Cache(Plan {
+            head: false,
+            lookup_only,
+            force_older_than: None,
+            only_if_cached: false,
+            authorized: false,
+        })
+    }
+
+    #[test]
+    fn methods_and_bypasses() {
+        let layer = ResponseCacheLayer::builder(MemoryStore::new())
+            .build()
+            .unwrap();
+        let sh = &layer.shared;
+        let none = HeaderMap::new();
+        assert_eq!(route(sh, &Method::PUT, &none), Route::Invalidate);
+        assert_eq!(
+            route(sh, &Method::from_bytes(b"PURGE").unwrap(), &none),
+            Route::Invalidate
+        );
+        assert_eq!(route(sh, &Method::OPTIONS, &none), Route::Pass);
+        assert_eq!(route(sh, &Method::GET, &none), plan(false));
+        let head = route(sh, &Method::HEAD, &none);
+        assert!(matches!(head, Route::Cache(p) if p.head && p.lookup_only));
+        let range = headers(&[("range", "bytes=0-1")]);
+        assert_eq!(route(sh, &Method::GET, &range), Route::Bypass("range"));
+        let auth = headers(&[("authorization", "Bearer x")]);
+        assert_eq!(
+            route(sh, &Method::GET, &auth),
+            Route::Bypass("authorization")
+        );
+    }
+
+    #[test]
+    fn unkeyed_inputs_and_request_directives() {
+        let layer = ResponseCacheLayer::builder(MemoryStore::new())
+            .build()
+            .unwrap();
+        let sh = &layer.shared;
+        let xfh = headers(&[("x-forwarded-host", "evil.example")]);
+        assert_eq!(route(sh, &Method::GET, &xfh), plan(true));
+        let no_cache = headers(&[("cache-control", "no-cache, no-store")]);
+        assert_eq!(
+            route(sh, &Method::GET, &no_cache),
+            plan(false),
+            "ignored by default"
+        );
+        let honor = RequestDirectives::Honor {
+            min_age: Duration::from_secs(1),
+        };
+        let layer = ResponseCacheLayer::builder(MemoryStore::new())
+            .request_directives(honor)
+            .key_header(http::HeaderName::from_static("x-forwarded-host"))
+            .build()
+            .unwrap();
+        let sh = &layer.shared;
+        assert_eq!(
+            route(sh, &Method::GET, &xfh),
+            plan(false),
+            "keyed: not unkeyed"
+        );
+        let Route::Cache(p) = route(sh, &Method::GET, &no_cache) else {
+            panic!()
+        };
+        assert!(p.lookup_only && p.force_older_than == Some(Duration::from_secs(1)));
+    }
+}
