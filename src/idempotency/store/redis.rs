@@ -8,7 +8,9 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use redis::{Script, Value};
 
-use super::{Flag, Hold, IdempotencyHome, IdempotencyStore, Reservation, Reserve};
+use super::{
+    Flag, Hold, IdempotencyHome, IdempotencyStore, Replicas, Reservation, Reserve, Written,
+};
 use crate::error::StoreError;
 use crate::idempotency::fingerprint::RecordKey;
 use crate::RedisStore;
@@ -84,6 +86,34 @@ impl RedisHome {
     }
 }
 
+impl RedisHome {
+    /// `WAIT n timeout` on the connection (on a cluster, to the master of
+    /// the record's slot) that carried the completion: Redis answers once
+    /// `n` replicas acknowledged every write sent on it so far, or when the
+    /// timeout passes, with how many did. Not under the breaker (replicas
+    /// lagging are no store failure) and bounded by the timeout plus the
+    /// store's deadline.
+    fn wait(&self, key: &RecordKey, r: Replicas) -> BoxFuture<'static, Written> {
+        let store = self.store.clone();
+        let redis_key = self.key(key);
+        Box::pin(async move {
+            let mut cmd = redis::cmd("WAIT");
+            cmd.arg(r.n).arg(millis(r.timeout));
+            let mut conn = store.conn();
+            let call = conn.query_on_master_of::<u32>(&redis_key, cmd);
+            match tokio::time::timeout(r.timeout + store.deadline(), call).await {
+                Ok(Ok(acked)) if acked >= r.n => Written::Stored,
+                Ok(Ok(acked)) => Written::Unconfirmed { acked: Some(acked) },
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "idempotency: WAIT failed");
+                    Written::Unconfirmed { acked: None }
+                }
+                Err(_) => Written::Unconfirmed { acked: None },
+            }
+        })
+    }
+}
+
 fn parse_reserve(value: Value) -> Result<Reservation, StoreError> {
     let bad = |v: &dyn std::fmt::Debug| {
         StoreError::protocol(format!("idempotency reserve script returned {v:?}"))
@@ -116,12 +146,25 @@ impl IdempotencyHome for RedisHome {
         Box::pin(async move { parse_reserve(call.await?) })
     }
 
-    fn complete(&self, hold: &Hold, record: Bytes, ttl: Duration) -> Flag {
-        self.flag(
-            &COMPLETE,
-            hold,
-            vec![record, millis(ttl).to_string().into()],
-        )
+    fn complete(
+        &self,
+        hold: &Hold,
+        record: Bytes,
+        ttl: Duration,
+        replicas: Option<Replicas>,
+    ) -> BoxFuture<'static, Result<Written, StoreError>> {
+        let args = vec![record, millis(ttl).to_string().into()];
+        let stored = self.flag(&COMPLETE, hold, args);
+        let confirm = replicas.map(|r| self.wait(&hold.key, r));
+        Box::pin(async move {
+            if !stored.await? {
+                return Ok(Written::Lost);
+            }
+            Ok(match confirm {
+                None => Written::Stored,
+                Some(wait) => wait.await,
+            })
+        })
     }
 
     fn release(&self, hold: &Hold) -> Flag {
