@@ -107,6 +107,12 @@ mod tests {
         assert!(r.detail().contains("principal"), "{r:?}");
         let r = rejected(admit(&c, &req(Method::POST, Some("k"), Some("a"), "abcde")));
         assert_eq!(r, Rejection::TooLarge { max_body: 4 });
+        let unbounded = cfg(|b| b.max_body(usize::MAX));
+        let huge = req(Method::POST, Some("k"), Some("a"), "abcde");
+        assert!(
+            matches!(admit(&unbounded, &huge), Admit::Check(..)),
+            "no overflow"
+        );
         let required = cfg(|b| b.required(true));
         let r = rejected(admit(&required, &req(Method::POST, None, Some("a"), "")));
         assert!(r.detail().contains("requires an Idempotency-Key"), "{r:?}");

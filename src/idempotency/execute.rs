@@ -20,6 +20,7 @@ use super::record::StoredResponse;
 use super::response::{reject, IdempotencyOutcome as Outcome, Rejection};
 use super::steps::{after_capture, after_complete, after_release, after_run};
 use super::steps::{OnCapture, OnResponse};
+use super::store::Written;
 use crate::body::ResponseBody;
 
 type Res<B> = Response<ResponseBody<B>>;
@@ -45,12 +46,10 @@ pin_project! {
             capture: Capture,
             lease: Option<Lease>,
         },
-        // Storing the response, or releasing the key when it is not stored.
-        Completing {
-            completion: Completion,
-            res: Option<Result<Res<B>, E>>,
-            storing: bool,
-        },
+        // Storing the response.
+        Storing { completion: Completion<Written>, res: Option<Res<B>> },
+        // Releasing the key of a response (or error) that is not stored.
+        Releasing { completion: Completion<bool>, res: Option<Result<Res<B>, E>> },
     }
 }
 
@@ -102,19 +101,15 @@ where
                     let capture = std::mem::replace(capture, Capture::new(0));
                     captured(on, body, parts, capture, lease, this.config, *this.grpc)
                 }
-                StateProj::Completing {
-                    completion,
-                    res,
-                    storing,
-                } => {
+                StateProj::Storing { completion, res } => {
                     let written = ready!(Pin::new(completion).poll(cx));
-                    let res = res.take().expect(DONE);
-                    if !*storing {
-                        after_release(this.config, written);
-                        return Poll::Ready(res);
-                    }
                     let outcome = after_complete(this.config, written);
-                    return Poll::Ready(res.map(|r| with(r, outcome)));
+                    return Poll::Ready(Ok(with(res.take().expect(DONE), outcome)));
+                }
+                StateProj::Releasing { completion, res } => {
+                    let released = ready!(Pin::new(completion).poll(cx));
+                    after_release(this.config, released);
+                    return Poll::Ready(res.take().expect(DONE));
                 }
             };
             this.state.set(next);
@@ -178,10 +173,9 @@ fn captured<F, B, E>(
             }
             .encode();
             let res = Response::from_parts(parts, ResponseBody::full(data));
-            State::Completing {
+            State::Storing {
                 completion: lease.complete(record),
-                res: Some(Ok(res)),
-                storing: true,
+                res: Some(res),
             }
         }
     }
@@ -189,10 +183,9 @@ fn captured<F, B, E>(
 
 /// Releases the key, then answers `res`.
 fn releasing<F, B, E>(lease: Lease, res: Result<Res<B>, E>) -> State<F, B, E> {
-    State::Completing {
+    State::Releasing {
         completion: lease.release(),
         res: Some(res),
-        storing: false,
     }
 }
 

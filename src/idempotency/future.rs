@@ -12,12 +12,14 @@ use futures_util::future::BoxFuture;
 use http::{request, Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tower_service::Service;
+use tracing::Instrument;
 
 use super::body::RequestBody;
 use super::capture::Capture;
-use super::config::{Config, FailurePolicy};
+use super::config::{Config, FailurePolicy, HangUp};
 use super::execute::{with, Execution};
 use super::fingerprint::{Fingerprint, RecordKey, Token};
 use super::lease::Lease;
@@ -26,6 +28,8 @@ use super::steps::{after_read, after_reserve, OnReserve, Wait};
 use super::store::{Hold, Reservation, Reserve};
 use crate::body::ResponseBody;
 use crate::error::StoreError;
+
+type Res<B> = Response<ResponseBody<B>>;
 
 pin_project! {
     /// Response future of [`Idempotency`](super::Idempotency).
@@ -49,7 +53,10 @@ pin_project! {
             fut: BoxFuture<'static, Result<Reservation, StoreError>>,
             pending: Option<Pending<S, B>>,
         },
+        // The execution, polled here (`HangUp::Release`, or no runtime).
         Executing { #[pin] exec: Execution<S::Future, ResBody, S::Error> },
+        // The execution in a task of its own (`HangUp::Finish`).
+        Detached { handle: JoinHandle<Result<Res<ResBody>, S::Error>>, config: Arc<Config>, grpc: bool },
         Passing { #[pin] fut: S::Future, outcome: Outcome },
         Respond { res: Option<Response<Bytes>> },
     }
@@ -83,6 +90,7 @@ where
             State::Reading { .. } => "reading the request body",
             State::Reserving { .. } => "reserving",
             State::Executing { .. } => "executing",
+            State::Detached { .. } => "executing in a task",
             State::Passing { .. } => "passing through",
             State::Respond { .. } => "responding",
         };
@@ -126,8 +134,10 @@ const DONE: &str = "ResponseFuture polled after completion";
 impl<S, B, ResBody> Future for ResponseFuture<S, B, ResBody>
 where
     S: Service<Request<RequestBody<B>>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
     B: Body<Data = Bytes>,
-    ResBody: Body<Data = Bytes>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
 {
     type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
 
@@ -150,6 +160,22 @@ where
                     reserved(pending.take().expect(DONE), result)
                 }
                 StateProj::Executing { exec } => return exec.poll(cx),
+                StateProj::Detached {
+                    handle,
+                    config,
+                    grpc,
+                } => {
+                    return Poll::Ready(match ready!(Pin::new(handle).poll(cx)) {
+                        Ok(result) => result,
+                        // The handler panicked: so does this future, as it would inline.
+                        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                        // The runtime is shutting down.
+                        Err(_) => {
+                            let res = reject(config, *grpc, Rejection::ResponseFailed);
+                            Ok(res.map(ResponseBody::full))
+                        }
+                    });
+                }
                 StateProj::Passing { fut, outcome } => {
                     let res = ready!(fut.poll(cx))?;
                     return Poll::Ready(Ok(with(res.map(ResponseBody::inner), *outcome)));
@@ -199,16 +225,25 @@ fn reserved<S, B, ResBody>(
     result: Result<Reservation, StoreError>,
 ) -> State<S, B, ResBody>
 where
-    S: Service<Request<RequestBody<B>>>,
+    S: Service<Request<RequestBody<B>>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
 {
     let cfg = p.config.clone();
     let respond = |res| State::Respond { res: Some(res) };
     match after_reserve(result, cfg.conflict, &mut p.wait, Instant::now()) {
         OnReserve::Run => {
             let lease = Lease::new(cfg.clone(), p.reserve.hold);
-            let fut = p.inner.call(p.req);
-            State::Executing {
-                exec: Execution::new(fut, lease, cfg, p.grpc),
+            let exec = Execution::new(p.inner.call(p.req), lease, cfg.clone(), p.grpc);
+            match (cfg.hang_up, tokio::runtime::Handle::try_current()) {
+                // A hang-up never cancels a write: the execution is a task of its own.
+                (HangUp::Finish, Ok(rt)) => State::Detached {
+                    handle: rt.spawn(exec.instrument(tracing::Span::current())),
+                    config: cfg,
+                    grpc: p.grpc,
+                },
+                _ => State::Executing { exec },
             }
         }
         OnReserve::AskAgain(delay) => {

@@ -12,10 +12,8 @@ use futures_util::future::BoxFuture;
 use tokio::time::{Instant, Sleep};
 
 use super::config::Config;
-use super::store::Hold;
+use super::store::{Flag, Hold, Written};
 use crate::error::StoreError;
-
-type StoreFuture = BoxFuture<'static, Result<bool, StoreError>>;
 
 /// A held reservation. Dropping it releases the record, unless it was
 /// completed or lost.
@@ -23,7 +21,7 @@ pub(crate) struct Lease {
     config: Arc<Config>,
     hold: Hold,
     timer: Pin<Box<Sleep>>,
-    renewing: Option<StoreFuture>,
+    renewing: Option<Flag>,
     held: bool,
 }
 
@@ -85,26 +83,25 @@ impl Lease {
     }
 
     /// Hands the reservation to the completion write. When the lease was
-    /// lost nothing is written, and the completion answers `Ok(false)`.
-    pub(crate) fn complete(mut self, record: Bytes) -> Completion {
+    /// lost nothing is written, and the completion answers `Lost`.
+    pub(crate) fn complete(mut self, record: Bytes) -> Completion<Written> {
         if !self.held {
-            return Completion { fut: None };
+            return Completion::new(Box::pin(std::future::ready(Ok(Written::Lost))));
         }
         // From here the completion decides; a failed write lets the lease lapse.
         self.held = false;
         let cfg = &self.config;
-        Completion {
-            fut: Some(cfg.home.complete(&self.hold, record, cfg.record_ttl)),
-        }
+        let write = cfg
+            .home
+            .complete(&self.hold, record, cfg.record_ttl, cfg.replicas);
+        Completion::new(write)
     }
 
     /// Releases the reservation; the caller awaits it before answering, so
     /// a client that got the answer and retries finds the key free.
-    pub(crate) fn release(mut self) -> Completion {
+    pub(crate) fn release(mut self) -> Completion<bool> {
         self.held = false;
-        Completion {
-            fut: Some(self.config.home.release(&self.hold)),
-        }
+        Completion::new(self.config.home.release(&self.hold))
     }
 }
 
@@ -133,33 +130,42 @@ impl Drop for Lease {
 
 /// The completion write (or a release). Finished in a task if the response
 /// future is dropped first: the handler ran, its outcome must be kept.
-pub(crate) struct Completion {
-    fut: Option<StoreFuture>,
+pub(crate) struct Completion<T: Send + 'static> {
+    fut: Option<BoxFuture<'static, Result<T, StoreError>>>,
 }
 
-impl std::fmt::Debug for Completion {
+impl<T: Send + 'static> Completion<T> {
+    fn new(fut: BoxFuture<'static, Result<T, StoreError>>) -> Self {
+        Self { fut: Some(fut) }
+    }
+}
+
+impl<T: Send + 'static> std::fmt::Debug for Completion<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Completion").finish_non_exhaustive()
     }
 }
 
-impl Future for Completion {
-    type Output = Result<bool, StoreError>;
+impl<T: Send + 'static> Future for Completion<T> {
+    type Output = Result<T, StoreError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let Some(fut) = self.fut.as_mut() else {
-            return Poll::Ready(Ok(false));
-        };
+        let fut = self
+            .fut
+            .as_mut()
+            .expect("Completion polled after completion");
         let result = std::task::ready!(fut.as_mut().poll(cx));
         self.fut = None;
         Poll::Ready(result)
     }
 }
 
-impl Drop for Completion {
+impl<T: Send + 'static> Drop for Completion<T> {
     fn drop(&mut self) {
         if let (Some(fut), Ok(rt)) = (self.fut.take(), tokio::runtime::Handle::try_current()) {
-            rt.spawn(fut);
+            rt.spawn(async move {
+                let _ = fut.await;
+            });
         }
     }
 }

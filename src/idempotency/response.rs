@@ -41,16 +41,30 @@ pub enum IdempotencyOutcome {
     StoreBypassed,
 }
 
-/// A request the layer answers itself instead of running the handler.
+/// What the layer answers itself instead of running the handler (or
+/// instead of its failed response), given to a [`RejectionResponse`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub(crate) enum Rejection {
-    /// 400: the key, the principal or the request body cannot be used.
-    BadRequest { detail: String },
+pub enum Rejection {
+    /// 400: the key, the principal or the request body cannot be used;
+    /// `detail` says why.
+    #[non_exhaustive]
+    BadRequest {
+        /// Why, for the client.
+        detail: String,
+    },
     /// 413: the request body is larger than `max_body`.
-    TooLarge { max_body: usize },
+    #[non_exhaustive]
+    TooLarge {
+        /// The layer's cap.
+        max_body: usize,
+    },
     /// 409: the first request with this key is still running.
-    InProgress { lease_left: Duration },
+    #[non_exhaustive]
+    InProgress {
+        /// How long its lease has left (an upper bound of the wait).
+        lease_left: Duration,
+    },
     /// 422: the key was used for a different request.
     Mismatch,
     /// 503: the store could not decide (fail-closed).
@@ -58,6 +72,48 @@ pub(crate) enum Rejection {
     /// 500: the handler's response body failed before it was complete;
     /// nothing was sent yet and the key was released.
     ResponseFailed,
+}
+
+/// Builds the answers the layer writes itself, in place of the default
+/// problem+json documents. Implemented by closures
+/// `Fn(&Rejection) -> Response<Bytes>`.
+///
+/// The layer adds `Retry-After: 1` to a 409 or 503 answer that has none,
+/// and the [`IdempotencyOutcome`] extension. gRPC requests always get the
+/// default gRPC status.
+///
+/// ```
+/// use bytes::Bytes;
+/// use http::Response;
+/// use tower_redis_layers::idempotency::{IdempotencyLayer, Rejection};
+/// use tower_redis_layers::MemoryStore;
+///
+/// # fn main() -> Result<(), tower_redis_layers::ConfigError> {
+/// let layer = IdempotencyLayer::builder(MemoryStore::new())
+///     .rejection(|r: &Rejection| {
+///         let body = format!("{{\"error\":{:?}}}", r.detail());
+///         let mut res = Response::new(Bytes::from(body));
+///         *res.status_mut() = r.status();
+///         res.headers_mut()
+///             .insert("content-type", "application/json".parse().unwrap());
+///         res
+///     })
+///     .build()?;
+/// # drop(layer);
+/// # Ok(()) }
+/// ```
+pub trait RejectionResponse: Send + Sync + 'static {
+    /// The answer to `rejection`.
+    fn response(&self, rejection: &Rejection) -> Response<Bytes>;
+}
+
+impl<F> RejectionResponse for F
+where
+    F: Fn(&Rejection) -> Response<Bytes> + Send + Sync + 'static,
+{
+    fn response(&self, rejection: &Rejection) -> Response<Bytes> {
+        self(rejection)
+    }
 }
 
 impl Rejection {
@@ -68,7 +124,7 @@ impl Rejection {
     }
 
     /// The status of the default answer (gRPC clients get its gRPC code).
-    pub(crate) fn status(&self) -> StatusCode {
+    pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -79,8 +135,8 @@ impl Rejection {
         }
     }
 
-    /// What the client is told.
-    pub(crate) fn detail(&self) -> String {
+    /// What the default answer tells the client.
+    pub fn detail(&self) -> String {
         match self {
             Self::BadRequest { detail } => detail.clone(),
             Self::TooLarge { max_body } => format!(
@@ -148,8 +204,11 @@ impl Rejection {
 
 /// The answer to a rejected request: `Retry-After` where a retry will
 /// work, and the outcome as an extension.
-pub(crate) fn reject(_cfg: &Config, grpc: bool, rejection: Rejection) -> Response<Bytes> {
-    let mut res = rejection.default_response(grpc);
+pub(crate) fn reject(cfg: &Config, grpc: bool, rejection: Rejection) -> Response<Bytes> {
+    let mut res = match &cfg.rejection {
+        Some(custom) if !grpc => custom.response(&rejection),
+        _ => rejection.default_response(grpc),
+    };
     if let Some(secs) = rejection.retry_after() {
         res.headers_mut()
             .entry(RETRY_AFTER)
@@ -212,5 +271,30 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_custom_rejection_answers_http_clients_and_grpc_gets_its_status() {
+        let cfg = test_config(|b| {
+            b.rejection(|r: &Rejection| {
+                let mut res = Response::new(Bytes::from(format!("custom {}", r.status())));
+                *res.status_mut() = r.status();
+                res
+            })
+        });
+        let res = reject(&cfg, false, Rejection::Mismatch);
+        assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(res.body(), "custom 422 Unprocessable Entity");
+        let busy = Rejection::InProgress {
+            lease_left: Duration::from_secs(2),
+        };
+        let res = reject(&cfg, false, busy.clone());
+        assert_eq!(res.headers()[RETRY_AFTER], "1", "added when missing");
+        assert_eq!(
+            res.extensions().get::<IdempotencyOutcome>(),
+            Some(&IdempotencyOutcome::InProgress)
+        );
+        let grpc = reject(&cfg, true, busy);
+        assert_eq!(grpc.headers()["grpc-status"], "10");
     }
 }

@@ -19,6 +19,11 @@ use crate::problem::is_grpc;
 
 /// Runs each request with an `Idempotency-Key` once and replays its
 /// response to retries; built by [`IdempotencyLayer`](super::IdempotencyLayer).
+///
+/// The inner service's future and error, and its response body, must be
+/// `Send + 'static`: a first execution runs to the end in a task of its
+/// own, even if its client hangs up ([`HangUp`](super::HangUp)). axum,
+/// tonic and hyper services are.
 #[derive(Clone, Debug)]
 pub struct Idempotency<S> {
     inner: S,
@@ -36,8 +41,10 @@ impl<S> Idempotency<S> {
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Idempotency<S>
 where
     S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Clone,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
     ReqBody: Body<Data = Bytes>,
-    ResBody: Body<Data = Bytes>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;

@@ -11,7 +11,7 @@ use super::capture::Captured;
 use super::config::{Config, Conflict};
 use super::record::StoredResponse;
 use super::response::{IdempotencyOutcome as Outcome, Rejection};
-use super::store::Reservation;
+use super::store::{Reservation, Written};
 use crate::error::StoreError;
 
 /// The request body was read: `Some` answers the request at once.
@@ -145,11 +145,17 @@ pub(super) fn after_capture<E>(cfg: &Config, ended: &Captured<E>, trailers: bool
     }
 }
 
-/// The outcome once the completion write answered.
-pub(super) fn after_complete(cfg: &Config, written: Result<bool, StoreError>) -> Outcome {
+/// The outcome once the completion write answered. A record stored on
+/// the master but not confirmed on the replicas asked for is still
+/// `Stored`: the handler ran and its answer goes out; a warning says so.
+pub(super) fn after_complete(cfg: &Config, written: Result<Written, StoreError>) -> Outcome {
     match written {
-        Ok(true) => Outcome::Stored,
-        Ok(false) => {
+        Ok(Written::Stored) => Outcome::Stored,
+        Ok(Written::Unconfirmed { acked }) => {
+            cfg.unconfirmed(acked);
+            Outcome::Stored
+        }
+        Ok(Written::Lost) => {
             tracing::warn!(
                 scope = %cfg.scope,
                 "idempotency: the lease lapsed before the response was stored \
@@ -270,6 +276,12 @@ mod tests {
             OnResponse::Release
         );
         assert_eq!(after_run(&c, StatusCode::CONFLICT, 0), OnResponse::Release);
+        let largest = cfg(|b| b.max_stored_body(u32::MAX as usize));
+        let hint = u64::MAX;
+        assert_eq!(
+            after_run(&largest, StatusCode::OK, hint),
+            OnResponse::Release
+        );
     }
 
     #[test]
@@ -296,8 +308,10 @@ mod tests {
     #[test]
     fn after_complete_reports_stored_only_when_written_under_the_lease() {
         let c = cfg(|b| b);
-        assert_eq!(after_complete(&c, Ok(true)), Outcome::Stored);
-        assert_eq!(after_complete(&c, Ok(false)), Outcome::NotStored);
+        assert_eq!(after_complete(&c, Ok(Written::Stored)), Outcome::Stored);
+        let unconfirmed = Written::Unconfirmed { acked: Some(0) };
+        assert_eq!(after_complete(&c, Ok(unconfirmed)), Outcome::Stored);
+        assert_eq!(after_complete(&c, Ok(Written::Lost)), Outcome::NotStored);
         assert_eq!(
             after_complete(&c, Err(StoreError::circuit_open())),
             Outcome::NotStored

@@ -37,14 +37,45 @@ pub trait IdempotencyHome: Send + Sync + std::fmt::Debug {
     /// Reserves the record for a first execution, or reports its state.
     fn reserve(&self, r: &Reserve) -> BoxFuture<'static, Result<Reservation, StoreError>>;
 
-    /// Stores the response while `hold` holds the lease; `false` if it does not.
-    fn complete(&self, hold: &Hold, record: Bytes, ttl: Duration) -> Flag;
+    /// Stores the response for `ttl` while `hold` holds the lease, then
+    /// (Redis) waits for `replicas` to have it.
+    fn complete(
+        &self,
+        hold: &Hold,
+        record: Bytes,
+        ttl: Duration,
+        replicas: Option<Replicas>,
+    ) -> BoxFuture<'static, Result<Written, StoreError>>;
 
     /// Deletes the reservation while `hold` holds it.
     fn release(&self, hold: &Hold) -> Flag;
 
     /// Extends the lease while `hold` holds it.
     fn renew(&self, hold: &Hold, lease: Duration) -> Flag;
+}
+
+/// What a completion did.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(unreachable_pub)]
+pub enum Written {
+    /// Stored (and, if asked, confirmed on the replicas).
+    Stored,
+    /// Stored on the master, but `WAIT` did not confirm the replicas asked
+    /// for: `acked` of them did (`None`: `WAIT` itself failed).
+    Unconfirmed { acked: Option<u32> },
+    /// Not stored: the lease was lost (expired, perhaps taken).
+    Lost,
+}
+
+/// How many replicas must have a record before its response goes out
+/// (Redis `WAIT n timeout`).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(unreachable_pub)]
+pub struct Replicas {
+    pub(crate) n: u32,
+    pub(crate) timeout: Duration,
 }
 
 /// A step on a held reservation: `true` done, `false` the lease was lost.

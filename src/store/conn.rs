@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value};
 
 use crate::error::ConfigError;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 /// The connection a [`RedisStore`] talks through.
 #[derive(Clone)]
@@ -22,6 +22,31 @@ impl std::fmt::Debug for RedisConn {
             RedisConn::Standalone(_) => f.write_str("Standalone"),
             #[cfg(feature = "cluster")]
             RedisConn::Cluster(_) => f.write_str("Cluster"),
+        }
+    }
+}
+
+impl RedisConn {
+    /// Runs a keyless command on the node that holds `key`: the one server
+    /// of a standalone Redis, the master of `key`'s slot on a cluster (a
+    /// keyless command would otherwise go to a random or every node).
+    #[cfg_attr(not(feature = "cluster"), allow(unused_variables))]
+    pub(crate) async fn query_on_master_of<T: FromRedisValue>(
+        &mut self,
+        key: &str,
+        cmd: Cmd,
+    ) -> RedisResult<T> {
+        match self {
+            RedisConn::Standalone(c) => cmd.query_async(c).await,
+            #[cfg(feature = "cluster")]
+            RedisConn::Cluster(c) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                let route = Route::with_key(key, SlotAddr::Master);
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                Ok(redis::from_redis_value(
+                    c.route_command(cmd, routing).await?,
+                )?)
+            }
         }
     }
 }

@@ -199,9 +199,31 @@ impl<K: Hash + Eq, V> ExpiringMap<K, V> {
     }
 
     /// Number of entries held, live or not yet swept.
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.map.len()
+    }
+
+    /// Drops the expired entries, then, while more than `target` remain,
+    /// those that `rank` puts lowest (ties in no particular order). One
+    /// pass over the map: callers evict well below their cap, so the cost
+    /// spreads over the inserts in between.
+    pub(crate) fn evict_to<R: Ord>(&mut self, target: usize, now: u64, rank: impl Fn(&V) -> R)
+    where
+        K: Clone,
+    {
+        self.map.retain(|_, (_, exp)| *exp > now);
+        let Some(excess) = self.map.len().checked_sub(target).filter(|n| *n > 0) else {
+            return;
+        };
+        let mut ranked: Vec<(R, K)> = self
+            .map
+            .iter()
+            .map(|(k, (v, _))| (rank(v), k.clone()))
+            .collect();
+        ranked.select_nth_unstable_by(excess - 1, |a, b| a.0.cmp(&b.0));
+        for (_, k) in ranked.drain(..excess) {
+            self.map.remove(&k);
+        }
     }
 }
 
@@ -246,5 +268,22 @@ mod tests {
         assert_eq!(m.len(), 100);
         assert_eq!(m.evicted(), 900);
         assert_eq!(m.get_mut(&999, 0).copied(), Some(999), "the newest stays");
+    }
+
+    #[test]
+    fn eviction_drops_the_expired_then_the_lowest_ranked() {
+        let mut m = ExpiringMap::default();
+        for i in 0..10u32 {
+            m.insert(i, i, if i == 9 { 5 } else { 100 }, 0);
+        }
+        m.evict_to(6, 10, |v| *v);
+        assert_eq!(m.len(), 6);
+        assert!(
+            (0..3).all(|i| m.get_mut(&i, 10).is_none()),
+            "the lowest went"
+        );
+        assert!((3..9).all(|i| m.get_mut(&i, 10).is_some()));
+        m.evict_to(6, 10, |v| *v);
+        assert_eq!(m.len(), 6, "nothing over the target: nothing evicted");
     }
 }

@@ -1,7 +1,6 @@
 //! The Redis store: one connection (multiplexed, reconnecting), a key prefix,
 //! a deadline on every call and a circuit breaker.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -207,14 +206,6 @@ impl RedisStore {
 
     pub(crate) fn conn(&self) -> RedisConn {
         self.inner.lane.conn()
-    }
-
-    /// Runs one store call about `key` on the store's own lane.
-    pub(crate) async fn call<T, F>(&self, key: &str, fut: F) -> Result<T, StoreError>
-    where
-        F: Future<Output = redis::RedisResult<T>>,
-    {
-        self.inner.lane.call(key, fut).await
     }
 }
 

@@ -8,9 +8,12 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use redis::{Script, Value};
 
-use super::{Flag, Hold, IdempotencyHome, IdempotencyStore, Reservation, Reserve};
+use super::{
+    Flag, Hold, IdempotencyHome, IdempotencyStore, Replicas, Reservation, Reserve, Written,
+};
 use crate::error::StoreError;
 use crate::idempotency::fingerprint::RecordKey;
+use crate::store::lane::Lane;
 use crate::RedisStore;
 
 static RESERVE: LazyLock<Script> =
@@ -22,16 +25,19 @@ static RELEASE: LazyLock<Script> =
 static RENEW: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../scripts/renew.lua")));
 
-/// The idempotency home of one [`RedisStore`].
+/// The idempotency home of one [`RedisStore`]: the layer's own lane (own
+/// breakers, so a flood of another layer's failures never opens them).
 #[derive(Debug)]
 pub(crate) struct RedisHome {
-    store: RedisStore,
+    prefix: String,
+    lane: Lane,
 }
 
 impl IdempotencyStore for RedisStore {
     fn idempotency_home(&self) -> Arc<dyn IdempotencyHome> {
         Arc::new(RedisHome {
-            store: self.clone(),
+            prefix: self.prefix().to_owned(),
+            lane: self.lane("idempotency", false),
         })
     }
 }
@@ -44,7 +50,7 @@ impl RedisHome {
     /// `{prefix}:idem:{digest}`: one hash per record (state, fingerprint,
     /// lease token, response), so the hash tag puts all of it in one slot.
     fn key(&self, key: &RecordKey) -> String {
-        format!("{}:idem:{{{}}}", self.store.prefix(), key.0)
+        format!("{}:idem:{{{}}}", self.prefix, key.0)
     }
 
     /// Runs `script` on one record with `args`, under the breaker and deadline.
@@ -54,16 +60,15 @@ impl RedisHome {
         key: &RecordKey,
         args: Vec<Bytes>,
     ) -> BoxFuture<'static, Result<Value, StoreError>> {
-        let store = self.store.clone();
+        let lane = self.lane.clone();
         let redis_key = self.key(key);
         Box::pin(async move {
             let mut inv = script.key(&redis_key);
             for a in &args {
                 inv.arg(&a[..]);
             }
-            let mut conn = store.conn();
-            store
-                .call(&redis_key, inv.invoke_async::<Value>(&mut conn))
+            let mut conn = lane.conn();
+            lane.call(&redis_key, inv.invoke_async::<Value>(&mut conn))
                 .await
         })
     }
@@ -79,6 +84,34 @@ impl RedisHome {
                 other => Err(StoreError::protocol(format!(
                     "idempotency script returned {other:?}"
                 ))),
+            }
+        })
+    }
+}
+
+impl RedisHome {
+    /// `WAIT n timeout` on the connection (on a cluster, to the master of
+    /// the record's slot) that carried the completion: Redis answers once
+    /// `n` replicas acknowledged every write sent on it so far, or when the
+    /// timeout passes, with how many did. Not under the breaker (replicas
+    /// lagging are no store failure) and bounded by the timeout plus the
+    /// store's deadline.
+    fn wait(&self, key: &RecordKey, r: Replicas) -> BoxFuture<'static, Written> {
+        let lane = self.lane.clone();
+        let redis_key = self.key(key);
+        Box::pin(async move {
+            let mut cmd = redis::cmd("WAIT");
+            cmd.arg(r.n).arg(millis(r.timeout));
+            let mut conn = lane.conn();
+            let call = conn.query_on_master_of::<u32>(&redis_key, cmd);
+            match tokio::time::timeout(r.timeout + lane.deadline(), call).await {
+                Ok(Ok(acked)) if acked >= r.n => Written::Stored,
+                Ok(Ok(acked)) => Written::Unconfirmed { acked: Some(acked) },
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "idempotency: WAIT failed");
+                    Written::Unconfirmed { acked: None }
+                }
+                Err(_) => Written::Unconfirmed { acked: None },
             }
         })
     }
@@ -116,12 +149,25 @@ impl IdempotencyHome for RedisHome {
         Box::pin(async move { parse_reserve(call.await?) })
     }
 
-    fn complete(&self, hold: &Hold, record: Bytes, ttl: Duration) -> Flag {
-        self.flag(
-            &COMPLETE,
-            hold,
-            vec![record, millis(ttl).to_string().into()],
-        )
+    fn complete(
+        &self,
+        hold: &Hold,
+        record: Bytes,
+        ttl: Duration,
+        replicas: Option<Replicas>,
+    ) -> BoxFuture<'static, Result<Written, StoreError>> {
+        let args = vec![record, millis(ttl).to_string().into()];
+        let stored = self.flag(&COMPLETE, hold, args);
+        let confirm = replicas.map(|r| self.wait(&hold.key, r));
+        Box::pin(async move {
+            if !stored.await? {
+                return Ok(Written::Lost);
+            }
+            Ok(match confirm {
+                None => Written::Stored,
+                Some(wait) => wait.await,
+            })
+        })
     }
 
     fn release(&self, hold: &Hold) -> Flag {
