@@ -151,3 +151,57 @@ fn a_bad_header_name_panics_at_the_callers_line() {
     let file = rx.recv().unwrap().unwrap();
     assert!(file.ends_with("first_hour.rs"), "points at {file}");
 }
+
+/// The README's "Redis if REDIS_URL, else memory": one `AnyStore` type
+/// for both, used by all three layers.
+async fn any_store_serves_all_three_layers(store: tower_redis_layers::AnyStore) {
+    use tower_redis_layers::cache::ResponseCacheLayer;
+    use tower_redis_layers::idempotency::IdempotencyLayer;
+    let loads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = loads.clone();
+    let app = Router::new()
+        .route(
+            "/",
+            get(move || {
+                let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                async move { n.to_string() }
+            })
+            .post(|| async { "created" }),
+        )
+        .layer(
+            ServiceBuilder::new()
+                .layer(readme_limit(store.clone(), "any", 4))
+                .layer(IdempotencyLayer::builder(store.clone()).build().unwrap())
+                .layer(
+                    ResponseCacheLayer::builder(store)
+                        .default_ttl(Duration::from_secs(30))
+                        .build()
+                        .unwrap(),
+                ),
+        );
+    let addr = serve(app, true).await;
+    let (_, _, first) = call(&addr, "GET", "/", &[], "").await;
+    let (_, h, second) = call(&addr, "GET", "/", &[], "").await;
+    assert_eq!((first.as_str(), second.as_str()), ("1", "1"), "a cache hit");
+    assert!(h.contains_key("age"));
+    let key = [("idempotency-key", "\"k1\"")];
+    let (created, _, _) = call(&addr, "POST", "/", &key, "x").await;
+    let (replayed, h, _) = call(&addr, "POST", "/", &key, "x").await;
+    assert_eq!((created, replayed), (200, 200));
+    assert_eq!(h["idempotent-replayed"], "true");
+    assert_eq!(
+        call(&addr, "GET", "/", &[], "").await.0,
+        429,
+        "the 5th request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_store_type_chosen_at_run_time_memory() {
+    any_store_serves_all_three_layers(MemoryStore::new().into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_store_type_chosen_at_run_time_redis() {
+    any_store_serves_all_three_layers(support::redis_store("any").await.into()).await;
+}

@@ -24,6 +24,8 @@ pub trait IdempotencyStore: Send + Sync + 'static + crate::store::sealed::Sealed
     fn idempotency_home(&self) -> Arc<dyn IdempotencyHome>;
 }
 
+crate::store::any_store!(IdempotencyStore, idempotency_home -> Arc<dyn IdempotencyHome>);
+
 impl<T: IdempotencyStore + ?Sized> IdempotencyStore for Arc<T> {
     fn idempotency_home(&self) -> Arc<dyn IdempotencyHome> {
         (**self).idempotency_home()

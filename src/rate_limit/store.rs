@@ -35,6 +35,8 @@ pub trait RateLimitHome: Send + Sync + std::fmt::Debug {
     fn counters(&self) -> usize;
 }
 
+crate::store::any_store!(RateLimitStore, rate_limit_home -> Arc<dyn RateLimitHome>);
+
 impl<T: RateLimitStore + ?Sized> RateLimitStore for Arc<T> {
     fn rate_limit_home(&self) -> Arc<dyn RateLimitHome> {
         (**self).rate_limit_home()
