@@ -21,6 +21,10 @@ pub struct Run {
     /// Latencies in µs, sorted.
     pub latencies: Vec<u32>,
     pub statuses: std::collections::BTreeMap<u16, u64>,
+    /// Responses served from the store: cache hits (`Cache-Status: ...; hit`,
+    /// or `collapsed` into another request's lookup) and idempotent replays
+    /// (`Idempotent-Replayed`).
+    pub served: u64,
 }
 
 impl Run {
@@ -43,7 +47,7 @@ async fn connection(
     idx: usize,
     start_at: Instant,
     end_at: Instant,
-) -> (Vec<u32>, std::collections::BTreeMap<u16, u64>) {
+) -> (Vec<u32>, std::collections::BTreeMap<u16, u64>, u64) {
     let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     stream.set_nodelay(true).ok();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -53,6 +57,7 @@ async fn connection(
     let mut lat = Vec::with_capacity(100_000);
     let mut statuses = std::collections::BTreeMap::new();
     let mut seq = 0u64;
+    let mut served = 0;
     loop {
         let now = Instant::now();
         if now >= end_at {
@@ -70,13 +75,50 @@ async fn connection(
             Err(_) => break,
         };
         let status = res.status().as_u16();
+        let from_store = from_store(res.headers());
         let _ = res.into_body().collect().await;
         if now >= start_at {
             lat.push(now.elapsed().as_micros().min(u32::MAX as u128) as u32);
             *statuses.entry(status).or_insert(0) += 1;
+            served += u64::from(from_store);
         }
     }
-    (lat, statuses)
+    (lat, statuses, served)
+}
+
+fn from_store(h: &http::HeaderMap) -> bool {
+    let hit = h
+        .get("cache-status")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("; hit") || v.contains("; collapsed"));
+    hit || h.contains_key("idempotent-replayed")
+}
+
+/// Sends `spec(0, 0..n)` one request at a time on one connection: fills the
+/// URLs and keys a scenario cycles through before it is measured.
+pub async fn prime(addr: SocketAddr, spec: &RequestSpec, n: u64) {
+    if n == 0 {
+        return;
+    }
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    for seq in 0..n {
+        let mut req = spec(0, seq);
+        req.headers_mut()
+            .insert(http::header::HOST, http::HeaderValue::from_static("bench"));
+        if sender.ready().await.is_err() {
+            return;
+        }
+        match sender.send_request(req).await {
+            Ok(res) => {
+                let _ = res.into_body().collect().await;
+            }
+            Err(_) => return,
+        }
+    }
 }
 
 /// Drives `addr` with `conns` connections for `warmup + duration`, counting
@@ -95,8 +137,10 @@ pub async fn drive(
         .collect();
     let mut latencies = Vec::new();
     let mut statuses = std::collections::BTreeMap::new();
+    let mut served = 0;
     for t in tasks {
-        let (l, s) = t.await.expect("connection task");
+        let (l, s, h) = t.await.expect("connection task");
+        served += h;
         latencies.extend(l);
         for (k, v) in s {
             *statuses.entry(k).or_insert(0) += v;
@@ -108,5 +152,6 @@ pub async fn drive(
         elapsed: duration,
         latencies,
         statuses,
+        served,
     }
 }

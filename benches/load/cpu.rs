@@ -39,37 +39,38 @@ impl Threads {
     }
 }
 
-/// What Redis reports: its CPU time, the script calls it received, and all
-/// commands it ran (commands run inside scripts count too).
+/// What Redis reports: its CPU time, the script calls it received, all
+/// commands it ran (commands run inside scripts count too), and the reads
+/// of its clients' sockets it processed (one per round trip that reached
+/// it: a pipeline or a batch read at once counts once).
 pub struct RedisCounters {
     pub cpu: Duration,
     pub scripts: u64,
     pub commands: u64,
+    pub reads: u64,
 }
 
+/// One `INFO` of the sections needed: the reading itself costs Redis one
+/// read and one `info` call, which the report leaves out.
 pub async fn redis_counters(conn: &mut redis::aio::MultiplexedConnection) -> RedisCounters {
-    let cpu: String = redis::cmd("INFO")
+    let info: String = redis::cmd("INFO")
         .arg("cpu")
-        .query_async(conn)
-        .await
-        .unwrap();
-    let mut secs = 0.0;
-    for l in cpu.lines() {
-        if let Some(v) = l
-            .strip_prefix("used_cpu_sys:")
-            .or_else(|| l.strip_prefix("used_cpu_user:"))
-        {
-            secs += v.trim().parse::<f64>().unwrap_or(0.0);
-        }
-    }
-    let stats: String = redis::cmd("INFO")
         .arg("commandstats")
+        .arg("stats")
         .query_async(conn)
         .await
         .unwrap();
+    let field = |name: &str| -> Option<&str> {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    let secs: f64 = ["used_cpu_sys", "used_cpu_user"]
+        .iter()
+        .filter_map(|f| field(f)?.parse::<f64>().ok())
+        .sum();
     let calls = |pred: &dyn Fn(&str) -> bool| -> u64 {
-        stats
-            .lines()
+        info.lines()
             .filter_map(|l| {
                 let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
                 if !pred(name) {
@@ -87,5 +88,8 @@ pub async fn redis_counters(conn: &mut redis::aio::MultiplexedConnection) -> Red
         cpu: Duration::from_secs_f64(secs),
         scripts: calls(&|n| n.starts_with("eval")),
         commands: calls(&|n| n != "info"),
+        reads: field("total_reads_processed")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
     }
 }

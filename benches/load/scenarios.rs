@@ -1,5 +1,7 @@
 //! The scenarios: one trivial handler, bare and behind each layer, on the
-//! memory store and on Redis.
+//! memory store and on Redis; with one hot key (what in-process collapsing
+//! and batching of one key flatter) and with many distinct keys and URLs
+//! (what every request of a real fleet pays).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,72 +22,128 @@ use tower_redis_layers::{MemoryStore, RedisStore};
 use crate::client::RequestSpec;
 
 pub struct Scenario {
-    pub name: &'static str,
+    pub name: String,
     pub router: Router,
     pub spec: RequestSpec,
+    /// Requests sent one by one on one connection before the warm-up (`spec`
+    /// of connection 0, sequence 0..warm): fills every URL or key the
+    /// scenario cycles through, so that its hits are hits.
+    pub warm: u64,
+    /// The ratio to bare this scenario should reach (marked in the report).
+    pub target: Option<f64>,
+}
+
+/// Distinct keys, URLs and clients of the "many" scenarios.
+pub const DISTINCT: u64 = 1000;
+/// Vary variants of one URL (the cache's default cap per URL).
+const VARIANTS: u64 = 16;
+
+/// The `seq`-th id of connection `conn` out of `n`: connections start apart
+/// and step by 7 (coprime with `n`), so connection 0 alone visits every id
+/// in its first `n` requests (the warm-up relies on it).
+fn spread(conn: usize, seq: u64, n: u64) -> u64 {
+    (seq * 7 + conn as u64 * 131) % n
 }
 
 async fn handler() -> &'static str {
     "ok"
 }
 
+async fn vary_handler() -> ([(http::HeaderName, &'static str); 1], &'static str) {
+    ([(http::header::VARY, "x-variant")], "ok")
+}
+
 fn app() -> Router {
     Router::new()
         .route("/", get(handler).post(handler))
         .route("/items/{id}", get(handler))
+        .route("/vary", get(vary_handler))
 }
 
-/// 64 distinct clients, spread over the connections.
-fn client(conn: usize) -> String {
-    format!("client-{}", conn % 64)
-}
-
-fn request(method: &str, path: String, conn: usize) -> Request<Full<Bytes>> {
+fn request(method: &str, path: String, client: &str) -> Request<Full<Bytes>> {
     Request::builder()
         .method(method)
         .uri(path)
-        .header("x-api-key", client(conn))
+        .header("x-api-key", client)
         .body(Full::new(Bytes::new()))
         .unwrap()
 }
 
-fn get_root() -> RequestSpec {
-    Arc::new(|conn, _| request("GET", "/".into(), conn))
+const HOT: &str = "client-hot";
+
+/// GET / from one client.
+fn hot_client() -> RequestSpec {
+    Arc::new(|_, _| request("GET", "/".into(), HOT))
+}
+
+/// GET / from `DISTINCT` clients, spread over the connections.
+fn many_clients() -> RequestSpec {
+    Arc::new(|conn, seq| {
+        let id = spread(conn, seq, DISTINCT);
+        request("GET", "/".into(), &format!("client-{id}"))
+    })
+}
+
+fn with_idempotency_key(mut r: Request<Full<Bytes>>, key: &str) -> Request<Full<Bytes>> {
+    let key = format!("\"{key}\"");
+    r.headers_mut()
+        .insert("idempotency-key", key.parse().unwrap());
+    r
 }
 
 /// POSTs with a key never used before (unique across the warm-up and the run).
 fn post_first_run() -> RequestSpec {
     static N: AtomicU64 = AtomicU64::new(0);
-    Arc::new(|conn, _| {
-        let mut r = request("POST", "/".into(), conn);
-        let key = format!("\"k{}\"", N.fetch_add(1, Ordering::Relaxed));
-        r.headers_mut()
-            .insert("idempotency-key", key.parse().unwrap());
-        r
+    Arc::new(|_, _| {
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let r = request("POST", "/".into(), &format!("client-{}", n % DISTINCT));
+        with_idempotency_key(r, &format!("k{n}"))
     })
 }
 
-/// POSTs repeating one key per connection: all but the first are replays.
-fn post_replay() -> RequestSpec {
-    Arc::new(|conn, _| {
-        let mut r = request("POST", "/".into(), conn);
-        let key = format!("\"replay-{conn}\"");
-        r.headers_mut()
-            .insert("idempotency-key", key.parse().unwrap());
-        r
+/// POSTs repeating `DISTINCT` keys of as many clients: once warmed, replays.
+fn post_replay_many() -> RequestSpec {
+    Arc::new(|conn, seq| {
+        let id = spread(conn, seq, DISTINCT);
+        let r = request("POST", "/".into(), &format!("client-{id}"));
+        with_idempotency_key(r, &format!("replay-{id}"))
     })
 }
 
-fn get_hit() -> RequestSpec {
-    Arc::new(|conn, _| request("GET", "/items/1".into(), conn))
+/// POSTs repeating one key of one client: all but the first are replays.
+fn post_replay_hot() -> RequestSpec {
+    Arc::new(|_, _| with_idempotency_key(request("POST", "/".into(), HOT), "replay-hot"))
+}
+
+/// GETs of one URL.
+fn get_hot() -> RequestSpec {
+    Arc::new(|_, _| request("GET", "/items/1".into(), HOT))
+}
+
+/// GETs of `DISTINCT` URLs by as many clients.
+fn get_many() -> RequestSpec {
+    Arc::new(|conn, seq| {
+        let id = spread(conn, seq, DISTINCT);
+        request("GET", format!("/items/{id}"), &format!("client-{id}"))
+    })
+}
+
+/// GETs of one URL whose response varies on `x-variant`, in `VARIANTS` variants.
+fn get_variants() -> RequestSpec {
+    Arc::new(|conn, seq| {
+        let mut r = request("GET", "/vary".into(), HOT);
+        let v = format!("v{}", spread(conn, seq, VARIANTS));
+        r.headers_mut().insert("x-variant", v.parse().unwrap());
+        r
+    })
 }
 
 /// GETs of URLs never requested before.
 fn get_miss() -> RequestSpec {
     static N: AtomicU64 = AtomicU64::new(0);
-    Arc::new(|conn, _| {
+    Arc::new(|_, _| {
         let id = N.fetch_add(1, Ordering::Relaxed);
-        request("GET", format!("/items/{id}"), conn)
+        request("GET", format!("/items/miss-{id}"), HOT)
     })
 }
 
@@ -163,6 +221,28 @@ where
     )
 }
 
+fn scenario(name: &str, router: Router, spec: RequestSpec) -> Scenario {
+    Scenario {
+        name: name.to_owned(),
+        router,
+        spec,
+        warm: 0,
+        target: None,
+    }
+}
+
+impl Scenario {
+    fn warm(mut self, n: u64) -> Self {
+        self.warm = n;
+        self
+    }
+
+    fn target(mut self, ratio: f64) -> Self {
+        self.target = Some(ratio);
+        self
+    }
+}
+
 pub async fn all(redis_url: &str) -> Vec<Scenario> {
     let redis = RedisStore::builder(redis_url)
         .prefix("bench")
@@ -175,86 +255,131 @@ pub async fn all(redis_url: &str) -> Vec<Scenario> {
     // first-run idempotency keys, say) must not weigh on the next.
     let mem = MemoryStore::new;
     let big = 1_000_000_000;
+    let r = || redis.clone();
     vec![
-        Scenario {
-            name: "bare",
-            router: app(),
-            spec: get_root(),
-        },
-        Scenario {
-            name: "tower_governor (peer, memory), allowed",
-            router: governor(),
-            spec: get_root(),
-        },
-        Scenario {
-            name: "rate limit, memory, allowed",
-            router: app().layer(rate_limit(mem(), big, "m")),
-            spec: get_root(),
-        },
-        Scenario {
-            name: "rate limit, redis, allowed",
-            router: app().layer(rate_limit(redis.clone(), big, "a")),
-            spec: get_root(),
-        },
-        Scenario {
-            name: "rate limit, redis, denied",
-            router: app().layer(rate_limit(redis.clone(), 1, "d")),
-            spec: get_root(),
-        },
-        Scenario {
-            name: "idempotency, memory, first run",
-            router: app().layer(idempotency(mem(), "m1")),
-            spec: post_first_run(),
-        },
-        Scenario {
-            name: "idempotency, memory, replay",
-            router: app().layer(idempotency(mem(), "m2")),
-            spec: post_replay(),
-        },
-        Scenario {
-            name: "idempotency, redis, first run",
-            router: app().layer(idempotency(redis.clone(), "r1")),
-            spec: post_first_run(),
-        },
-        Scenario {
-            name: "idempotency, redis, replay",
-            router: app().layer(idempotency(redis.clone(), "r2")),
-            spec: post_replay(),
-        },
-        Scenario {
-            name: "cache, memory, hit",
-            router: app().layer(cache(mem(), "m1")),
-            spec: get_hit(),
-        },
-        Scenario {
-            name: "cache, memory, miss",
-            router: app().layer(cache(mem(), "m2")),
-            spec: get_miss(),
-        },
-        Scenario {
-            name: "cache, redis, hit",
-            router: app().layer(cache(redis.clone(), "r1")),
-            spec: get_hit(),
-        },
-        Scenario {
-            name: "cache, redis + L1 tier, hit",
-            router: app().layer(cache_l1(redis.clone(), "l1")),
-            spec: get_hit(),
-        },
-        Scenario {
-            name: "cache, redis, miss",
-            router: app().layer(cache(redis.clone(), "r2")),
-            spec: get_miss(),
-        },
-        Scenario {
-            name: "all three, memory (GET hit)",
-            router: stacked(mem(), "s"),
-            spec: get_hit(),
-        },
-        Scenario {
-            name: "all three, redis (GET hit)",
-            router: stacked(redis, "s"),
-            spec: get_hit(),
-        },
+        scenario("bare", app(), hot_client()),
+        // Rate limit: many clients, then one hot key.
+        scenario(
+            "tower_governor (peer, memory), 1000 clients",
+            governor(),
+            many_clients(),
+        ),
+        scenario(
+            "rate limit, memory, 1000 clients",
+            app().layer(rate_limit(mem(), big, "m")),
+            many_clients(),
+        ),
+        scenario(
+            "rate limit, redis, 1000 clients",
+            app().layer(rate_limit(r(), big, "a")),
+            many_clients(),
+        )
+        .target(0.6),
+        scenario(
+            "rate limit, redis, one hot key",
+            app().layer(rate_limit(r(), big, "h")),
+            hot_client(),
+        )
+        .target(0.6),
+        scenario(
+            "rate limit, redis, one hot key, denied",
+            app().layer(rate_limit(r(), 1, "d")),
+            hot_client(),
+        ),
+        // Idempotency.
+        scenario(
+            "idempotency, memory, first run",
+            app().layer(idempotency(mem(), "m1")),
+            post_first_run(),
+        ),
+        scenario(
+            "idempotency, memory, replay, 1000 keys",
+            app().layer(idempotency(mem(), "m2")),
+            post_replay_many(),
+        )
+        .warm(DISTINCT),
+        scenario(
+            "idempotency, redis, first run",
+            app().layer(idempotency(r(), "r1")),
+            post_first_run(),
+        ),
+        scenario(
+            "idempotency, redis, replay, 1000 keys",
+            app().layer(idempotency(r(), "r2")),
+            post_replay_many(),
+        )
+        .warm(DISTINCT)
+        .target(0.5),
+        scenario(
+            "idempotency, redis, replay, one hot key",
+            app().layer(idempotency(r(), "r3")),
+            post_replay_hot(),
+        )
+        .warm(1)
+        .target(0.5),
+        // Cache.
+        scenario(
+            "cache, memory, hit, 1000 URLs",
+            app().layer(cache(mem(), "m1")),
+            get_many(),
+        )
+        .warm(DISTINCT),
+        scenario(
+            "cache, memory, miss",
+            app().layer(cache(mem(), "m2")),
+            get_miss(),
+        ),
+        scenario(
+            "cache, redis, hit, 1000 URLs",
+            app().layer(cache(r(), "r1")),
+            get_many(),
+        )
+        .warm(DISTINCT)
+        .target(0.6),
+        scenario(
+            "cache, redis, hit, one hot URL",
+            app().layer(cache(r(), "r3")),
+            get_hot(),
+        )
+        .warm(1),
+        scenario(
+            "cache, redis, hit, one URL × 16 Vary variants",
+            app().layer(cache(r(), "r4")),
+            get_variants(),
+        )
+        .warm(VARIANTS),
+        scenario(
+            "cache, redis + L1 tier, hit, 1000 URLs",
+            app().layer(cache_l1(r(), "l1")),
+            get_many(),
+        )
+        .warm(DISTINCT)
+        .target(0.9),
+        scenario(
+            "cache, redis, miss",
+            app().layer(cache(r(), "r2")),
+            get_miss(),
+        ),
+        // All three stacked.
+        scenario(
+            "all three, memory, GET hit, 1000 URLs",
+            stacked(mem(), "s"),
+            get_many(),
+        )
+        .warm(DISTINCT),
+        scenario(
+            "all three, redis, GET hit, 1000 URLs",
+            stacked(r(), "s"),
+            get_many(),
+        )
+        .warm(DISTINCT)
+        .target(0.5),
+        scenario(
+            "all three, redis, GET hit, one hot URL",
+            stacked(r(), "s1"),
+            get_hot(),
+        )
+        .warm(1)
+        .target(0.5),
     ]
 }
