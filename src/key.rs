@@ -84,7 +84,20 @@ impl ClientKey {
     pub fn digest(&self) -> String {
         digest(&self.raw)
     }
+
+    /// [`digest`](Self::digest) without allocating.
+    pub(crate) fn digest_bytes(&self) -> [u8; DIGEST_LEN] {
+        let mut out = [0u8; DIGEST_LEN];
+        let n = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode_slice(Sha256::digest(&self.raw), &mut out)
+            .unwrap_or(0);
+        debug_assert_eq!(n, DIGEST_LEN);
+        out
+    }
 }
+
+/// Length of a key digest: SHA-256 in base64url without padding.
+pub(crate) const DIGEST_LEN: usize = 43;
 
 impl fmt::Debug for ClientKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -267,10 +280,14 @@ impl KeyExtractor for Header {
                 self.name, self.max_len
             )));
         }
-        let mut kind = String::with_capacity(2 + self.name.as_str().len());
-        kind.push_str("h:");
-        kind.push_str(self.name.as_str());
-        Ok(ClientKey::new(&kind, bytes))
+        // `h:{name}:{value}`, as `ClientKey::new("h:{name}", value)` in one allocation.
+        let name = self.name.as_str().as_bytes();
+        let mut raw = Vec::with_capacity(3 + name.len() + bytes.len());
+        raw.extend_from_slice(b"h:");
+        raw.extend_from_slice(name);
+        raw.push(b':');
+        raw.extend_from_slice(bytes);
+        Ok(ClientKey { raw })
     }
 
     fn describe(&self) -> String {
@@ -295,8 +312,10 @@ mod tests {
             .unwrap();
         let key = Header::new("x-api-key").extract(&view_of(&req)).unwrap();
         assert_ne!(key, ClientKey::new("ip", "1.2.3.4"));
+        assert_eq!(key, ClientKey::new("h:x-api-key", "1.2.3.4"));
         let d = key.digest();
         assert_eq!(d.len(), 43);
+        assert_eq!(d.as_bytes(), key.digest_bytes(), "both forms agree");
         assert!(d
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));

@@ -305,25 +305,70 @@ conformance! {
         assert_eq!(d.policies[0].remaining, 2);
     }
 
-    async fn concurrent_requests_on_one_instance_are_exact(store) {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let svc = ServiceBuilder::new()
-            .layer(layer(store, Policy::sliding_log(25, MINUTE)))
-            .service(counting_service(calls.clone()));
-        let tasks: Vec<_> = (0..200)
-            .map(|_| {
-                let svc = svc.clone();
-                tokio::spawn(async move { svc.oneshot(req(Some("c"))).await.unwrap().status() })
-            })
-            .collect();
-        let mut ok = 0;
-        for t in tasks {
-            if t.await.unwrap() == StatusCode::OK {
-                ok += 1;
+    async fn two_layers_charging_one_counter_share_it_exactly(store) {
+        // Two layers with the same scope and policy on one store charge one
+        // counter. Their concurrent decisions share batches, in which both
+        // name the same key: the script keeps one state for it.
+        let hour = Duration::from_secs(3600);
+        for (client, policy) in [
+            ("shared-fw", Policy::fixed_window(10, hour)),
+            ("shared-gcra", Policy::gcra(10, hour)),
+        ] {
+            let calls = Arc::new(AtomicUsize::new(0));
+            let a = ServiceBuilder::new()
+                .layer(layer(store.clone(), policy.clone()))
+                .service(counting_service(calls.clone()));
+            let b = ServiceBuilder::new()
+                .layer(layer(store.clone(), policy))
+                .service(counting_service(calls.clone()));
+            let tasks: Vec<_> = (0..60)
+                .map(|i| {
+                    let (a, b) = (a.clone(), b.clone());
+                    tokio::spawn(async move {
+                        let r = req(Some(client));
+                        if i % 2 == 0 { a.oneshot(r).await } else { b.oneshot(r).await }
+                            .unwrap()
+                            .status()
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
             }
+            assert_eq!(calls.load(Ordering::SeqCst), 10, "{client}");
         }
-        assert_eq!(ok, 25);
-        assert_eq!(calls.load(Ordering::SeqCst), 25);
+    }
+
+    async fn concurrent_requests_on_one_instance_are_exact(store) {
+        // Many requests of one client in each batch: decided in order
+        // against one read of the state, for every algorithm.
+        let hour = Duration::from_secs(3600);
+        for (client, policy) in [
+            ("log", Policy::sliding_log(25, MINUTE)),
+            ("gcra", Policy::gcra(25, hour)),
+            ("bucket", Policy::token_bucket(1, hour).burst(25)),
+            ("fixed", Policy::fixed_window(25, hour)),
+            ("sliding", Policy::sliding_window(25, hour)),
+        ] {
+            let calls = Arc::new(AtomicUsize::new(0));
+            let svc = ServiceBuilder::new()
+                .layer(layer(store.clone(), policy))
+                .service(counting_service(calls.clone()));
+            let tasks: Vec<_> = (0..200)
+                .map(|_| {
+                    let svc = svc.clone();
+                    tokio::spawn(async move { svc.oneshot(req(Some(client))).await.unwrap().status() })
+                })
+                .collect();
+            let mut ok = 0;
+            for t in tasks {
+                if t.await.unwrap() == StatusCode::OK {
+                    ok += 1;
+                }
+            }
+            assert_eq!(ok, 25, "{client}");
+            assert_eq!(calls.load(Ordering::SeqCst), 25, "{client}");
+        }
     }
 }
 

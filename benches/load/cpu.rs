@@ -46,6 +46,8 @@ impl Threads {
 pub struct RedisCounters {
     pub cpu: Duration,
     pub scripts: u64,
+    /// Time Redis spent running scripts (commands inside them included).
+    pub script_time: Duration,
     pub commands: u64,
     pub reads: u64,
 }
@@ -69,24 +71,27 @@ pub async fn redis_counters(conn: &mut redis::aio::MultiplexedConnection) -> Red
         .iter()
         .filter_map(|f| field(f)?.parse::<f64>().ok())
         .sum();
-    let calls = |pred: &dyn Fn(&str) -> bool| -> u64 {
+    // `cmdstat_<name>:calls=N,usec=N,...`: the field `what` of the
+    // commands whose name matches.
+    let stat = |pred: &dyn Fn(&str) -> bool, what: &str| -> u64 {
         info.lines()
             .filter_map(|l| {
                 let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
                 if !pred(name) {
                     return None;
                 }
-                rest.strip_prefix("calls=")?
-                    .split(',')
-                    .next()?
+                rest.split(',')
+                    .find_map(|f| f.strip_prefix(what)?.strip_prefix('='))?
                     .parse::<u64>()
                     .ok()
             })
             .sum()
     };
+    let calls = |pred: &dyn Fn(&str) -> bool| stat(pred, "calls");
     RedisCounters {
         cpu: Duration::from_secs_f64(secs),
         scripts: calls(&|n| n.starts_with("eval")),
+        script_time: Duration::from_micros(stat(&|n| n.starts_with("eval"), "usec")),
         commands: calls(&|n| n != "info"),
         reads: field("total_reads_processed")
             .and_then(|v| v.parse().ok())

@@ -87,6 +87,7 @@ struct Row {
     commands: u64,
     server_cpu: Duration,
     redis_cpu: Duration,
+    script_time: Duration,
 }
 
 fn main() {
@@ -167,6 +168,7 @@ fn main() {
                     commands: r1.commands.saturating_sub(r0.commands),
                     server_cpu: s_cpu1.saturating_sub(s_cpu0),
                     redis_cpu: r1.cpu.saturating_sub(r0.cpu),
+                    script_time: r1.script_time.saturating_sub(r0.script_time),
                 }
             });
             let _ = stop.send(());
@@ -215,8 +217,8 @@ fn report(args: &Args, rows: &[Row]) -> String {
         "{} connections, {} s per scenario, median of {} interleaved rounds, {} server thread(s), {} cores; `cargo bench --bench load -- --conns {} --secs {} --rounds {}`\n\n",
         args.conns, args.secs, args.rounds, args.server_threads, cores, args.conns, args.secs, args.rounds
     );
-    out.push_str("| scenario | req/s | × bare | target | p50 | p99 | Redis round trips/req | scripts/req | cmds/req (incl. in scripts) | server CPU µs/req | Redis CPU µs/req | hit or replay | statuses |\n");
-    out.push_str("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    out.push_str("| scenario | req/s | × bare | target | p50 | p99 | Redis round trips/req | scripts/req | cmds/req (incl. in scripts) | server CPU µs/req | Redis CPU µs/req | of which in scripts | hit or replay | statuses |\n");
+    out.push_str("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
     for r in rows {
         let n = r.run.requests;
         let ratio = bare.map(|b| r.run.rps() / b);
@@ -232,7 +234,7 @@ fn report(args: &Args, rows: &[Row]) -> String {
             .map(|(s, c)| format!("{s}×{c}"))
             .collect();
         out.push_str(&format!(
-            "| {} | {:.0} | {} | {} | {:.0} µs | {:.0} µs | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {:.0} | {} | {} | {:.0} µs | {:.0} µs | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.name,
             r.run.rps(),
             ratio.map_or("-".into(), |x| format!("{x:.2}")),
@@ -244,6 +246,7 @@ fn report(args: &Args, rows: &[Row]) -> String {
             per_req(r.commands, n),
             us_per_req(r.server_cpu, n),
             us_per_req(r.redis_cpu, n),
+            us_per_req(r.script_time, n),
             percent(r.run.served, n),
             statuses.join(" ")
         ));

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use super::breaker::{Breaker, BreakerConfig};
 use super::conn::RedisConn;
-use super::slots::{breakers, probe_key, slot};
+#[cfg(feature = "cluster")]
+use super::slots::probe_key;
+use super::slots::{breakers, slot};
 use crate::error::StoreError;
 
 #[derive(Clone, Debug)]
@@ -65,7 +67,19 @@ impl Lane {
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
-        let index = self.breaker_index(key);
+        let slot = match self.inner.breakers.len() {
+            1 => 0,
+            _ => slot::of(key.as_bytes()),
+        };
+        self.call_in_slot(slot, fut).await
+    }
+
+    /// [`call`](Self::call) for a call whose keys are all in hash slot `slot`.
+    pub(crate) async fn call_in_slot<T, F>(&self, slot: u16, fut: F) -> Result<T, StoreError>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        let index = self.breaker_index(slot);
         let breaker = &self.inner.breakers[index];
         if !breaker.allow() {
             return Err(StoreError::circuit_open());
@@ -84,12 +98,12 @@ impl Lane {
         result
     }
 
-    fn breaker_index(&self, key: &str) -> usize {
+    fn breaker_index(&self, slot: u16) -> usize {
         let n = self.inner.breakers.len();
         if n == 1 {
             return 0;
         }
-        usize::from(slot::of(key.as_bytes())) * n / slot::SLOTS
+        usize::from(slot) * n / slot::SLOTS
     }
 }
 
@@ -138,6 +152,7 @@ impl Drop for ProbeEnded {
     }
 }
 
+#[cfg_attr(not(feature = "cluster"), allow(unused_variables))]
 async fn probe(inner: &Inner, index: usize) -> bool {
     let mut conn = inner.conn.clone();
     let ask = async {

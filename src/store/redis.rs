@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 
-use super::batch::Batcher;
+use super::batch::{Batcher, Batchers, Protocol};
 use super::breaker::BreakerConfig;
 use super::conn::{manager_config, Connector, RedisConn};
 use super::lane::Lane;
@@ -49,8 +49,8 @@ struct Inner {
     prefix: String,
     breaker: BreakerConfig,
     probe_timeout: Duration,
-    /// One batcher per script, created when a layer first asks for it.
-    batchers: std::sync::Mutex<Vec<Arc<Batcher>>>,
+    /// One batcher per protocol, created when a layer first asks for it.
+    batchers: Batchers,
     /// Clients for dedicated connections (pub/sub): the URL, or every seed
     /// node of a cluster (classic pub/sub is cluster-wide, so any node serves).
     pubsub: Vec<redis::Client>,
@@ -186,16 +186,11 @@ impl RedisStore {
         )
     }
 
-    /// The batcher of `script` on this store (one per script, shared by the
-    /// store's clones): layers resolve it once when they are built.
-    pub(crate) fn batcher(&self, script: &'static redis::Script) -> Arc<Batcher> {
-        let mut batchers = super::memory::lock(&self.inner.batchers);
-        if let Some(b) = batchers.iter().find(|b| b.runs(script)) {
-            return b.clone();
-        }
-        let b = Arc::new(Batcher::new(script));
-        batchers.push(b.clone());
-        b
+    /// The batcher of protocol `P` on this store (one per protocol, shared
+    /// by the store's clones, made with `make` on first use): layers resolve
+    /// it once when they are built.
+    pub(crate) fn batcher<P: Protocol>(&self, make: impl FnOnce() -> P) -> Arc<Batcher<P>> {
+        self.inner.batchers.get(make)
     }
 
     /// Clients to open dedicated connections (pub/sub) with: empty when the
@@ -325,7 +320,7 @@ impl RedisStoreBuilder {
                 prefix: self.prefix,
                 breaker: self.breaker,
                 probe_timeout,
-                batchers: std::sync::Mutex::default(),
+                batchers: Batchers::default(),
                 pubsub,
             }),
         };

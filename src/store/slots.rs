@@ -29,11 +29,6 @@ pub(crate) fn probe_key(index: usize, n: usize) -> String {
         .unwrap_or_default()
 }
 
-#[cfg(not(feature = "cluster"))]
-pub(crate) fn probe_key(_index: usize, _n: usize) -> String {
-    String::new()
-}
-
 /// Redis Cluster's key slot: CRC16 (XMODEM) of the key's hash tag, or of the
 /// whole key when it has none, modulo 16384.
 pub(crate) mod slot {
@@ -55,6 +50,21 @@ pub(crate) mod slot {
 
     #[cfg(not(feature = "cluster"))]
     pub(crate) fn of(_key: &[u8]) -> u16 {
+        0
+    }
+
+    /// The slot of a key whose hash tag holds `parts`, one after another.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn of_parts(parts: &[&[u8]]) -> u16 {
+        let mut crc = crc16::State::<crc16::XMODEM>::new();
+        for p in parts {
+            crc.update(p);
+        }
+        crc.get() % SLOTS as u16
+    }
+
+    #[cfg(not(feature = "cluster"))]
+    pub(crate) fn of_parts(_parts: &[&[u8]]) -> u16 {
         0
     }
 
@@ -82,6 +92,13 @@ pub(crate) mod slot {
                 }
                 assert_eq!(Some(ours), same, "{key}");
             }
+        }
+
+        #[test]
+        fn a_tag_in_parts_has_the_slot_of_the_key() {
+            let key = b"p:rl:{scope:digest}:policy:gcra";
+            let parts: [&[u8]; 3] = [b"scope", b":", b"digest"];
+            assert_eq!(super::of_parts(&parts), super::of(key));
         }
     }
 }

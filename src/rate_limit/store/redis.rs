@@ -1,13 +1,22 @@
 //! The Redis home of the algorithms: every decision is one call of
 //! `scripts/check.lua`, batched with the decisions in flight.
+//!
+//! A batch is written straight into one `EVALSHA`: each policy set's
+//! parameters once, each client's keys once (the requests of one client in
+//! a batch are decided together, against one read of its state), and per
+//! request only its cost.
 
+use std::io::Write as _;
 use std::sync::{Arc, LazyLock};
 
 use futures_util::future::BoxFuture;
+use redis::{Cmd, RedisWrite as _, Value};
 
 use super::{Answer, PolicyOutcome, Question, RateLimitHome, RateLimitStore};
 use crate::error::StoreError;
-use crate::store::batch::{Batcher, Item};
+use crate::key::DIGEST_LEN;
+use crate::rate_limit::policy::{Algorithm, Compiled};
+use crate::store::batch::{Batcher, Packed, Protocol};
 use crate::store::lane::Lane;
 use crate::RedisStore;
 
@@ -18,69 +27,31 @@ static SCRIPT: LazyLock<redis::Script> =
 /// breakers) and the store's batcher of the check script.
 #[derive(Debug)]
 pub(crate) struct RedisHome {
-    prefix: String,
     lane: Lane,
-    batcher: Arc<Batcher>,
+    batcher: Arc<Batcher<Checks>>,
 }
 
 impl RateLimitStore for RedisStore {
     fn rate_limit_home(&self) -> Arc<dyn RateLimitHome> {
+        let prefix = self.prefix().to_owned();
         Arc::new(RedisHome {
-            prefix: self.prefix().to_owned(),
             lane: self.lane("rate limit", false),
-            batcher: self.batcher(&SCRIPT),
+            batcher: self.batcher(|| Checks { prefix }),
         })
-    }
-}
-
-impl RedisHome {
-    /// `{prefix}:rl:{scope:client}:{policy}:{algorithm}`: the hash tag
-    /// keeps one client's policies in one cluster slot.
-    fn keys(&self, q: &Question) -> Vec<String> {
-        let digest = q.key.digest();
-        q.policies
-            .iter()
-            .map(|p| {
-                format!(
-                    "{}:rl:{{{}:{}}}:{}",
-                    self.prefix, q.scope, digest, p.key_suffix
-                )
-            })
-            .collect()
     }
 }
 
 impl RateLimitHome for RedisHome {
     fn check(&self, q: &Question) -> BoxFuture<'static, Result<Answer, StoreError>> {
-        let keys = self.keys(q);
-        #[cfg(feature = "cluster")]
-        debug_assert!(
-            keys.windows(2).all(|w| {
-                use redis::cluster_routing::Slot;
-                Slot::for_key(&w[0]) == Slot::for_key(&w[1])
-            }),
-            "one client's policy keys must share a hash slot: {keys:?}"
-        );
-        let mut args = Vec::with_capacity(2 + 5 * q.policies.len());
-        args.push(q.cost as i64);
-        args.push(q.policies.len() as i64);
-        for p in q.policies.iter() {
-            args.extend([
-                i64::from(p.algorithm.code()),
-                p.capacity as i64,
-                p.limit as i64,
-                p.period_us as i64,
-                p.interval_us as i64,
-            ]);
-        }
-        let n = q.policies.len();
-        let item = Item::new(keys, args, 1 + 3 * n);
+        let item = Check {
+            scope: q.scope.clone(),
+            policies: q.policies.clone(),
+            digest: q.key.digest_bytes(),
+            cost: q.cost,
+        };
         let lane = self.lane.clone();
         let batcher = self.batcher.clone();
-        Box::pin(async move {
-            let values = batcher.submit(&lane, item).await?;
-            parse(&values, n)
-        })
+        Box::pin(async move { batcher.submit(&lane, item).await })
     }
 
     fn counters(&self) -> usize {
@@ -89,23 +60,185 @@ impl RateLimitHome for RedisHome {
     }
 }
 
-fn parse(values: &[i64], n: usize) -> Result<Answer, StoreError> {
-    if values.len() != 1 + 3 * n {
-        return Err(StoreError::protocol(format!(
-            "rate-limit script returned {} values for {n} policies",
-            values.len()
-        )));
+/// One decision in a batch.
+pub(crate) struct Check {
+    scope: Arc<str>,
+    policies: Arc<[Compiled]>,
+    digest: [u8; DIGEST_LEN],
+    cost: u64,
+}
+
+impl Check {
+    /// The group of checks decided against one state: one client under one
+    /// policy set (a set belongs to one layer, hence one scope).
+    fn group(&self) -> (usize, &[u8; DIGEST_LEN]) {
+        (self.policies.as_ptr() as usize, &self.digest)
     }
-    let policies = values[1..]
-        .chunks_exact(3)
-        .map(|c| PolicyOutcome {
-            remaining: c[0].max(0) as u64,
-            reset_us: c[1].max(0) as u64,
-            retry_after_us: (c[2] >= 0).then_some(c[2] as u64),
-        })
-        .collect();
-    Ok(Answer {
-        allowed: values[0] == 1,
-        policies,
-    })
+}
+
+/// The check script's protocol, for the store with key prefix `prefix`.
+pub(crate) struct Checks {
+    prefix: String,
+}
+
+impl Checks {
+    /// `{prefix}:rl:{scope:client}:{policy}:{algorithm}`: the hash tag keeps
+    /// one client's policies in one cluster slot.
+    fn write_key(&self, cmd: &mut Cmd, c: &Check, p: &Compiled) {
+        let mut w = cmd.writer_for_next_arg();
+        let _ = w.write_all(self.prefix.as_bytes());
+        let _ = w.write_all(b":rl:{");
+        let _ = w.write_all(c.scope.as_bytes());
+        let _ = w.write_all(b":");
+        let _ = w.write_all(&c.digest);
+        let _ = w.write_all(b"}:");
+        let _ = w.write_all(p.key_suffix.as_bytes());
+    }
+}
+
+/// The order in which the script answers: item indices, grouped.
+pub(crate) struct Layout(Vec<u32>);
+
+impl Protocol for Checks {
+    type Item = Check;
+    type Reply = Answer;
+    type Layout = Layout;
+
+    fn script(&self) -> &'static redis::Script {
+        &SCRIPT
+    }
+
+    fn slot(&self, c: &Check) -> u16 {
+        crate::store::slots::slot::of_parts(&[c.scope.as_bytes(), b":", &c.digest])
+    }
+
+    fn encode(&self, items: &[Check], cmd: &mut Cmd) -> Layout {
+        // Items of one group become neighbours, in arrival order, and the
+        // groups of one policy set too.
+        let mut order: Vec<u32> = (0..items.len() as u32).collect();
+        order.sort_by(|&a, &b| items[a as usize].group().cmp(&items[b as usize].group()));
+        let item = |i: usize| &items[order[i] as usize];
+        let heads: Vec<usize> = (0..order.len())
+            .filter(|&i| i == 0 || item(i - 1).group() != item(i).group())
+            .collect();
+        let same_set = |a: usize, b: usize| Arc::ptr_eq(&item(a).policies, &item(b).policies);
+        let set_heads: Vec<usize> = (0..heads.len())
+            .filter(|&g| g == 0 || !same_set(heads[g - 1], heads[g]))
+            .collect();
+        let keys: usize = heads.iter().map(|&h| item(h).policies.len()).sum();
+        cmd.arg(keys);
+        for &h in &heads {
+            let c = item(h);
+            for p in c.policies.iter() {
+                self.write_key(cmd, c, p);
+            }
+        }
+        // Two layers charging one counter name the same key twice: the
+        // script keeps one state for it.
+        let aliases = if set_heads.len() > 1 {
+            aliases(heads.iter().map(|&h| item(h)))
+        } else {
+            Vec::new()
+        };
+        // Every number goes in one argument, as little-endian doubles.
+        let mut w = cmd.writer_for_next_arg();
+        let mut num = |v: f64| {
+            let _ = w.write_all(&v.to_le_bytes());
+        };
+        num(aliases.len() as f64);
+        for (k, first) in aliases {
+            num(k as f64);
+            num(first as f64);
+        }
+        num(set_heads.len() as f64);
+        for (s, &g) in set_heads.iter().enumerate() {
+            let policies = &item(heads[g]).policies;
+            num(policies.len() as f64);
+            for p in policies.iter() {
+                let (x, y) = match p.algorithm {
+                    Algorithm::Gcra | Algorithm::TokenBucket => (p.capacity, p.interval_us),
+                    _ => (p.limit, p.period_us),
+                };
+                num(f64::from(p.algorithm.code()));
+                num(x as f64);
+                num(y as f64);
+            }
+            let next = set_heads.get(s + 1).copied().unwrap_or(heads.len());
+            num((next - g) as f64);
+        }
+        for (g, &h) in heads.iter().enumerate() {
+            let end = heads.get(g + 1).copied().unwrap_or(order.len());
+            if end - h > 1 {
+                num(-((end - h) as f64));
+            }
+            for i in h..end {
+                num(item(i).cost as f64);
+            }
+        }
+        drop(w);
+        Layout(order)
+    }
+
+    fn decode(
+        &self,
+        items: &[Check],
+        layout: Layout,
+        reply: Value,
+    ) -> Vec<Result<Answer, StoreError>> {
+        let mut answers: Vec<Option<Result<Answer, StoreError>>> =
+            items.iter().map(|_| None).collect();
+        match Packed::new(&reply) {
+            Ok(mut ints) => {
+                for i in layout.0 {
+                    let n = items[i as usize].policies.len();
+                    answers[i as usize] = Some(answer(&mut ints, n));
+                }
+                if !ints.is_empty() {
+                    let e = StoreError::protocol("the rate-limit script answered too much");
+                    return items.iter().map(|_| Err(e.duplicate())).collect();
+                }
+            }
+            Err(e) => return items.iter().map(|_| Err(e.duplicate())).collect(),
+        }
+        answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|| Err(StoreError::protocol("no answer"))))
+            .collect()
+    }
+}
+
+/// Keys (numbered from 1 in KEYS order) named like an earlier one, with
+/// the number of that earlier one.
+fn aliases<'a>(groups: impl Iterator<Item = &'a Check>) -> Vec<(usize, usize)> {
+    let mut seen = std::collections::HashMap::new();
+    let mut aliases = Vec::new();
+    let mut k = 0;
+    for c in groups {
+        for p in c.policies.iter() {
+            k += 1;
+            let name = (&*c.scope, &c.digest, p.key_suffix.as_str());
+            match seen.entry(name) {
+                std::collections::hash_map::Entry::Occupied(e) => aliases.push((k, *e.get())),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(k);
+                }
+            }
+        }
+    }
+    aliases
+}
+
+/// One request's answer: per policy remaining, reset, retry (-1: allows).
+fn answer(ints: &mut Packed<'_>, n: usize) -> Result<Answer, StoreError> {
+    let mut policies = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (remaining, reset, retry) = (ints.int()?, ints.int()?, ints.int()?);
+        policies.push(PolicyOutcome {
+            remaining: remaining.max(0) as u64,
+            reset_us: reset.max(0) as u64,
+            retry_after_us: (retry >= 0).then_some(retry as u64),
+        });
+    }
+    let allowed = policies.iter().all(|p| p.retry_after_us.is_none());
+    Ok(Answer { allowed, policies })
 }
