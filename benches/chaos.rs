@@ -134,10 +134,11 @@ fn main() {
         } else {
             ""
         },
-        if smoke {
-            " -- --smoke"
-        } else {
-            " --features cluster"
+        match (cfg!(feature = "cluster"), smoke) {
+            (true, true) => " --features cluster -- --smoke",
+            (true, false) => " --features cluster",
+            (false, true) => " -- --smoke",
+            (false, false) => "",
         }
     );
     let table = report::table(&header, &rows, &skipped);
