@@ -110,6 +110,7 @@ pub mod key;
 mod problem;
 pub mod rate_limit;
 mod store;
+mod telemetry;
 mod warn;
 
 pub use body::ResponseBody;

@@ -244,3 +244,54 @@ async fn an_order_is_committed_before_the_order_delay() {
     );
     pending.abort();
 }
+
+/// `GET /metrics` (Prometheus text): the layers' decision counters and
+/// the store latency, with the embedded store and with Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_serves_its_metrics() {
+    for url in ["", &support::redis_url()] {
+        let demo = start(url, "metrics-demo", &[("ITEM_DELAY_MS", "0")]);
+        for _ in 0..7 {
+            call(&demo.addr, "GET", "/api/limited", &[("x-api-key", "m")], "").await;
+        }
+        call(
+            &demo.addr,
+            "POST",
+            "/api/orders",
+            &[("idempotency-key", "\"m1\"")],
+            "x",
+        )
+        .await;
+        call(
+            &demo.addr,
+            "POST",
+            "/api/orders",
+            &[("idempotency-key", "\"m1\"")],
+            "x",
+        )
+        .await;
+        call(&demo.addr, "GET", "/api/items/m", &[], "").await;
+        let (status, headers, body) = call(&demo.addr, "GET", "/metrics", &[], "").await;
+        assert_eq!(status, 200);
+        assert!(headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain"));
+        for line in [
+            r#"trl_rate_limit_requests_total{scope="limited",plan="default",outcome="allowed"} 5"#,
+            r#"trl_rate_limit_requests_total{scope="limited",plan="default",outcome="denied"} 1"#,
+            r#"trl_idempotency_requests_total{scope="default",outcome="first_run"} 1"#,
+            r#"trl_idempotency_requests_total{scope="default",outcome="replay"} 1"#,
+        ] {
+            assert!(body.contains(line), "{line} in\n{body}");
+        }
+        if !url.is_empty() {
+            assert!(
+                body.contains(
+                    r#"trl_store_call_duration_seconds_count{layer="rate limit",outcome="ok"}"#
+                ),
+                "store latency in\n{body}"
+            );
+        }
+    }
+}

@@ -26,6 +26,7 @@
 //!   `ITEM_DELAY_MS` and is counted. `PUT /api/items/{id}` sets the version and
 //!   invalidates the cached GET on every instance.
 //! - `GET /api/stats`: fleet-wide counters from the shared store.
+//! - `GET /metrics`: this instance's metrics (Prometheus text format).
 //!
 //! With `REDIS_URL`, the demo's own data is read and written under a 100 ms
 //! deadline: while Redis is down the routes that need it answer 503
@@ -38,13 +39,14 @@ mod demo_data;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{Path, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use demo_data::DemoData;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 use tower_redis_layers::cache::{CacheStore, ResponseCacheLayer};
 use tower_redis_layers::idempotency::{IdempotencyLayer, IdempotencyStore};
@@ -68,18 +70,20 @@ fn env_ms(name: &str, default: u64) -> Duration {
     )
 }
 
-fn router<St>(store: St, app: App) -> Result<Router, Box<dyn std::error::Error + Send + Sync>>
+fn router<St>(
+    store: St,
+    app: App,
+    metrics: PrometheusHandle,
+) -> Result<Router, Box<dyn std::error::Error + Send + Sync>>
 where
     St: RateLimitStore + IdempotencyStore + CacheStore + Clone,
 {
-    let limit =
-        RateLimitLayer::builder(store.clone())
-            .policy(Policy::gcra(5, Duration::from_secs(10)).named("demo"))
-            .key(Header::new("x-api-key").or(PeerIp::from_extension(
-                |c: &ConnectInfo<SocketAddr>| c.0.ip(),
-            )))
-            .scope("limited")
-            .build()?;
+    let limit = RateLimitLayer::builder(store.clone())
+        .policy(Policy::gcra(5, Duration::from_secs(10)).named("demo"))
+        // PeerIp reads axum's ConnectInfo (this crate's `axum` feature).
+        .key(Header::new("x-api-key").or(PeerIp::new()))
+        .scope("limited")
+        .build()?;
     let idempotent = IdempotencyLayer::builder(store.clone())
         .principal(Header::new("x-api-key").or(Global))
         .build()?;
@@ -95,6 +99,7 @@ where
             get(get_item).put(put_item).route_layer(cache),
         )
         .route("/api/stats", get(stats))
+        .route("/metrics", get(move || async move { metrics.render() }))
         .with_state(app))
 }
 
@@ -194,6 +199,8 @@ async fn shutdown() {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    // Installed before the layers are built: they register their metrics then.
+    let metrics = PrometheusBuilder::new().install_recorder()?;
     let listen = std::env::var("LISTEN").unwrap_or_else(|_| "127.0.0.1:3000".into());
     let prefix = std::env::var("KEY_PREFIX").unwrap_or_else(|_| "demo".into());
     let redis_url = std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty());
@@ -204,8 +211,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         order_delay: env_ms("ORDER_DELAY_MS", 0),
     };
     let router = match &redis_url {
-        None => router(MemoryStore::new(), app)?,
-        Some(url) => router(redis_store(url, &prefix).await?, app)?,
+        None => router(MemoryStore::new(), app, metrics)?,
+        Some(url) => router(redis_store(url, &prefix).await?, app, metrics)?,
     };
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     println!("listening on {}", listener.local_addr()?);

@@ -6,12 +6,15 @@
 
 use std::future::Future;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::breaker::{Breaker, BreakerConfig};
 use super::conn::RedisConn;
-use super::slots::{breakers, probe_key, slot};
+#[cfg(feature = "cluster")]
+use super::slots::probe_key;
+use super::slots::{breakers, slot};
 use crate::error::StoreError;
+use crate::telemetry::{CallOutcome, StoreCalls};
 
 #[derive(Clone, Debug)]
 pub(crate) struct Lane {
@@ -26,6 +29,7 @@ struct Inner {
     /// How long the background probe waits for an answer.
     probe_timeout: Duration,
     breakers: Box<[Breaker]>,
+    metrics: StoreCalls,
 }
 
 impl Lane {
@@ -40,6 +44,7 @@ impl Lane {
             inner: Arc::new(Inner {
                 name,
                 breakers: breakers(&conn, config),
+                metrics: StoreCalls::new(name),
                 conn,
                 deadline,
                 probe_timeout,
@@ -65,20 +70,41 @@ impl Lane {
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
+        let inner = &*self.inner;
         let index = self.breaker_index(key);
-        let breaker = &self.inner.breakers[index];
+        let breaker = &inner.breakers[index];
         if !breaker.allow() {
+            inner.metrics.skipped.add(1);
             return Err(StoreError::circuit_open());
         }
-        let result = match tokio::time::timeout(self.inner.deadline, fut).await {
+        let started = Instant::now();
+        let (result, outcome) = match tokio::time::timeout(inner.deadline, fut).await {
             Ok(Ok(v)) => {
-                breaker.record_success();
+                inner.metrics.record(CallOutcome::Ok, started.elapsed());
+                if breaker.record_success() {
+                    inner.closed();
+                }
                 return Ok(v);
             }
-            Ok(Err(e)) => Err(StoreError::backend(e)),
-            Err(_) => Err(StoreError::timeout(self.inner.deadline)),
+            Ok(Err(e)) => (Err(StoreError::backend(e)), CallOutcome::Error),
+            Err(_) => (
+                Err(StoreError::timeout(inner.deadline)),
+                CallOutcome::Timeout,
+            ),
         };
+        inner.metrics.record(outcome, started.elapsed());
         if breaker.record_failure() {
+            if let Err(e) = &result {
+                tracing::warn!(
+                    lane = inner.name,
+                    error = %e,
+                    probe_every_ms = breaker.config().probe_every.as_millis() as u64,
+                    "store circuit breaker opened: {} skips the store while a background \
+                     probe waits for it to answer",
+                    inner.name
+                );
+            }
+            inner.metrics.breakers_open.add(1.0);
             spawn_probe(&self.inner, index);
         }
         result
@@ -119,12 +145,25 @@ fn spawn_probe(inner: &Arc<Inner>, index: usize) {
             }
             breaker.hold();
             if probe(&inner, index).await {
-                breaker.record_success();
-                tracing::info!(lane = inner.name, "store answers again: decisions resume");
+                if breaker.record_success() {
+                    inner.closed();
+                }
                 return;
             }
         }
     });
+}
+
+impl Inner {
+    /// A breaker of this lane closed: the store answers again.
+    fn closed(&self) {
+        self.metrics.breakers_open.add(-1.0);
+        tracing::warn!(
+            lane = self.name,
+            "store circuit breaker closed: {} uses the store again",
+            self.name
+        );
+    }
 }
 
 /// Clears the probe flag however the probe task ends (even with its runtime).
@@ -138,7 +177,10 @@ impl Drop for ProbeEnded {
     }
 }
 
-async fn probe(inner: &Inner, index: usize) -> bool {
+async fn probe(
+    inner: &Inner,
+    #[cfg_attr(not(feature = "cluster"), allow(unused_variables))] index: usize,
+) -> bool {
     let mut conn = inner.conn.clone();
     let ask = async {
         match &conn {

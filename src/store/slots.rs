@@ -29,11 +29,6 @@ pub(crate) fn probe_key(index: usize, n: usize) -> String {
         .unwrap_or_default()
 }
 
-#[cfg(not(feature = "cluster"))]
-pub(crate) fn probe_key(_index: usize, _n: usize) -> String {
-    String::new()
-}
-
 /// Redis Cluster's key slot: CRC16 (XMODEM) of the key's hash tag, or of the
 /// whole key when it has none, modulo 16384.
 pub(crate) mod slot {
