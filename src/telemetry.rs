@@ -3,18 +3,7 @@
 //! atomic add per event and nothing at all without the feature. Install the
 //! recorder (e.g. a Prometheus exporter) before building the layers.
 //!
-//! | metric | kind | labels |
-//! |---|---|---|
-//! | `trl_rate_limit_requests_total` | counter | `scope`, `plan`, `outcome`: allowed, denied, shadow_denied, failed_open, failed_closed, local_allowed, local_denied, remembered_denied, no_key, bad_key, cost_too_high, skipped |
-//! | `trl_rate_limit_denials_total` | counter | `scope`, `plan`, `policy`: which policy denied |
-//! | `trl_idempotency_requests_total` | counter | `scope`, `outcome`: first_run, replay, conflict, mismatch, bad_key, too_large, store_unavailable, passed |
-//! | `trl_cache_requests_total` | counter | `scope`, `outcome`: hit, miss, stale, revalidated, bypass, collapsed, store_error; `tier`: l1, store |
-//! | `trl_cache_evictions_total` | counter | `tier`: memory, l1 |
-//! | `trl_store_call_duration_seconds` | histogram | `layer`, `outcome`: ok, error, timeout |
-//! | `trl_store_calls_skipped_total` | counter | `layer`: calls skipped while a breaker was open |
-//! | `trl_store_breakers_open` | gauge | `layer`: breakers open now |
-//! | `trl_memory_entries` | gauge | `layer`: entries held in process |
-//! | `trl_memory_bytes` | gauge | `layer`: bytes held in process (cache) |
+//! The metrics are listed in the crate docs ("Metrics").
 
 #![cfg_attr(not(feature = "metrics"), allow(dead_code, unused_variables))]
 
