@@ -44,7 +44,10 @@ pub(crate) fn parse(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, Strin
     let raw = value.as_bytes();
     let text = if raw.first() == Some(&b'"') {
         let item: sfv::Item = sfv::Parser::new(raw).parse().map_err(|_| {
-            if sfv::Parser::new(raw).parse::<sfv::List>().is_ok_and(|l| l.len() > 1) {
+            if sfv::Parser::new(raw)
+                .parse::<sfv::List>()
+                .is_ok_and(|l| l.len() > 1)
+            {
                 "the Idempotency-Key header must hold one key, not a list".to_owned()
             } else {
                 "the Idempotency-Key header is not a structured-field string: \

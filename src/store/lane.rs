@@ -86,7 +86,13 @@ impl Lane {
                 }
                 return Ok(v);
             }
-            Ok(Err(e)) => (Err(StoreError::backend(e)), CallOutcome::Error),
+            // Redis answered, out of memory: no outage, so the breaker stays
+            // closed (reads still work); the layer's failure policy answers.
+            Ok(Err(e)) if e.code() == Some("OOM") => {
+                inner.metrics.record(CallOutcome::Error, started.elapsed());
+                return Err(StoreError::redis(e));
+            }
+            Ok(Err(e)) => (Err(StoreError::redis(e)), CallOutcome::Error),
             Err(_) => (
                 Err(StoreError::timeout(inner.deadline)),
                 CallOutcome::Timeout,
