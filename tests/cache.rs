@@ -171,6 +171,40 @@ fn cached(
 
 const MAX60: &[(&str, &str)] = &[("cache-control", "max-age=60")];
 
+/// Every web-cache-poisoning vector the layer closes: a request header (or
+/// a `Host`) that the origin below reflects but the clean client does not send.
+const VECTORS: &[(&str, &str)] = &[
+    ("host", "evil.example"),
+    ("forwarded", "host=evil.example;proto=http"),
+    ("x-forwarded-host", "evil.example"),
+    ("x-forwarded-proto", "http"),
+    ("x-forwarded-scheme", "http"),
+    ("x-forwarded-port", "8443"),
+    ("x-forwarded-prefix", "/evil"),
+    ("x-forwarded-server", "evil.example"),
+    ("x-host", "evil.example"),
+    ("x-original-url", "/admin"),
+    ("x-rewrite-url", "/admin"),
+    ("x-http-method-override", "DELETE"),
+    ("x-http-method", "DELETE"),
+    ("x-method-override", "DELETE"),
+    ("cookie", "session=alice"),
+];
+
+/// An origin that reflects every vector into a page stored for 30 s by
+/// the layer's default TTL (no `Cache-Control`), as many apps do.
+fn reflecting() -> Origin {
+    Origin::new(|req, _| {
+        let mut page = String::from("page");
+        for (name, _) in VECTORS {
+            if let Some(v) = req.headers().get(*name) {
+                page.push_str(&format!(" {name}={}", v.to_str().unwrap()));
+            }
+        }
+        res(&[], &page)
+    })
+}
+
 conformance! {
     async fn fresh_hits_carry_age_and_cache_status(store) {
         let origin = versioned(MAX60);
@@ -282,6 +316,97 @@ conformance! {
         assert_eq!(again.body, "<script src=//example.com/app.js>");
         assert_eq!(send(&svc, get("/page")).await.body, "<script src=//example.com/app.js>");
         assert_eq!(origin.calls(), 2);
+    }
+
+    async fn no_poisoning_vector_fills_the_entry_clean_clients_read(store) {
+        let origin = reflecting();
+        let svc = cached(builder(store).default_ttl(Duration::from_secs(30)).build().unwrap(), &origin);
+        let clean_page = "page host=good.example";
+        for (i, (name, value)) in VECTORS.iter().enumerate() {
+            let path = format!("/p{i}");
+            let mut poisoned = vec![("host", "good.example")];
+            match *name {
+                "host" => poisoned[0].1 = value,
+                _ => poisoned.push((name, value)),
+            }
+            // The poisoned request may get anything...
+            send(&svc, with(Method::GET, &path, &poisoned)).await;
+            // ...the next clean client gets the clean page, and so does the one after.
+            for _ in 0..2 {
+                let clean = send(&svc, with(Method::GET, &path, &[("host", "good.example")])).await;
+                assert_eq!(clean.body, clean_page, "vector {name}");
+            }
+        }
+        // An absolute-form request naming one host while `Host` names another.
+        let abs = with(Method::GET, "http://good.example/abs", &[("host", "evil.example")]);
+        send(&svc, abs).await;
+        let clean = send(&svc, with(Method::GET, "/abs", &[("host", "good.example")])).await;
+        assert_eq!(clean.body, clean_page, "absolute-form");
+        // Hosts never share entries, and ports and case are normalised.
+        let other = send(&svc, with(Method::GET, "/p0", &[("host", "other.example")])).await;
+        assert_eq!(other.body, "page host=other.example");
+        let same = send(&svc, with(Method::GET, "/p0", &[("host", "Good.Example:80")])).await;
+        assert_eq!(same.body, clean_page);
+        assert!(same.cache_status().contains("hit"), "{}", same.cache_status());
+    }
+
+    async fn cookie_requests_fill_only_responses_that_share_themselves(store) {
+        let origin = Origin::new(|req, n| {
+            let shared = req.uri().path() == "/public";
+            let cc = if shared { "public, max-age=60" } else { "max-age=60" };
+            res(&[("cache-control", cc)], &format!("v{n}"))
+        });
+        let svc = cached(builder(store.clone()).default_ttl(Duration::from_secs(30)).build().unwrap(), &origin);
+        let cookie = [("cookie", "session=alice")];
+        let first = send(&svc, with(Method::GET, "/private", &cookie)).await;
+        assert!(first.cache_status().contains("detail=cookie"), "{}", first.cache_status());
+        assert_eq!(send(&svc, get("/private")).await.body, "v2", "not stored from the cookie request");
+        assert_eq!(send(&svc, with(Method::GET, "/private", &cookie)).await.body, "v2", "but served to it");
+        send(&svc, with(Method::GET, "/public", &cookie)).await;
+        assert_eq!(send(&svc, get("/public")).await.body, "v3", "public: stored");
+        // Opted out: a cookie is a header like any other.
+        let svc = cached(builder(store).scope("open").share_cookie_requests(true).build().unwrap(), &origin);
+        let n = origin.calls() + 1;
+        send(&svc, with(Method::GET, "/private", &cookie)).await;
+        assert_eq!(send(&svc, get("/private")).await.body, format!("v{n}"));
+    }
+
+    async fn overflowing_settings_are_build_errors_and_app_ttls_are_clamped(store) {
+        for b in [
+            builder(store.clone()).max_wait(Duration::MAX),
+            builder(store.clone()).lock_ttl(Duration::MAX),
+            builder(store.clone()).default_ttl(Duration::ZERO),
+            builder(store.clone()).default_ttl(Duration::MAX),
+            builder(store.clone()).negative_ttl(Duration::MAX),
+            builder(store.clone()).keep_stale(Duration::MAX),
+            builder(store.clone()).l1(10, Duration::MAX),
+        ] {
+            assert!(b.build().is_err());
+        }
+        let handle = builder(store).build().unwrap().handle();
+        for _ in 0..2 {
+            let v = handle
+                .get_or_load("forever", Duration::MAX, || async { Ok::<_, Infallible>(Bytes::from_static(b"v")) })
+                .await;
+            assert_eq!(v, Ok(Bytes::from_static(b"v")));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let not_loaded = handle
+            .get_or_load("forever", Duration::MAX, || async { Err::<Bytes, _>("loaded again") })
+            .await;
+        assert_eq!(not_loaded, Ok(Bytes::from_static(b"v")), "stored, clamped to ten years");
+    }
+
+    async fn vary_values_are_normalised_only_for_accept_headers(store) {
+        let origin = Origin::new(|req, n| {
+            let t = req.headers().get("x-tenant").map_or("-", |v| v.to_str().unwrap()).to_owned();
+            res(&[("cache-control", "max-age=60"), ("vary", "x-tenant")], &format!("{t}-{n}"))
+        });
+        let svc = cached(builder(store).build().unwrap(), &origin);
+        let tenant = |t: &str| with(Method::GET, "/t", &[("x-tenant", t)]);
+        assert_eq!(send(&svc, tenant("Acme")).await.body, "Acme-1");
+        assert_eq!(send(&svc, tenant("acme")).await.body, "acme-2", "case matters outside Accept-*");
+        assert_eq!(send(&svc, tenant("Acme")).await.body, "Acme-1");
     }
 
     async fn vary_keys_variants_and_vary_star_is_not_stored(store) {
@@ -451,9 +576,11 @@ conformance! {
         let layer = builder(store).build().unwrap();
         let handle = layer.handle();
         let svc = cached(layer, &origin);
-        send(&svc, get("/items/1?x=1")).await;
-        handle.invalidate(&"/items/1?x=1".parse().unwrap()).await.unwrap();
-        assert_eq!(send(&svc, get("/items/1?x=1")).await.body, "v2");
+        let host = [("host", "api.example")];
+        send(&svc, with(Method::GET, "/items/1?x=1", &host)).await;
+        assert!(handle.invalidate(&"/items/1?x=1".parse().unwrap()).await.is_err(), "keyed per host: absolute URIs only");
+        handle.invalidate(&"http://API.example:80/items/1?x=1".parse().unwrap()).await.unwrap();
+        assert_eq!(send(&svc, with(Method::GET, "/items/1?x=1", &host)).await.body, "v2");
     }
 
     async fn the_query_is_normalised_as_configured(store) {
@@ -603,11 +730,12 @@ conformance! {
             res(&[("cache-control", "max-age=60")], &format!("{}-{n}", req.uri().path()))
         });
         let svc = cached(builder(store).build().unwrap(), &origin);
-        send(&svc, get("/a")).await;
-        send(&svc, get("/b")).await;
-        send(&svc, with(Method::PATCH, "/c", &[("host", "api.example")])).await;
-        assert_eq!(send(&svc, get("/a")).await.body, "/a-4");
-        assert_eq!(send(&svc, get("/b")).await.body, "/b-2", "another origin's Location is ignored");
+        let host = [("host", "api.example")];
+        send(&svc, with(Method::GET, "/a", &host)).await;
+        send(&svc, with(Method::GET, "/b", &host)).await;
+        send(&svc, with(Method::PATCH, "/c", &host)).await;
+        assert_eq!(send(&svc, with(Method::GET, "/a", &host)).await.body, "/a-4");
+        assert_eq!(send(&svc, with(Method::GET, "/b", &host)).await.body, "/b-2", "another origin's Location is ignored");
     }
 }
 

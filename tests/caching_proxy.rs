@@ -66,7 +66,26 @@ fn start_proxy(upstream: SocketAddr, redis: Option<&str>) -> Proxy {
 struct Counts {
     fresh: Arc<AtomicU64>,
     nostore: Arc<AtomicU64>,
+    page: Arc<AtomicU64>,
 }
+
+/// Web-cache-poisoning vectors: headers (and a `Host`) an upstream
+/// reflects but a clean client does not send.
+const VECTORS: &[(&str, &str)] = &[
+    ("host", "evil.example"),
+    ("forwarded", "host=evil.example;proto=http"),
+    ("x-forwarded-host", "evil.example"),
+    ("x-forwarded-proto", "http"),
+    ("x-forwarded-scheme", "http"),
+    ("x-forwarded-port", "8443"),
+    ("x-forwarded-prefix", "/evil"),
+    ("x-original-url", "/admin"),
+    ("x-rewrite-url", "/admin"),
+    ("x-http-method-override", "DELETE"),
+    ("x-http-method", "DELETE"),
+    ("x-method-override", "DELETE"),
+    ("cookie", "session=alice"),
+];
 
 async fn upstream() -> (SocketAddr, Counts) {
     let counts = Counts::default();
@@ -87,6 +106,20 @@ async fn upstream() -> (SocketAddr, Counts) {
             get(|State(c): State<Counts>| async move {
                 let n = c.nostore.fetch_add(1, Ordering::SeqCst) + 1;
                 ([("cache-control", "no-store")], format!("nostore {n}"))
+            }),
+        )
+        .route(
+            "/page",
+            get(|State(c): State<Counts>, headers: HeaderMap| async move {
+                c.page.fetch_add(1, Ordering::SeqCst);
+                // Reflects what a poisoned request would change, as apps do.
+                let mut page = String::from("page");
+                for (name, _) in VECTORS {
+                    if let Some(v) = headers.get(*name) {
+                        page.push_str(&format!(" {name}={}", v.to_str().unwrap()));
+                    }
+                }
+                ([("cache-control", "max-age=60")], page)
             }),
         )
         .route(
@@ -161,6 +194,64 @@ async fn check(redis: Option<&str>) {
     assert_eq!(s, 200);
     assert_eq!(h["x-upstream"], "yes");
     assert_eq!(body, "/echo?a=1&b=two hello hop=false");
+}
+
+/// Each poisoning vector through the proxy: the poisoned request may get
+/// anything, the next clean client gets the clean page; hosts never mix.
+async fn poison(redis: Option<&str>) {
+    let (up, counts) = upstream().await;
+    let proxy = start_proxy(up, redis);
+    let p = proxy.1.as_str();
+    let clean = [("host", "good.example")];
+    for (i, (name, value)) in VECTORS.iter().enumerate() {
+        let path = format!("/page?v={i}");
+        let poisoned: Vec<(&str, &str)> = match *name {
+            "host" => vec![("host", value)],
+            _ => vec![clean[0], (name, value)],
+        };
+        call(p, "GET", &path, &poisoned, "").await;
+        for _ in 0..2 {
+            let (s, h, body) = call(p, "GET", &path, &clean, "").await;
+            assert_eq!(
+                (s, body.as_str()),
+                (200, "page host=good.example"),
+                "vector {name}: {h:?}"
+            );
+        }
+    }
+    // An absolute-form target naming one host while `Host` names another.
+    call(
+        p,
+        "GET",
+        "http://good.example/page?abs",
+        &[("host", "evil.example")],
+        "",
+    )
+    .await;
+    let (_, _, body) = call(p, "GET", "/page?abs", &clean, "").await;
+    assert_eq!(body, "page host=good.example", "absolute-form");
+    // Several hosts share the proxy; their entries never mix.
+    let before = counts.page.load(Ordering::SeqCst);
+    for host in ["a.example", "b.example", "a.example", "b.example"] {
+        let (_, _, body) = call(p, "GET", "/page?hosts", &[("host", host)], "").await;
+        assert_eq!(body, format!("page host={host}"));
+    }
+    assert_eq!(
+        counts.page.load(Ordering::SeqCst) - before,
+        2,
+        "one fill per host"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_poisoning_through_the_proxy_on_the_memory_store() {
+    poison(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_poisoning_through_the_proxy_on_redis() {
+    let url = support::redis_url();
+    poison(Some(&url)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

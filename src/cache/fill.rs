@@ -14,7 +14,7 @@ use super::entry::{encode, Entry, Meta};
 use super::flight::Outcome;
 use super::key::{self, Slot};
 use super::leader::Leader;
-use super::policy::{verdict, Lifetime, Verdict};
+use super::policy::{request_specific, verdict, Asked, Lifetime, Verdict};
 use super::response::{cache_status, serve, to_store, Cond, CACHE_STATUS};
 use super::store::Write;
 
@@ -44,10 +44,15 @@ impl Fill {
             fresh_until_ms: self.meta.fresh_until_ms(),
             keep_ms: self.keep_ms,
             token,
-            max_variants: shared.max_variants,
+            max_variants: shared.cfg.max_variants,
             writer: shared.l1.as_ref().map_or(0, |l1| l1.id),
         };
-        shared.l1_put(&self.slot, &raw, self.meta.fresh_until_ms());
+        shared.l1_put(
+            &self.slot,
+            &raw,
+            self.meta.fresh_until_ms(),
+            self.leader.seen,
+        );
         // Written first so a local follower's next lookup sees it in memory.
         shared.spawn_write(write);
         self.leader.finish(Outcome::Done(raw));
@@ -77,7 +82,7 @@ fn meta(slot: &Slot, status: StatusCode, now: u64, l: &Lifetime) -> Meta {
 pub(crate) struct FillCtx {
     pub(crate) cond: Cond,
     pub(crate) request: Arc<HeaderMap>,
-    pub(crate) authorized: bool,
+    pub(crate) asked: Asked,
     /// `only-if-cached` (honoured by policy): a miss is answered 504.
     pub(crate) only_if_cached: bool,
     /// The client speaks gRPC: the cache's own answers are gRPC statuses.
@@ -94,8 +99,15 @@ pub(crate) fn serve_stale_on_error<B>(
     let now = leader.shared.now_ms();
     sie_ok(stale, now).then(|| {
         let params = format!("fwd=stale; fwd-status={status}");
-        serve(&leader.shared.name, stale, now, false, &ctx.cond, &params)
-            .map(crate::ResponseBody::full)
+        serve(
+            &leader.shared.cfg.name,
+            stale,
+            now,
+            false,
+            &ctx.cond,
+            &params,
+        )
+        .map(crate::ResponseBody::full)
     })
 }
 
@@ -105,7 +117,7 @@ pub(crate) fn on_origin<B: Body>(
     ctx: &FillCtx,
 ) -> Response<CacheBody<B>> {
     let shared = leader.shared.clone();
-    let name = &shared.name;
+    let name = &shared.cfg.name;
     let now = shared.now_ms();
     let status = res.status();
     if status == StatusCode::NOT_MODIFIED {
@@ -127,20 +139,25 @@ pub(crate) fn on_origin<B: Body>(
         .detail
         .map(|d| format!("; detail={d}"))
         .unwrap_or_default();
-    let spec = shared.key.spec_for(res.headers());
+    let spec = shared.cfg.key.spec_for(res.headers());
     let v = match &spec {
         None => Verdict::Pass("vary-star"),
         Some(_) if res.headers().len() > super::entry::MAX_HEADERS => {
             Verdict::Pass("too-many-fields")
         }
-        Some(_) => verdict(&shared.rules, ctx.authorized, status, res.headers()),
+        Some(_) => verdict(&shared.cfg.rules, ctx.asked, status, res.headers()),
     };
     let (Verdict::Store(l), Some(spec)) = (v, spec) else {
         let why = match v {
             Verdict::Pass(why) => why,
             Verdict::Store(_) => "vary-star",
         };
-        leader.finish(Outcome::Pass);
+        // A pass caused by this request's fields lets the others fill.
+        leader.finish(if request_specific(why) {
+            Outcome::Abandoned
+        } else {
+            Outcome::Pass
+        });
         let mut res = res.map(passed);
         let params = format!("fwd={fwd}; fwd-status={}; detail={why}", status.as_u16());
         res.headers_mut()
@@ -169,7 +186,7 @@ pub(crate) fn on_origin<B: Body>(
     parts
         .headers
         .append(CACHE_STATUS.clone(), cache_status(name, &params));
-    let body = crate::ResponseBody::inner(CaptureBody::capture(body, fill, shared.max_body));
+    let body = crate::ResponseBody::inner(CaptureBody::capture(body, fill, shared.cfg.max_body));
     Response::from_parts(parts, body)
 }
 
@@ -185,7 +202,7 @@ fn refreshed<B>(
     let headers = super::response::merge_304(&stale.headers, fields);
     let status = StatusCode::from_u16(stale.meta.status).unwrap_or(StatusCode::OK);
     let slot = leader.slot.clone();
-    let entry = match verdict(&shared.rules, ctx.authorized, status, &headers) {
+    let entry = match verdict(&shared.cfg.rules, ctx.asked, status, &headers) {
         Verdict::Store(l) => {
             let entry = Entry {
                 meta: meta(&slot, status, now, &l),
@@ -201,14 +218,14 @@ fn refreshed<B>(
             };
             fill.finish(std::slice::from_ref(&stale.body));
             let params = "fwd=stale; fwd-status=304; stored";
-            return serve(&shared.name, &entry, now, false, &ctx.cond, params)
+            return serve(&shared.cfg.name, &entry, now, false, &ctx.cond, params)
                 .map(crate::ResponseBody::full);
         }
         Verdict::Pass(_) => Entry { headers, ..stale },
     };
     leader.finish(Outcome::Pass);
     serve(
-        &shared.name,
+        &shared.cfg.name,
         &entry,
         now,
         false,
@@ -221,7 +238,8 @@ fn refreshed<B>(
 /// Stores an application value (`get_or_load`) for `ttl`.
 pub(crate) fn store_value(leader: Leader, value: &Bytes, ttl: std::time::Duration) {
     let shared = leader.shared.clone();
-    let ms = super::policy::jittered(ttl.as_millis() as u64, shared.rules.jitter).max(1);
+    let ttl = super::config::clamp_ttl(ttl).as_millis() as u64;
+    let ms = super::policy::jittered(ttl, shared.cfg.rules.jitter).max(1);
     let slot = leader.slot.clone();
     let l = Lifetime {
         fresh_ms: ms,

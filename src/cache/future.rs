@@ -135,7 +135,7 @@ where
                 HitKind::Collapsed => "fwd=miss; collapsed",
             };
             let now = shared.now_ms();
-            let res = serve(&shared.name, &e, now, head, &ctx.cond, params);
+            let res = serve(&shared.cfg.name, &e, now, head, &ctx.cond, params);
             State::Ready { res: Some(res) }
         }
         Resolution::Fill(leader) => {
@@ -159,13 +159,13 @@ where
         }
         // RFC 9111 §5.2.1.7: nothing stored, so 504 without asking the origin.
         Resolution::Pass(_) if ctx.only_if_cached => State::Ready {
-            res: Some(refusal(&shared.name, Refusal::OnlyIfCached, ctx.grpc)),
+            res: Some(refusal(&shared.cfg.name, Refusal::OnlyIfCached, ctx.grpc)),
         },
         Resolution::Unavailable => State::Ready {
-            res: Some(refusal(&shared.name, Refusal::Unavailable, ctx.grpc)),
+            res: Some(refusal(&shared.cfg.name, Refusal::Unavailable, ctx.grpc)),
         },
         Resolution::Pass(detail) => {
-            let status = cache_status(&shared.name, &format!("fwd=miss; detail={detail}"));
+            let status = cache_status(&shared.cfg.name, &format!("fwd=miss; detail={detail}"));
             State::Calling {
                 fut: inner.call(req),
                 after: Some(After::Pass(Some(status))),

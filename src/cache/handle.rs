@@ -14,7 +14,7 @@ use super::invalidate::purge_urls;
 use super::key::app_url;
 use super::resolve::{resolve, Ask, Resolution};
 use super::shared::Shared;
-use crate::error::StoreError;
+use crate::error::{ConfigError, StoreError};
 
 /// Application access to a [`ResponseCacheLayer`](super::ResponseCacheLayer)'s
 /// cache; from [`ResponseCacheLayer::handle`](super::ResponseCacheLayer::handle).
@@ -30,7 +30,8 @@ impl CacheHandle {
     }
 
     /// The value stored under `key`, or the one `loader` produces, stored
-    /// for `ttl` (shortened by the layer's jitter).
+    /// for `ttl` (shortened by the layer's jitter; clamped to 1 ms – ten
+    /// years, so no value can overflow).
     ///
     /// Concurrent calls for one key, in this process and on every instance
     /// sharing the store, run `loader` once; the others wait (bounded by the
@@ -48,7 +49,7 @@ impl CacheHandle {
         Fut: Future<Output = Result<Bytes, E>>,
     {
         let ask = Ask {
-            url: app_url(&self.shared.key.scope, key),
+            url: app_url(&self.shared.cfg.key.scope, key),
             headers: Arc::new(HeaderMap::new()),
             lookup_only: false,
             force_older_than: None,
@@ -73,24 +74,38 @@ impl CacheHandle {
 
     /// Drops the value of `key` (from [`get_or_load`](Self::get_or_load)) on every instance.
     pub async fn invalidate_key(&self, key: &str) -> Result<(), StoreError> {
-        let url = app_url(&self.shared.key.scope, key);
+        let url = app_url(&self.shared.cfg.key.scope, key);
         self.shared.purge(&url).await.map(drop)
     }
 
-    /// Drops every cached variant of a GET of `uri` on every instance. With
-    /// [`key_host`](super::ResponseCacheLayerBuilder::key_host), `uri` must
-    /// be absolute.
+    /// Drops every cached variant of a GET of `uri` on every instance.
+    /// Entries are keyed per host (see
+    /// [`key_host`](super::ResponseCacheLayerBuilder::key_host)), so `uri`
+    /// must be absolute (`http://api.example/items/1`) unless that is off;
+    /// a relative one is then an error.
     pub async fn invalidate(&self, uri: &Uri) -> Result<(), StoreError> {
-        let url = self.shared.key.url(uri, &HeaderMap::new());
+        let url = self.url_of(uri)?;
         self.shared.purge(&url).await.map(drop)
     }
 
     /// Like [`invalidate`](Self::invalidate), in the background: failures are logged.
     pub fn invalidate_later(&self, uri: &Uri) {
-        let url = self.shared.key.url(uri, &HeaderMap::new());
+        let url = match self.url_of(uri) {
+            Ok(url) => url,
+            Err(e) => return tracing::warn!(error = %e, "response cache: invalidate_later ignored"),
+        };
         let fut = purge_urls(self.shared.clone(), vec![url]);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(fut);
         }
+    }
+
+    fn url_of(&self, uri: &Uri) -> Result<Arc<str>, StoreError> {
+        if self.shared.cfg.key.host && uri.authority().is_none() {
+            return Err(StoreError::backend(ConfigError::new(
+                "entries are keyed per host: invalidate an absolute URI (http://host/path)",
+            )));
+        }
+        Ok(self.shared.cfg.key.url(uri, &HeaderMap::new()))
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use super::entry::Entry;
 use super::flight::{FlightGuard, Outcome};
 use super::key::Slot;
+use super::l1::Epoch;
 use super::shared::Shared;
 
 /// How long a slot whose response could not be stored is not waited for.
@@ -22,6 +23,8 @@ pub(crate) struct Leader {
     pub(crate) stale: Option<Entry>,
     /// Why this request fills without the lock, for `Cache-Status`.
     pub(crate) detail: Option<&'static str>,
+    /// The in-process tier's invalidations when the lookup was answered.
+    pub(crate) seen: Option<Epoch>,
     /// The response could not be stored: mark the slot hit-for-miss.
     pass: bool,
 }
@@ -36,6 +39,7 @@ impl Leader {
         detail: Option<&'static str>,
     ) -> Self {
         Self {
+            seen: shared.l1_epoch(&slot.url),
             shared: shared.clone(),
             slot,
             token,

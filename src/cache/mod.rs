@@ -52,7 +52,7 @@
 //!     })
 //!     .await?;
 //! assert_eq!(row, "{\"id\":42}");
-//! cache.invalidate(&"/api/items/42".parse()?).await?;
+//! cache.invalidate(&"http://api.example/api/items/42".parse()?).await?;
 //! # Ok(()) }
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run()).unwrap();
 //! ```
@@ -167,6 +167,7 @@
 
 mod cache_control;
 mod capture;
+mod config;
 mod decide;
 pub(crate) mod entry;
 mod fill;
@@ -187,8 +188,9 @@ mod shared;
 mod store;
 
 pub use capture::CaptureBody;
+pub use config::{FailurePolicy, RequestDirectives};
 pub use future::ResponseFuture;
 pub use handle::CacheHandle;
-pub use layer::{FailurePolicy, RequestDirectives, ResponseCacheLayer, ResponseCacheLayerBuilder};
+pub use layer::{ResponseCacheLayer, ResponseCacheLayerBuilder};
 pub use service::ResponseCache;
 pub use store::CacheStore;

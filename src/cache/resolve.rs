@@ -11,11 +11,11 @@ use http::HeaderMap;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::config::FailurePolicy;
 use super::decide::{after_lookup, decode_for, fresh, swr_ok, HitKind, Polling, Step};
 use super::entry::Entry;
 use super::flight::{FlightGuard, Joined, Outcome};
 use super::key::{self, Slot};
-use super::layer::FailurePolicy;
 use super::leader::Leader;
 use super::shared::{token, Shared};
 use super::store::{Found, Lookup};
@@ -42,7 +42,7 @@ pub(crate) enum Resolution {
 }
 
 pub(crate) async fn resolve(shared: Arc<Shared>, ask: Ask) -> Resolution {
-    let deadline = Instant::now() + shared.wait;
+    let deadline = Instant::now() + shared.cfg.wait;
     for _ in 0..4 {
         let spec = shared.spec_of(&ask.url);
         let slot = key::slot(ask.url.clone(), spec, &ask.headers);
@@ -102,7 +102,7 @@ fn store_failed(
     e: &StoreError,
     open: impl FnOnce() -> Resolution,
 ) -> Resolution {
-    let (then, r) = match shared.on_failure {
+    let (then, r) = match shared.cfg.on_failure {
         FailurePolicy::Closed => ("answered 503 (fail closed)", Resolution::Unavailable),
         FailurePolicy::Open => ("the origin serves (fail open)", open()),
     };
@@ -117,6 +117,7 @@ async fn look_only(shared: &Arc<Shared>, slot: Slot) -> Option<Resolution> {
         lock: None,
         force: false,
     };
+    let seen = shared.l1_epoch(&slot.url);
     let found = match shared.home.lookup(&q).await {
         Ok(found) => found,
         Err(e) => return Some(store_failed(shared, &e, || Resolution::Pass("store-error"))),
@@ -130,7 +131,7 @@ async fn look_only(shared: &Arc<Shared>, slot: Slot) -> Option<Resolution> {
     });
     Some(match hit {
         Some((e, raw)) => {
-            shared.l1_put(&slot, &raw, e.meta.fresh_until_ms());
+            shared.l1_put(&slot, &raw, e.meta.fresh_until_ms(), seen);
             Resolution::Hit(e, HitKind::Fresh)
         }
         None => Resolution::Pass("miss"),
@@ -182,7 +183,7 @@ async fn lead(
     deadline: Instant,
 ) -> Option<Resolution> {
     let token = token();
-    let lock_ttl = shared.lock_ttl.as_millis() as u64;
+    let lock_ttl = shared.cfg.lock_ttl.as_millis() as u64;
     let mut polling = Polling::default();
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -191,6 +192,7 @@ async fn lead(
             lock: Some((token, lock_ttl)),
             force: polling.force,
         };
+        let seen = shared.l1_epoch(&slot.url);
         let found = match shared.home.lookup(&q).await {
             Ok(f) => f,
             Err(e) => {
@@ -226,7 +228,7 @@ async fn lead(
         match step {
             Step::Hit(kind) => {
                 let (e, raw) = (entry?, raw.unwrap_or_default());
-                shared.l1_put(&slot, &raw, e.meta.fresh_until_ms());
+                shared.l1_put(&slot, &raw, e.meta.fresh_until_ms(), seen);
                 guard.finish(Outcome::Done(raw));
                 return Some(Resolution::Hit(e, kind));
             }
