@@ -100,6 +100,6 @@ mod warn;
 
 pub use body::ResponseBody;
 pub use error::{ConfigError, StoreError, StoreErrorKind};
-pub use store::{BreakerConfig, MemoryStore};
+pub use store::{BreakerConfig, MemoryStore, MemoryStoreBuilder};
 #[cfg(feature = "redis")]
 pub use store::{RedisStore, RedisStoreBuilder};

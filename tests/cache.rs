@@ -145,9 +145,7 @@ fn builder(store: impl CacheStore) -> ResponseCacheLayerBuilder {
 async fn send<S>(svc: &S, req: Request<Full<Bytes>>) -> Got
 where
     S: Service<Request<Full<Bytes>>> + Clone,
-    S::Response: Into<
-        Response<tower_redis_layers::ResponseBody<tower_redis_layers::cache::CaptureBody<Chunks>>>,
-    >,
+    S::Response: Into<Response<tower_redis_layers::ResponseBody<Chunks>>>,
     S::Error: std::fmt::Debug,
 {
     let res: Response<_> = svc.clone().oneshot(req).await.unwrap().into();
@@ -170,6 +168,65 @@ fn cached(
 }
 
 const MAX60: &[(&str, &str)] = &[("cache-control", "max-age=60")];
+
+/// An origin with a version its PUTs advance; its first GET reads the
+/// version, then is held until [`release`](Self::release).
+#[derive(Clone, Default)]
+struct HeldOrigin {
+    version: Arc<AtomicUsize>,
+    gets: Arc<AtomicUsize>,
+    gate: Arc<tokio::sync::Notify>,
+}
+
+impl HeldOrigin {
+    /// Waits until `n` GETs reached the origin.
+    async fn reached(&self, n: usize) {
+        while self.gets.load(Ordering::SeqCst) < n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn release(&self) {
+        self.gate.notify_one();
+    }
+}
+
+impl Service<Request<Full<Bytes>>> for HeldOrigin {
+    type Response = Response<Chunks>;
+    type Error = Infallible;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Response<Chunks>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Full<Bytes>>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            if req.method() == Method::PUT {
+                this.version.fetch_add(1, Ordering::SeqCst);
+                return Ok(res(&[], ""));
+            }
+            let v = this.version.load(Ordering::SeqCst);
+            if this.gets.fetch_add(1, Ordering::SeqCst) == 0 {
+                this.gate.notified().await;
+            }
+            Ok(res(&[("cache-control", "max-age=60")], &format!("v{v}")))
+        })
+    }
+}
+
+/// The body of a GET through `svc`, read whole.
+async fn body_of<S>(svc: &S, req: Request<Full<Bytes>>) -> Bytes
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<tower_redis_layers::ResponseBody<Chunks>>>
+        + Clone,
+    S::Error: std::fmt::Debug,
+{
+    let res = svc.clone().oneshot(req).await.unwrap();
+    res.into_body().collect().await.unwrap().to_bytes()
+}
 
 /// Every web-cache-poisoning vector the layer closes: a request header (or
 /// a `Host`) that the origin below reflects but the clean client does not send.
@@ -395,6 +452,64 @@ conformance! {
             .get_or_load("forever", Duration::MAX, || async { Err::<Bytes, _>("loaded again") })
             .await;
         assert_eq!(not_loaded, Ok(Bytes::from_static(b"v")), "stored, clamped to ten years");
+    }
+
+    async fn a_write_wins_over_a_fill_in_flight_on_three_instances(store) {
+        let origin = HeldOrigin::default();
+        let layers: Vec<_> = (0..3).map(|_| builder(store.clone()).build().unwrap()).collect();
+        let [a, b, c] = [0, 1, 2].map(|i| ServiceBuilder::new().layer(layers[i].clone()).service(origin.clone()));
+        // A's fill reads version 0 at the origin, which then holds it.
+        let held = tokio::spawn({
+            let a = a.clone();
+            async move { body_of(&a, get("/item")).await }
+        });
+        origin.reached(1).await;
+        // The write completes while that fill is in flight.
+        let put = b.clone().oneshot(with(Method::PUT, "/item", &[])).await.unwrap();
+        assert_eq!(put.status(), StatusCode::OK);
+        drop(put);
+        // Reads that start after the write's response, on every instance,
+        // one of them behind A's own flight.
+        let reads: Vec<_> = [a.clone(), b.clone(), c.clone(), a.clone()]
+            .into_iter()
+            .map(|svc| tokio::spawn(async move { body_of(&svc, get("/item")).await }))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        origin.release();
+        assert_eq!(held.await.unwrap(), "v0", "the fill's own client, concurrent with the write");
+        for r in reads {
+            assert_eq!(r.await.unwrap(), "v1", "a read after the write's response");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for svc in [&a, &b, &c] {
+            assert_eq!(body_of(svc, get("/item")).await, "v1", "the old fill never landed");
+        }
+    }
+
+    async fn a_client_that_never_reads_does_not_hold_up_the_others(store) {
+        // A cold, large response (64 chunks of 4 KiB) and a client that
+        // takes the response but never reads its body.
+        let big = "x".repeat(4096);
+        let origin = Origin::new(move |_, n| {
+            let mut r = res(&[("cache-control", "max-age=60")], "");
+            *r.body_mut() = Chunks((0..64).map(|i| Bytes::from(if i == 0 { format!("{n:04}") } else { big.clone() })).collect());
+            r
+        });
+        let svc = cached(builder(store).build().unwrap(), &origin);
+        let stalled = svc.clone().oneshot(get("/big")).await.unwrap();
+        assert_eq!(stalled.status(), StatusCode::OK);
+        // Everyone else is served from the entry at once, while that client sleeps.
+        for _ in 0..3 {
+            let other = svc.clone().oneshot(get("/big")).await.unwrap();
+            let status = other.headers()["cache-status"].to_str().unwrap().to_owned();
+            assert!(status.contains("hit") || status.contains("collapsed"), "{status}");
+            let body = other.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!((body.len(), &body[..4]), (4 + 63 * 4096, &b"0001"[..]));
+        }
+        assert_eq!(origin.calls(), 1, "no extra origin call");
+        // And the sleeping client still gets the whole body when it reads.
+        let body = stalled.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.len(), 4 + 63 * 4096);
     }
 
     async fn vary_values_are_normalised_only_for_accept_headers(store) {

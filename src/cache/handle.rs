@@ -10,8 +10,8 @@ use http::{HeaderMap, Uri};
 
 use super::fill::store_value;
 use super::flight::Outcome;
-use super::invalidate::purge_urls;
 use super::key::app_url;
+use super::purges::{purge_urls, retry_later};
 use super::resolve::{resolve, Ask, Resolution};
 use super::shared::Shared;
 use crate::error::{ConfigError, StoreError};
@@ -65,39 +65,50 @@ impl CacheHandle {
                     Ok(v)
                 }
                 Err(e) => {
-                    leader.finish(Outcome::Abandoned);
+                    leader.end(Outcome::Abandoned);
                     Err(e)
                 }
             },
         }
     }
 
-    /// Drops the value of `key` (from [`get_or_load`](Self::get_or_load)) on every instance.
+    /// Drops the value of `key` (from [`get_or_load`](Self::get_or_load)) on
+    /// every instance. A purge that fails is also retried in the background.
     pub async fn invalidate_key(&self, key: &str) -> Result<(), StoreError> {
         let url = app_url(&self.shared.cfg.key.scope, key);
-        self.shared.purge(&url).await.map(drop)
+        self.purge(url).await
+    }
+
+    async fn purge(&self, url: Arc<str>) -> Result<(), StoreError> {
+        let result = self.shared.purge(&url).await.map(drop);
+        if result.is_err() {
+            retry_later(&self.shared, &url);
+        }
+        result
     }
 
     /// Drops every cached variant of a GET of `uri` on every instance.
     /// Entries are keyed per host (see
     /// [`key_host`](super::ResponseCacheLayerBuilder::key_host)), so `uri`
     /// must be absolute (`http://api.example/items/1`) unless that is off;
-    /// a relative one is then an error.
+    /// a relative one is then an error. A purge that fails is also retried
+    /// in the background.
     pub async fn invalidate(&self, uri: &Uri) -> Result<(), StoreError> {
         let url = self.url_of(uri)?;
-        self.shared.purge(&url).await.map(drop)
+        self.purge(url).await
     }
 
-    /// Like [`invalidate`](Self::invalidate), in the background: failures are logged.
+    /// Like [`invalidate`](Self::invalidate), in the background: failures
+    /// are logged and retried.
     pub fn invalidate_later(&self, uri: &Uri) {
         let url = match self.url_of(uri) {
             Ok(url) => url,
             Err(e) => return tracing::warn!(error = %e, "response cache: invalidate_later ignored"),
         };
         let fut = purge_urls(self.shared.clone(), vec![url]);
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(fut);
-        }
+        super::shared::spawn(async move {
+            fut.await;
+        });
     }
 
     fn url_of(&self, uri: &Uri) -> Result<Arc<str>, StoreError> {

@@ -9,6 +9,8 @@ use http::header::{CONTENT_LOCATION, HOST, LOCATION};
 use http::{HeaderMap, HeaderValue, Request, Uri};
 
 use super::key::authority;
+use super::purges::{purge_urls, Invalidated};
+use super::response::{cache_status, CACHE_STATUS};
 use super::shared::Shared;
 
 /// What an unsafe request may invalidate.
@@ -50,7 +52,11 @@ impl Targets {
     }
 
     /// Purges every target named by the request and its response.
-    pub(crate) fn purge(self, shared: &Arc<Shared>, res: &HeaderMap) -> BoxFuture<'static, ()> {
+    pub(crate) fn purge(
+        self,
+        shared: &Arc<Shared>,
+        res: &HeaderMap,
+    ) -> BoxFuture<'static, Invalidated> {
         let mut urls = vec![self.url.clone()];
         for name in [LOCATION, CONTENT_LOCATION] {
             if let Some(u) = res.get(name).and_then(|v| self.same_origin(shared, v)) {
@@ -63,13 +69,12 @@ impl Targets {
     }
 }
 
-pub(crate) fn purge_urls(shared: Arc<Shared>, urls: Vec<Arc<str>>) -> BoxFuture<'static, ()> {
-    let futs: Vec<_> = urls.iter().map(|u| shared.purge(u)).collect();
-    Box::pin(async move {
-        for r in futures_util::future::join_all(futs).await {
-            if let Err(e) = r {
-                shared.store_failed("an invalidation", "the entries stay until they expire", &e);
-            }
+impl Invalidated {
+    /// Tells the writer, in `Cache-Status`, that a purge is still to land.
+    pub(crate) fn mark(&self, name: &str, h: &mut HeaderMap) {
+        if !self.landed {
+            let status = cache_status(name, "fwd=method; detail=purge-pending");
+            h.append(CACHE_STATUS.clone(), status);
         }
-    })
+    }
 }

@@ -179,7 +179,9 @@ mod key;
 mod l1;
 mod layer;
 mod leader;
+mod origin;
 mod policy;
+mod purges;
 mod resolve;
 mod response;
 mod route;
@@ -187,7 +189,6 @@ mod service;
 mod shared;
 mod store;
 
-pub use capture::CaptureBody;
 pub use config::{FailurePolicy, RequestDirectives};
 pub use future::ResponseFuture;
 pub use handle::CacheHandle;

@@ -7,7 +7,6 @@ use http::{Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
-use super::capture::CacheBody;
 use super::fill::FillCtx;
 use super::future::{After, Pending, ResponseFuture};
 use super::invalidate::Targets;
@@ -35,11 +34,11 @@ impl<S> ResponseCache<S> {
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ResponseCache<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
-    ResBody: Body,
+    ResBody: Body<Data = bytes::Bytes>,
 {
-    type Response = Response<CacheBody<ResBody>>;
+    type Response = Response<crate::ResponseBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S, ReqBody>;
+    type Future = ResponseFuture<S, ReqBody, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)

@@ -11,7 +11,8 @@ use super::config::Config;
 use super::flight::Flights;
 use super::key::Slot;
 use super::l1::{Epoch, L1};
-use super::store::{CacheHome, Write};
+use super::purges::Retries;
+use super::store::CacheHome;
 use crate::error::StoreError;
 use crate::store::memory::lock;
 use crate::warn::Throttle;
@@ -24,6 +25,7 @@ pub(crate) struct Shared {
     pub(crate) home: Arc<dyn CacheHome>,
     pub(crate) flights: Arc<Flights>,
     pub(crate) l1: Option<Arc<L1>>,
+    pub(crate) retries: Retries,
     warned: Throttle,
     specs: Mutex<HashMap<Arc<str>, Arc<str>>>,
     base: Instant,
@@ -55,6 +57,7 @@ impl Shared {
             home,
             l1,
             flights: Arc::default(),
+            retries: Retries::default(),
             warned: Throttle::default(),
             specs: Mutex::default(),
             base: Instant::now(),
@@ -110,17 +113,6 @@ impl Shared {
             .store_failed("response cache", &self.cfg.key.scope, what, then, e);
     }
 
-    /// Writes an entry in the background: the response is not held up by it.
-    pub(crate) fn spawn_write(self: &Arc<Self>, w: Write) {
-        let fut = self.home.write(w);
-        let shared = self.clone();
-        spawn(async move {
-            if let Err(e) = fut.await {
-                shared.store_failed("storing an entry", "the response was not stored", &e);
-            }
-        });
-    }
-
     /// Keeps an in-process copy of a fresh entry (when the tier is on).
     pub(crate) fn l1_put(
         &self,
@@ -160,7 +152,7 @@ impl Shared {
 
 /// Spawns on the current Tokio runtime; outside one (a drop at shutdown)
 /// the work is skipped: locks expire and writes are only an optimisation.
-fn spawn(fut: impl std::future::Future<Output = ()> + Send + 'static) {
+pub(crate) fn spawn(fut: impl std::future::Future<Output = ()> + Send + 'static) {
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
         rt.spawn(fut);
     }

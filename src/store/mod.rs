@@ -11,6 +11,7 @@ mod breaker;
 pub(crate) mod conn;
 #[cfg(feature = "redis")]
 pub(crate) mod lane;
+pub(crate) mod lru;
 pub(crate) mod memory;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
@@ -18,7 +19,7 @@ pub(crate) mod redis;
 mod slots;
 
 pub use breaker::BreakerConfig;
-pub use memory::MemoryStore;
+pub use memory::{MemoryStore, MemoryStoreBuilder};
 #[cfg(feature = "redis")]
 pub use redis::{RedisStore, RedisStoreBuilder};
 
