@@ -1417,3 +1417,118 @@ conformance! {
         assert_eq!(only.status, StatusCode::OK, "request directives are ignored by default");
     }
 }
+
+/// The writer's instance has its breaker open when it writes: the purge is
+/// retried in the background until it lands, the write's response says so,
+/// and meanwhile that instance does not serve the URL from the cache.
+#[tokio::test]
+async fn a_purge_during_an_open_breaker_is_retried_and_lands() {
+    let server = support::RedisServer::start();
+    let store = || {
+        tower_redis_layers::RedisStore::builder(server.url())
+            .prefix("retry")
+            .deadline(Duration::from_millis(50))
+            .breaker(
+                tower_redis_layers::BreakerConfig::default()
+                    .failures(1)
+                    .probe_every(Duration::from_millis(50)),
+            )
+            .connect()
+    };
+    let origin = Origin::new(|req, n| {
+        if req.method() == Method::PUT {
+            return res(&[], "");
+        }
+        res(MAX60, &format!("v{n}"))
+    });
+    let a = cached(builder(store().await.unwrap()).build().unwrap(), &origin);
+    let b = cached(builder(store().await.unwrap()).build().unwrap(), &origin);
+    assert_eq!(send(&a, get("/x")).await.body, "v1");
+    assert!(send(&b, get("/x")).await.cache_status().contains("hit"));
+    // Redis stops answering: A's next call times out and opens its breaker.
+    let mut conn = redis_conn(&server.url()).await;
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1500)
+        .arg("ALL")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    send(&a, get("/other")).await;
+    let put = send(&a, with(Method::PUT, "/x", &[])).await;
+    assert_eq!(put.status, StatusCode::OK);
+    assert!(
+        put.cache_status().contains("detail=purge-pending"),
+        "{}",
+        put.cache_status()
+    );
+    let during = send(&a, get("/x")).await;
+    assert_ne!(
+        during.body, "v1",
+        "the writer's instance never serves the old entry"
+    );
+    // Once Redis answers again, the retried purge lands: the URL's
+    // generation moves and its entry is gone.
+    let mut tries = 0;
+    loop {
+        // Errors while Redis is still paused: ask again.
+        let gens: redis::RedisResult<Vec<String>> = redis::cmd("KEYS")
+            .arg("retry:cache:*:g")
+            .query_async(&mut conn)
+            .await;
+        if gens.is_ok_and(|g| !g.is_empty()) {
+            break;
+        }
+        tries += 1;
+        assert!(tries < 200, "the purge never landed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = send(&b, get("/x")).await;
+    assert_ne!(
+        after.body, "v1",
+        "another instance no longer finds the old entry"
+    );
+    assert!(
+        !after.cache_status().contains("hit"),
+        "{}",
+        after.cache_status()
+    );
+}
+
+/// An origin body that fails after its first chunk.
+struct Failing(bool);
+
+impl Body for Failing {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        if std::mem::replace(&mut self.0, true) {
+            return Poll::Ready(Some(Err(std::io::Error::other("origin reset"))));
+        }
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"partial")))))
+    }
+}
+
+conformance! {
+    async fn an_origin_body_that_fails_is_a_502_never_an_entry(store) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let svc = ServiceBuilder::new().layer(builder(store).build().unwrap()).service(tower::service_fn({
+            let calls = calls.clone();
+            move |_req: Request<Full<Bytes>>| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let res = Response::builder().header("cache-control", "max-age=60").body(Failing(false)).unwrap();
+                async move { Ok::<_, Infallible>(res) }
+            }
+        }));
+        for n in 1..=2 {
+            let res = svc.clone().oneshot(get("/f")).await.unwrap();
+            assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+            assert_eq!(res.headers()["content-type"], "application/problem+json");
+            assert_eq!(calls.load(Ordering::SeqCst), n, "nothing was stored");
+        }
+    }
+}

@@ -67,6 +67,7 @@ struct Counts {
     fresh: Arc<AtomicU64>,
     nostore: Arc<AtomicU64>,
     page: Arc<AtomicU64>,
+    big: Arc<AtomicU64>,
 }
 
 /// Web-cache-poisoning vectors: headers (and a `Host`) an upstream
@@ -106,6 +107,13 @@ async fn upstream() -> (SocketAddr, Counts) {
             get(|State(c): State<Counts>| async move {
                 let n = c.nostore.fetch_add(1, Ordering::SeqCst) + 1;
                 ([("cache-control", "no-store")], format!("nostore {n}"))
+            }),
+        )
+        .route(
+            "/big",
+            get(|State(c): State<Counts>| async move {
+                c.big.fetch_add(1, Ordering::SeqCst);
+                ([("cache-control", "max-age=60")], "b".repeat(BIG))
             }),
         )
         .route(
@@ -194,6 +202,53 @@ async fn check(redis: Option<&str>) {
     assert_eq!(s, 200);
     assert_eq!(h["x-upstream"], "yes");
     assert_eq!(body, "/echo?a=1&b=two hello hop=false");
+}
+
+/// A large cacheable body (within the proxy's 1 MiB cap).
+const BIG: usize = 900 << 10;
+
+/// A client that sends a GET for a cold large response and never reads it
+/// does not hold up the clients after it, nor cost an extra upstream call.
+async fn stalled_reader(redis: Option<&str>) {
+    let (up, counts) = upstream().await;
+    let proxy = start_proxy(up, redis);
+    let p = proxy.1.as_str();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(p.parse().unwrap()).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stalled, b"GET /big HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .unwrap();
+    while counts.big.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    for _ in 0..3 {
+        let (s, h, body) = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            call(p, "GET", "/big", &[], ""),
+        )
+        .await
+        .expect("not held up by the stalled client");
+        assert_eq!((s, body.len()), (200, BIG));
+        let status = h["cache-status"].to_str().unwrap();
+        assert!(
+            status.contains("hit") || status.contains("collapsed"),
+            "{status}"
+        );
+    }
+    assert_eq!(counts.big.load(Ordering::SeqCst), 1);
+    drop(stalled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reader_holds_up_nobody_on_the_memory_store() {
+    stalled_reader(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reader_holds_up_nobody_on_redis() {
+    let url = support::redis_url();
+    stalled_reader(Some(&url)).await;
 }
 
 /// Each poisoning vector through the proxy: the poisoned request may get

@@ -326,6 +326,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn through_the_layer_the_store_stays_within_its_capacity() {
+        use http_body_util::{BodyExt, Full};
+        use tower::ServiceExt;
+        let capacity = 1 << 20;
+        let store = MemoryStore::builder().cache_capacity(capacity).build();
+        let layer = crate::cache::ResponseCacheLayer::builder(store.clone())
+            .build()
+            .unwrap();
+        let svc = tower::ServiceBuilder::new().layer(layer).service_fn(
+            |_req: http::Request<Full<Bytes>>| async {
+                let body = Full::new(Bytes::from(vec![b'x'; 64 << 10]));
+                let res = http::Response::builder()
+                    .header("cache-control", "max-age=60")
+                    .body(body)
+                    .unwrap();
+                Ok::<_, std::convert::Infallible>(res)
+            },
+        );
+        let entries: Arc<Entries> = store.state();
+        for i in 0..10 * capacity / (64 << 10) {
+            let req = http::Request::get(format!("/r{i}"))
+                .body(Full::default())
+                .unwrap();
+            let res = svc.clone().oneshot(req).await.unwrap();
+            assert_eq!(
+                res.into_body().collect().await.unwrap().to_bytes().len(),
+                64 << 10
+            );
+            let st = lock(&entries.0);
+            let held: usize = st.entries.values().map(Bytes::len).sum();
+            assert!(held <= capacity, "{held} bytes held after {i} responses");
+        }
+        assert!(lock(&entries.0).entries.evictions() > 0);
+    }
+
+    #[tokio::test]
     async fn a_purge_advances_the_generation_and_an_older_fill_cannot_land() {
         let home = home(1 << 20);
         let q = Lookup {
