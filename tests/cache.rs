@@ -228,38 +228,10 @@ where
     res.into_body().collect().await.unwrap().to_bytes()
 }
 
-/// Every web-cache-poisoning vector the layer closes: a request header (or
-/// a `Host`) that the origin below reflects but the clean client does not send.
-const VECTORS: &[(&str, &str)] = &[
-    ("host", "evil.example"),
-    ("forwarded", "host=evil.example;proto=http"),
-    ("x-forwarded-host", "evil.example"),
-    ("x-forwarded-proto", "http"),
-    ("x-forwarded-scheme", "http"),
-    ("x-forwarded-port", "8443"),
-    ("x-forwarded-prefix", "/evil"),
-    ("x-forwarded-server", "evil.example"),
-    ("x-host", "evil.example"),
-    ("x-original-url", "/admin"),
-    ("x-rewrite-url", "/admin"),
-    ("x-http-method-override", "DELETE"),
-    ("x-http-method", "DELETE"),
-    ("x-method-override", "DELETE"),
-    ("cookie", "session=alice"),
-];
-
 /// An origin that reflects every vector into a page stored for 30 s by
 /// the layer's default TTL (no `Cache-Control`), as many apps do.
 fn reflecting() -> Origin {
-    Origin::new(|req, _| {
-        let mut page = String::from("page");
-        for (name, _) in VECTORS {
-            if let Some(v) = req.headers().get(*name) {
-                page.push_str(&format!(" {name}={}", v.to_str().unwrap()));
-            }
-        }
-        res(&[], &page)
-    })
+    Origin::new(|req, _| res(&[], &support::reflected_page(req.headers())))
 }
 
 conformance! {
@@ -379,7 +351,7 @@ conformance! {
         let origin = reflecting();
         let svc = cached(builder(store).default_ttl(Duration::from_secs(30)).build().unwrap(), &origin);
         let clean_page = "page host=good.example";
-        for (i, (name, value)) in VECTORS.iter().enumerate() {
+        for (i, (name, value)) in support::POISON_VECTORS.iter().enumerate() {
             let path = format!("/p{i}");
             let mut poisoned = vec![("host", "good.example")];
             match *name {

@@ -70,24 +70,6 @@ struct Counts {
     big: Arc<AtomicU64>,
 }
 
-/// Web-cache-poisoning vectors: headers (and a `Host`) an upstream
-/// reflects but a clean client does not send.
-const VECTORS: &[(&str, &str)] = &[
-    ("host", "evil.example"),
-    ("forwarded", "host=evil.example;proto=http"),
-    ("x-forwarded-host", "evil.example"),
-    ("x-forwarded-proto", "http"),
-    ("x-forwarded-scheme", "http"),
-    ("x-forwarded-port", "8443"),
-    ("x-forwarded-prefix", "/evil"),
-    ("x-original-url", "/admin"),
-    ("x-rewrite-url", "/admin"),
-    ("x-http-method-override", "DELETE"),
-    ("x-http-method", "DELETE"),
-    ("x-method-override", "DELETE"),
-    ("cookie", "session=alice"),
-];
-
 async fn upstream() -> (SocketAddr, Counts) {
     let counts = Counts::default();
     let app = Router::new()
@@ -121,12 +103,7 @@ async fn upstream() -> (SocketAddr, Counts) {
             get(|State(c): State<Counts>, headers: HeaderMap| async move {
                 c.page.fetch_add(1, Ordering::SeqCst);
                 // Reflects what a poisoned request would change, as apps do.
-                let mut page = String::from("page");
-                for (name, _) in VECTORS {
-                    if let Some(v) = headers.get(*name) {
-                        page.push_str(&format!(" {name}={}", v.to_str().unwrap()));
-                    }
-                }
+                let page = support::reflected_page(&headers);
                 ([("cache-control", "max-age=60")], page)
             }),
         )
@@ -258,7 +235,7 @@ async fn poison(redis: Option<&str>) {
     let proxy = start_proxy(up, redis);
     let p = proxy.1.as_str();
     let clean = [("host", "good.example")];
-    for (i, (name, value)) in VECTORS.iter().enumerate() {
+    for (i, (name, value)) in support::POISON_VECTORS.iter().enumerate() {
         let path = format!("/page?v={i}");
         let poisoned: Vec<(&str, &str)> = match *name {
             "host" => vec![("host", value)],
