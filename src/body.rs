@@ -1,11 +1,13 @@
-//! The response body of every layer: the inner service's body, or bytes the
-//! layer produced itself (a rejection, a replay, a cache hit).
+//! The one body type of the crate: the inner service's body, or bytes a
+//! layer produced or read itself (a rejection, a replay, a cache hit, a
+//! request body read to fingerprint it).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
@@ -24,7 +26,8 @@ pin_project! {
     #[project = KindProj]
     enum Kind<B> {
         Inner { #[pin] body: B },
-        Full { data: Option<Bytes> },
+        // Trailers only where a layer read a body that had them (boxed: rare).
+        Full { data: Option<Bytes>, trailers: Option<Box<HeaderMap>> },
         // Frames a layer read ahead (a capture over its cap), then the rest.
         Prefixed { frames: VecDeque<Frame<Bytes>>, body: Pin<Box<B>> },
     }
@@ -40,9 +43,15 @@ impl<B> ResponseBody<B> {
 
     /// A body of these bytes.
     pub fn full(data: Bytes) -> Self {
+        Self::buffered(data, None)
+    }
+
+    /// A body a layer read whole: its bytes, then its trailers.
+    pub(crate) fn buffered(data: Bytes, trailers: Option<HeaderMap>) -> Self {
         Self {
             kind: Kind::Full {
                 data: (!data.is_empty()).then_some(data),
+                trailers: trailers.map(Box::new),
             },
         }
     }
@@ -67,7 +76,7 @@ impl<B> std::fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.kind {
             Kind::Inner { .. } => f.write_str("ResponseBody::Inner"),
-            Kind::Full { data } => f
+            Kind::Full { data, .. } => f
                 .debug_struct("ResponseBody::Full")
                 .field("len", &data.as_ref().map_or(0, Bytes::len))
                 .finish(),
@@ -92,7 +101,10 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.project().kind.project() {
             KindProj::Inner { body } => body.poll_frame(cx),
-            KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProj::Full { data, trailers } => Poll::Ready(match data.take() {
+                Some(d) => Some(Ok(Frame::data(d))),
+                None => trailers.take().map(|t| Ok(Frame::trailers(*t))),
+            }),
             KindProj::Prefixed { frames, body } => match frames.pop_front() {
                 Some(frame) => Poll::Ready(Some(Ok(frame))),
                 None => body.as_mut().poll_frame(cx),
@@ -103,7 +115,7 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Inner { body } => body.is_end_stream(),
-            Kind::Full { data } => data.is_none(),
+            Kind::Full { data, trailers } => data.is_none() && trailers.is_none(),
             Kind::Prefixed { frames, body } => frames.is_empty() && body.is_end_stream(),
         }
     }
@@ -111,7 +123,9 @@ where
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Inner { body } => body.size_hint(),
-            Kind::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, Bytes::len) as u64),
+            Kind::Full { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, Bytes::len) as u64)
+            }
             Kind::Prefixed { frames, body } => {
                 let read: u64 = frames
                     .iter()
@@ -149,5 +163,18 @@ mod tests {
         );
         assert_eq!(p.size_hint().exact(), Some(4));
         assert_eq!(p.collect().await.unwrap().to_bytes(), "abcd");
+    }
+
+    #[tokio::test]
+    async fn buffered_bodies_yield_data_then_trailers() {
+        let mut t = HeaderMap::new();
+        t.insert("x-t", "1".parse().unwrap());
+        let b: ResponseBody<Full<Bytes>> =
+            ResponseBody::buffered(Bytes::from_static(b"ab"), Some(t));
+        assert_eq!(b.size_hint().exact(), Some(2));
+        assert!(!b.is_end_stream());
+        let c = b.collect().await.unwrap();
+        assert_eq!(c.trailers().unwrap()["x-t"], "1");
+        assert_eq!(c.to_bytes(), "ab");
     }
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 ///
 /// Layers never turn this into a service error: each layer maps it to a
 /// response according to its failure policy and logs it with `tracing`.
-#[derive(Debug)]
+/// `Debug` prints the same sentence as `Display`, so `main() -> Result`
+/// reports it readably.
 pub struct StoreError {
     kind: StoreErrorKind,
 }
@@ -24,6 +25,8 @@ pub enum StoreErrorKind {
     Backend(Box<dyn std::error::Error + Send + Sync>),
     /// The backend answered with something this crate cannot interpret.
     Protocol(String),
+    /// The store was configured with values that cannot work.
+    Config(ConfigError),
 }
 
 impl StoreError {
@@ -45,6 +48,12 @@ impl StoreError {
         }
     }
 
+    pub(crate) fn config(err: ConfigError) -> Self {
+        Self {
+            kind: StoreErrorKind::Config(err),
+        }
+    }
+
     pub(crate) fn protocol(msg: impl Into<String>) -> Self {
         Self {
             kind: StoreErrorKind::Protocol(msg.into()),
@@ -58,6 +67,7 @@ impl StoreError {
             StoreErrorKind::CircuitOpen => StoreErrorKind::CircuitOpen,
             StoreErrorKind::Backend(e) => StoreErrorKind::Backend(e.to_string().into()),
             StoreErrorKind::Protocol(m) => StoreErrorKind::Protocol(m.clone()),
+            StoreErrorKind::Config(c) => StoreErrorKind::Config(c.clone()),
         };
         Self { kind }
     }
@@ -76,13 +86,23 @@ impl StoreError {
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
-            StoreErrorKind::Timeout(d) => write!(f, "store did not answer within {d:?}"),
+            StoreErrorKind::Timeout(d) => write!(
+                f,
+                "store did not answer within {d:?} (down, unreachable, reconnecting or slow)"
+            ),
             StoreErrorKind::CircuitOpen => {
                 f.write_str("store skipped: circuit breaker open after repeated failures")
             }
             StoreErrorKind::Backend(e) => write!(f, "store backend error: {e}"),
             StoreErrorKind::Protocol(m) => write!(f, "unexpected store reply: {m}"),
+            StoreErrorKind::Config(c) => fmt::Display::fmt(c, f),
         }
+    }
+}
+
+impl fmt::Debug for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 
@@ -90,13 +110,15 @@ impl std::error::Error for StoreError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match &self.kind {
             StoreErrorKind::Backend(e) => Some(&**e),
+            StoreErrorKind::Config(c) => Some(c),
             _ => None,
         }
     }
 }
 
-/// A layer or store was configured with values that cannot work.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A layer or store was configured with values that cannot work. `Debug`
+/// prints the same sentence as `Display`.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ConfigError {
     msg: String,
 }
@@ -113,7 +135,31 @@ impl fmt::Display for ConfigError {
     }
 }
 
+impl fmt::Debug for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
 impl std::error::Error for ConfigError {}
+
+/// Checks a key prefix: 1-64 characters, no hash-tag braces (Redis Cluster
+/// reads `{...}` as a hash tag), no trailing `:` (the crate adds the separator).
+pub(crate) fn check_prefix(prefix: &str) -> Result<(), ConfigError> {
+    if prefix.is_empty() || prefix.len() > 64 || prefix.contains(['{', '}']) {
+        return Err(ConfigError::new(format!(
+            "key prefix {prefix:?} must be 1-64 characters without '{{' or '}}'"
+        )));
+    }
+    if prefix.ends_with(':') {
+        return Err(ConfigError::new(format!(
+            "key prefix {prefix:?} must not end with ':'; the crate adds the separator \
+             (keys look like {}:rl:...)",
+            prefix.trim_end_matches(':')
+        )));
+    }
+    Ok(())
+}
 
 /// Checks a configured name that becomes part of store keys and headers
 /// (a scope, a policy name): 1-64 characters of `[A-Za-z0-9_.-]`.
@@ -129,5 +175,31 @@ pub(crate) fn check_name(what: &str, name: &str) -> Result<(), ConfigError> {
         Err(ConfigError::new(format!(
             "{what} {name:?} must be 1-64 characters of [A-Za-z0-9_.-]"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_debug_as_the_sentence_they_display() {
+        let e = ConfigError::new("the store deadline must be above zero");
+        assert_eq!(format!("{e:?}"), format!("{e}"));
+        assert_eq!(
+            format!("{e:?}"),
+            "invalid configuration: the store deadline must be above zero"
+        );
+        let s = StoreError::timeout(std::time::Duration::from_millis(50));
+        assert_eq!(format!("{s:?}"), format!("{s}"));
+    }
+
+    #[test]
+    fn prefixes_are_checked_with_a_reason() {
+        assert!(check_prefix("myapp").is_ok());
+        let colon = check_prefix("myapp:").unwrap_err().to_string();
+        assert!(colon.contains("must not end with ':'"), "{colon}");
+        assert!(check_prefix("a{b}").is_err());
+        assert!(check_prefix("").is_err());
     }
 }

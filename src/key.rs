@@ -17,6 +17,7 @@
 //! # drop(key);
 //! ```
 
+mod forwarded;
 mod ip;
 
 use std::fmt;
@@ -26,7 +27,8 @@ use base64::Engine as _;
 use http::{Extensions, HeaderMap, HeaderName, Method, Request, Uri};
 use sha2::{Digest, Sha256};
 
-pub use ip::{ClientIp, ForwardingHeader, PeerAddr, PeerIp};
+pub use forwarded::{ClientIp, ForwardingHeader};
+pub use ip::{PeerAddr, PeerIp};
 
 /// The parts of a request a key extractor may read.
 #[derive(Debug, Clone, Copy)]
@@ -125,6 +127,12 @@ impl std::error::Error for KeyError {}
 pub trait KeyExtractor: Send + Sync + 'static {
     /// The key of `req`.
     fn extract(&self, req: &RequestView<'_>) -> Result<ClientKey, KeyError>;
+
+    /// What this extractor looks for, in words, for the messages of a
+    /// request that carried no key (e.g. "the x-api-key header").
+    fn describe(&self) -> String {
+        "a key from a custom extractor".to_owned()
+    }
 }
 
 impl<F> KeyExtractor for F
@@ -139,6 +147,10 @@ where
 impl KeyExtractor for Arc<dyn KeyExtractor> {
     fn extract(&self, req: &RequestView<'_>) -> Result<ClientKey, KeyError> {
         (**self).extract(req)
+    }
+
+    fn describe(&self) -> String {
+        (**self).describe()
     }
 }
 
@@ -170,6 +182,14 @@ impl<A: KeyExtractor, B: KeyExtractor> KeyExtractor for Or<A, B> {
             other => other,
         }
     }
+
+    fn describe(&self) -> String {
+        format!(
+            "{}, else {}",
+            self.first.describe(),
+            self.fallback.describe()
+        )
+    }
 }
 
 /// One key for every request: a quota for the whole service.
@@ -179,6 +199,10 @@ pub struct Global;
 impl KeyExtractor for Global {
     fn extract(&self, _req: &RequestView<'_>) -> Result<ClientKey, KeyError> {
         Ok(ClientKey::new("global", b""))
+    }
+
+    fn describe(&self) -> String {
+        "one global key".to_owned()
     }
 }
 
@@ -199,10 +223,14 @@ impl Header {
     ///
     /// # Panics
     /// When `name` is not a valid header name (a programming error, like
-    /// `HeaderName::from_static`).
+    /// `HeaderName::from_static`); the panic points at the caller.
+    #[track_caller]
     pub fn new(name: &str) -> Self {
-        let name = HeaderName::from_bytes(name.as_bytes())
-            .unwrap_or_else(|_| panic!("{name:?} is not a valid header name"));
+        // A `match`, not a closure: the panic must point at the caller.
+        let name = match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(n) => n,
+            Err(_) => panic!("Header::new: {name:?} is not a valid header name"),
+        };
         Self {
             name,
             max_len: 1024,
@@ -243,6 +271,10 @@ impl KeyExtractor for Header {
         kind.push_str("h:");
         kind.push_str(self.name.as_str());
         Ok(ClientKey::new(&kind, bytes))
+    }
+
+    fn describe(&self) -> String {
+        format!("the {} header", self.name)
     }
 }
 

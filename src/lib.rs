@@ -18,7 +18,7 @@
 //! | feature | default | enables |
 //! |---|---|---|
 //! | `redis` | yes | [`RedisStore`] (redis-rs `ConnectionManager`) |
-//! | `cluster` | no | `RedisStore::cluster_builder` (redis-rs `cluster-async`) |
+//! | `cluster` | no | `RedisStore::cluster_builder` and `RedisStore::from_cluster_connection` (redis-rs `cluster-async`) |
 //!
 //! With no features the crate builds with the memory store alone.
 //!
@@ -73,8 +73,22 @@
 //! - Inside axum's `Router::nest` the layers see the path without the nest
 //!   prefix: layers of different nests sharing a store need their own
 //!   `scope`.
+//!
+//! # Layout
+//!
+//! One folder per layer (`rate_limit/`, `idempotency/`, `cache/`):
+//! `layer.rs` (the layer and its builder), `service.rs`, `future.rs` (the
+//! response future), `store.rs` (the layer's sealed store trait and the
+//! operations it needs from a store), `store/memory.rs` and `store/redis.rs`
+//! (those operations on each store) and `scripts/` (the Lua scripts of the
+//! Redis side). `store/` holds the two stores, which know no layer:
+//! `MemoryStore` keeps one state per layer type, `RedisStore` the connection,
+//! deadline, circuit breakers and one batcher per script. `key.rs` extracts
+//! client keys; `body.rs` is the response body every layer returns.
 
 #![forbid(unsafe_code)]
+// docs.rs (`--cfg docsrs`, nightly): mark items gated by a feature with it.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 // Without Redis, the store plumbing it shares (breaker, errors) is unused.
 #![cfg_attr(not(feature = "redis"), allow(dead_code))]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
@@ -100,6 +114,16 @@ mod warn;
 
 pub use body::ResponseBody;
 pub use error::{ConfigError, StoreError, StoreErrorKind};
-pub use store::{BreakerConfig, MemoryStore, MemoryStoreBuilder};
+/// The redis-rs crate this one is built on, for building a [`RedisStore`]
+/// from an application's own connection without a second `redis` dependency.
+#[cfg(feature = "redis")]
+pub use redis;
+pub use store::{AnyStore, BreakerConfig, MemoryStore, MemoryStoreBuilder};
 #[cfg(feature = "redis")]
 pub use store::{RedisStore, RedisStoreBuilder};
+
+// The README's Rust snippets are compiled (and, where they need no Redis
+// server, run) as doctests.
+#[cfg(all(doctest, feature = "redis"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

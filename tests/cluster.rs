@@ -270,3 +270,65 @@ async fn master_failover_answers_within_the_deadline_then_resumes_exact_limits()
     }
     assert_eq!(ok, 5);
 }
+
+/// `wait_replicas` on a cluster: the WAIT goes to the master of the
+/// record's slot (and nowhere else), and the answer comes once that
+/// master's replica has the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_wait_replicas_asks_the_master_of_the_record_slot() {
+    use tower_redis_layers::idempotency::{IdempotencyLayer, IdempotencyOutcome, RequestBody};
+    let cluster = RedisCluster::start(3, 1);
+    let store = RedisStore::cluster_builder(cluster.urls())
+        .prefix("wr")
+        .deadline(Duration::from_secs(2))
+        .connect_timeout(Duration::from_secs(2))
+        .ping_on_connect(true)
+        .connect()
+        .await
+        .unwrap();
+    let layer = IdempotencyLayer::builder(store)
+        .wait_replicas(1, Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(tower::service_fn(
+            |_r: Request<RequestBody<Full<Bytes>>>| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("paid"))))
+            },
+        ));
+    let pay = || {
+        Request::post("/pay")
+            .header("idempotency-key", "k1")
+            .body(Full::default())
+            .unwrap()
+    };
+    let res = svc.clone().oneshot(pay()).await.unwrap();
+    assert_eq!(
+        res.extensions().get::<IdempotencyOutcome>(),
+        Some(&IdempotencyOutcome::Stored)
+    );
+    let mut holders = Vec::new();
+    let mut record = String::new();
+    for url in cluster.urls() {
+        let client = redis::Client::open(url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("wr:idem:*")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if let Some(k) = keys.first() {
+            record = k.clone();
+            holders.push(url);
+        }
+    }
+    assert_eq!(holders.len(), 2, "the master and its replica: {holders:?}");
+    let master = format!("redis://127.0.0.1:{}", cluster.master_of(&record));
+    for url in cluster.urls() {
+        let waits = support::command_calls(&url, |n| n == "wait").await;
+        assert_eq!(waits, u64::from(url == master), "WAIT calls on {url}");
+    }
+    let res = svc.clone().oneshot(pay()).await.unwrap();
+    assert_eq!(res.headers()["idempotent-replayed"], "true");
+}

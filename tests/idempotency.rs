@@ -12,8 +12,8 @@ use http_body_util::{BodyExt, Full};
 use tokio::sync::Semaphore;
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 use tower_redis_layers::idempotency::{
-    Conflict, IdempotencyLayer, IdempotencyLayerBuilder, IdempotencyOutcome, IdempotencyStore,
-    RequestBody,
+    Conflict, HangUp, IdempotencyLayer, IdempotencyLayerBuilder, IdempotencyOutcome,
+    IdempotencyStore, RequestBody,
 };
 use tower_redis_layers::key::Header;
 use tower_redis_layers::ResponseBody;
@@ -384,9 +384,34 @@ conformance! {
         assert_eq!(h.calls(), 7);
     }
 
-    async fn a_dropped_request_releases_its_key_at_once(store) {
+    async fn a_hang_up_never_cancels_a_committed_write(store) {
         let h = Handler::new();
-        let svc = service(builder(store).build().unwrap(), &h);
+        let svc = service(builder(store.clone()).build().unwrap(), &h);
+        let wait = Conflict::Wait(Duration::from_secs(10));
+        let waiting = service(builder(store).on_conflict(wait).build().unwrap(), &h);
+        // The handler commits its side effect (counted), then awaits the gate.
+        let client = tokio::spawn(send_owned(svc.clone(), behave(post("k"), "block")));
+        started(&h, 1).await;
+        client.abort();
+        assert!(client.await.unwrap_err().is_cancelled(), "the client went away");
+        // The handler runs on: a retry meets the key in progress, and one
+        // that waits gets the replay once the handler ends.
+        let res = send(&svc, post("k")).await;
+        assert_eq!(res.status(), StatusCode::CONFLICT);
+        let waiter = tokio::spawn(send_owned(waiting.clone(), post("k")));
+        h.gate.add_permits(1);
+        let (s, hs, body, o) = parts(waiter.await.unwrap()).await;
+        assert_eq!((s, o), (StatusCode::CREATED, Some(IdempotencyOutcome::Replayed)));
+        assert_eq!(hs["idempotent-replayed"], "true");
+        assert!(body.starts_with(b"{\"order\":1,"), "the hung-up run's answer: {body:?}");
+        let (_, _, again, o) = parts(send(&svc, post("k")).await).await;
+        assert_eq!((again, o), (body, Some(IdempotencyOutcome::Replayed)));
+        assert_eq!(h.calls(), 1, "the side effect ran exactly once");
+    }
+
+    async fn with_hang_up_release_a_dropped_request_releases_its_key_at_once(store) {
+        let h = Handler::new();
+        let svc = service(builder(store).on_hang_up(HangUp::Release).build().unwrap(), &h);
         let task = tokio::spawn({
             let svc = svc.clone();
             async move { send(&svc, behave(post("k"), "block")).await }
@@ -396,7 +421,7 @@ conformance! {
         assert!(task.await.unwrap_err().is_cancelled());
         let (s, _, _, o) = parts(retry_until_not_conflict(&svc, || post("k")).await).await;
         assert_eq!((s, o), (StatusCode::CREATED, Some(IdempotencyOutcome::Stored)));
-        assert_eq!(h.calls(), 2);
+        assert_eq!(h.calls(), 2, "the cancelled run is run again");
     }
 
     async fn a_panicking_handler_releases_its_key(store) {
@@ -415,8 +440,10 @@ conformance! {
     async fn an_abandoned_lease_lapses_then_a_retry_runs(store) {
         let h = Handler::new();
         let lease = Duration::from_millis(500);
-        let svc = service(builder(store).lease(lease).build().unwrap(), &h);
-        // A process that dies mid-handler: its future is never polled nor dropped again.
+        // Inline execution (`Release`), so that a future never polled again
+        // is a process that died mid-handler: nothing renews its lease.
+        let layer = builder(store).lease(lease).on_hang_up(HangUp::Release).build().unwrap();
+        let svc = service(layer, &h);
         let mut fut = Box::pin(send_owned(svc.clone(), behave(post("k"), "block")));
         tokio::select! {
             _ = &mut fut => panic!("the blocked handler finished"),
@@ -792,4 +819,47 @@ async fn responses_with_trailers_or_failing_bodies_are_not_stored() {
         assert_eq!(res.headers()["content-type"], "application/problem+json");
     }
     assert_eq!(calls.load(Ordering::SeqCst), 4, "neither was stored");
+}
+
+#[tokio::test]
+async fn grpc_clients_get_a_grpc_status_for_every_rejection() {
+    let h = Handler::new();
+    let layer = builder(tower_redis_layers::MemoryStore::new())
+        .max_body(64)
+        .build()
+        .unwrap();
+    let svc = service(layer, &h);
+    let grpc = |mut req: Request<Full<Bytes>>| {
+        req.headers_mut()
+            .insert("content-type", "application/grpc".parse().unwrap());
+        req
+    };
+    let first = tokio::spawn({
+        let svc = svc.clone();
+        async move { send(&svc, grpc(behave(post("k"), "block"))).await }
+    });
+    started(&h, 1).await;
+    let mut bad_key = grpc(post("k"));
+    bad_key
+        .headers_mut()
+        .insert("idempotency-key", "a b".parse().unwrap());
+    let mut other_body = grpc(request("alice", Some("k"), "pay 99"));
+    other_body
+        .headers_mut()
+        .insert("content-type", "application/grpc".parse().unwrap());
+    for (req, code) in [
+        (bad_key, "3"),
+        (grpc(request("alice", Some("big"), &"x".repeat(65))), "3"),
+        (grpc(post("k")), "10"),
+        (other_body, "9"),
+    ] {
+        let res = send(&svc, req).await;
+        assert_eq!(res.status(), StatusCode::OK, "a trailers-only gRPC answer");
+        assert_eq!(res.headers()["content-type"], "application/grpc");
+        assert_eq!(res.headers()["grpc-status"], code);
+        assert!(res.headers().contains_key("grpc-message"));
+    }
+    h.gate.add_permits(1);
+    first.await.unwrap();
+    assert_eq!(h.calls(), 1);
 }

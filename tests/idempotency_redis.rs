@@ -1,5 +1,5 @@
-//! IdempotencyLayer on Redis alone: several instances, round trips, keys and
-//! TTLs, store failures and corrupt records.
+//! IdempotencyLayer on Redis alone: several instances, hang-ups, round
+//! trips, keys and TTLs, replicas, store failures and corrupt records.
 
 mod support;
 
@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
+use tokio::sync::Semaphore;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_redis_layers::idempotency::{
     Conflict, FailurePolicy, IdempotencyLayer, IdempotencyOutcome, RequestBody,
@@ -20,17 +21,33 @@ use tower_redis_layers::{RedisStore, ResponseBody};
 
 type Res = Response<ResponseBody<Full<Bytes>>>;
 
+/// What the test handlers are.
+trait Handler:
+    tower::Service<
+        Request<RequestBody<Full<Bytes>>>,
+        Response = Response<Full<Bytes>>,
+        Error = Infallible,
+        Future: Send,
+    > + Clone
+    + Send
+    + Sync
+{
+}
+
+impl<T> Handler for T where
+    T: tower::Service<
+            Request<RequestBody<Full<Bytes>>>,
+            Response = Response<Full<Bytes>>,
+            Error = Infallible,
+            Future: Send,
+        > + Clone
+        + Send
+        + Sync
+{
+}
+
 /// A handler that takes 50 ms and numbers its executions.
-fn handler(
-    calls: Arc<AtomicUsize>,
-) -> impl tower::Service<
-    Request<RequestBody<Full<Bytes>>>,
-    Response = Response<Full<Bytes>>,
-    Error = Infallible,
-    Future: Send,
-> + Clone
-       + Send
-       + Sync {
+fn handler(calls: Arc<AtomicUsize>) -> impl Handler {
     tower::service_fn(move |req: Request<RequestBody<Full<Bytes>>>| {
         let calls = calls.clone();
         async move {
@@ -259,7 +276,7 @@ async fn a_corrupt_record_is_a_store_failure_not_a_panic() {
 }
 
 #[tokio::test]
-async fn a_store_outage_fails_closed_or_passes_through() {
+async fn a_store_outage_fails_closed_or_open() {
     let mut server = support::RedisServer::start();
     let url = server.url();
     let connect = || {
@@ -275,7 +292,7 @@ async fn a_store_outage_fails_closed_or_passes_through() {
     let open = ServiceBuilder::new()
         .layer(
             IdempotencyLayer::builder(connect().await.unwrap())
-                .on_store_failure(FailurePolicy::PassThrough)
+                .on_store_failure(FailurePolicy::Open)
                 .build()
                 .unwrap(),
         )
@@ -338,4 +355,166 @@ async fn a_paused_redis_misses_the_deadline_and_fails_closed() {
         "bounded by the deadline"
     );
     assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
+
+/// A handler that commits its side effect (counted in `effects`), then
+/// waits for a permit of `gate` before answering.
+fn gated(effects: Arc<AtomicUsize>, gate: Arc<Semaphore>) -> impl Handler {
+    tower::service_fn(move |_req: Request<RequestBody<Full<Bytes>>>| {
+        let (effects, gate) = (effects.clone(), gate.clone());
+        async move {
+            let n = effects.fetch_add(1, Ordering::SeqCst) + 1;
+            gate.acquire().await.unwrap().forget();
+            let mut res = Response::new(Full::new(Bytes::from(format!("payment {n}"))));
+            *res.status_mut() = StatusCode::CREATED;
+            Ok(res)
+        }
+    })
+}
+
+/// The client of instance 0 hangs up while the handler runs: the handler
+/// finishes, its answer is stored, and retries through every instance get
+/// 409 while it runs and the replay after; the payment is made once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hang_up_on_one_of_three_instances_never_pays_twice() {
+    let effects = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(0));
+    let stores = support::redis_fleet("hang-up", 6).await;
+    let wait = Conflict::Wait(Duration::from_secs(10));
+    let services: Vec<_> = stores
+        .into_iter()
+        .enumerate()
+        .map(|(i, store)| {
+            let conflict = if i < 3 { Conflict::Reject } else { wait };
+            ServiceBuilder::new()
+                .layer(layer(store, conflict))
+                .service(gated(effects.clone(), gate.clone()))
+        })
+        .collect();
+    let client = tokio::spawn(services[0].clone().oneshot(post("pay-1")));
+    while effects.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    client.abort();
+    assert!(client.await.unwrap_err().is_cancelled());
+    for svc in &services[..3] {
+        let res = svc.clone().oneshot(post("pay-1")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::CONFLICT, "still running");
+    }
+    let waiters: Vec<_> = services[3..]
+        .iter()
+        .map(|svc| tokio::spawn(svc.clone().oneshot(post("pay-1"))))
+        .collect();
+    gate.add_permits(1);
+    let mut answers = Vec::new();
+    for w in waiters {
+        answers.push(parts(w.await.unwrap().unwrap()).await);
+    }
+    for svc in &services[..3] {
+        answers.push(parts(svc.clone().oneshot(post("pay-1")).await.unwrap()).await);
+    }
+    for (status, headers, body) in answers {
+        assert_eq!(status, StatusCode::CREATED);
+        assert_eq!(headers["idempotent-replayed"], "true");
+        assert_eq!(body, "payment 1");
+    }
+    assert_eq!(effects.load(Ordering::SeqCst), 1, "paid exactly once");
+}
+
+/// A layer with `wait_replicas(1, timeout)` on the server at `url`.
+async fn waiting_for_a_replica(
+    url: String,
+    prefix: &str,
+    timeout: Duration,
+    calls: Arc<AtomicUsize>,
+) -> impl tower::Service<Request<Full<Bytes>>, Response = Res, Error = Infallible, Future: Send> + Clone
+{
+    let store = RedisStore::builder(url)
+        .prefix(prefix)
+        .deadline(Duration::from_secs(2))
+        .ping_on_connect(true)
+        .connect()
+        .await
+        .unwrap();
+    let layer = IdempotencyLayer::builder(store)
+        .principal(Header::new("x-api-key"))
+        .wait_replicas(1, timeout)
+        .build()
+        .unwrap();
+    ServiceBuilder::new().layer(layer).service(handler(calls))
+}
+
+async fn record_keys(url: &str, prefix: &str) -> Vec<String> {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("KEYS")
+        .arg(format!("{prefix}:idem:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// With `wait_replicas(1, ..)` the response goes out only once the replica
+/// has the record: while the replica is suspended (SIGSTOP) there is no
+/// answer; once it resumes the answer comes, and the replica has the record.
+#[tokio::test]
+async fn wait_replicas_answers_once_a_real_replica_has_the_record() {
+    let master = support::RedisServer::start();
+    let replica = support::RedisServer::replica_of(&master);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let timeout = Duration::from_millis(450);
+    let svc = waiting_for_a_replica(master.url(), "wr", timeout, calls.clone()).await;
+    replica.suspend();
+    let request = tokio::spawn(svc.clone().oneshot(post("k")));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(
+        !request.is_finished(),
+        "no answer while the only replica cannot acknowledge"
+    );
+    replica.resume();
+    let res = request.await.unwrap().unwrap();
+    assert_eq!(
+        res.extensions().get::<IdempotencyOutcome>(),
+        Some(&IdempotencyOutcome::Stored)
+    );
+    assert_eq!(
+        record_keys(&replica.url(), "wr").await.len(),
+        1,
+        "on the replica"
+    );
+    let waits = support::command_calls(&master.url(), |n| n == "wait").await;
+    assert_eq!(waits, 1, "one WAIT for the one completion");
+    let (_, h, _) = parts(svc.clone().oneshot(post("k")).await.unwrap()).await;
+    assert_eq!(h["idempotent-replayed"], "true");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+/// With no replica to confirm it, the record is still stored and the
+/// response still sent (with a warning): the handler ran, and refusing its
+/// answer would not undo it.
+#[tokio::test]
+async fn wait_replicas_without_a_replica_still_answers_and_stores() {
+    let server = support::RedisServer::start();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let timeout = Duration::from_millis(20);
+    let svc = waiting_for_a_replica(server.url(), "nr", timeout, calls.clone()).await;
+    let res = svc.clone().oneshot(post("k")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert_eq!(
+        res.extensions().get::<IdempotencyOutcome>(),
+        Some(&IdempotencyOutcome::Stored)
+    );
+    assert_eq!(
+        support::command_calls(&server.url(), |n| n == "wait").await,
+        1
+    );
+    let (s, h, _) = parts(svc.clone().oneshot(post("k")).await.unwrap()).await;
+    assert_eq!(
+        (s, &h["idempotent-replayed"]),
+        (
+            StatusCode::CREATED,
+            &"true".parse::<http::HeaderValue>().unwrap()
+        )
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
 }

@@ -84,3 +84,109 @@ exact! {
     token_bucket_fleet_admits_exactly_the_capacity: Policy::token_bucket(1, HOUR).burst(50) => 50;
     sliding_window_fleet_admits_the_limit_in_a_fresh_window: Policy::sliding_window(50, Duration::from_secs(86_400)) => 50;
 }
+
+/// Three instances, requests of a free and a pro client (plan picked per
+/// request) and allowlisted requests interleaved: each plan admits exactly
+/// its own quota fleet-wide, and skipped requests are never counted.
+async fn plans_and_skip_are_exact(layers: Vec<RateLimitLayer>) {
+    use tower_redis_layers::rate_limit::RateLimitDecision;
+    let services: Vec<_> = layers
+        .into_iter()
+        .map(|layer| {
+            ServiceBuilder::new()
+                .layer(layer)
+                .service(tower::service_fn(|_r: Request<Full<Bytes>>| async {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok"))))
+                }))
+        })
+        .collect();
+    let clients = [
+        ("free-client", "free"),
+        ("pro-client", "pro"),
+        ("probe", "health"),
+    ];
+    let tasks: Vec<_> = (0..REQUESTS)
+        .map(|i| {
+            let svc = services[i % INSTANCES].clone();
+            let (key, plan) = clients[i % clients.len()];
+            tokio::spawn(async move {
+                let req = Request::builder()
+                    .header("x-api-key", key)
+                    .header("x-plan", plan)
+                    .body(Full::default())
+                    .unwrap();
+                let res = svc.oneshot(req).await.unwrap();
+                let decided = res.extensions().get::<RateLimitDecision>().is_some();
+                (key, res.status(), decided)
+            })
+        })
+        .collect();
+    let mut admitted = std::collections::HashMap::new();
+    for t in tasks {
+        let (key, status, decided) = t.await.unwrap();
+        if key == "probe" {
+            assert_eq!(status, StatusCode::OK, "allowlisted requests always pass");
+            assert!(!decided, "and are not decided at all");
+        }
+        if status == StatusCode::OK {
+            *admitted.entry(key).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(admitted["free-client"], 5, "the default set");
+    assert_eq!(admitted["pro-client"], 20, "the pro plan");
+    assert_eq!(admitted["probe"], REQUESTS / 3);
+}
+
+fn planned(store: impl tower_redis_layers::rate_limit::RateLimitStore) -> RateLimitLayer {
+    use tower_redis_layers::rate_limit::Plan;
+    RateLimitLayer::builder(store)
+        .policy(Policy::fixed_window(5, HOUR))
+        .plan("pro", [Policy::fixed_window(20, HOUR)])
+        .plan_by(|req| {
+            let v = req.headers.get("x-plan")?.to_str().ok()?;
+            (v == "pro").then(|| Plan::new("pro"))
+        })
+        .skip(|req| req.headers.get("x-plan").is_some_and(|v| v == "health"))
+        .key(Header::new("x-api-key"))
+        .scope("plans")
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plans_and_skip_are_exact_across_instances_on_redis() {
+    let stores = support::redis_fleet("plans", INSTANCES).await;
+    plans_and_skip_are_exact(stores.into_iter().map(planned).collect()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plans_and_skip_are_exact_across_layers_on_one_memory_store() {
+    let store = tower_redis_layers::MemoryStore::new();
+    plans_and_skip_are_exact((0..INSTANCES).map(|_| planned(store.clone())).collect()).await;
+}
+
+#[tokio::test]
+async fn a_plan_extension_set_upstream_picks_the_policy_set() {
+    use tower_redis_layers::rate_limit::Plan;
+    let layer = RateLimitLayer::builder(tower_redis_layers::MemoryStore::new())
+        .policy(Policy::fixed_window(1, HOUR))
+        .plan("pro", [Policy::fixed_window(3, HOUR)])
+        .key(Header::new("x-api-key"))
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(tower::service_fn(|_r: Request<Full<Bytes>>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok"))))
+        }));
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let mut req = Request::builder()
+            .header("x-api-key", "k")
+            .body(Full::default())
+            .unwrap();
+        req.extensions_mut().insert(Plan::new("pro"));
+        statuses.push(svc.clone().oneshot(req).await.unwrap().status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 429]);
+}

@@ -17,14 +17,21 @@
 //! curl -s localhost:3000/api/stats
 //! ```
 //!
-//! Routes (the contract of shared/DEMO.md):
+//! Routes (a fixed interface: tests/demo.rs checks it):
 //! - `GET /api/limited`: RateLimitLayer, 5 requests per 10 s per `x-api-key`, else per peer IP.
 //! - `POST /api/orders`: IdempotencyLayer (`Idempotency-Key` optional, principal
-//!   `x-api-key` else anonymous); creates an order (counter), answers 201 JSON.
+//!   `x-api-key` else anonymous); creates an order (counter) first, then
+//!   waits `ORDER_DELAY_MS` (work after the commit), answers 201 JSON.
 //! - `GET /api/items/{id}`: ResponseCacheLayer (TTL 30 s); each origin load waits
 //!   `ITEM_DELAY_MS` and is counted. `PUT /api/items/{id}` sets the version and
 //!   invalidates the cached GET on every instance.
 //! - `GET /api/stats`: fleet-wide counters from the shared store.
+//!
+//! With `REDIS_URL`, the demo's own data is read and written under a 100 ms
+//! deadline: while Redis is down the routes that need it answer 503
+//! (problem+json, `Retry-After: 1`) at once, and the layers follow their
+//! failure policies (the rate limit lets requests through, idempotent
+//! requests with a key get 503, the cache serves from the origin).
 
 mod demo_data;
 
@@ -32,8 +39,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Path, State};
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use demo_data::DemoData;
@@ -90,39 +98,59 @@ where
         .with_state(app))
 }
 
-async fn create_order(State(app): State<App>, body: String) -> impl IntoResponse {
+/// Commits the order (the side effect), then does the work that follows
+/// it (`ORDER_DELAY_MS`, like sending a receipt), then answers.
+async fn create_order(State(app): State<App>, body: String) -> Response {
+    let n = match app.data.next_order().await {
+        Ok(n) => n,
+        Err(e) => return unavailable(&*e),
+    };
     tokio::time::sleep(app.order_delay).await;
-    match app.data.next_order().await {
-        Ok(n) => (StatusCode::CREATED, Json(json!({"order": n, "echo": body}))).into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
-    }
+    (StatusCode::CREATED, Json(json!({"order": n, "echo": body}))).into_response()
 }
 
-async fn get_item(State(app): State<App>, Path(id): Path<String>) -> impl IntoResponse {
+/// 503 problem+json when the demo's own data cannot be read or written in
+/// time; never stored by the cache, retryable after a second.
+fn unavailable(e: &dyn std::error::Error) -> Response {
+    let problem = json!({
+        "type": "about:blank",
+        "title": "Service Unavailable",
+        "status": 503,
+        "detail": format!("the demo's data store failed: {e}"),
+    });
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [
+            (CONTENT_TYPE, "application/problem+json"),
+            (RETRY_AFTER, "1"),
+            (CACHE_CONTROL, "no-store"),
+        ],
+        problem.to_string(),
+    )
+        .into_response()
+}
+
+async fn get_item(State(app): State<App>, Path(id): Path<String>) -> Response {
     tokio::time::sleep(app.item_delay).await;
     match app.data.load_item(&id).await {
         Ok((load, version)) => {
             Json(json!({"id": id, "load": load, "version": version})).into_response()
         }
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+        Err(e) => unavailable(&*e),
     }
 }
 
-async fn put_item(
-    State(app): State<App>,
-    Path(id): Path<String>,
-    version: String,
-) -> impl IntoResponse {
+async fn put_item(State(app): State<App>, Path(id): Path<String>, version: String) -> Response {
     match app.data.set_version(&id, &version).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+        Err(e) => unavailable(&*e),
     }
 }
 
-async fn stats(State(app): State<App>) -> impl IntoResponse {
+async fn stats(State(app): State<App>) -> Response {
     match app.data.stats().await {
         Ok((orders, loads)) => Json(json!({"orders": orders, "loads": loads})).into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+        Err(e) => unavailable(&*e),
     }
 }
 

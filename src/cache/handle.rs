@@ -113,7 +113,7 @@ impl CacheHandle {
 
     fn url_of(&self, uri: &Uri) -> Result<Arc<str>, StoreError> {
         if self.shared.cfg.key.host && uri.authority().is_none() {
-            return Err(StoreError::backend(ConfigError::new(
+            return Err(StoreError::config(ConfigError::new(
                 "entries are keyed per host: invalidate an absolute URI (http://host/path)",
             )));
         }

@@ -201,9 +201,11 @@
 //!
 //! - An instance learns a URL's `Vary` from the store: its first lookup of a
 //!   varying URL takes a second round trip; later ones take one.
-//! - Redis Cluster: the keys of one URL share a hash tag, but the scripts
-//!   also touch a URL's other variant keys (same slot) that are not passed
-//!   in `KEYS`.
+//! - Redis Cluster: the keys of one URL share a hash tag, so each script
+//!   runs on one slot of a cluster store. The scripts also touch a URL's
+//!   other variant keys (same slot) that are not passed in `KEYS`: Redis and
+//!   Redis Cluster run them, servers or proxies that enforce declared keys
+//!   refuse them.
 //! - The fill of a client that disconnects before the origin's body is
 //!   read is dropped: the next request fills again.
 //! - Purge by tag (`Surrogate-Key`) and soft purge are not implemented.

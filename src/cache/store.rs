@@ -26,6 +26,8 @@ pub trait CacheStore: Send + Sync + 'static + crate::store::sealed::Sealed {
     fn cache_home(&self) -> Arc<dyn CacheHome>;
 }
 
+crate::store::any_store!(CacheStore, cache_home -> Arc<dyn CacheHome>);
+
 impl<T: CacheStore + ?Sized> CacheStore for Arc<T> {
     fn cache_home(&self) -> Arc<dyn CacheHome> {
         (**self).cache_home()

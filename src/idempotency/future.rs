@@ -1,6 +1,6 @@
-//! [`ResponseFuture`]: read the body → reserve → run → read the response →
-//! complete; or answer at once (replay, 409, 422, 4xx, 503). The steps
-//! between states are in `steps.rs`.
+//! [`ResponseFuture`]: read the body → reserve → execute (see
+//! `execute.rs`); or answer at once (replay, 409, 422, 4xx, 503). What each
+//! step leads to is decided in `steps.rs`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,21 +9,27 @@ use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use http::{request, response, Request, Response};
+use http::{request, Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tower_service::Service;
+use tracing::Instrument;
 
 use super::body::RequestBody;
 use super::capture::Capture;
-use super::fingerprint::RecordKey;
-use super::layer::Config;
-use super::lease::{Completion, Lease};
-use super::response::IdempotencyOutcome as Outcome;
-use super::store::{Reservation, Reserve};
+use super::config::{Config, FailurePolicy, HangUp};
+use super::execute::{with, Execution};
+use super::fingerprint::{Fingerprint, RecordKey, Token};
+use super::lease::Lease;
+use super::response::{reject, replay, IdempotencyOutcome as Outcome, Rejection};
+use super::steps::{after_read, after_reserve, OnReserve, Wait};
+use super::store::{Hold, Reservation, Reserve};
 use crate::body::ResponseBody;
 use crate::error::StoreError;
+
+type Res<B> = Response<ResponseBody<B>>;
 
 pin_project! {
     /// Response future of [`Idempotency`](super::Idempotency).
@@ -38,7 +44,7 @@ pin_project! {
 
 pin_project! {
     #[project = StateProj]
-    pub(super) enum State<S, B, ResBody>
+    enum State<S, B, ResBody>
     where
         S: Service<Request<RequestBody<B>>>,
     {
@@ -47,42 +53,32 @@ pin_project! {
             fut: BoxFuture<'static, Result<Reservation, StoreError>>,
             pending: Option<Pending<S, B>>,
         },
-        Running { #[pin] fut: S::Future, lease: Option<Lease>, config: Arc<Config> },
-        Capturing {
-            // Boxed: over the cap it is handed on, after what was read.
-            body: Option<Pin<Box<ResBody>>>,
-            parts: Option<response::Parts>,
-            capture: Capture,
-            lease: Option<Lease>,
-            config: Arc<Config>,
-        },
-        // Storing the response, or releasing the key when it is not stored.
-        Completing {
-            completion: Completion,
-            res: Option<Result<Response<ResponseBody<ResBody>>, S::Error>>,
-            storing: bool,
-        },
+        // The execution, polled here (`HangUp::Release`, or no runtime).
+        Executing { #[pin] exec: Execution<S::Future, ResBody, S::Error> },
+        // The execution in a task of its own (`HangUp::Finish`).
+        Detached { handle: JoinHandle<Result<Res<ResBody>, S::Error>>, config: Arc<Config>, grpc: bool },
         Passing { #[pin] fut: S::Future, outcome: Outcome },
         Respond { res: Option<Response<Bytes>> },
     }
 }
 
 /// A covered request, before its body is read.
-pub(crate) struct Ctx<S> {
-    pub(crate) parts: request::Parts,
-    pub(crate) inner: S,
-    pub(crate) config: Arc<Config>,
-    pub(crate) key: RecordKey,
+pub(super) struct Ctx<S> {
+    pub(super) parts: request::Parts,
+    pub(super) inner: S,
+    pub(super) config: Arc<Config>,
+    pub(super) key: RecordKey,
+    pub(super) grpc: bool,
 }
 
 /// A read request waiting for the store.
-pub(super) struct Pending<S, B> {
-    pub(super) req: Request<RequestBody<B>>,
-    pub(super) inner: S,
-    pub(super) config: Arc<Config>,
-    pub(super) reserve: Reserve,
-    pub(super) wait_until: Option<Instant>,
-    pub(super) attempt: u32,
+struct Pending<S, B> {
+    req: Request<RequestBody<B>>,
+    inner: S,
+    config: Arc<Config>,
+    reserve: Reserve,
+    wait: Wait,
+    grpc: bool,
 }
 
 impl<S, B, ResBody> std::fmt::Debug for ResponseFuture<S, B, ResBody>
@@ -93,9 +89,8 @@ where
         let state = match &self.state {
             State::Reading { .. } => "reading the request body",
             State::Reserving { .. } => "reserving",
-            State::Running { .. } => "running",
-            State::Capturing { .. } => "reading the response body",
-            State::Completing { .. } => "completing",
+            State::Executing { .. } => "executing",
+            State::Detached { .. } => "executing in a task",
             State::Passing { .. } => "passing through",
             State::Respond { .. } => "responding",
         };
@@ -109,7 +104,7 @@ impl<S, B, ResBody> ResponseFuture<S, B, ResBody>
 where
     S: Service<Request<RequestBody<B>>>,
 {
-    pub(crate) fn read(body: B, ctx: Ctx<S>) -> Self {
+    pub(super) fn read(body: B, ctx: Ctx<S>) -> Self {
         let capture = Capture::new(ctx.config.max_body);
         Self::from(State::Reading {
             body,
@@ -118,14 +113,14 @@ where
         })
     }
 
-    pub(crate) fn skip(fut: S::Future) -> Self {
+    pub(super) fn skip(fut: S::Future) -> Self {
         Self::from(State::Passing {
             fut,
             outcome: Outcome::Skipped,
         })
     }
 
-    pub(crate) fn respond(res: Response<Bytes>) -> Self {
+    pub(super) fn respond(res: Response<Bytes>) -> Self {
         Self::from(State::Respond { res: Some(res) })
     }
 
@@ -139,63 +134,51 @@ const DONE: &str = "ResponseFuture polled after completion";
 impl<S, B, ResBody> Future for ResponseFuture<S, B, ResBody>
 where
     S: Service<Request<RequestBody<B>>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
     B: Body<Data = Bytes>,
-    ResBody: Body<Data = Bytes>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
 {
     type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
         loop {
-            let mut this = self.as_mut().project();
             let next = match this.state.as_mut().project() {
                 StateProj::Reading { body, capture, ctx } => {
                     let ended = ready!(capture.poll(body, cx));
-                    State::after_read(ctx.take().expect(DONE), ended, capture)
+                    let ctx = ctx.take().expect(DONE);
+                    match after_read(&ended, ctx.config.max_body) {
+                        Some(r) => State::Respond {
+                            res: Some(reject(&ctx.config, ctx.grpc, r)),
+                        },
+                        None => reserve(ctx, capture),
+                    }
                 }
                 StateProj::Reserving { fut, pending } => {
                     let result = ready!(fut.as_mut().poll(cx));
-                    State::after_reserve(pending.take().expect(DONE), result)
+                    reserved(pending.take().expect(DONE), result)
                 }
-                StateProj::Running { fut, lease, config } => {
-                    if let Some(l) = lease.as_mut() {
-                        l.poll_renew(cx);
-                    }
-                    let result = ready!(fut.poll(cx));
-                    State::after_run(result, lease.take().expect(DONE), config)
-                }
-                StateProj::Capturing {
-                    body,
-                    parts,
-                    capture,
-                    lease,
+                StateProj::Executing { exec } => return exec.poll(cx),
+                StateProj::Detached {
+                    handle,
                     config,
+                    grpc,
                 } => {
-                    if let Some(l) = lease.as_mut() {
-                        l.poll_renew(cx);
-                    }
-                    let ended = ready!(capture.poll(body.as_mut().expect(DONE).as_mut(), cx));
-                    let (Some(body), Some(parts), Some(lease)) =
-                        (body.take(), parts.take(), lease.take())
-                    else {
-                        panic!("{DONE}");
-                    };
-                    let capture = std::mem::replace(capture, Capture::new(0));
-                    State::after_capture(ended, body, parts, capture, lease, config)
-                }
-                StateProj::Completing {
-                    completion,
-                    res,
-                    storing,
-                } => {
-                    let result = ready!(Pin::new(completion).poll(cx));
-                    let res = res.take().expect(DONE);
-                    return Poll::Ready(super::steps::finish(res, result, *storing));
+                    return Poll::Ready(match ready!(Pin::new(handle).poll(cx)) {
+                        Ok(result) => result,
+                        // The handler panicked: so does this future, as it would inline.
+                        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                        // The runtime is shutting down.
+                        Err(_) => {
+                            let res = reject(config, *grpc, Rejection::ResponseFailed);
+                            Ok(res.map(ResponseBody::full))
+                        }
+                    });
                 }
                 StateProj::Passing { fut, outcome } => {
                     let res = ready!(fut.poll(cx))?;
-                    let mut res = res.map(ResponseBody::inner);
-                    res.extensions_mut().insert(*outcome);
-                    return Poll::Ready(Ok(res));
+                    return Poll::Ready(Ok(with(res.map(ResponseBody::inner), *outcome)));
                 }
                 StateProj::Respond { res } => {
                     let res = res.take().expect(DONE);
@@ -204,5 +187,90 @@ where
             };
             this.state.set(next);
         }
+    }
+}
+
+/// The request body was read: fingerprint it and reserve.
+fn reserve<S, B, ResBody>(ctx: Ctx<S>, capture: &mut Capture) -> State<S, B, ResBody>
+where
+    S: Service<Request<RequestBody<B>>>,
+{
+    let (data, trailers) = capture.take();
+    let reserve = Reserve {
+        hold: Hold {
+            key: ctx.key,
+            token: Token::generate(),
+        },
+        fingerprint: Fingerprint::new(&ctx.parts, &data),
+        lease: ctx.config.lease,
+    };
+    let fut = ctx.config.home.reserve(&reserve);
+    let pending = Pending {
+        req: Request::from_parts(ctx.parts, RequestBody::buffered(data, trailers)),
+        inner: ctx.inner,
+        config: ctx.config,
+        reserve,
+        wait: Wait::default(),
+        grpc: ctx.grpc,
+    };
+    State::Reserving {
+        fut,
+        pending: Some(pending),
+    }
+}
+
+/// The store answered the reservation.
+fn reserved<S, B, ResBody>(
+    mut p: Pending<S, B>,
+    result: Result<Reservation, StoreError>,
+) -> State<S, B, ResBody>
+where
+    S: Service<Request<RequestBody<B>>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+{
+    let cfg = p.config.clone();
+    let respond = |res| State::Respond { res: Some(res) };
+    match after_reserve(result, cfg.conflict, &mut p.wait, Instant::now()) {
+        OnReserve::Run => {
+            let lease = Lease::new(cfg.clone(), p.reserve.hold);
+            let exec = Execution::new(p.inner.call(p.req), lease, cfg.clone(), p.grpc);
+            match (cfg.hang_up, tokio::runtime::Handle::try_current()) {
+                // A hang-up never cancels a write: the execution is a task of its own.
+                (HangUp::Finish, Ok(rt)) => State::Detached {
+                    handle: rt.spawn(exec.instrument(tracing::Span::current())),
+                    config: cfg,
+                    grpc: p.grpc,
+                },
+                _ => State::Executing { exec },
+            }
+        }
+        OnReserve::AskAgain(delay) => {
+            let r = p.reserve.clone();
+            let fut = Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                cfg.home.reserve(&r).await
+            });
+            State::Reserving {
+                fut,
+                pending: Some(p),
+            }
+        }
+        OnReserve::Reject(r) => respond(reject(&cfg, p.grpc, r)),
+        OnReserve::Replay(stored) => respond(replay(stored)),
+        OnReserve::StoreFailed(e) => match cfg.on_failure {
+            FailurePolicy::Open => {
+                cfg.store_failed("reserve", "ran the handler unprotected (fail-open)", &e);
+                State::Passing {
+                    fut: p.inner.call(p.req),
+                    outcome: Outcome::StoreBypassed,
+                }
+            }
+            _ => {
+                cfg.store_failed("reserve", "answered 503 (fail-closed)", &e);
+                respond(reject(&cfg, p.grpc, Rejection::Unavailable))
+            }
+        },
     }
 }

@@ -1,77 +1,19 @@
 //! [`IdempotencyLayer`] and its builder.
 
 use std::fmt;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, Method};
 use tower_layer::Layer;
 
-use super::policy::{
-    check_allow_list, default_store_policy, SharedPolicy, StorePolicy, DEFAULT_STORED_HEADERS,
-};
+use super::config::{Config, Conflict, FailurePolicy, HangUp, Settings};
+use super::policy::{default_store_policy, StorePolicy, DEFAULT_STORED_HEADERS};
+use super::response::RejectionResponse;
 use super::service::Idempotency;
-use super::store::IdempotencyStore;
+use super::store::{IdempotencyStore, Replicas};
 use crate::error::ConfigError;
 use crate::key::{ClientKey, Header, KeyError, KeyExtractor, KeyExtractorExt, RequestView};
-
-/// What a request gets while another request with its key is in progress.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Conflict {
-    /// 409 Conflict with `Retry-After` at once (default, like Stripe).
-    #[default]
-    Reject,
-    /// Wait up to this long for the first request's outcome and replay it
-    /// (or run, if the first one failed and released the key); 409 after.
-    Wait(Duration),
-}
-
-/// What to do when the store fails, misses its deadline or holds a corrupt record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum FailurePolicy {
-    /// 503 with `Retry-After` (default): running a payment twice is worse
-    /// than refusing it for a moment.
-    #[default]
-    Closed,
-    /// Run the handler without idempotency protection.
-    PassThrough,
-}
-
-pub(crate) struct Config {
-    pub(crate) store: Arc<dyn IdempotencyStore>,
-    pub(crate) scope: Arc<str>,
-    pub(crate) principal: Arc<dyn KeyExtractor>,
-    pub(crate) methods: Vec<Method>,
-    pub(crate) required: bool,
-    pub(crate) max_body: usize,
-    pub(crate) max_stored_body: usize,
-    pub(crate) record_ttl: Duration,
-    pub(crate) lease: Duration,
-    pub(crate) conflict: Conflict,
-    pub(crate) on_failure: FailurePolicy,
-    pub(crate) policy: SharedPolicy,
-    pub(crate) stored_headers: Vec<HeaderName>,
-    pub(crate) warned_at: AtomicU64,
-}
-
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("IdempotencyConfig")
-            .field("methods", &self.methods)
-            .field("required", &self.required)
-            .field("max_body", &self.max_body)
-            .field("max_stored_body", &self.max_stored_body)
-            .field("record_ttl", &self.record_ttl)
-            .field("lease", &self.lease)
-            .field("conflict", &self.conflict)
-            .field("on_failure", &self.on_failure)
-            .field("stored_headers", &self.stored_headers)
-            .finish_non_exhaustive()
-    }
-}
 
 /// Runs a request with an `Idempotency-Key` once and replays its response
 /// to retries; see the [module docs](super).
@@ -94,19 +36,31 @@ impl IdempotencyLayer {
     pub fn builder(store: impl IdempotencyStore) -> IdempotencyLayerBuilder {
         IdempotencyLayerBuilder {
             store: Arc::new(store),
-            scope: "default".into(),
-            principal: Arc::new(default_principal()),
-            methods: vec![Method::POST, Method::PATCH],
-            required: false,
-            max_body: 1 << 20,
-            max_stored_body: 1 << 20,
-            record_ttl: Duration::from_secs(24 * 3600),
-            lease: Duration::from_secs(10),
-            conflict: Conflict::default(),
-            on_failure: FailurePolicy::default(),
-            policy: Arc::new(default_store_policy),
-            stored_headers: DEFAULT_STORED_HEADERS.to_vec(),
+            settings: Settings {
+                scope: "default".into(),
+                principal: Arc::new(default_principal()),
+                methods: vec![Method::POST, Method::PATCH],
+                required: false,
+                max_body: 1 << 20,
+                max_stored_body: 1 << 20,
+                record_ttl: Duration::from_secs(24 * 3600),
+                lease: Duration::from_secs(10),
+                conflict: Conflict::default(),
+                on_failure: FailurePolicy::default(),
+                hang_up: HangUp::default(),
+                replicas: None,
+                policy: Arc::new(default_store_policy),
+                stored_headers: DEFAULT_STORED_HEADERS.to_vec(),
+                rejection: None,
+            },
         }
+    }
+}
+
+#[cfg(test)]
+impl IdempotencyLayer {
+    pub(crate) fn config(&self) -> Arc<Config> {
+        self.config.clone()
     }
 }
 
@@ -122,26 +76,13 @@ impl<S> Layer<S> for IdempotencyLayer {
 #[must_use]
 pub struct IdempotencyLayerBuilder {
     store: Arc<dyn IdempotencyStore>,
-    scope: String,
-    principal: Arc<dyn KeyExtractor>,
-    methods: Vec<Method>,
-    required: bool,
-    max_body: usize,
-    max_stored_body: usize,
-    record_ttl: Duration,
-    lease: Duration,
-    conflict: Conflict,
-    on_failure: FailurePolicy,
-    policy: SharedPolicy,
-    stored_headers: Vec<HeaderName>,
+    settings: Settings,
 }
 
 impl fmt::Debug for IdempotencyLayerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IdempotencyLayerBuilder")
-            .field("methods", &self.methods)
-            .field("required", &self.required)
-            .field("lease", &self.lease)
+            .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
 }
@@ -153,7 +94,8 @@ impl IdempotencyLayerBuilder {
     /// that is the path with the nest prefix stripped, so give layers in
     /// different nests scopes of their own.
     pub fn scope(mut self, scope: impl Into<String>) -> Self {
-        self.scope = scope.into();
+        let scope: String = scope.into();
+        self.settings.scope = scope.into();
         self
     }
 
@@ -162,59 +104,63 @@ impl IdempotencyLayerBuilder {
     /// Default: the hashed `Authorization` header, else one anonymous principal.
     /// A request whose principal is missing or invalid is answered 400.
     pub fn principal(mut self, principal: impl KeyExtractor) -> Self {
-        self.principal = Arc::new(principal);
+        self.settings.principal = Arc::new(principal);
         self
     }
 
     /// The methods the layer covers (default POST and PATCH); others pass through.
     pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
-        self.methods = methods.into_iter().collect();
+        self.settings.methods = methods.into_iter().collect();
         self
     }
 
     /// Answer 400 to a covered request without `Idempotency-Key` (default:
     /// it passes through, unprotected).
     pub fn required(mut self, required: bool) -> Self {
-        self.required = required;
+        self.settings.required = required;
         self
     }
 
     /// The largest request body read to fingerprint a request (default
-    /// 1 MiB); a larger one is answered 413.
+    /// 1 MiB); a larger one is answered 413. The layer holds a covered
+    /// request's body whole while it runs, so keep this to what a handler
+    /// may really receive; any value is safe (`usize::MAX` means no cap).
     pub fn max_body(mut self, bytes: usize) -> Self {
-        self.max_body = bytes;
+        self.settings.max_body = bytes;
         self
     }
 
     /// The largest response body stored (default 1 MiB). A larger response
     /// is sent on, not stored, and its key released.
     pub fn max_stored_body(mut self, bytes: usize) -> Self {
-        self.max_stored_body = bytes;
+        self.settings.max_stored_body = bytes;
         self
     }
 
-    /// How long a completed record is replayed (default 24 h).
+    /// How long a completed record is replayed (default 24 h; from the
+    /// lease to 365 days).
     pub fn record_ttl(mut self, ttl: Duration) -> Self {
-        self.record_ttl = ttl;
+        self.settings.record_ttl = ttl;
         self
     }
 
     /// How long a reservation outlives a process that died holding it
-    /// (default 10 s). Renewed every third of it while the handler runs.
+    /// (default 10 s; from 30 ms to 365 days). Renewed every third of it
+    /// while the handler runs.
     pub fn lease(mut self, lease: Duration) -> Self {
-        self.lease = lease;
+        self.settings.lease = lease;
         self
     }
 
     /// What a request meets while its key is in progress (default 409).
     pub fn on_conflict(mut self, conflict: Conflict) -> Self {
-        self.conflict = conflict;
+        self.settings.conflict = conflict;
         self
     }
 
     /// What to do when the store fails (default 503).
     pub fn on_store_failure(mut self, policy: FailurePolicy) -> Self {
-        self.on_failure = policy;
+        self.settings.on_failure = policy;
         self
     }
 
@@ -222,7 +168,7 @@ impl IdempotencyLayerBuilder {
     ///
     /// [`default_store_policy`]: super::default_store_policy
     pub fn store_policy(mut self, policy: impl StorePolicy) -> Self {
-        self.policy = Arc::new(policy);
+        self.settings.policy = Arc::new(policy);
         self
     }
 
@@ -230,52 +176,43 @@ impl IdempotencyLayerBuilder {
     /// [`DEFAULT_STORED_HEADERS`](super::DEFAULT_STORED_HEADERS)).
     /// `Set-Cookie`, hop-by-hop headers and `Content-Length` are refused.
     pub fn stored_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
-        self.stored_headers = names.into_iter().collect();
+        self.settings.stored_headers = names.into_iter().collect();
         self
     }
 
-    /// Checks the configuration and builds the layer.
+    /// What a first execution does when its client goes away (default
+    /// [`HangUp::Finish`]: it runs to the end in a task of its own).
+    pub fn on_hang_up(mut self, hang_up: HangUp) -> Self {
+        self.settings.hang_up = hang_up;
+        self
+    }
+
+    /// After storing a response, wait until `n` replicas have it (Redis
+    /// `WAIT n timeout`) before answering; see "Replicas" in the
+    /// [module docs](super). Default: off. `n` at least 1, `timeout` from
+    /// 1 ms to 365 days (and best kept under the connection's response
+    /// timeout, 500 ms by default). A no-op on a [`MemoryStore`](crate::MemoryStore).
+    pub fn wait_replicas(mut self, n: u32, timeout: Duration) -> Self {
+        self.settings.replicas = Some(Replicas { n, timeout });
+        self
+    }
+
+    /// Replaces the default problem+json answers the layer writes itself
+    /// (400, 409, 413, 422, 500, 503); see [`RejectionResponse`]. gRPC
+    /// requests still get a gRPC status.
+    pub fn rejection(mut self, rejection: impl RejectionResponse) -> Self {
+        self.settings.rejection = Some(Arc::new(rejection));
+        self
+    }
+
+    /// Checks the configuration and builds the layer: a setting that cannot
+    /// work, or that could overflow at request time (a duration over 365
+    /// days, say), is a [`ConfigError`].
     pub fn build(self) -> Result<IdempotencyLayer, ConfigError> {
-        crate::error::check_name("scope", &self.scope)?;
-        if self.methods.is_empty() {
-            return Err(ConfigError::new(
-                "an idempotency layer needs at least one method",
-            ));
-        }
-        if let Some(m) = self.methods.iter().find(|m| m.is_safe()) {
-            return Err(ConfigError::new(format!(
-                "{m} is a safe method; idempotency keys are for unsafe ones (POST, PATCH, ...)"
-            )));
-        }
-        if self.lease < Duration::from_millis(30) {
-            return Err(ConfigError::new("the lease must be at least 30 ms"));
-        }
-        if self.record_ttl < self.lease {
-            return Err(ConfigError::new(
-                "the record TTL must be at least the lease",
-            ));
-        }
-        if self.max_stored_body > u32::MAX as usize {
-            return Err(ConfigError::new("max_stored_body must fit in 4 GiB"));
-        }
-        check_allow_list(&self.stored_headers).map_err(ConfigError::new)?;
+        self.settings.check()?;
+        let home = self.store.idempotency_home();
         Ok(IdempotencyLayer {
-            config: Arc::new(Config {
-                store: self.store,
-                scope: self.scope.into(),
-                principal: self.principal,
-                methods: self.methods,
-                required: self.required,
-                max_body: self.max_body,
-                max_stored_body: self.max_stored_body,
-                record_ttl: self.record_ttl,
-                lease: self.lease,
-                conflict: self.conflict,
-                on_failure: self.on_failure,
-                policy: self.policy,
-                stored_headers: self.stored_headers,
-                warned_at: AtomicU64::new(0),
-            }),
+            config: Arc::new(Config::new(home, self.settings)),
         })
     }
 }
@@ -285,19 +222,57 @@ mod tests {
     use super::*;
     use crate::MemoryStore;
 
+    fn b() -> IdempotencyLayerBuilder {
+        IdempotencyLayer::builder(MemoryStore::new())
+    }
+
+    fn refused(b: IdempotencyLayerBuilder, why: &str) {
+        let e = b.build().unwrap_err().to_string();
+        assert!(e.contains(why), "{e} (expected {why:?})");
+    }
+
     #[test]
     fn builder_refuses_what_cannot_work() {
-        let b = || IdempotencyLayer::builder(MemoryStore::new());
         assert!(b().build().is_ok());
-        let e = b().methods([Method::GET]).build().unwrap_err();
-        assert!(e.to_string().contains("safe method"), "{e}");
-        assert!(b().methods([]).build().is_err());
-        assert!(b().lease(Duration::from_millis(1)).build().is_err());
-        assert!(b().record_ttl(Duration::from_secs(1)).build().is_err());
-        let e = b()
-            .stored_headers([http::header::SET_COOKIE])
+        refused(b().methods([Method::GET]), "safe method");
+        refused(b().methods([]), "at least one method");
+        refused(b().scope("a b"), "scope");
+        refused(b().lease(Duration::from_millis(1)), "at least 30 ms");
+        refused(b().record_ttl(Duration::from_secs(1)), "at least the lease");
+        refused(b().stored_headers([http::header::SET_COOKIE]), "set-cookie");
+        refused(b().max_stored_body(u32::MAX as usize + 1), "4 GiB");
+        refused(
+            b().wait_replicas(0, Duration::from_millis(10)),
+            "at least one replica",
+        );
+        refused(b().wait_replicas(1, Duration::ZERO), "forever");
+    }
+
+    #[test]
+    fn durations_that_would_overflow_are_refused_at_build() {
+        refused(
+            b().record_ttl(Duration::MAX),
+            "record TTL must be at most 365 days",
+        );
+        refused(
+            b().lease(Duration::MAX).record_ttl(Duration::MAX),
+            "lease must be at most 365 days",
+        );
+        refused(
+            b().on_conflict(Conflict::Wait(Duration::MAX)),
+            "Conflict::Wait must be at most 365 days",
+        );
+        refused(
+            b().wait_replicas(1, Duration::MAX),
+            "wait_replicas timeout must be at most 365 days",
+        );
+        let year = Duration::from_secs(365 * 24 * 3600);
+        assert!(b()
+            .record_ttl(year)
+            .lease(year)
+            .on_conflict(Conflict::Wait(year))
+            .wait_replicas(1, year)
             .build()
-            .unwrap_err();
-        assert!(e.to_string().contains("set-cookie"), "{e}");
+            .is_ok());
     }
 }

@@ -6,27 +6,22 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use tokio::time::{Instant, Sleep};
 
-use super::fingerprint::{RecordKey, Token};
-use super::store::IdempotencyStore;
+use super::config::Config;
+use super::store::{Flag, Hold, Written};
 use crate::error::StoreError;
-
-type StoreFuture = BoxFuture<'static, Result<bool, StoreError>>;
 
 /// A held reservation. Dropping it releases the record, unless it was
 /// completed or lost.
 pub(crate) struct Lease {
-    store: Arc<dyn IdempotencyStore>,
-    key: RecordKey,
-    token: Token,
-    lease: Duration,
+    config: Arc<Config>,
+    hold: Hold,
     timer: Pin<Box<Sleep>>,
-    renewing: Option<StoreFuture>,
+    renewing: Option<Flag>,
     held: bool,
 }
 
@@ -39,18 +34,12 @@ impl std::fmt::Debug for Lease {
 }
 
 impl Lease {
-    pub(crate) fn new(
-        store: Arc<dyn IdempotencyStore>,
-        key: RecordKey,
-        token: Token,
-        lease: Duration,
-    ) -> Self {
+    pub(crate) fn new(config: Arc<Config>, hold: Hold) -> Self {
+        let timer = Box::pin(tokio::time::sleep(config.lease / 3));
         Self {
-            store,
-            key,
-            token,
-            lease,
-            timer: Box::pin(tokio::time::sleep(lease / 3)),
+            config,
+            hold,
+            timer,
             renewing: None,
             held: true,
         }
@@ -70,43 +59,49 @@ impl Lease {
                     Ok(false) => {
                         // Expired and perhaps taken: the completion will be fenced off.
                         tracing::warn!(
+                            scope = %self.config.scope,
                             "idempotency: the lease lapsed while the handler ran; \
                              its response will not be stored (raise the lease)"
                         );
                         self.held = false;
                     }
-                    Err(e) => tracing::warn!(error = %e, "idempotency: lease renewal failed"),
+                    Err(e) => self.config.store_failed(
+                        "lease renewal",
+                        "renewal retried at the next third of the lease",
+                        &e,
+                    ),
                 }
                 continue;
             }
             if self.timer.as_mut().poll(cx).is_pending() {
                 return;
             }
-            self.timer.as_mut().reset(Instant::now() + self.lease / 3);
-            self.renewing = Some(self.store.renew(&self.key, &self.token, self.lease));
+            let lease = self.config.lease;
+            self.timer.as_mut().reset(Instant::now() + lease / 3);
+            self.renewing = Some(self.config.home.renew(&self.hold, lease));
         }
     }
 
     /// Hands the reservation to the completion write. When the lease was
-    /// lost nothing is written, and the completion answers `Ok(false)`.
-    pub(crate) fn complete(mut self, record: Bytes, ttl: Duration) -> Completion {
+    /// lost nothing is written, and the completion answers `Lost`.
+    pub(crate) fn complete(mut self, record: Bytes) -> Completion<Written> {
         if !self.held {
-            return Completion { fut: None };
+            return Completion::new(Box::pin(std::future::ready(Ok(Written::Lost))));
         }
         // From here the completion decides; a failed write lets the lease lapse.
         self.held = false;
-        Completion {
-            fut: Some(self.store.complete(&self.key, &self.token, record, ttl)),
-        }
+        let cfg = &self.config;
+        let write = cfg
+            .home
+            .complete(&self.hold, record, cfg.record_ttl, cfg.replicas);
+        Completion::new(write)
     }
 
     /// Releases the reservation; the caller awaits it before answering, so
     /// a client that got the answer and retries finds the key free.
-    pub(crate) fn release(mut self) -> Completion {
+    pub(crate) fn release(mut self) -> Completion<bool> {
         self.held = false;
-        Completion {
-            fut: Some(self.store.release(&self.key, &self.token)),
-        }
+        Completion::new(self.config.home.release(&self.hold))
     }
 }
 
@@ -116,12 +111,13 @@ impl Drop for Lease {
             return;
         }
         // A memory store acts when called; a Redis release runs as a task.
-        let release = self.store.release(&self.key, &self.token);
+        let release = self.config.home.release(&self.hold);
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
+                let config = self.config.clone();
                 rt.spawn(async move {
                     if let Err(e) = release.await {
-                        tracing::warn!(error = %e, "idempotency: release failed; the lease will lapse");
+                        config.store_failed("release", "the lease will lapse", &e);
                     }
                 });
             }
@@ -134,33 +130,42 @@ impl Drop for Lease {
 
 /// The completion write (or a release). Finished in a task if the response
 /// future is dropped first: the handler ran, its outcome must be kept.
-pub(crate) struct Completion {
-    fut: Option<StoreFuture>,
+pub(crate) struct Completion<T: Send + 'static> {
+    fut: Option<BoxFuture<'static, Result<T, StoreError>>>,
 }
 
-impl std::fmt::Debug for Completion {
+impl<T: Send + 'static> Completion<T> {
+    fn new(fut: BoxFuture<'static, Result<T, StoreError>>) -> Self {
+        Self { fut: Some(fut) }
+    }
+}
+
+impl<T: Send + 'static> std::fmt::Debug for Completion<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Completion").finish_non_exhaustive()
     }
 }
 
-impl Future for Completion {
-    type Output = Result<bool, StoreError>;
+impl<T: Send + 'static> Future for Completion<T> {
+    type Output = Result<T, StoreError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let Some(fut) = self.fut.as_mut() else {
-            return Poll::Ready(Ok(false));
-        };
+        let fut = self
+            .fut
+            .as_mut()
+            .expect("Completion polled after completion");
         let result = std::task::ready!(fut.as_mut().poll(cx));
         self.fut = None;
         Poll::Ready(result)
     }
 }
 
-impl Drop for Completion {
+impl<T: Send + 'static> Drop for Completion<T> {
     fn drop(&mut self) {
         if let (Some(fut), Ok(rt)) = (self.fut.take(), tokio::runtime::Handle::try_current()) {
-            rt.spawn(fut);
+            rt.spawn(async move {
+                let _ = fut.await;
+            });
         }
     }
 }

@@ -32,7 +32,7 @@
 //!
 //! Customised: records scoped by API key, a key required, waiting for the
 //! first request instead of answering 409, a shorter record life, and
-//! pass-through when the store is down:
+//! running unprotected when the store is down:
 //!
 //! ```
 //! use std::time::Duration;
@@ -50,7 +50,7 @@
 //!     .record_ttl(Duration::from_secs(3600))
 //!     .lease(Duration::from_secs(30))
 //!     .max_body(64 * 1024)
-//!     .on_store_failure(FailurePolicy::PassThrough)
+//!     .on_store_failure(FailurePolicy::Open)
 //!     .store_policy(|status: http::StatusCode| status.is_success())
 //!     .build()?;
 //! # drop(layer);
@@ -77,7 +77,11 @@
 //! | same key after completion | the stored response + `Idempotent-Replayed: true` |
 //! | store failure, deadline or corrupt record | 503 + `Retry-After` ([`FailurePolicy`]) |
 //!
-//! Problem responses are `application/problem+json`.
+//! The answers the layer writes itself are `application/problem+json`
+//! (replaceable: [`rejection`](IdempotencyLayerBuilder::rejection)); a
+//! gRPC request (`content-type: application/grpc*`) gets a gRPC status
+//! instead: 400/413 `INVALID_ARGUMENT`, 409 `ABORTED`, 422
+//! `FAILED_PRECONDITION`, 503 `UNAVAILABLE`, 500 `INTERNAL`.
 //!
 //! **Scope.** A record belongs to principal + method + path + key: one
 //! principal never sees another's response, whatever key it sends, and a
@@ -104,14 +108,63 @@
 //! fails while being read is answered 500 and its key released. Responses
 //! with trailers are sent, not stored.
 //!
+//! **Hang-ups never cancel a write.** Once the key is reserved and the
+//! handler called, the handler, the reading of its response and the write
+//! of the record run to the end in a task of their own (`tokio::spawn`),
+//! even if the client goes away (the response future is dropped: closed
+//! connection, timeout, cancelled call). A retry meets the key in progress
+//! (409, or waits) while it runs, and gets the replay after: a handler
+//! that committed a payment and is then abandoned is never run twice.
+//! What this means for handlers: they may outlive their connection and
+//! their caller's timeouts (bound their own work), they run on the tokio
+//! runtime (task-locals of the request's task are not carried; the
+//! current `tracing` span is), and their panics still reach the caller
+//! while it waits. Hence the service's bounds: the inner service's future
+//! and error, and its response body, are `Send + 'static` (true of axum,
+//! tonic and hyper services). Without a tokio runtime, or with
+//! [`HangUp::Release`] (the old behaviour, opt-in), the handler runs inside
+//! the response future and a hang-up cancels it and releases the key at
+//! once: a retry runs again, even if the cancelled run had committed.
+//!
 //! **Leases.** The reservation holds a lease (10 s), renewed every third
-//! of it while the handler runs. When the response future is dropped (the
-//! client went away, the handler panicked) the reservation is released at
-//! once and a retry runs; when the process dies the lease lapses and a
-//! retry runs after it. Completion is fenced by the lease token: a holder
-//! whose lease lapsed cannot overwrite a newer execution. If the
+//! of it while the handler runs. When the handler fails or panics, the key
+//! is released and a retry runs; when the process dies the lease lapses
+//! and a retry runs after it. Completion is fenced by the lease token: a
+//! holder whose lease lapsed cannot overwrite a newer execution. If the
 //! completion write itself fails, the key stays reserved until its lease
 //! lapses (a retry gets 409 meanwhile, then runs).
+//!
+//! **Replicas.** Redis replicates asynchronously: a record acknowledged by
+//! the master can be lost if the master fails before a replica has it, and
+//! a retry after the failover runs the handler again.
+//! [`wait_replicas(n, timeout)`](IdempotencyLayerBuilder::wait_replicas)
+//! sends `WAIT n timeout` after each completion (on a cluster, to the
+//! master of the record's slot) and answers only once `n` replicas have
+//! the record or the timeout passed. It narrows the window, it does not
+//! close it: WAIT does not make Redis strongly consistent (a failover can
+//! still promote a replica that lacks the record, e.g. one that was not
+//! among the `n`, and a master restarted without persistence loses it).
+//! When WAIT confirms fewer than `n` replicas in time (or fails), the
+//! response is still sent, marked [`Stored`](IdempotencyOutcome::Stored),
+//! and a warning (at most one a second) says so: the handler has run, and
+//! refusing its answer would not undo it. The timeout adds to the latency
+//! of first executions only (replays and conflicts send no WAIT); keep it
+//! under the Redis connection's response timeout (redis-rs's default
+//! 500 ms; on a cluster the larger of the store's deadline and connect
+//! timeout), past which WAIT counts as failed. On a
+//! [`MemoryStore`](crate::MemoryStore) it is a no-op: one process has no
+//! replicas.
+//!
+//! **Memory.** A [`MemoryStore`](crate::MemoryStore) keeps at most
+//! [`DEFAULT_MAX_MEMORY_RECORDS`] records (set with
+//! [`MemoryStore::max_idempotency_records`](crate::MemoryStore::max_idempotency_records)),
+//! evicting completed records oldest first, then reservations; a retry
+//! whose record was evicted runs again. Expired records are swept.
+//!
+//! **Configuration.** [`build`](IdempotencyLayerBuilder::build) refuses
+//! what could overflow at request time: a record TTL, lease,
+//! [`Conflict::Wait`] or replica timeout over 365 days, a stored body over
+//! 4 GiB.
 //!
 //! **Waiting.** With [`Conflict::Wait`] a request that meets its key in
 //! progress asks the store again after 10, 20, 40, 80 ms, then every
@@ -120,15 +173,19 @@
 //!
 //! **Round trips.** On Redis, a replay, a conflict or a mismatch is ONE
 //! script call; a first execution is two (reserve, then complete or
-//! release), plus one renewal per third of the lease for slow handlers.
+//! release; a `WAIT` more with `wait_replicas`), plus one renewal per third
+//! of the lease for slow handlers.
 //! Each step is one Lua script on one key, `{prefix}:idem:{<sha256>}`, with
 //! a TTL (the lease, then the record TTL, from Redis's clock); keys,
 //! principals and paths are hashed before they enter it. The stored
 //! response is our own versioned binary record; a corrupt one is a store
 //! failure, never a panic.
 
+mod admit;
 mod body;
 mod capture;
+mod config;
+mod execute;
 mod fingerprint;
 mod future;
 pub(crate) mod key;
@@ -136,20 +193,20 @@ mod layer;
 mod lease;
 mod policy;
 pub(crate) mod record;
-#[cfg(feature = "redis")]
-mod redis_store;
 mod response;
 mod service;
 mod steps;
 mod store;
 
 pub use body::RequestBody;
+pub use config::{Conflict, FailurePolicy, HangUp};
 pub use future::ResponseFuture;
 pub use key::IDEMPOTENCY_KEY;
-pub use layer::{Conflict, FailurePolicy, IdempotencyLayer, IdempotencyLayerBuilder};
+pub use layer::{IdempotencyLayer, IdempotencyLayerBuilder};
 pub use policy::{default_store_policy, StorePolicy, DEFAULT_STORED_HEADERS};
-pub use response::{IdempotencyOutcome, IDEMPOTENT_REPLAYED};
+pub use response::{IdempotencyOutcome, Rejection, RejectionResponse, IDEMPOTENT_REPLAYED};
 pub use service::Idempotency;
+pub use store::memory::DEFAULT_MAX_MEMORY_RECORDS;
 pub use store::IdempotencyStore;
 
 #[cfg(feature = "__hooks")]

@@ -8,17 +8,22 @@ use http::{Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
+use super::admit::{admit, Admit};
 use super::body::RequestBody;
+use super::config::Config;
 use super::fingerprint::RecordKey;
 use super::future::{Ctx, ResponseFuture};
-use super::key;
-use super::layer::Config;
-use super::response::{invalid, too_large};
+use super::response::reject;
 use crate::body::ResponseBody;
-use crate::key::{KeyError, RequestView};
+use crate::problem::is_grpc;
 
 /// Runs each request with an `Idempotency-Key` once and replays its
 /// response to retries; built by [`IdempotencyLayer`](super::IdempotencyLayer).
+///
+/// The inner service's future and error, and its response body, must be
+/// `Send + 'static`: a first execution runs to the end in a task of its
+/// own, even if its client hangs up ([`HangUp`](super::HangUp)). axum,
+/// tonic and hyper services are.
 #[derive(Clone, Debug)]
 pub struct Idempotency<S> {
     inner: S,
@@ -36,8 +41,10 @@ impl<S> Idempotency<S> {
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Idempotency<S>
 where
     S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Clone,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
     ReqBody: Body<Data = Bytes>,
-    ResBody: Body<Data = Bytes>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
@@ -49,35 +56,16 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let cfg = &self.config;
-        if !cfg.methods.contains(req.method()) {
-            return ResponseFuture::skip(self.inner.call(req.map(RequestBody::streaming)));
-        }
-        let idem_key = match key::parse(req.headers()) {
-            Ok(Some(k)) => k,
-            Ok(None) if cfg.required => {
-                return ResponseFuture::respond(invalid(
-                    "this endpoint requires an Idempotency-Key header",
-                ))
-            }
-            Ok(None) => {
+        let (idem_key, principal) = match admit(cfg, &req) {
+            Admit::Skip => {
                 return ResponseFuture::skip(self.inner.call(req.map(RequestBody::streaming)))
             }
-            Err(why) => return ResponseFuture::respond(invalid(&why)),
-        };
-        let principal = match cfg.principal.extract(&RequestView::new(&req)) {
-            Ok(p) => p,
-            Err(KeyError::Invalid(why)) => {
-                return ResponseFuture::respond(invalid(&format!("invalid principal: {why}")))
+            Admit::Reject(r) => {
+                return ResponseFuture::respond(reject(cfg, is_grpc(req.headers()), r))
             }
-            Err(KeyError::Missing) => {
-                return ResponseFuture::respond(invalid(
-                    "the request names no principal to scope its Idempotency-Key",
-                ))
-            }
+            Admit::Check(k, p) => (k, p),
         };
-        if req.body().size_hint().lower() > cfg.max_body as u64 {
-            return ResponseFuture::respond(too_large(cfg.max_body));
-        }
+        let grpc = is_grpc(req.headers());
         let (parts, body) = req.into_parts();
         let key = RecordKey::new(&cfg.scope, &principal, &parts, &idem_key);
         // The readied service goes into the future; a fresh clone stays here.
@@ -90,6 +78,7 @@ where
                 inner,
                 config: cfg.clone(),
                 key,
+                grpc,
             },
         )
     }

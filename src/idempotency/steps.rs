@@ -1,275 +1,320 @@
-//! The steps between the states of [`ResponseFuture`](super::ResponseFuture):
-//! what each store answer and each handler outcome leads to.
+//! The decisions of the request path, as small pure functions: what a
+//! request is, what each store answer and each handler outcome leads to.
+//! The futures (`future.rs`, `execute.rs`) only carry them out.
 
-use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{response, Request, Response};
+use http::StatusCode;
 use tokio::time::Instant;
-use tower_service::Service;
 
-use super::body::RequestBody;
-use super::capture::{Capture, Captured};
-use super::fingerprint::{Fingerprint, Token};
-use super::future::{Ctx, Pending, State};
-use super::layer::{Config, Conflict, FailurePolicy};
-use super::lease::Lease;
-use super::policy::stored_headers;
+use super::capture::Captured;
+use super::config::{Config, Conflict};
 use super::record::StoredResponse;
-use super::response::{
-    body_failed, in_progress, invalid, mismatch, replay, too_large, unavailable,
-    IdempotencyOutcome as Outcome,
-};
-use super::store::{Reservation, Reserve};
-use crate::body::ResponseBody;
+use super::response::{IdempotencyOutcome as Outcome, Rejection};
+use super::store::{Reservation, Written};
 use crate::error::StoreError;
 
-type Res<ResBody> = Response<ResponseBody<ResBody>>;
-
-impl<S, B, ResBody> State<S, B, ResBody>
-where
-    S: Service<Request<RequestBody<B>>, Response = Response<ResBody>>,
-{
-    fn respond(res: Response<Bytes>) -> Self {
-        State::Respond { res: Some(res) }
-    }
-
-    /// The request body was read (or not): fingerprint it and reserve.
-    pub(super) fn after_read<E>(ctx: Ctx<S>, ended: Captured<E>, capture: &mut Capture) -> Self {
-        match ended {
-            Captured::Over => return State::respond(too_large(ctx.config.max_body)),
-            Captured::Failed(_) => {
-                tracing::debug!("idempotency: the request body failed");
-                return State::respond(invalid("the request body could not be read"));
-            }
-            Captured::Done => {}
-        }
-        let (data, trailers) = capture.take();
-        let reserve = Reserve {
-            key: ctx.key,
-            fingerprint: Fingerprint::new(&ctx.parts, &data),
-            token: Token::generate(),
-            lease: ctx.config.lease,
-        };
-        let fut = ctx.config.store.reserve(&reserve);
-        let req = Request::from_parts(ctx.parts, RequestBody::buffered(data, trailers));
-        let pending = Pending {
-            req,
-            inner: ctx.inner,
-            config: ctx.config,
-            reserve,
-            wait_until: None,
-            attempt: 0,
-        };
-        State::Reserving {
-            fut,
-            pending: Some(pending),
-        }
-    }
-
-    /// The store answered the reservation.
-    pub(super) fn after_reserve(
-        mut p: Pending<S, B>,
-        result: Result<Reservation, StoreError>,
-    ) -> Self {
-        match result {
-            Ok(Reservation::Reserved) => {
-                let cfg = &p.config;
-                let lease = Lease::new(
-                    cfg.store.clone(),
-                    p.reserve.key.clone(),
-                    p.reserve.token.clone(),
-                    cfg.lease,
-                );
-                State::Running {
-                    fut: p.inner.call(p.req),
-                    lease: Some(lease),
-                    config: p.config,
-                }
-            }
-            Ok(Reservation::InProgress { lease_left }) => {
-                if let Conflict::Wait(max) = p.config.conflict {
-                    let now = Instant::now();
-                    let until = *p.wait_until.get_or_insert(now + max);
-                    if now < until {
-                        // Ask again after 10, 20, 40, 80 ms, then every 160 ms.
-                        let delay = Duration::from_millis(10 << p.attempt.min(4)).min(until - now);
-                        p.attempt += 1;
-                        let store = p.config.store.clone();
-                        let r = p.reserve.clone();
-                        let fut = Box::pin(async move {
-                            tokio::time::sleep(delay).await;
-                            store.reserve(&r).await
-                        });
-                        return State::Reserving {
-                            fut,
-                            pending: Some(p),
-                        };
-                    }
-                }
-                State::respond(in_progress(lease_left))
-            }
-            Ok(Reservation::Mismatch) => State::respond(mismatch()),
-            Ok(Reservation::Completed(bytes)) => match StoredResponse::decode(&bytes) {
-                Ok(stored) => State::respond(replay(stored)),
-                Err(corrupt) => {
-                    tracing::error!(
-                        error = %corrupt,
-                        "idempotency: a stored record does not decode; treated as a store failure"
-                    );
-                    State::store_failed(p)
-                }
-            },
-            Err(e) => {
-                warn_store_failure(&p.config, &e);
-                State::store_failed(p)
-            }
-        }
-    }
-
-    /// The store could not decide: the failure policy answers.
-    fn store_failed(mut p: Pending<S, B>) -> Self {
-        match p.config.on_failure {
-            FailurePolicy::PassThrough => State::Passing {
-                fut: p.inner.call(p.req),
-                outcome: Outcome::StoreBypassed,
-            },
-            _ => State::respond(unavailable()),
-        }
-    }
-
-    /// The handler answered: read its body to store it, or release the key.
-    pub(super) fn after_run(
-        result: Result<Response<ResBody>, S::Error>,
-        lease: Lease,
-        config: &std::sync::Arc<Config>,
-    ) -> Self
-    where
-        ResBody: http_body::Body,
-    {
-        let res = match result {
-            Ok(res) => res,
-            // A handler error releases the key: a retry runs again.
-            Err(e) => return State::releasing(lease, Err(e)),
-        };
-        let too_large = res.body().size_hint().lower() > config.max_stored_body as u64;
-        if too_large || !config.policy.stores(res.status()) {
-            if too_large {
-                warn_too_large(config);
-            }
-            let res = with(res.map(ResponseBody::inner), Outcome::NotStored);
-            return State::releasing(lease, Ok(res));
-        }
-        let (parts, body) = res.into_parts();
-        State::Capturing {
-            body: Some(Box::pin(body)),
-            parts: Some(parts),
-            capture: Capture::new(config.max_stored_body),
-            lease: Some(lease),
-            config: config.clone(),
-        }
-    }
-
-    /// The response body was read: store it, or send it on and release the key.
-    pub(super) fn after_capture<E>(
-        ended: Captured<E>,
-        body: Pin<Box<ResBody>>,
-        parts: response::Parts,
-        mut capture: Capture,
-        lease: Lease,
-        config: &Config,
-    ) -> Self {
-        match ended {
-            Captured::Failed(_) => {
-                tracing::warn!("idempotency: the response body failed; key released");
-                let res = body_failed().map(ResponseBody::full);
-                return State::releasing(lease, Ok(res));
-            }
-            Captured::Over => warn_too_large(config),
-            Captured::Done if capture.has_trailers() => {
-                tracing::debug!("idempotency: responses with trailers are not stored");
-            }
-            Captured::Done => {
-                let (data, _) = capture.take();
-                let record = StoredResponse {
-                    status: parts.status,
-                    headers: stored_headers(&config.stored_headers, &parts.headers),
-                    body: data.clone(),
-                }
-                .encode();
-                let res = Response::from_parts(parts, ResponseBody::full(data));
-                return State::Completing {
-                    completion: lease.complete(record, config.record_ttl),
-                    res: Some(Ok(res)),
-                    storing: true,
-                };
-            }
-        }
-        let body = ResponseBody::prefixed(capture.into_frames(), body);
-        let res = with(Response::from_parts(parts, body), Outcome::NotStored);
-        State::releasing(lease, Ok(res))
-    }
-
-    /// Releases the key, then answers `res`.
-    fn releasing(lease: Lease, res: Result<Res<ResBody>, S::Error>) -> Self {
-        State::Completing {
-            completion: lease.release(),
-            res: Some(res),
-            storing: false,
+/// The request body was read: `Some` answers the request at once.
+pub(super) fn after_read<E>(ended: &Captured<E>, max_body: usize) -> Option<Rejection> {
+    match ended {
+        Captured::Done => None,
+        Captured::Over => Some(Rejection::TooLarge { max_body }),
+        Captured::Failed(_) => {
+            tracing::debug!("idempotency: the request body failed");
+            Some(Rejection::bad_request("the request body could not be read"))
         }
     }
 }
 
-/// The answer once the completion (or release) write is done.
-pub(super) fn finish<ResBody, E>(
-    res: Result<Res<ResBody>, E>,
-    written: Result<bool, StoreError>,
-    storing: bool,
-) -> Result<Res<ResBody>, E> {
-    if !storing {
-        if let Err(e) = written {
-            tracing::warn!(error = %e, "idempotency: release failed; the lease will lapse");
+/// How long a request that met its key in progress has waited.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Wait {
+    until: Option<Instant>,
+    attempt: u32,
+}
+
+impl Wait {
+    /// When to ask the store again, or `None` once `max` has passed: after
+    /// 10, 20, 40, 80 ms, then every 160 ms.
+    pub(super) fn next(&mut self, max: Duration, now: Instant) -> Option<Duration> {
+        let until = *self.until.get_or_insert(now + max);
+        if now >= until {
+            return None;
         }
-        return res;
+        let delay = Duration::from_millis(10 << self.attempt.min(4)).min(until - now);
+        self.attempt += 1;
+        Some(delay)
     }
-    let outcome = match written {
-        Ok(true) => Outcome::Stored,
-        Ok(false) => {
+}
+
+/// What a reservation answer leads to.
+#[derive(Debug)]
+pub(super) enum OnReserve {
+    /// Reserved: run the handler.
+    Run,
+    /// In progress and waiting: ask again after this long.
+    AskAgain(Duration),
+    /// Answered at once.
+    Reject(Rejection),
+    /// Completed: replay this response.
+    Replay(StoredResponse),
+    /// The store could not decide: the failure policy answers.
+    StoreFailed(StoreError),
+}
+
+/// Decides what a reservation answer leads to.
+pub(super) fn after_reserve(
+    result: Result<Reservation, StoreError>,
+    conflict: Conflict,
+    wait: &mut Wait,
+    now: Instant,
+) -> OnReserve {
+    match result {
+        Ok(Reservation::Reserved) => OnReserve::Run,
+        Ok(Reservation::InProgress { lease_left }) => match conflict {
+            Conflict::Wait(max) => match wait.next(max, now) {
+                Some(delay) => OnReserve::AskAgain(delay),
+                None => OnReserve::Reject(Rejection::InProgress { lease_left }),
+            },
+            _ => OnReserve::Reject(Rejection::InProgress { lease_left }),
+        },
+        Ok(Reservation::Mismatch) => OnReserve::Reject(Rejection::Mismatch),
+        Ok(Reservation::Completed(bytes)) => match StoredResponse::decode(&bytes) {
+            Ok(stored) => OnReserve::Replay(stored),
+            Err(corrupt) => {
+                tracing::error!(
+                    error = %corrupt,
+                    "idempotency: a stored record does not decode; treated as a store failure"
+                );
+                OnReserve::StoreFailed(StoreError::protocol(corrupt.to_string()))
+            }
+        },
+        Err(e) => OnReserve::StoreFailed(e),
+    }
+}
+
+/// What the handler's response leads to.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum OnResponse {
+    /// Read its body to store it.
+    Capture,
+    /// Send it as it is and release the key (a retry runs again).
+    Release,
+}
+
+/// Decides from the status and announced size whether a response may be stored.
+pub(super) fn after_run(cfg: &Config, status: StatusCode, size_lower: u64) -> OnResponse {
+    if size_lower > cfg.max_stored_body as u64 {
+        warn_too_large(cfg);
+        return OnResponse::Release;
+    }
+    if cfg.policy.stores(status) {
+        OnResponse::Capture
+    } else {
+        OnResponse::Release
+    }
+}
+
+/// What reading the response body leads to.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum OnCapture {
+    /// Store it, then answer with the bytes read.
+    Store,
+    /// Send what was read and the rest, and release the key.
+    SendOn,
+    /// The body failed: answer 500 and release the key.
+    Failed,
+}
+
+/// Decides what happens to a response body that was read.
+pub(super) fn after_capture<E>(cfg: &Config, ended: &Captured<E>, trailers: bool) -> OnCapture {
+    match ended {
+        Captured::Failed(_) => {
+            tracing::warn!("idempotency: the response body failed; key released");
+            OnCapture::Failed
+        }
+        Captured::Over => {
+            warn_too_large(cfg);
+            OnCapture::SendOn
+        }
+        Captured::Done if trailers => {
+            tracing::debug!("idempotency: responses with trailers are not stored");
+            OnCapture::SendOn
+        }
+        Captured::Done => OnCapture::Store,
+    }
+}
+
+/// The outcome once the completion write answered. A record stored on
+/// the master but not confirmed on the replicas asked for is still
+/// `Stored`: the handler ran and its answer goes out; a warning says so.
+pub(super) fn after_complete(cfg: &Config, written: Result<Written, StoreError>) -> Outcome {
+    match written {
+        Ok(Written::Stored) => Outcome::Stored,
+        Ok(Written::Unconfirmed { acked }) => {
+            cfg.unconfirmed(acked);
+            Outcome::Stored
+        }
+        Ok(Written::Lost) => {
             tracing::warn!(
+                scope = %cfg.scope,
                 "idempotency: the lease lapsed before the response was stored \
                  (raise the lease); a retry may run again"
             );
             Outcome::NotStored
         }
         Err(e) => {
-            tracing::warn!(error = %e, "idempotency: storing the response failed");
+            cfg.store_failed(
+                "storing the response",
+                "the response was sent unstored; the key stays reserved until its lease lapses",
+                &e,
+            );
             Outcome::NotStored
         }
-    };
-    res.map(|res| with(res, outcome))
+    }
 }
 
-/// One warning per second at most: an outage must not flood the logs.
-fn warn_store_failure(cfg: &Config, e: &StoreError) {
-    let sec = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    if cfg.warned_at.swap(sec, Ordering::Relaxed) != sec {
-        tracing::warn!(error = %e, policy = ?cfg.on_failure, "idempotency store failed");
+/// A release that failed leaves the key reserved until its lease lapses.
+pub(super) fn after_release(cfg: &Config, written: Result<bool, StoreError>) {
+    if let Err(e) = written {
+        cfg.store_failed("release", "the lease will lapse", &e);
     }
 }
 
 fn warn_too_large(cfg: &Config) {
     tracing::warn!(
         max_stored_body = cfg.max_stored_body,
+        scope = %cfg.scope,
         "idempotency: the response is larger than max_stored_body; \
          sent without storing it, key released (a retry runs again)"
     );
 }
 
-fn with<B>(mut res: Response<B>, outcome: Outcome) -> Response<B> {
-    res.extensions_mut().insert(outcome);
-    res
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::idempotency::config::test_config as cfg;
+    use bytes::Bytes;
+
+    #[test]
+    fn after_read_rejects_bodies_over_the_cap_or_failed() {
+        assert_eq!(after_read(&Captured::<()>::Done, 8), None);
+        assert_eq!(
+            after_read(&Captured::<()>::Over, 8),
+            Some(Rejection::TooLarge { max_body: 8 })
+        );
+        let r = after_read(&Captured::Failed(()), 8).unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn waiting_asks_again_with_back_off_until_its_end() {
+        let start = Instant::now();
+        let mut w = Wait::default();
+        let max = Duration::from_millis(400);
+        let mut now = start;
+        let mut delays = Vec::new();
+        while let Some(d) = w.next(max, now) {
+            delays.push(d.as_millis());
+            now += d;
+        }
+        assert_eq!(delays, [10, 20, 40, 80, 160, 90]);
+        assert_eq!(now - start, max);
+        assert_eq!(Wait::default().next(Duration::ZERO, start), None);
+    }
+
+    #[test]
+    fn after_reserve_covers_every_answer() {
+        let now = Instant::now();
+        let run = |r, conflict| after_reserve(r, conflict, &mut Wait::default(), now);
+        let lease_left = Duration::from_secs(3);
+        assert!(matches!(
+            run(Ok(Reservation::Reserved), Conflict::Reject),
+            OnReserve::Run
+        ));
+        assert!(matches!(
+            run(Ok(Reservation::InProgress { lease_left }), Conflict::Reject),
+            OnReserve::Reject(Rejection::InProgress { .. })
+        ));
+        assert!(matches!(
+            run(Ok(Reservation::InProgress { lease_left }), Conflict::Wait(Duration::from_secs(1))),
+            OnReserve::AskAgain(d) if d == Duration::from_millis(10)
+        ));
+        assert!(matches!(
+            run(Ok(Reservation::Mismatch), Conflict::Reject),
+            OnReserve::Reject(Rejection::Mismatch)
+        ));
+        let stored = StoredResponse {
+            status: StatusCode::CREATED,
+            headers: http::HeaderMap::new(),
+            body: Bytes::from_static(b"x"),
+        };
+        assert!(matches!(
+            run(Ok(Reservation::Completed(stored.encode())), Conflict::Reject),
+            OnReserve::Replay(s) if s == stored
+        ));
+        assert!(matches!(
+            run(
+                Ok(Reservation::Completed(Bytes::from_static(b"junk"))),
+                Conflict::Reject
+            ),
+            OnReserve::StoreFailed(_)
+        ));
+        assert!(matches!(
+            run(Err(StoreError::circuit_open()), Conflict::Reject),
+            OnReserve::StoreFailed(_)
+        ));
+    }
+
+    #[test]
+    fn after_run_stores_what_the_policy_and_size_allow() {
+        let c = cfg(|b| b.max_stored_body(10));
+        assert_eq!(after_run(&c, StatusCode::CREATED, 10), OnResponse::Capture);
+        assert_eq!(after_run(&c, StatusCode::CREATED, 11), OnResponse::Release);
+        assert_eq!(
+            after_run(&c, StatusCode::INTERNAL_SERVER_ERROR, 0),
+            OnResponse::Release
+        );
+        assert_eq!(after_run(&c, StatusCode::CONFLICT, 0), OnResponse::Release);
+        let largest = cfg(|b| b.max_stored_body(u32::MAX as usize));
+        let hint = u64::MAX;
+        assert_eq!(
+            after_run(&largest, StatusCode::OK, hint),
+            OnResponse::Release
+        );
+    }
+
+    #[test]
+    fn after_capture_stores_only_whole_bodies_without_trailers() {
+        let c = cfg(|b| b);
+        assert_eq!(
+            after_capture(&c, &Captured::<()>::Done, false),
+            OnCapture::Store
+        );
+        assert_eq!(
+            after_capture(&c, &Captured::<()>::Done, true),
+            OnCapture::SendOn
+        );
+        assert_eq!(
+            after_capture(&c, &Captured::<()>::Over, false),
+            OnCapture::SendOn
+        );
+        assert_eq!(
+            after_capture(&c, &Captured::Failed(()), false),
+            OnCapture::Failed
+        );
+    }
+
+    #[test]
+    fn after_complete_reports_stored_only_when_written_under_the_lease() {
+        let c = cfg(|b| b);
+        assert_eq!(after_complete(&c, Ok(Written::Stored)), Outcome::Stored);
+        let unconfirmed = Written::Unconfirmed { acked: Some(0) };
+        assert_eq!(after_complete(&c, Ok(unconfirmed)), Outcome::Stored);
+        assert_eq!(after_complete(&c, Ok(Written::Lost)), Outcome::NotStored);
+        assert_eq!(
+            after_complete(&c, Err(StoreError::circuit_open())),
+            Outcome::NotStored
+        );
+    }
 }

@@ -1,5 +1,6 @@
 //! The idempotency store boundary: reserve, complete, release and renew one
-//! record, each one atomic step in either home.
+//! record, each one atomic step in either home ([`memory`] in process,
+//! [`redis`] one Lua script per step).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,73 +10,86 @@ use futures_util::future::BoxFuture;
 
 use super::fingerprint::{Fingerprint, RecordKey, Token};
 use crate::error::StoreError;
-use crate::store::memory::lock;
-use crate::store::MemoryStore;
 
-/// A store that can keep idempotency records: [`MemoryStore`] and
-/// [`RedisStore`](crate::RedisStore). Sealed: the two implementations must
-/// make the same decisions, which the crate's conformance tests prove.
+pub(crate) mod memory;
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
+
+/// A store that can keep idempotency records: [`MemoryStore`](crate::MemoryStore)
+/// and [`RedisStore`](crate::RedisStore). Sealed: the two implementations
+/// must make the same decisions, which the crate's conformance tests prove.
 pub trait IdempotencyStore: Send + Sync + 'static + crate::store::sealed::Sealed {
-    /// Reserves the record for a first execution, or reports its state.
+    /// This store's home of idempotency records, resolved once when a layer is built.
     #[doc(hidden)]
-    fn reserve(&self, r: &Reserve) -> BoxFuture<'static, Result<Reservation, StoreError>>;
-
-    /// Stores the response while `token` holds the lease; `false` if it does not.
-    #[doc(hidden)]
-    fn complete(
-        &self,
-        key: &RecordKey,
-        token: &Token,
-        record: Bytes,
-        ttl: Duration,
-    ) -> BoxFuture<'static, Result<bool, StoreError>>;
-
-    /// Deletes the reservation while `token` holds it.
-    #[doc(hidden)]
-    fn release(
-        &self,
-        key: &RecordKey,
-        token: &Token,
-    ) -> BoxFuture<'static, Result<bool, StoreError>>;
-
-    /// Extends the lease while `token` holds it.
-    #[doc(hidden)]
-    fn renew(
-        &self,
-        key: &RecordKey,
-        token: &Token,
-        lease: Duration,
-    ) -> BoxFuture<'static, Result<bool, StoreError>>;
+    fn idempotency_home(&self) -> Arc<dyn IdempotencyHome>;
 }
 
+crate::store::any_store!(IdempotencyStore, idempotency_home -> Arc<dyn IdempotencyHome>);
+
 impl<T: IdempotencyStore + ?Sized> IdempotencyStore for Arc<T> {
-    fn reserve(&self, r: &Reserve) -> BoxFuture<'static, Result<Reservation, StoreError>> {
-        (**self).reserve(r)
+    fn idempotency_home(&self) -> Arc<dyn IdempotencyHome> {
+        (**self).idempotency_home()
     }
+}
+
+/// Where a layer's records live: resolved from its store at `build()`.
+#[doc(hidden)]
+#[allow(unreachable_pub)]
+pub trait IdempotencyHome: Send + Sync + std::fmt::Debug {
+    /// Reserves the record for a first execution, or reports its state.
+    fn reserve(&self, r: &Reserve) -> BoxFuture<'static, Result<Reservation, StoreError>>;
+
+    /// Stores the response for `ttl` while `hold` holds the lease, then
+    /// (Redis) waits for `replicas` to have it.
     fn complete(
         &self,
-        key: &RecordKey,
-        token: &Token,
+        hold: &Hold,
         record: Bytes,
         ttl: Duration,
-    ) -> BoxFuture<'static, Result<bool, StoreError>> {
-        (**self).complete(key, token, record, ttl)
-    }
-    fn release(
-        &self,
-        key: &RecordKey,
-        token: &Token,
-    ) -> BoxFuture<'static, Result<bool, StoreError>> {
-        (**self).release(key, token)
-    }
-    fn renew(
-        &self,
-        key: &RecordKey,
-        token: &Token,
-        lease: Duration,
-    ) -> BoxFuture<'static, Result<bool, StoreError>> {
-        (**self).renew(key, token, lease)
-    }
+        replicas: Option<Replicas>,
+    ) -> BoxFuture<'static, Result<Written, StoreError>>;
+
+    /// Deletes the reservation while `hold` holds it.
+    fn release(&self, hold: &Hold) -> Flag;
+
+    /// Extends the lease while `hold` holds it.
+    fn renew(&self, hold: &Hold, lease: Duration) -> Flag;
+}
+
+/// What a completion did.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(unreachable_pub)]
+pub enum Written {
+    /// Stored (and, if asked, confirmed on the replicas).
+    Stored,
+    /// Stored on the master, but `WAIT` did not confirm the replicas asked
+    /// for: `acked` of them did (`None`: `WAIT` itself failed).
+    Unconfirmed { acked: Option<u32> },
+    /// Not stored: the lease was lost (expired, perhaps taken).
+    Lost,
+}
+
+/// How many replicas must have a record before its response goes out
+/// (Redis `WAIT n timeout`).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(unreachable_pub)]
+pub struct Replicas {
+    pub(crate) n: u32,
+    pub(crate) timeout: Duration,
+}
+
+/// A step on a held reservation: `true` done, `false` the lease was lost.
+pub(crate) type Flag = BoxFuture<'static, Result<bool, StoreError>>;
+
+/// A reservation: its record and the lease token that holds it (fencing).
+#[doc(hidden)]
+#[derive(Debug, Clone)]
+#[allow(unreachable_pub)]
+pub struct Hold {
+    pub(crate) key: RecordKey,
+    pub(crate) token: Token,
 }
 
 /// One reservation attempt.
@@ -83,9 +97,8 @@ impl<T: IdempotencyStore + ?Sized> IdempotencyStore for Arc<T> {
 #[derive(Debug, Clone)]
 #[allow(unreachable_pub)]
 pub struct Reserve {
-    pub(crate) key: RecordKey,
+    pub(crate) hold: Hold,
     pub(crate) fingerprint: Fingerprint,
-    pub(crate) token: Token,
     pub(crate) lease: Duration,
 }
 
@@ -102,147 +115,4 @@ pub enum Reservation {
     Mismatch,
     /// Completed: the encoded response.
     Completed(Bytes),
-}
-
-/// Every record in process (a temporary home until the store split).
-#[derive(Debug, Default)]
-struct MemoryRecords(std::sync::Mutex<crate::store::memory::ExpiringMap<RecordKey, MemoryRecord>>);
-
-/// One record in process.
-#[derive(Debug)]
-pub(crate) enum MemoryRecord {
-    InProgress {
-        token: Token,
-        fingerprint: Fingerprint,
-        /// When the lease ends (µs since the epoch), as the map's expiry.
-        expires: u64,
-    },
-    Completed {
-        fingerprint: Fingerprint,
-        record: Bytes,
-    },
-}
-
-fn micros(d: Duration) -> u64 {
-    (d.as_micros() as u64).max(1)
-}
-
-impl MemoryStore {
-    fn idem_reserve(&self, r: &Reserve) -> Reservation {
-        let now = self.now_us();
-        let records = self.state::<MemoryRecords>();
-        let mut map = lock(&records.0);
-        match map.get_mut(&r.key, now) {
-            None => {
-                let expires = now + micros(r.lease);
-                let rec = MemoryRecord::InProgress {
-                    token: r.token.clone(),
-                    fingerprint: r.fingerprint,
-                    expires,
-                };
-                map.insert(r.key.clone(), rec, expires, now);
-                Reservation::Reserved
-            }
-            Some(MemoryRecord::InProgress {
-                fingerprint,
-                expires,
-                ..
-            }) => {
-                if *fingerprint != r.fingerprint {
-                    return Reservation::Mismatch;
-                }
-                Reservation::InProgress {
-                    lease_left: Duration::from_micros(expires.saturating_sub(now)),
-                }
-            }
-            Some(MemoryRecord::Completed {
-                fingerprint,
-                record,
-            }) => {
-                if *fingerprint != r.fingerprint {
-                    return Reservation::Mismatch;
-                }
-                Reservation::Completed(record.clone())
-            }
-        }
-    }
-
-    /// Applies `f` to the in-progress record held by `token`; `false` if none.
-    fn idem_with_lease(
-        &self,
-        key: &RecordKey,
-        token: &Token,
-        f: impl FnOnce(Fingerprint, u64) -> Option<(MemoryRecord, u64)>,
-    ) -> bool {
-        let now = self.now_us();
-        let records = self.state::<MemoryRecords>();
-        let mut map = lock(&records.0);
-        let fingerprint = match map.get_mut(key, now) {
-            Some(MemoryRecord::InProgress {
-                token: t,
-                fingerprint,
-                ..
-            }) if t == token => *fingerprint,
-            _ => return false,
-        };
-        map.remove(key, now);
-        if let Some((rec, expires)) = f(fingerprint, now) {
-            map.insert(key.clone(), rec, expires, now);
-        }
-        true
-    }
-}
-
-fn ready<T: Send + 'static>(v: T) -> BoxFuture<'static, Result<T, StoreError>> {
-    Box::pin(std::future::ready(Ok(v)))
-}
-
-// The memory store acts when called, not when polled: a release from a
-// dropped future takes effect at once, with or without a runtime.
-impl IdempotencyStore for MemoryStore {
-    fn reserve(&self, r: &Reserve) -> BoxFuture<'static, Result<Reservation, StoreError>> {
-        ready(self.idem_reserve(r))
-    }
-
-    fn complete(
-        &self,
-        key: &RecordKey,
-        token: &Token,
-        record: Bytes,
-        ttl: Duration,
-    ) -> BoxFuture<'static, Result<bool, StoreError>> {
-        ready(self.idem_with_lease(key, token, |fingerprint, now| {
-            let rec = MemoryRecord::Completed {
-                fingerprint,
-                record,
-            };
-            Some((rec, now + micros(ttl)))
-        }))
-    }
-
-    fn release(
-        &self,
-        key: &RecordKey,
-        token: &Token,
-    ) -> BoxFuture<'static, Result<bool, StoreError>> {
-        ready(self.idem_with_lease(key, token, |_, _| None))
-    }
-
-    fn renew(
-        &self,
-        key: &RecordKey,
-        token: &Token,
-        lease: Duration,
-    ) -> BoxFuture<'static, Result<bool, StoreError>> {
-        let token2 = token.clone();
-        ready(self.idem_with_lease(key, token, move |fingerprint, now| {
-            let expires = now + micros(lease);
-            let rec = MemoryRecord::InProgress {
-                token: token2,
-                fingerprint,
-                expires,
-            };
-            Some((rec, expires))
-        }))
-    }
 }

@@ -4,7 +4,6 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use http::header::{HeaderName, FORWARDED};
 use http::Extensions;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -12,8 +11,9 @@ use super::{ClientKey, KeyError, KeyExtractor, RequestView};
 
 /// The peer address of a connection, as a request extension. Servers set it
 /// per connection (see the hyper example); [`PeerIp`] also reads a plain
-/// `SocketAddr` extension and any type given to [`PeerIp::from_extension`]
-/// (axum's `ConnectInfo`, tonic's `TcpConnectInfo`).
+/// `SocketAddr` extension, axum's `ConnectInfo<SocketAddr>` (feature
+/// `axum`) and any type given to [`PeerIp::from_extension`] (tonic's
+/// `TcpConnectInfo`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerAddr(pub SocketAddr);
 
@@ -56,7 +56,8 @@ impl Default for PeerIp {
 }
 
 impl PeerIp {
-    /// Reads [`PeerAddr`] or a `SocketAddr` request extension.
+    /// Reads [`PeerAddr`], a `SocketAddr` request extension, or (feature
+    /// `axum`) axum's `ConnectInfo<SocketAddr>`.
     pub fn new() -> Self {
         Self {
             from: None,
@@ -98,12 +99,19 @@ impl PeerIp {
         if let Some(from) = &self.from {
             return from(ext);
         }
-        ext.get::<PeerAddr>()
+        let found = ext
+            .get::<PeerAddr>()
             .map(|p| p.0.ip())
-            .or_else(|| ext.get::<SocketAddr>().map(SocketAddr::ip))
+            .or_else(|| ext.get::<SocketAddr>().map(SocketAddr::ip));
+        #[cfg(feature = "axum")]
+        let found = found.or_else(|| {
+            ext.get::<axum::extract::ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip())
+        });
+        found
     }
 
-    fn key_for(&self, ip: IpAddr) -> ClientKey {
+    pub(super) fn key_for(&self, ip: IpAddr) -> ClientKey {
         let ip = canonical(ip);
         let net = match ip {
             IpAddr::V4(v4) => IpNet::V4(Ipv4Net::new_assert(v4, self.v4_prefix).trunc()),
@@ -118,184 +126,36 @@ impl KeyExtractor for PeerIp {
         let ip = self.peer(req.extensions).ok_or(KeyError::Missing)?;
         Ok(self.key_for(ip))
     }
+
+    fn describe(&self) -> String {
+        if self.from.is_some() {
+            return "the peer address (from a custom request extension)".to_owned();
+        }
+        let axum = if cfg!(feature = "axum") {
+            ", axum's ConnectInfo<SocketAddr>"
+        } else {
+            "; on axum enable this crate's `axum` feature"
+        };
+        format!(
+            "the peer address (a PeerAddr or SocketAddr request extension{axum}; \
+             the server must set it, e.g. axum's into_make_service_with_connect_info::<SocketAddr>())"
+        )
+    }
 }
 
 /// IPv4-mapped IPv6 addresses (`::ffff:1.2.3.4`, what a dual-stack socket
 /// reports) are the IPv4 client they carry.
-fn canonical(ip: IpAddr) -> IpAddr {
+pub(super) fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
     }
 }
 
-/// Which forwarding header a [`ClientIp`] reads. Only one is read, so a client
-/// cannot pass a second, spoofed one through a proxy that only appends to the other.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ForwardingHeader {
-    /// `X-Forwarded-For: client, proxy1, proxy2` (default).
-    #[default]
-    XForwardedFor,
-    /// `Forwarded: for=client, for=proxy1` (RFC 7239).
-    Forwarded,
-}
-
-/// The client's IP address behind trusted reverse proxies.
-///
-/// When the peer is inside one of the trusted networks, the forwarding header
-/// is read right to left, skipping hops that are themselves trusted; the first
-/// untrusted hop is the client. Nothing is trusted by default, so a client
-/// cannot choose its own key by sending the header: an untrusted peer is keyed
-/// by its own address. At most `max_hops` hops are read (default 20); when
-/// all of them are trusted, the last one read is used. An unparseable hop
-/// (`unknown`, an obfuscated name) counts as the client, keyed by the hop
-/// that reported it, so it cannot reach any other client's bucket.
-///
-/// ```
-/// use tower_redis_layers::key::ClientIp;
-///
-/// let key = ClientIp::new().trust(["10.0.0.0/8".parse().unwrap()]);
-/// # drop(key);
-/// ```
-#[derive(Debug, Clone)]
-pub struct ClientIp {
-    peer: PeerIp,
-    trusted: Vec<IpNet>,
-    header: ForwardingHeader,
-    max_hops: usize,
-}
-
-impl Default for ClientIp {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl ClientIp {
-    /// Trusts no proxy until [`trust`](Self::trust) is called.
-    pub fn new() -> Self {
-        Self::with_peer(PeerIp::new())
-    }
-
-    /// Reads the peer address (and buckets addresses) as `peer` does.
-    pub fn with_peer(peer: PeerIp) -> Self {
-        Self {
-            peer,
-            trusted: Vec::new(),
-            header: ForwardingHeader::default(),
-            max_hops: 20,
-        }
-    }
-
-    /// Trusts proxies inside these networks.
-    pub fn trust(mut self, nets: impl IntoIterator<Item = IpNet>) -> Self {
-        self.trusted.extend(nets);
-        self
-    }
-
-    /// Which header the trusted proxies write (default `X-Forwarded-For`).
-    pub fn header(mut self, header: ForwardingHeader) -> Self {
-        self.header = header;
-        self
-    }
-
-    /// How many hops are read at most (default 20).
-    pub fn max_hops(mut self, max_hops: usize) -> Self {
-        self.max_hops = max_hops.max(1);
-        self
-    }
-
-    fn is_trusted(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
-        self.trusted.iter().any(|net| net.contains(&ip))
-    }
-
-    fn client(&self, req: &RequestView<'_>) -> Option<Hop> {
-        let peer = self.peer.peer(req.extensions)?;
-        if !self.is_trusted(peer) {
-            return Some(Hop::Ip(peer));
-        }
-        let name: HeaderName = match self.header {
-            ForwardingHeader::XForwardedFor => HeaderName::from_static("x-forwarded-for"),
-            ForwardingHeader::Forwarded => FORWARDED,
-        };
-        let mut last = Hop::Ip(peer);
-        let mut read = 0;
-        // Later header lines were appended by nearer proxies: walk them in reverse.
-        for line in req.headers.get_all(&name).iter().rev() {
-            let Ok(line) = line.to_str() else {
-                return Some(Hop::Unparseable(last.ip()));
-            };
-            for element in line.rsplit(',') {
-                let node = match self.header {
-                    ForwardingHeader::XForwardedFor => Some(element.trim()),
-                    ForwardingHeader::Forwarded => forwarded_for(element),
-                };
-                let Some(node) = node else { continue };
-                read += 1;
-                match parse_node(node) {
-                    Some(ip) if self.is_trusted(ip) && read < self.max_hops => last = Hop::Ip(ip),
-                    Some(ip) => return Some(Hop::Ip(ip)),
-                    None => return Some(Hop::Unparseable(last.ip())),
-                }
-            }
-        }
-        Some(last)
-    }
-}
-
-enum Hop {
-    Ip(IpAddr),
-    /// The client is hidden; keyed by the trusted hop that reported it.
-    Unparseable(IpAddr),
-}
-
-impl Hop {
-    fn ip(&self) -> IpAddr {
-        match self {
-            Hop::Ip(ip) | Hop::Unparseable(ip) => *ip,
-        }
-    }
-}
-
-impl KeyExtractor for ClientIp {
-    fn extract(&self, req: &RequestView<'_>) -> Result<ClientKey, KeyError> {
-        match self.client(req).ok_or(KeyError::Missing)? {
-            Hop::Ip(ip) => Ok(self.peer.key_for(ip)),
-            Hop::Unparseable(reporter) => Ok(ClientKey::new(
-                "ip-hidden-behind",
-                canonical(reporter).to_string(),
-            )),
-        }
-    }
-}
-
-/// The `for=` parameter of one `Forwarded` element.
-fn forwarded_for(element: &str) -> Option<&str> {
-    element.split(';').find_map(|pair| {
-        let (name, value) = pair.split_once('=')?;
-        name.trim()
-            .eq_ignore_ascii_case("for")
-            .then(|| value.trim())
-    })
-}
-
-/// An address as proxies write it: `1.2.3.4`, `1.2.3.4:80`, `2001:db8::1`,
-/// `[2001:db8::1]:80`, optionally quoted.
-fn parse_node(node: &str) -> Option<IpAddr> {
-    let node = node.trim().trim_matches('"');
-    if let Ok(ip) = node.parse::<IpAddr>() {
-        return Some(ip);
-    }
-    if let Some(rest) = node.strip_prefix('[') {
-        return rest.split_once(']')?.0.parse().ok();
-    }
-    node.parse::<SocketAddr>().ok().map(|s| s.ip())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::key::{ClientIp, ForwardingHeader};
     use http::Request;
 
     fn req(peer: &str, headers: &[(&str, &str)]) -> Request<()> {

@@ -11,8 +11,10 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
+use super::config::Config;
 use super::decision::{DecisionSource, RateLimitDecision};
-use super::layer::{Config, FailurePolicy};
+use super::layer::FailurePolicy;
+use super::plan::PlanSet;
 use super::response::{rejection, unavailable};
 use super::store::{Answer, Question};
 use crate::body::ResponseBody;
@@ -42,8 +44,9 @@ pin_project! {
         Calling {
             #[pin]
             fut: S::Future,
-            decision: Option<RateLimitDecision>,
-            config: Arc<Config>,
+            // The decision and the plan whose fields the response gets;
+            // none for a skipped request.
+            decision: Option<(RateLimitDecision, Arc<PlanSet>)>,
         },
         Respond {
             res: Option<Response<Bytes>>,
@@ -55,6 +58,7 @@ struct Pending<S, B> {
     req: Request<B>,
     inner: S,
     config: Arc<Config>,
+    plan: Arc<PlanSet>,
     question: Question,
     grpc: bool,
 }
@@ -84,6 +88,7 @@ where
         req: Request<B>,
         inner: S,
         config: Arc<Config>,
+        plan: Arc<PlanSet>,
         question: Question,
         grpc: bool,
     ) -> Self {
@@ -94,6 +99,7 @@ where
                     req,
                     inner,
                     config,
+                    plan,
                     question,
                     grpc,
                 }),
@@ -101,12 +107,21 @@ where
         }
     }
 
-    pub(crate) fn call(fut: S::Future, decision: RateLimitDecision, config: Arc<Config>) -> Self {
+    pub(crate) fn call(fut: S::Future, decision: RateLimitDecision, plan: Arc<PlanSet>) -> Self {
         Self {
             state: State::Calling {
                 fut,
-                decision: Some(decision),
-                config,
+                decision: Some((decision, plan)),
+            },
+        }
+    }
+
+    /// A skipped request: passed on, no decision, no fields.
+    pub(crate) fn pass(fut: S::Future) -> Self {
+        Self {
+            state: State::Calling {
+                fut,
+                decision: None,
             },
         }
     }
@@ -148,12 +163,12 @@ fn decide<S, B>(p: &Pending<S, B>, result: Result<Answer, StoreError>) -> Next {
             }
         }
     };
-    let decision = RateLimitDecision::from_answer(&cfg.meta, &answer, source);
+    let decision = RateLimitDecision::from_answer(&p.plan.meta, &answer, source);
     if answer.allowed {
         tracing::debug!(policies = ?decision.policies, "rate limit: allowed");
         return Next::Call(decision);
     }
-    if let Some(denials) = &cfg.denials {
+    if let Some(denials) = &p.plan.denials {
         denials.remember(&p.question.key, p.question.cost, &answer);
     }
     if cfg.shadow {
@@ -161,7 +176,7 @@ fn decide<S, B>(p: &Pending<S, B>, result: Result<Answer, StoreError>) -> Next {
         return Next::Call(decision);
     }
     tracing::debug!(policies = ?decision.policies, "rate limit: rejected");
-    Next::Respond(rejection(cfg, decision, p.grpc))
+    Next::Respond(rejection(cfg, &p.plan, decision, p.grpc))
 }
 
 fn warn_store_failure(cfg: &Config, e: &StoreError) {
@@ -195,26 +210,21 @@ where
                             let Pending {
                                 req,
                                 mut inner,
-                                config,
+                                plan,
                                 ..
                             } = p;
                             State::Calling {
                                 fut: inner.call(req),
-                                decision: Some(decision),
-                                config,
+                                decision: Some((decision, plan)),
                             }
                         }
                     }
                 }
-                StateProj::Calling {
-                    fut,
-                    decision,
-                    config,
-                } => {
+                StateProj::Calling { fut, decision } => {
                     let res = ready!(fut.poll(cx))?;
                     let mut res = res.map(ResponseBody::inner);
-                    if let Some(d) = decision.take() {
-                        config.headers.apply(res.headers_mut(), &d, false);
+                    if let Some((d, plan)) = decision.take() {
+                        plan.headers.apply(res.headers_mut(), &d, false);
                         res.extensions_mut().insert(d);
                     }
                     return Poll::Ready(Ok(res));

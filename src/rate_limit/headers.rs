@@ -79,19 +79,22 @@ pub(crate) struct HeaderConfig {
 }
 
 impl HeaderConfig {
-    /// Writes the fields of `d`; `rejected` adds `Retry-After`. Fields the
-    /// response already has (a custom rejection may set them) are kept.
+    /// Writes the fields of `d`; `rejected` adds `Retry-After`.
+    ///
+    /// On this layer's own rejection, fields the response already has (a
+    /// custom rejection may set them) are kept. On a response passing
+    /// through (admitted here), this layer's policies join the lists that
+    /// inner layers wrote, so stacked limiters all show (the fields are
+    /// structured lists, one member per policy).
     pub(crate) fn apply(&self, headers: &mut HeaderMap, d: &RateLimitDecision, rejected: bool) {
         if !rejected && !self.on_allowed || d.policies.is_empty() {
             return;
         }
         if let Some(policy) = &self.policy {
-            headers
-                .entry(&RATELIMIT_POLICY)
-                .or_insert_with(|| policy.clone());
+            put(headers, &RATELIMIT_POLICY, policy.clone(), !rejected);
         }
         if let Some(state) = render_state(&self.names, d) {
-            headers.entry(&RATELIMIT).or_insert(state);
+            put(headers, &RATELIMIT, state, !rejected);
         }
         if rejected {
             if let Some(retry) = d.retry_after() {
@@ -101,13 +104,40 @@ impl HeaderConfig {
             }
         }
         if self.legacy {
-            // The tightest policy speaks for the legacy fields.
+            // The tightest policy of every stacked layer speaks for the
+            // legacy fields: an inner layer's tighter one is kept.
+            let tighter_inside = |remaining: u64| {
+                headers
+                    .get(&X_REMAINING)
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                    .is_some_and(|inner| inner <= remaining)
+            };
             if let Some(p) = d.policies.iter().min_by_key(|p| p.remaining) {
-                headers.insert(&X_LIMIT, HeaderValue::from(p.limit));
-                headers.insert(&X_REMAINING, HeaderValue::from(p.remaining));
-                headers.insert(&X_RESET, HeaderValue::from(ceil_secs(p.reset)));
+                if !tighter_inside(p.remaining) {
+                    headers.insert(&X_LIMIT, HeaderValue::from(p.limit));
+                    headers.insert(&X_REMAINING, HeaderValue::from(p.remaining));
+                    headers.insert(&X_RESET, HeaderValue::from(ceil_secs(p.reset)));
+                }
             }
         }
+    }
+}
+
+/// Sets `name` to `value`; when `join`, after the list members already there.
+fn put(headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue, join: bool) {
+    match headers.entry(name) {
+        http::header::Entry::Vacant(v) => {
+            v.insert(value);
+        }
+        http::header::Entry::Occupied(mut o) if join => {
+            let mut joined = o.get().as_bytes().to_vec();
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(value.as_bytes());
+            if let Ok(v) = HeaderValue::from_bytes(&joined) {
+                o.insert(v);
+            }
+        }
+        http::header::Entry::Occupied(_) => {}
     }
 }
 
@@ -173,5 +203,39 @@ mod tests {
             allowed.is_empty(),
             "headers on allowed responses are switched off"
         );
+    }
+
+    #[test]
+    fn an_outer_layer_joins_the_lists_of_an_inner_one() {
+        let decision = |name: &str, remaining| RateLimitDecision {
+            allowed: true,
+            source: DecisionSource::Store,
+            policies: vec![PolicyDecision {
+                name: Arc::from(name),
+                limit: 100,
+                window: Duration::from_secs(60),
+                remaining,
+                reset: Duration::from_secs(30),
+                retry_after: None,
+            }],
+        };
+        let layer = |m: &[PolicyMeta]| HeaderConfig {
+            policy: render_policy(m),
+            names: render_names(m),
+            on_allowed: true,
+            legacy: true,
+        };
+        let (burst, daily) = (&meta()[..1], &meta()[1..]);
+        let mut h = HeaderMap::new();
+        layer(burst).apply(&mut h, &decision("burst", 3), false); // inner
+        layer(daily).apply(&mut h, &decision("daily", 900), false); // outer
+        assert_eq!(
+            h[&RATELIMIT_POLICY],
+            r#""burst";q=100;w=60, "daily";q=1000;w=86401"#
+        );
+        assert_eq!(h[&RATELIMIT], r#""burst";r=3;t=30, "daily";r=900;t=30"#);
+        let parsed: sfv::List = sfv::Parser::new(h[&RATELIMIT].as_bytes()).parse().unwrap();
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(h["x-ratelimit-remaining"], "3", "the tighter inner policy");
     }
 }

@@ -7,13 +7,12 @@ use bytes::Bytes;
 use http::Response;
 use tower_layer::Layer;
 
-use super::decision::{PolicyMeta, RateLimitDecision};
-use super::denials::Denials;
-use super::headers::{render_names, render_policy, HeaderConfig};
-use super::policy::{Compiled, Policy};
+use super::config::{Config, CostFn, PlanFn, SkipFn};
+use super::decision::RateLimitDecision;
+use super::plan::{FieldSettings, Plan, PlanSet};
+use super::policy::Policy;
 use super::service::RateLimit;
 use super::store::memory::MemoryHome;
-use super::store::RateLimitHome;
 use super::store::RateLimitStore;
 use crate::error::ConfigError;
 use crate::key::{ClientKey, KeyExtractor, PeerIp, RequestView};
@@ -47,8 +46,6 @@ pub enum FailurePolicy {
     Local,
 }
 
-type CostFn = dyn Fn(&RequestView<'_>) -> u64 + Send + Sync;
-
 /// Builds the rejection response of an over-quota HTTP request. Implemented
 /// by closures `Fn(&RateLimitDecision) -> Response<Bytes>`. The layer adds the
 /// rate-limit fields (`Retry-After`, `RateLimit`, ...) the response lacks.
@@ -66,39 +63,6 @@ where
     }
 }
 
-pub(crate) struct Config {
-    pub(crate) store: Arc<dyn RateLimitHome>,
-    pub(crate) fallback: MemoryHome,
-    pub(crate) scope: Arc<str>,
-    pub(crate) policies: Arc<[Compiled]>,
-    pub(crate) meta: Arc<[PolicyMeta]>,
-    /// The smallest capacity of any policy: a dearer request can never pass.
-    pub(crate) max_cost: u64,
-    pub(crate) key: Arc<dyn KeyExtractor>,
-    pub(crate) cost: Option<Arc<CostFn>>,
-    pub(crate) missing_key: MissingKey,
-    pub(crate) on_failure: FailurePolicy,
-    pub(crate) shadow: bool,
-    pub(crate) headers: HeaderConfig,
-    pub(crate) denials: Option<Denials>,
-    pub(crate) rejection: Option<Arc<dyn RejectionResponse>>,
-    pub(crate) warned: crate::warn::Throttle,
-}
-
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RateLimitConfig")
-            .field("scope", &self.scope)
-            .field("policies", &self.policies)
-            .field("missing_key", &self.missing_key)
-            .field("on_failure", &self.on_failure)
-            .field("shadow", &self.shadow)
-            .field("headers", &self.headers)
-            .field("remember_denials", &self.denials.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
 /// Applies a fleet-wide quota to every request; see the [module docs](super).
 #[derive(Clone, Debug)]
 #[must_use]
@@ -112,6 +76,9 @@ impl RateLimitLayer {
         RateLimitLayerBuilder {
             store: Arc::new(store),
             policies: Vec::new(),
+            plans: Vec::new(),
+            plan_by: None,
+            skip: None,
             scope: "default".into(),
             key: Arc::new(PeerIp::new()),
             cost: None,
@@ -139,6 +106,9 @@ impl<S> Layer<S> for RateLimitLayer {
 pub struct RateLimitLayerBuilder {
     store: Arc<dyn RateLimitStore>,
     policies: Vec<Policy>,
+    plans: Vec<(String, Vec<Policy>)>,
+    plan_by: Option<Arc<PlanFn>>,
+    skip: Option<Arc<SkipFn>>,
     scope: String,
     key: Arc<dyn KeyExtractor>,
     cost: Option<Arc<CostFn>>,
@@ -165,6 +135,58 @@ impl RateLimitLayerBuilder {
     /// a request denied by one consumes nothing from the others.
     pub fn policy(mut self, policy: Policy) -> Self {
         self.policies.push(policy);
+        self
+    }
+
+    /// Adds a named plan: its own policy set, for the requests on that
+    /// [`Plan`] (say `free` and `pro`). The policies given with
+    /// [`policy`](Self::policy) are the default set, for requests with no
+    /// plan or one the layer does not know. A plan's counters are its own:
+    /// a client that changes plan starts on the new plan's quota.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_redis_layers::rate_limit::{Plan, Policy, RateLimitLayer};
+    /// use tower_redis_layers::MemoryStore;
+    ///
+    /// # fn main() -> Result<(), tower_redis_layers::ConfigError> {
+    /// let layer = RateLimitLayer::builder(MemoryStore::new())
+    ///     .policy(Policy::gcra(60, Duration::from_secs(60))) // free
+    ///     .plan("pro", [Policy::gcra(6000, Duration::from_secs(60))])
+    ///     // Or leave out plan_by and insert a `Plan` extension upstream.
+    ///     .plan_by(|req| {
+    ///         let pro = req.headers.get("x-plan").is_some_and(|v| v == "pro");
+    ///         pro.then(|| Plan::new("pro"))
+    ///     })
+    ///     .build()?;
+    /// # drop(layer);
+    /// # Ok(()) }
+    /// ```
+    pub fn plan(
+        mut self,
+        name: impl Into<String>,
+        policies: impl IntoIterator<Item = Policy>,
+    ) -> Self {
+        self.plans
+            .push((name.into(), policies.into_iter().collect()));
+        self
+    }
+
+    /// Picks each request's plan (default: the request's [`Plan`] extension).
+    /// Only trust what the client cannot choose: a plan from an authenticated
+    /// principal, never a header the client sets freely.
+    pub fn plan_by(
+        mut self,
+        plan: impl Fn(&RequestView<'_>) -> Option<Plan> + Send + Sync + 'static,
+    ) -> Self {
+        self.plan_by = Some(Arc::new(plan));
+        self
+    }
+
+    /// Requests for which this returns `true` skip the limit (an allowlist:
+    /// health checks, internal callers). They pass uncounted, without fields.
+    pub fn skip(mut self, skip: impl Fn(&RequestView<'_>) -> bool + Send + Sync + 'static) -> Self {
+        self.skip = Some(Arc::new(skip));
         self
     }
 
@@ -233,55 +255,42 @@ impl RateLimitLayerBuilder {
 
     /// Checks the configuration and builds the layer.
     pub fn build(self) -> Result<RateLimitLayer, ConfigError> {
-        if self.policies.is_empty() {
-            return Err(ConfigError::new("a rate limit needs at least one policy"));
-        }
         crate::error::check_name("scope", &self.scope)?;
-        let compiled: Vec<Compiled> = self
-            .policies
-            .iter()
-            .map(Policy::compile)
-            .collect::<Result<_, _>>()?;
-        for (i, p) in compiled.iter().enumerate() {
-            if compiled[..i].iter().any(|q| q.name == p.name) {
-                return Err(ConfigError::new(format!(
-                    "two policies are named {:?}; name them apart with Policy::named",
-                    p.name
-                )));
-            }
-        }
-        let meta: Vec<PolicyMeta> = compiled
-            .iter()
-            .map(|p| PolicyMeta {
-                name: p.name.as_str().into(),
-                limit: p.limit,
-                window: std::time::Duration::from_micros(p.period_us),
-            })
-            .collect();
-        let max_cost = compiled.iter().map(|p| p.capacity).min().unwrap_or(0);
-        let headers = HeaderConfig {
-            policy: render_policy(&meta),
-            names: render_names(&meta),
+        let fields = FieldSettings {
             on_allowed: self.headers_on_allowed,
             legacy: self.legacy_headers,
+            remember_denials: self.remember_denials,
         };
+        let mut plans = vec![Arc::new(PlanSet::compile("", &self.policies, fields)?)];
+        for (name, policies) in &self.plans {
+            if name.is_empty() || plans.iter().any(|p| *p.name == **name) {
+                return Err(ConfigError::new(format!(
+                    "plan {name:?} is defined twice or has no name"
+                )));
+            }
+            plans.push(Arc::new(PlanSet::compile(name, policies, fields)?));
+        }
+        let store = self.store.rate_limit_home();
+        let counters = Config::counters_of(&*store, &self.scope, &plans);
         Ok(RateLimitLayer {
             config: Arc::new(Config {
-                store: self.store.rate_limit_home(),
+                store,
                 fallback: MemoryHome::new(&MemoryStore::new()),
                 scope: self.scope.into(),
-                policies: compiled.into(),
-                meta: meta.into(),
-                max_cost,
+                plans: plans.into(),
+                plan_by: self.plan_by,
+                skip: self.skip,
                 key: self.key,
                 cost: self.cost,
                 missing_key: self.missing_key,
                 on_failure: self.on_failure,
                 shadow: self.shadow,
-                headers,
-                denials: self.remember_denials.then(Denials::default),
                 rejection: self.rejection,
                 warned: crate::warn::Throttle::default(),
+                warned_missing_key: std::sync::Once::new(),
+                warned_unknown_plan: std::sync::Once::new(),
+                counters,
+                warned_twice: std::sync::Once::new(),
             }),
         })
     }

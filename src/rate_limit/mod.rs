@@ -88,11 +88,13 @@
 //! treats services as always ready.
 
 mod algorithm;
+mod config;
 mod decision;
 mod denials;
 mod future;
 pub(crate) mod headers;
 mod layer;
+mod plan;
 mod policy;
 mod response;
 mod service;
@@ -106,6 +108,7 @@ pub use headers::{RATELIMIT, RATELIMIT_POLICY};
 pub use layer::{
     FailurePolicy, MissingKey, RateLimitLayer, RateLimitLayerBuilder, RejectionResponse,
 };
+pub use plan::Plan;
 pub use policy::{Algorithm, Policy, MAX_SLIDING_LOG_LIMIT};
 pub use service::RateLimit;
 pub use store::RateLimitStore;

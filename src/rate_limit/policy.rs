@@ -194,6 +194,14 @@ impl Policy {
                 "a sliding log keeps one entry per unit: limit at most {MAX_SLIDING_LOG_LIMIT}; use sliding_window or gcra"
             ));
         }
+        // Both homes compute `capacity × interval` (a GCRA or bucket horizon)
+        // in µs: keep it within what Lua's doubles hold exactly.
+        let interval_us = period_us / self.limit;
+        if u128::from(capacity) * u128::from(interval_us.max(1)) > 1 << 52 {
+            return bad(
+                "burst × (period / limit) is over 142 years: lower the burst or the period".into(),
+            );
+        }
         Ok(Compiled {
             key_suffix: format!("{name}:{}", self.algorithm.tag()),
             name,
@@ -201,7 +209,7 @@ impl Policy {
             limit: self.limit,
             capacity,
             period_us,
-            interval_us: period_us / self.limit,
+            interval_us,
         })
     }
 }
@@ -248,5 +256,14 @@ mod tests {
         assert!(Policy::gcra(1, Duration::from_micros(10))
             .compile()
             .is_err());
+        let year = Duration::from_secs(365 * 86_400);
+        assert!(
+            Policy::gcra(1, year)
+                .burst(1_000_000_000)
+                .compile()
+                .is_err(),
+            "a horizon past what the stores count exactly"
+        );
+        assert!(Policy::gcra(1_000, year).burst(100_000).compile().is_ok());
     }
 }

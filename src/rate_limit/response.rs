@@ -5,9 +5,10 @@ use http::header::{HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
 use serde_json::json;
 
+use super::config::Config;
 use super::decision::{DecisionSource, RateLimitDecision};
 use super::headers::ceil_secs;
-use super::layer::Config;
+use super::plan::PlanSet;
 use crate::problem::Problem;
 
 /// The problem type of draft-ietf-httpapi-ratelimit-headers.
@@ -15,7 +16,12 @@ const QUOTA_EXCEEDED: &str = "https://iana.org/assignments/http-problem-types#qu
 
 /// The answer to a request over its quota, with the rate-limit fields and the
 /// decision as an extension.
-pub(crate) fn rejection(cfg: &Config, decision: RateLimitDecision, grpc: bool) -> Response<Bytes> {
+pub(crate) fn rejection(
+    cfg: &Config,
+    plan: &PlanSet,
+    decision: RateLimitDecision,
+    grpc: bool,
+) -> Response<Bytes> {
     let retry = decision.retry_after();
     let detail = match (decision.source, retry) {
         (DecisionSource::CostTooHigh, _) => {
@@ -41,7 +47,7 @@ pub(crate) fn rejection(cfg: &Config, decision: RateLimitDecision, grpc: bool) -
             quota.respond(grpc, &extra)
         }
     };
-    cfg.headers.apply(res.headers_mut(), &decision, true);
+    plan.headers.apply(res.headers_mut(), &decision, true);
     res.extensions_mut().insert(decision);
     res
 }

@@ -6,9 +6,10 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower_service::Service;
 
+use super::config::Config;
 use super::decision::{DecisionSource, RateLimitDecision};
 use super::future::ResponseFuture;
-use super::layer::{Config, MissingKey};
+use super::layer::MissingKey;
 use super::response::rejection;
 use super::store::Question;
 use crate::body::ResponseBody;
@@ -43,10 +44,15 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let cfg = &self.config;
+        if cfg.skip.is_some() && cfg.skips(&RequestView::new(&req)) {
+            return ResponseFuture::pass(self.inner.call(req));
+        }
+        cfg.mark_counted(req.extensions_mut());
         let grpc = is_grpc(req.headers());
         let view = RequestView::new(&req);
+        let plan = cfg.plan_of(&view).clone();
         let key = match cfg.key.extract(&view) {
             Ok(key) => key,
             Err(KeyError::Invalid(why)) => {
@@ -60,42 +66,44 @@ where
                 MissingKey::Fallback(key) => key.clone(),
                 MissingKey::Allow => {
                     let d = RateLimitDecision::without_policies(true, DecisionSource::NoKey);
-                    return ResponseFuture::call(self.inner.call(req), d, cfg.clone());
+                    return ResponseFuture::call(self.inner.call(req), d, plan);
                 }
                 MissingKey::Reject => {
+                    let looked_for = cfg.key.describe();
+                    cfg.warn_missing_key(&looked_for);
                     return ResponseFuture::respond(bad_request(
                         grpc,
-                        "the request carries no client key for the rate limit",
-                    ))
+                        &format!("the request carries no client key for the rate limit; looked for {looked_for}"),
+                    ));
                 }
             },
         };
         let cost = cfg.cost.as_ref().map_or(1, |c| c(&view));
-        if cost > cfg.max_cost {
+        if cost > plan.max_cost {
             let d = RateLimitDecision::without_policies(false, DecisionSource::CostTooHigh);
-            tracing::debug!(cost, max = cfg.max_cost, "rate limit: cost above capacity");
+            tracing::debug!(cost, max = plan.max_cost, "rate limit: cost above capacity");
             if !cfg.shadow {
-                return ResponseFuture::respond(rejection(cfg, d, grpc));
+                return ResponseFuture::respond(rejection(cfg, &plan, d, grpc));
             }
-            return ResponseFuture::call(self.inner.call(req), d, cfg.clone());
+            return ResponseFuture::call(self.inner.call(req), d, plan);
         }
-        if let Some(answer) = cfg.denials.as_ref().and_then(|d| d.check(&key, cost)) {
-            let d = RateLimitDecision::from_answer(&cfg.meta, &answer, DecisionSource::Remembered);
+        if let Some(answer) = plan.denials.as_ref().and_then(|d| d.check(&key, cost)) {
+            let d = RateLimitDecision::from_answer(&plan.meta, &answer, DecisionSource::Remembered);
             if !cfg.shadow {
-                return ResponseFuture::respond(rejection(cfg, d, grpc));
+                return ResponseFuture::respond(rejection(cfg, &plan, d, grpc));
             }
-            return ResponseFuture::call(self.inner.call(req), d, cfg.clone());
+            return ResponseFuture::call(self.inner.call(req), d, plan);
         }
         let question = Question {
             scope: cfg.scope.clone(),
             key,
             cost,
-            policies: cfg.policies.clone(),
+            policies: plan.policies.clone(),
         };
         let check = cfg.store.check(&question);
         // The readied service goes into the future; a fresh clone stays here.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::check(check, req, inner, cfg.clone(), question, grpc)
+        ResponseFuture::check(check, req, inner, cfg.clone(), plan, question, grpc)
     }
 }

@@ -30,7 +30,12 @@ pub trait RateLimitStore: Send + Sync + 'static + crate::store::sealed::Sealed {
 pub trait RateLimitHome: Send + Sync + std::fmt::Debug {
     /// Decides one question.
     fn check(&self, q: &Question) -> BoxFuture<'static, Result<Answer, StoreError>>;
+
+    /// The same for every home of one store's counters (its clones too).
+    fn counters(&self) -> usize;
 }
+
+crate::store::any_store!(RateLimitStore, rate_limit_home -> Arc<dyn RateLimitHome>);
 
 impl<T: RateLimitStore + ?Sized> RateLimitStore for Arc<T> {
     fn rate_limit_home(&self) -> Arc<dyn RateLimitHome> {

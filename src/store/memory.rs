@@ -162,18 +162,42 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// A map whose entries carry an expiry (µs since the epoch). Expired entries
 /// read as absent and are swept once the map has doubled since the last sweep.
+///
+/// Bounded: past `cap` live entries, an insert evicts the entry closest to
+/// its expiry among a few sampled ones (as Redis's `volatile-ttl` does), in
+/// O(1); `evicted` counts them.
 #[derive(Debug)]
 pub(crate) struct ExpiringMap<K, V> {
     map: HashMap<K, (V, u64)>,
     sweep_at: usize,
+    cap: usize,
+    evicted: u64,
 }
 
 impl<K, V> Default for ExpiringMap<K, V> {
     fn default() -> Self {
+        Self::with_cap(usize::MAX)
+    }
+}
+
+/// Entries sampled per eviction.
+const EVICTION_SAMPLES: usize = 8;
+
+impl<K, V> ExpiringMap<K, V> {
+    /// A map holding at most `cap` entries.
+    pub(crate) fn with_cap(cap: usize) -> Self {
         Self {
             map: HashMap::new(),
             sweep_at: 1024,
+            cap: cap.max(1),
+            evicted: 0,
         }
+    }
+
+    /// Entries evicted to stay within the cap so far.
+    #[allow(dead_code)]
+    pub(crate) fn evicted(&self) -> u64 {
+        self.evicted
     }
 }
 
@@ -187,11 +211,35 @@ impl<K: Hash + Eq, V> ExpiringMap<K, V> {
     }
 
     /// Inserts or replaces `key`, live until `expires_at`.
-    pub(crate) fn insert(&mut self, key: K, value: V, expires_at: u64, now: u64) {
+    pub(crate) fn insert(&mut self, key: K, value: V, expires_at: u64, now: u64)
+    where
+        K: Clone,
+    {
+        if self.map.len() >= self.cap && !self.map.contains_key(&key) {
+            self.evict_one(now);
+        }
         self.map.insert(key, (value, expires_at));
         if self.map.len() >= self.sweep_at {
             self.map.retain(|_, (_, exp)| *exp > now);
             self.sweep_at = (self.map.len() * 2).max(1024);
+        }
+    }
+
+    fn evict_one(&mut self, now: u64)
+    where
+        K: Clone,
+    {
+        let victim = self
+            .map
+            .iter()
+            .take(EVICTION_SAMPLES)
+            .min_by_key(|(_, (_, exp))| *exp)
+            .map(|(k, (_, exp))| (k.clone(), *exp));
+        if let Some((k, exp)) = victim {
+            self.map.remove(&k);
+            if exp > now {
+                self.evicted += 1;
+            }
         }
     }
 
@@ -205,9 +253,31 @@ impl<K: Hash + Eq, V> ExpiringMap<K, V> {
     }
 
     /// Number of entries held, live or not yet swept.
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.map.len()
+    }
+
+    /// Drops the expired entries, then, while more than `target` remain,
+    /// those that `rank` puts lowest (ties in no particular order). One
+    /// pass over the map: callers evict well below their cap, so the cost
+    /// spreads over the inserts in between.
+    pub(crate) fn evict_to<R: Ord>(&mut self, target: usize, now: u64, rank: impl Fn(&V) -> R)
+    where
+        K: Clone,
+    {
+        self.map.retain(|_, (_, exp)| *exp > now);
+        let Some(excess) = self.map.len().checked_sub(target).filter(|n| *n > 0) else {
+            return;
+        };
+        let mut ranked: Vec<(R, K)> = self
+            .map
+            .iter()
+            .map(|(k, (v, _))| (rank(v), k.clone()))
+            .collect();
+        ranked.select_nth_unstable_by(excess - 1, |a, b| a.0.cmp(&b.0));
+        for (_, k) in ranked.drain(..excess) {
+            self.map.remove(&k);
+        }
     }
 }
 
@@ -240,5 +310,34 @@ mod tests {
         // The 1024th insert at a later time sweeps the expired ones.
         m.insert(5000, 1, 100, 50);
         assert_eq!(m.len(), 1);
+    }
+
+    #[test]
+    fn a_capped_map_never_holds_more_than_its_cap() {
+        let mut m = ExpiringMap::with_cap(100);
+        for i in 0..1000u32 {
+            m.insert(i, i, 1_000 + u64::from(i), 0);
+            assert!(m.len() <= 100);
+        }
+        assert_eq!(m.len(), 100);
+        assert_eq!(m.evicted(), 900);
+        assert_eq!(m.get_mut(&999, 0).copied(), Some(999), "the newest stays");
+    }
+
+    #[test]
+    fn eviction_drops_the_expired_then_the_lowest_ranked() {
+        let mut m = ExpiringMap::default();
+        for i in 0..10u32 {
+            m.insert(i, i, if i == 9 { 5 } else { 100 }, 0);
+        }
+        m.evict_to(6, 10, |v| *v);
+        assert_eq!(m.len(), 6);
+        assert!(
+            (0..3).all(|i| m.get_mut(&i, 10).is_none()),
+            "the lowest went"
+        );
+        assert!((3..9).all(|i| m.get_mut(&i, 10).is_some()));
+        m.evict_to(6, 10, |v| *v);
+        assert_eq!(m.len(), 6, "nothing over the target: nothing evicted");
     }
 }

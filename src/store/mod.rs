@@ -4,6 +4,7 @@
 //! Each layer talks to a small trait of its own (`RateLimitStore`, ...);
 //! both stores implement all of them and make the same decisions.
 
+mod any;
 #[cfg(feature = "redis")]
 pub(crate) mod batch;
 mod breaker;
@@ -18,6 +19,8 @@ pub(crate) mod redis;
 #[cfg(feature = "redis")]
 mod slots;
 
+pub(crate) use any::any_store;
+pub use any::AnyStore;
 pub use breaker::BreakerConfig;
 pub use memory::{MemoryStore, MemoryStoreBuilder};
 #[cfg(feature = "redis")]
@@ -28,6 +31,7 @@ pub use redis::{RedisStore, RedisStoreBuilder};
 pub(crate) mod sealed {
     pub trait Sealed {}
     impl Sealed for crate::MemoryStore {}
+    impl Sealed for super::AnyStore {}
     #[cfg(feature = "redis")]
     impl Sealed for crate::RedisStore {}
     impl<T: Sealed + ?Sized> Sealed for std::sync::Arc<T> {}

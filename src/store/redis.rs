@@ -1,15 +1,14 @@
 //! The Redis store: one connection (multiplexed, reconnecting), a key prefix,
 //! a deadline on every call and a circuit breaker.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 
 use super::batch::Batcher;
 use super::breaker::BreakerConfig;
-use super::conn::RedisConn;
+use super::conn::{manager_config, Connector, RedisConn};
 use super::lane::Lane;
 use crate::error::{ConfigError, StoreError};
 
@@ -76,6 +75,7 @@ pub struct RedisStoreBuilder {
     reconnect_retries: usize,
     breaker: BreakerConfig,
     ping: bool,
+    client: Option<redis::Client>,
 }
 
 impl std::fmt::Debug for RedisStoreBuilder {
@@ -99,7 +99,25 @@ impl RedisStore {
     }
 
     /// Starts building a store on a [`ConnectionManager`] the application
-    /// already has (its own retry and timeout settings are kept).
+    /// already has (its own retry and timeout settings are kept). Add the
+    /// [`redis::Client`] it came from with
+    /// [`client`](RedisStoreBuilder::client) so the store can open the
+    /// connections it needs besides: the cache's own lane and its L1 tier's
+    /// pub/sub subscription. Without it, every layer shares the manager's
+    /// connection and the L1 tier stays off.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tower_redis_layers::{redis, RedisStore};
+    ///
+    /// let client = redis::Client::open("redis://127.0.0.1:6379")?;
+    /// let manager = client.get_connection_manager().await?;
+    /// let store = RedisStore::from_connection_manager(manager)
+    ///     .client(client)
+    ///     .connect()
+    ///     .await?;
+    /// # drop(store); Ok(()) }
+    /// ```
     pub fn from_connection_manager(manager: ConnectionManager) -> RedisStoreBuilder {
         RedisStoreBuilder::new(Target::Manager(manager))
     }
@@ -189,14 +207,6 @@ impl RedisStore {
     pub(crate) fn conn(&self) -> RedisConn {
         self.inner.lane.conn()
     }
-
-    /// Runs one store call about `key` on the store's own lane.
-    pub(crate) async fn call<T, F>(&self, key: &str, fut: F) -> Result<T, StoreError>
-    where
-        F: Future<Output = redis::RedisResult<T>>,
-    {
-        self.inner.lane.call(key, fut).await
-    }
 }
 
 impl RedisStoreBuilder {
@@ -209,11 +219,14 @@ impl RedisStoreBuilder {
             reconnect_retries: 1,
             breaker: BreakerConfig::default(),
             ping: false,
+            client: None,
         }
     }
 
-    /// Prefix of every key (default `trl`). Must not contain `{` or `}`,
-    /// which Redis Cluster reads as a hash tag.
+    /// Prefix of every key (default `trl`): 1-64 characters, no `{` or `}`
+    /// (Redis Cluster reads them as a hash tag) and no trailing `:` (the
+    /// crate adds the separator). A bad prefix fails `connect()` with
+    /// [`StoreErrorKind::Config`](crate::StoreErrorKind::Config).
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
@@ -244,6 +257,14 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// The client a store built [`from_connection_manager`](RedisStore::from_connection_manager)
+    /// opens its other connections with (the cache's lane, pub/sub). A store
+    /// built from a URL has one already.
+    pub fn client(mut self, client: redis::Client) -> Self {
+        self.client = Some(client);
+        self
+    }
+
     /// Fail at connect time when Redis does not answer `PING` (default: off,
     /// the store connects lazily and the layers' failure policies apply).
     pub fn ping_on_connect(mut self, ping: bool) -> Self {
@@ -253,23 +274,27 @@ impl RedisStoreBuilder {
 
     /// Checks the settings and connects.
     pub async fn connect(self) -> Result<RedisStore, StoreError> {
-        validate_prefix(&self.prefix).map_err(StoreError::backend)?;
-        if self.deadline.is_zero() {
-            return Err(StoreError::backend(ConfigError::new(
-                "the store deadline must be above zero",
+        crate::error::check_prefix(&self.prefix).map_err(StoreError::config)?;
+        if self.deadline.is_zero() || self.deadline > Duration::from_secs(3600) {
+            return Err(StoreError::config(ConfigError::new(
+                "the store deadline must be above zero and at most an hour",
             )));
         }
         let mut pubsub = Vec::new();
         let mut connector = Connector::None;
         let conn = match self.target {
-            Target::Manager(m) => RedisConn::Standalone(m),
+            Target::Manager(m) => {
+                if let Some(client) = self.client {
+                    pubsub.push(client.clone());
+                    let config = manager_config(self.reconnect_retries, self.connect_timeout);
+                    connector = Connector::Standalone(client, config);
+                }
+                RedisConn::Standalone(m)
+            }
             Target::Url(url) => {
                 let client = redis::Client::open(url.as_str()).map_err(StoreError::backend)?;
                 pubsub.push(client.clone());
-                let config = ConnectionManagerConfig::new()
-                    .set_number_of_retries(self.reconnect_retries)
-                    .set_connection_timeout(Some(self.connect_timeout))
-                    .set_max_delay(Duration::from_millis(100));
+                let config = manager_config(self.reconnect_retries, self.connect_timeout);
                 connector = Connector::Standalone(client, config);
                 connector.connect().map_err(StoreError::backend)?
             }
@@ -316,57 +341,5 @@ impl RedisStoreBuilder {
             }
         }
         Ok(store)
-    }
-}
-
-pub(crate) fn validate_prefix(prefix: &str) -> Result<(), ConfigError> {
-    if prefix.is_empty() || prefix.contains(['{', '}']) || prefix.len() > 64 {
-        return Err(ConfigError::new(format!(
-            "key prefix {prefix:?} must be 1-64 characters without '{{' or '}}'"
-        )));
-    }
-    Ok(())
-}
-
-/// What new connections are made from: the store's URL or cluster nodes.
-/// None for a store built on an application's connection.
-enum Connector {
-    None,
-    Standalone(redis::Client, ConnectionManagerConfig),
-    #[cfg(feature = "cluster")]
-    Cluster(redis::cluster::ClusterClient, redis::cluster::ClusterConfig),
-}
-
-impl std::fmt::Debug for Connector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Connector::None => "None",
-            Connector::Standalone(..) => "Standalone",
-            #[cfg(feature = "cluster")]
-            Connector::Cluster(..) => "Cluster",
-        })
-    }
-}
-
-impl Connector {
-    /// A new connection, made lazily: a Redis that is down is a store
-    /// failure per call, not an error here.
-    fn connect(&self) -> Result<RedisConn, ConfigError> {
-        match self {
-            Connector::None => Err(ConfigError::new(
-                "a store built on an existing connection makes no other",
-            )),
-            Connector::Standalone(client, config) => {
-                ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
-                    .map(RedisConn::Standalone)
-                    .map_err(|e| ConfigError::new(e.to_string()))
-            }
-            // Connects in the background: a cluster that is down at start-up
-            // is a store failure per request, like a standalone Redis.
-            #[cfg(feature = "cluster")]
-            Connector::Cluster(client, config) => Ok(RedisConn::Cluster(
-                client.get_pending_async_connection_with_config(config.clone()),
-            )),
-        }
     }
 }

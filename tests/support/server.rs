@@ -102,15 +102,73 @@ pub fn shared_url() -> String {
 pub struct RedisServer {
     port: u16,
     child: Option<Child>,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     pub fn start() -> Self {
+        Self::start_with(Vec::new())
+    }
+
+    /// A server with these arguments added to the usual ones.
+    pub fn start_with(extra: Vec<String>) -> Self {
         check_binary();
         let port = free_port();
-        let mut s = Self { port, child: None };
+        let mut s = Self {
+            port,
+            child: None,
+            extra,
+        };
         s.restart();
         s
+    }
+
+    /// A replica of `master`, once it has synced with it.
+    pub fn replica_of(master: &RedisServer) -> Self {
+        let args = ["--replicaof", "127.0.0.1", &master.port().to_string()];
+        let replica = Self::start_with(args.iter().map(|s| s.to_string()).collect());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !replica
+            .info("replication")
+            .contains("master_link_status:up")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the replica did not sync within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        replica
+    }
+
+    /// `INFO <section>`, through redis-cli.
+    pub fn info(&self, section: &str) -> String {
+        Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "info", section])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Stops the process (SIGSTOP): it holds its connections but answers
+    /// nothing until [`resume`](Self::resume)d.
+    pub fn suspend(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Resumes a suspended process (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("a running server").id();
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill {sig} {pid}");
     }
 
     pub fn url(&self) -> String {
@@ -134,6 +192,7 @@ impl RedisServer {
         self.kill();
         let child = Command::new("redis-server")
             .args(server_args(self.port))
+            .args(&self.extra)
             .stdout(Stdio::null())
             .spawn()
             .expect("start redis-server");

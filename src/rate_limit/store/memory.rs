@@ -11,9 +11,21 @@ use crate::rate_limit::algorithm::{peek, AlgState};
 use crate::store::memory::{lock, ExpiringMap};
 use crate::store::MemoryStore;
 
-/// Every client's policy states in one store, keyed by scope, policy and client.
-#[derive(Debug, Default)]
+/// Every client's policy states in one store, keyed by scope, policy and
+/// client: at most [`MAX_STATES`]. Past it the state closest to its expiry
+/// (the least used quota) is forgotten: that client starts on a whole
+/// quota again, as after its window ends.
+#[derive(Debug)]
 struct States(Mutex<ExpiringMap<Vec<u8>, AlgState>>);
+
+/// Most (client, policy) states one memory store keeps.
+pub(crate) const MAX_STATES: usize = 1 << 20;
+
+impl Default for States {
+    fn default() -> Self {
+        Self(Mutex::new(ExpiringMap::with_cap(MAX_STATES)))
+    }
+}
 
 /// The rate-limit home of one [`MemoryStore`].
 #[derive(Debug)]
@@ -70,6 +82,10 @@ fn key(q: &Question, suffix: &str) -> Vec<u8> {
 impl RateLimitHome for MemoryHome {
     fn check(&self, q: &Question) -> BoxFuture<'static, Result<Answer, StoreError>> {
         Box::pin(std::future::ready(Ok(self.decide(q))))
+    }
+
+    fn counters(&self) -> usize {
+        Arc::as_ptr(&self.states) as usize
     }
 }
 

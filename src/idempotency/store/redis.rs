@@ -1,0 +1,180 @@
+//! The Redis home of the idempotency records: one Lua script per step, on
+//! one key per record.
+
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use redis::{Script, Value};
+
+use super::{
+    Flag, Hold, IdempotencyHome, IdempotencyStore, Replicas, Reservation, Reserve, Written,
+};
+use crate::error::StoreError;
+use crate::idempotency::fingerprint::RecordKey;
+use crate::store::lane::Lane;
+use crate::RedisStore;
+
+static RESERVE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../scripts/reserve.lua")));
+static COMPLETE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../scripts/complete.lua")));
+static RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../scripts/release.lua")));
+static RENEW: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../scripts/renew.lua")));
+
+/// The idempotency home of one [`RedisStore`]: the layer's own lane (own
+/// breakers, so a flood of another layer's failures never opens them).
+#[derive(Debug)]
+pub(crate) struct RedisHome {
+    prefix: String,
+    lane: Lane,
+}
+
+impl IdempotencyStore for RedisStore {
+    fn idempotency_home(&self) -> Arc<dyn IdempotencyHome> {
+        Arc::new(RedisHome {
+            prefix: self.prefix().to_owned(),
+            lane: self.lane("idempotency", false),
+        })
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    (d.as_millis() as u64).max(1)
+}
+
+impl RedisHome {
+    /// `{prefix}:idem:{digest}`: one hash per record (state, fingerprint,
+    /// lease token, response), so the hash tag puts all of it in one slot.
+    fn key(&self, key: &RecordKey) -> String {
+        format!("{}:idem:{{{}}}", self.prefix, key.0)
+    }
+
+    /// Runs `script` on one record with `args`, under the breaker and deadline.
+    fn call(
+        &self,
+        script: &'static Script,
+        key: &RecordKey,
+        args: Vec<Bytes>,
+    ) -> BoxFuture<'static, Result<Value, StoreError>> {
+        let lane = self.lane.clone();
+        let redis_key = self.key(key);
+        Box::pin(async move {
+            let mut inv = script.key(&redis_key);
+            for a in &args {
+                inv.arg(&a[..]);
+            }
+            let mut conn = lane.conn();
+            lane.call(&redis_key, inv.invoke_async::<Value>(&mut conn))
+                .await
+        })
+    }
+
+    /// A script on a held record, `hold`'s token first among `args`: it
+    /// answers 1 (done) or 0 (the token does not hold the lease).
+    fn flag(&self, script: &'static Script, hold: &Hold, mut args: Vec<Bytes>) -> Flag {
+        args.insert(0, Bytes::copy_from_slice(&hold.token.0));
+        let call = self.call(script, &hold.key, args);
+        Box::pin(async move {
+            match call.await? {
+                Value::Int(n) => Ok(n == 1),
+                other => Err(StoreError::protocol(format!(
+                    "idempotency script returned {other:?}"
+                ))),
+            }
+        })
+    }
+}
+
+impl RedisHome {
+    /// `WAIT n timeout` on the connection (on a cluster, to the master of
+    /// the record's slot) that carried the completion: Redis answers once
+    /// `n` replicas acknowledged every write sent on it so far, or when the
+    /// timeout passes, with how many did. Not under the breaker (replicas
+    /// lagging are no store failure) and bounded by the timeout plus the
+    /// store's deadline.
+    fn wait(&self, key: &RecordKey, r: Replicas) -> BoxFuture<'static, Written> {
+        let lane = self.lane.clone();
+        let redis_key = self.key(key);
+        Box::pin(async move {
+            let mut cmd = redis::cmd("WAIT");
+            cmd.arg(r.n).arg(millis(r.timeout));
+            let mut conn = lane.conn();
+            let call = conn.query_on_master_of::<u32>(&redis_key, cmd);
+            match tokio::time::timeout(r.timeout + lane.deadline(), call).await {
+                Ok(Ok(acked)) if acked >= r.n => Written::Stored,
+                Ok(Ok(acked)) => Written::Unconfirmed { acked: Some(acked) },
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "idempotency: WAIT failed");
+                    Written::Unconfirmed { acked: None }
+                }
+                Err(_) => Written::Unconfirmed { acked: None },
+            }
+        })
+    }
+}
+
+fn parse_reserve(value: Value) -> Result<Reservation, StoreError> {
+    let bad = |v: &dyn std::fmt::Debug| {
+        StoreError::protocol(format!("idempotency reserve script returned {v:?}"))
+    };
+    let Value::Array(items) = value else {
+        return Err(bad(&value));
+    };
+    let mut it = items.into_iter();
+    match (it.next(), it.next()) {
+        (Some(Value::Int(0)), None) => Ok(Reservation::Reserved),
+        (Some(Value::Int(1)), Some(Value::Int(pttl))) => Ok(Reservation::InProgress {
+            lease_left: Duration::from_millis(pttl.max(0) as u64),
+        }),
+        (Some(Value::Int(2)), None) => Ok(Reservation::Mismatch),
+        (Some(Value::Int(3)), Some(Value::BulkString(record))) => {
+            Ok(Reservation::Completed(Bytes::from(record)))
+        }
+        (first, second) => Err(bad(&(first, second))),
+    }
+}
+
+impl IdempotencyHome for RedisHome {
+    fn reserve(&self, r: &Reserve) -> BoxFuture<'static, Result<Reservation, StoreError>> {
+        let args = vec![
+            Bytes::copy_from_slice(&r.hold.token.0),
+            Bytes::copy_from_slice(&r.fingerprint.0),
+            millis(r.lease).to_string().into(),
+        ];
+        let call = self.call(&RESERVE, &r.hold.key, args);
+        Box::pin(async move { parse_reserve(call.await?) })
+    }
+
+    fn complete(
+        &self,
+        hold: &Hold,
+        record: Bytes,
+        ttl: Duration,
+        replicas: Option<Replicas>,
+    ) -> BoxFuture<'static, Result<Written, StoreError>> {
+        let args = vec![record, millis(ttl).to_string().into()];
+        let stored = self.flag(&COMPLETE, hold, args);
+        let confirm = replicas.map(|r| self.wait(&hold.key, r));
+        Box::pin(async move {
+            if !stored.await? {
+                return Ok(Written::Lost);
+            }
+            Ok(match confirm {
+                None => Written::Stored,
+                Some(wait) => wait.await,
+            })
+        })
+    }
+
+    fn release(&self, hold: &Hold) -> Flag {
+        self.flag(&RELEASE, hold, Vec::new())
+    }
+
+    fn renew(&self, hold: &Hold, lease: Duration) -> Flag {
+        self.flag(&RENEW, hold, vec![millis(lease).to_string().into()])
+    }
+}
