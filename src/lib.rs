@@ -153,7 +153,7 @@ pub use error::{ConfigError, StoreError, StoreErrorKind};
 /// from an application's own connection without a second `redis` dependency.
 #[cfg(feature = "redis")]
 pub use redis;
-pub use store::{AnyStore, BreakerConfig, MemoryStore};
+pub use store::{AnyStore, BreakerConfig, MemoryStore, MemoryStoreBuilder};
 #[cfg(feature = "redis")]
 pub use store::{RedisStore, RedisStoreBuilder};
 

@@ -4,17 +4,15 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use http::HeaderName;
 use tokio::time::Instant;
 
+use super::config::Config;
 use super::flight::Flights;
-use super::key::{KeyRules, Slot};
-use super::l1::L1;
-use super::layer::{FailurePolicy, RequestDirectives};
-use super::policy::Rules;
-use super::store::{CacheHome, Write};
+use super::key::Slot;
+use super::l1::{Epoch, L1};
+use super::purges::Retries;
+use super::store::CacheHome;
 use crate::error::StoreError;
 use crate::store::memory::lock;
 use crate::warn::Throttle;
@@ -23,20 +21,11 @@ use crate::warn::Throttle;
 const MAX_SPECS: usize = 10_000;
 
 pub(crate) struct Shared {
+    pub(crate) cfg: Config,
     pub(crate) home: Arc<dyn CacheHome>,
-    pub(crate) rules: Rules,
-    pub(crate) key: KeyRules,
     pub(crate) flights: Arc<Flights>,
-    pub(crate) max_body: usize,
-    pub(crate) max_variants: u32,
-    pub(crate) lock_ttl: Duration,
-    pub(crate) wait: Duration,
-    pub(crate) name: String,
-    pub(crate) unkeyed: Vec<HeaderName>,
-    pub(crate) directives: RequestDirectives,
-    pub(crate) invalidate_unsafe: bool,
-    pub(crate) on_failure: FailurePolicy,
     pub(crate) l1: Option<Arc<L1>>,
+    pub(crate) retries: Retries,
     warned: Throttle,
     specs: Mutex<HashMap<Arc<str>, Arc<str>>>,
     base: Instant,
@@ -45,41 +34,15 @@ pub(crate) struct Shared {
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResponseCacheConfig")
-            .field("rules", &self.rules)
-            .field("key", &self.key)
-            .field("max_body", &self.max_body)
-            .field("max_variants", &self.max_variants)
-            .field("lock_ttl", &self.lock_ttl)
-            .field("wait", &self.wait)
-            .field("name", &self.name)
-            .field("directives", &self.directives)
-            .field("on_failure", &self.on_failure)
-            .finish_non_exhaustive()
+        self.cfg.fmt(f)
     }
 }
 
-pub(crate) struct Settings {
-    pub(crate) home: Arc<dyn CacheHome>,
-    pub(crate) rules: Rules,
-    pub(crate) key: KeyRules,
-    pub(crate) max_body: usize,
-    pub(crate) max_variants: u32,
-    pub(crate) lock_ttl: Duration,
-    pub(crate) wait: Duration,
-    pub(crate) name: String,
-    pub(crate) unkeyed: Vec<HeaderName>,
-    pub(crate) directives: RequestDirectives,
-    pub(crate) invalidate_unsafe: bool,
-    pub(crate) on_failure: FailurePolicy,
-    pub(crate) l1: Option<(usize, Duration)>,
-}
-
 impl Shared {
-    pub(crate) fn new(s: Settings) -> Self {
-        let l1 = s.l1.and_then(|(n, age)| {
-            let l1 = Arc::new(L1::new(n, age));
-            if s.home.listen(l1.listener()) {
+    pub(crate) fn new(home: Arc<dyn CacheHome>, cfg: Config) -> Self {
+        let l1 = cfg.l1.and_then(|c| {
+            let l1 = Arc::new(L1::new(c.max_entries, cfg.l1_bytes, c.max_age));
+            if home.listen(l1.listener()) {
                 Some(l1)
             } else {
                 tracing::warn!(
@@ -90,20 +53,11 @@ impl Shared {
             }
         });
         Self {
+            cfg,
+            home,
             l1,
-            home: s.home,
-            rules: s.rules,
-            key: s.key,
             flights: Arc::default(),
-            max_body: s.max_body,
-            max_variants: s.max_variants,
-            lock_ttl: s.lock_ttl,
-            wait: s.wait,
-            name: s.name,
-            unkeyed: s.unkeyed,
-            directives: s.directives,
-            invalidate_unsafe: s.invalidate_unsafe,
-            on_failure: s.on_failure,
+            retries: Retries::default(),
             warned: Throttle::default(),
             specs: Mutex::default(),
             base: Instant::now(),
@@ -138,12 +92,12 @@ impl Shared {
         lock(&self.specs)
             .get(url)
             .cloned()
-            .unwrap_or_else(|| self.key.base_spec())
+            .unwrap_or_else(|| self.cfg.key.base_spec())
     }
 
     pub(crate) fn learn(&self, url: &Arc<str>, spec: &Arc<str>) {
         let mut specs = lock(&self.specs);
-        if **spec == *self.key.base_spec() {
+        if **spec == *self.cfg.key.base_spec() {
             specs.remove(url);
             return;
         }
@@ -156,25 +110,25 @@ impl Shared {
     /// Warns (at most once a second) that the store failed at `what`.
     pub(crate) fn store_failed(&self, what: &str, then: &str, e: &StoreError) {
         self.warned
-            .store_failed("response cache", &self.key.scope, what, then, e);
-    }
-
-    /// Writes an entry in the background: the response is not held up by it.
-    pub(crate) fn spawn_write(self: &Arc<Self>, w: Write) {
-        let fut = self.home.write(w);
-        let shared = self.clone();
-        spawn(async move {
-            if let Err(e) = fut.await {
-                shared.store_failed("storing an entry", "the response was not stored", &e);
-            }
-        });
+            .store_failed("response cache", &self.cfg.key.scope, what, then, e);
     }
 
     /// Keeps an in-process copy of a fresh entry (when the tier is on).
-    pub(crate) fn l1_put(&self, slot: &Slot, raw: &bytes::Bytes, fresh_until: u64) {
-        if let Some(l1) = &self.l1 {
-            l1.put(slot, raw.clone(), self.now_ms(), fresh_until);
+    pub(crate) fn l1_put(
+        &self,
+        slot: &Slot,
+        raw: &bytes::Bytes,
+        fresh_until: u64,
+        seen: Option<Epoch>,
+    ) {
+        if let (Some(l1), Some(seen)) = (&self.l1, seen) {
+            l1.put(slot, raw.clone(), self.now_ms(), fresh_until, seen);
         }
+    }
+
+    /// The in-process tier's invalidations of `url` so far (read before a lookup).
+    pub(crate) fn l1_epoch(&self, url: &str) -> Option<Epoch> {
+        self.l1.as_ref().map(|l1| l1.epoch(url))
     }
 
     /// Drops every variant of a URL here at once and, through the store, everywhere.
@@ -198,7 +152,7 @@ impl Shared {
 
 /// Spawns on the current Tokio runtime; outside one (a drop at shutdown)
 /// the work is skipped: locks expire and writes are only an optimisation.
-fn spawn(fut: impl std::future::Future<Output = ()> + Send + 'static) {
+pub(crate) fn spawn(fut: impl std::future::Future<Output = ()> + Send + 'static) {
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
         rt.spawn(fut);
     }

@@ -12,7 +12,7 @@ use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use redis::{Script, Value};
 
-use super::{CacheHome, CacheStore, Found, LockState, Lookup, Write};
+use super::{CacheHome, CacheStore, Found, LockState, Lookup, Write, FILL_MAX_MS};
 use crate::cache::key::Slot;
 use crate::cache::l1::{Listener, Signal};
 use crate::error::StoreError;
@@ -106,12 +106,14 @@ async fn listen_loop(clients: Vec<redis::Client>, channel: String, listener: Lis
     }
 }
 
-fn keys(base: &str, s: &Slot) -> [String; 4] {
+/// The keys of a slot: index, entry, lock, hit-for-miss marker, generation.
+fn keys(base: &str, s: &Slot) -> [String; 5] {
     [
         format!("{base}i"),
         format!("{base}e:{}", s.variant),
         format!("{base}l:{}", s.variant),
         format!("{base}p:{}", s.variant),
+        format!("{base}g"),
     ]
 }
 
@@ -128,13 +130,16 @@ fn parse_found(v: Value) -> Result<Found, StoreError> {
         return Err(StoreError::protocol("cache lookup: not an array"));
     };
     let mut it = items.into_iter();
-    let (Some(Value::Int(now)), Some(spec), Some(entry), Some(Value::Int(lock))) =
-        (it.next(), it.next(), it.next(), it.next())
+    let (Some(Value::Int(now)), Some(spec), Some(entry), Some(Value::Int(lock)), Some(gen)) =
+        (it.next(), it.next(), it.next(), it.next(), it.next())
     else {
         return Err(StoreError::protocol("cache lookup: unexpected reply"));
     };
     let spec = bytes_of(spec).ok_or_else(|| StoreError::protocol("cache lookup: spec"))?;
     let spec: Arc<str> = String::from_utf8_lossy(&spec).into();
+    let gen = bytes_of(gen)
+        .and_then(|g| std::str::from_utf8(&g).ok()?.parse::<u64>().ok())
+        .ok_or_else(|| StoreError::protocol("cache lookup: generation"))?;
     Ok(Found {
         now_ms: now.max(0) as u64,
         spec,
@@ -145,15 +150,16 @@ fn parse_found(v: Value) -> Result<Found, StoreError> {
             3 => LockState::HitForMiss,
             _ => LockState::NotTried,
         },
+        gen,
     })
 }
 
 impl CacheHome for RedisHome {
     fn lookup(&self, q: &Lookup) -> BoxFuture<'static, Result<Found, StoreError>> {
         let base = self.base(&q.slot.url);
-        let [index, entry, lock, pass] = keys(&base, &q.slot);
+        let [index, entry, lock, pass, gen] = keys(&base, &q.slot);
         let mut inv = LOOKUP.prepare_invoke();
-        inv.key(index).key(entry).key(lock).key(pass);
+        inv.key(index).key(entry).key(lock).key(pass).key(gen);
         inv.arg(&*q.slot.spec).arg(&*q.slot.variant);
         match q.lock {
             Some((token, ttl)) => inv.arg(token.to_string()).arg(ttl),
@@ -164,11 +170,11 @@ impl CacheHome for RedisHome {
         Box::pin(async move { parse_found(call.await?) })
     }
 
-    fn write(&self, w: Write) -> BoxFuture<'static, Result<(), StoreError>> {
+    fn write(&self, w: Write) -> BoxFuture<'static, Result<bool, StoreError>> {
         let base = self.base(&w.slot.url);
-        let [index, entry, lock, _] = keys(&base, &w.slot);
+        let [index, entry, lock, _, gen] = keys(&base, &w.slot);
         let mut inv = STORE.prepare_invoke();
-        inv.key(index).key(entry).key(lock);
+        inv.key(index).key(entry).key(lock).key(gen);
         inv.arg(&*w.slot.spec)
             .arg(&*w.slot.variant)
             .arg(&w.entry[..])
@@ -178,9 +184,12 @@ impl CacheHome for RedisHome {
             .arg(w.max_variants)
             .arg(&base)
             .arg(&self.channel)
-            .arg(format!("{}|{}", w.writer, w.slot.url));
-        let call = self.run::<Value>(base, inv);
-        Box::pin(async move { call.await.map(drop) })
+            .arg(format!("{}|{}", w.writer, w.slot.url))
+            .arg(w.gen.to_string())
+            .arg(w.seen_ms)
+            .arg(FILL_MAX_MS);
+        let call = self.run::<i64>(base, inv);
+        Box::pin(async move { Ok(call.await? == 1) })
     }
 
     fn release(
@@ -190,7 +199,7 @@ impl CacheHome for RedisHome {
         pass_ms: u64,
     ) -> BoxFuture<'static, Result<(), StoreError>> {
         let base = self.base(&slot.url);
-        let [_, _, lock, pass] = keys(&base, slot);
+        let [_, _, lock, pass, _] = keys(&base, slot);
         let mut inv = RELEASE.prepare_invoke();
         inv.key(lock).key(pass).arg(token.to_string()).arg(pass_ms);
         let call = self.run::<Value>(base, inv);
@@ -201,9 +210,11 @@ impl CacheHome for RedisHome {
         let base = self.base(url);
         let mut inv = PURGE.prepare_invoke();
         inv.key(format!("{base}i"))
+            .key(format!("{base}g"))
             .arg(&base)
             .arg(&self.channel)
-            .arg(format!("-|{url}"));
+            .arg(format!("-|{url}"))
+            .arg(FILL_MAX_MS);
         let call = self.run::<i64>(base, inv);
         Box::pin(async move { Ok(call.await?.max(0) as u64) })
     }
