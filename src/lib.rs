@@ -48,8 +48,8 @@
 //! | `trl_rate_limit_requests_total` | counter | `scope`, `plan`, `outcome`: allowed, denied, shadow_denied, failed_open, failed_closed, local_allowed, local_denied, remembered_denied, no_key, bad_key, cost_too_high, skipped |
 //! | `trl_rate_limit_denials_total` | counter | `scope`, `plan`, `policy`: which policy denied |
 //! | `trl_idempotency_requests_total` | counter | `scope`, `outcome`: first_run, first_run_not_stored (5xx, too large: the key was released), replay, conflict (409), mismatch (422), bad_request (400, 413), store_unavailable (503), store_bypassed, passed (not covered) |
-//! | `trl_cache_requests_total` | counter | `scope`, `outcome`: hit, miss, stale, revalidated, bypass, collapsed, store_error; `tier`: l1, store |
-//! | `trl_cache_evictions_total` | counter | `tier`: memory, l1 |
+//! | `trl_cache_requests_total` | counter | `scope`, `outcome`: hit, hit_l1 (the in-process tier), miss, collapsed (waited for another request's fill), stale (served stale on an origin error), revalidated, bypass, store_error |
+//! | `trl_cache_evictions_total` | counter | `tier`: memory (entries the memory store evicted for room) |
 //! | `trl_store_call_duration_seconds` | histogram | `layer`, `outcome`: ok, error, timeout |
 //! | `trl_store_calls_skipped_total` | counter | `layer`: calls skipped while a breaker was open |
 //! | `trl_store_breakers_open` | gauge | `layer`: breakers open now |

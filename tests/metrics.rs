@@ -234,3 +234,57 @@ async fn store_latency_skips_and_breaker_gauge_follow_redis() {
     );
     assert_eq!(failed_open, 4);
 }
+
+#[tokio::test]
+async fn cache_counters_move_for_each_outcome() {
+    use tower_redis_layers::cache::ResponseCacheLayer;
+    let recorder = DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    let layer = metrics::with_local_recorder(&recorder, || {
+        ResponseCacheLayer::builder(MemoryStore::builder().cache_capacity(4096).build())
+            .default_ttl(Duration::from_secs(60))
+            .scope("metrics")
+            .build()
+            .unwrap()
+    });
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(tower::service_fn(|_r: Request<Full<Bytes>>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(vec![b'x'; 1500]))))
+        }));
+    let get = |path: &str, auth: bool| {
+        let mut b = Request::get(format!("http://example.com{path}"));
+        if auth {
+            b = b.header("authorization", "Bearer t");
+        }
+        b.body(Full::default()).unwrap()
+    };
+    for (path, auth) in [
+        ("/a", false),
+        ("/a", false),
+        ("/b", true),
+        ("/c", false),
+        ("/d", false),
+        ("/e", false),
+    ] {
+        svc.clone().oneshot(get(path, auth)).await.unwrap();
+    }
+    let snap = Snap::take(&snap);
+    let n = |outcome| {
+        snap.counter(
+            "trl_cache_requests_total",
+            &[("scope", "metrics"), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(n("miss"), 4, "/a once, /c, /d, /e");
+    assert_eq!(n("hit"), 1);
+    assert_eq!(n("bypass"), 1, "Authorization");
+    assert!(
+        snap.counter("trl_cache_evictions_total", &[("tier", "memory")]) >= 1,
+        "4 KiB hold two 1.5 KiB entries"
+    );
+    match snap.value("trl_memory_bytes", &[("layer", "response cache")]) {
+        Some(DebugValue::Gauge(g)) => assert!(g.into_inner() <= 4096.0 && g.into_inner() > 0.0),
+        other => panic!("bytes gauge: {other:?}"),
+    }
+}

@@ -35,6 +35,8 @@ pin_project! {
     {
         #[pin]
         state: State<S, B, R>,
+        // Counts the answer by its `Cache-Status` (metrics, a debug span).
+        shared: Arc<Shared>,
     }
 }
 
@@ -107,6 +109,7 @@ where
 {
     pub(crate) fn resolve(fut: BoxFuture<'static, Resolution>, pending: Pending<S, B>) -> Self {
         Self {
+            shared: pending.shared.clone(),
             state: State::Resolving {
                 fut,
                 pending: Some(pending),
@@ -114,12 +117,13 @@ where
         }
     }
 
-    pub(crate) fn call(fut: S::Future, after: After) -> Self {
+    pub(crate) fn call(fut: S::Future, after: After, shared: Arc<Shared>) -> Self {
         Self {
             state: State::Calling {
                 fut,
                 after: Some(after),
             },
+            shared,
         }
     }
 }
@@ -186,11 +190,29 @@ where
 {
     type Output = Result<Response<crate::ResponseBody<R>>, S::Error>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let out = ready!(poll_state(this.state, cx));
+        if let Ok(res) = &out {
+            this.shared.count(res.headers());
+        }
+        Poll::Ready(out)
+    }
+}
+
+#[allow(clippy::type_complexity)]
+fn poll_state<S, B, R>(
+    mut state: Pin<&mut State<S, B, R>>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Response<crate::ResponseBody<R>>, S::Error>>
+where
+    S: Service<Request<B>, Response = Response<R>>,
+    R: Body<Data = Bytes>,
+{
+    {
         const DONE: &str = "ResponseFuture polled after completion";
         loop {
-            let mut this = self.as_mut().project();
-            let next = match this.state.as_mut().project() {
+            let next = match state.as_mut().project() {
                 StateProj::Resolving { fut, pending } => {
                     let r = ready!(fut.as_mut().poll(cx));
                     resolved(pending.take().expect(DONE), r)
@@ -253,7 +275,7 @@ where
                     return Poll::Ready(Ok(res.map(crate::ResponseBody::full)));
                 }
             };
-            this.state.set(next);
+            state.set(next);
         }
     }
 }

@@ -53,12 +53,18 @@ where
             Route::Invalidate => {
                 let targets = Targets::of(sh, &req);
                 let after = After::Invalidate(sh.clone(), targets);
-                return ResponseFuture::call(inner.call(req), after);
+                return ResponseFuture::call(inner.call(req), after, sh.clone());
             }
-            Route::Pass => return ResponseFuture::call(inner.call(req), After::Pass(None)),
+            Route::Pass => {
+                return ResponseFuture::call(inner.call(req), After::Pass(None), sh.clone())
+            }
             Route::Bypass(why) => {
                 let status = cache_status(&sh.cfg.name, &format!("fwd=bypass; detail={why}"));
-                return ResponseFuture::call(inner.call(req), After::Pass(Some(status)));
+                return ResponseFuture::call(
+                    inner.call(req),
+                    After::Pass(Some(status)),
+                    sh.clone(),
+                );
             }
             Route::Cache(plan) => plan,
         };

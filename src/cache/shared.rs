@@ -15,6 +15,7 @@ use super::purges::Retries;
 use super::store::CacheHome;
 use crate::error::StoreError;
 use crate::store::memory::lock;
+use crate::telemetry::Outcomes;
 use crate::warn::Throttle;
 
 /// Most URLs whose Vary spec is remembered in process.
@@ -27,6 +28,7 @@ pub(crate) struct Shared {
     pub(crate) l1: Option<Arc<L1>>,
     pub(crate) retries: Retries,
     warned: Throttle,
+    outcomes: Outcomes,
     specs: Mutex<HashMap<Arc<str>, Arc<str>>>,
     base: Instant,
     offset_ms: AtomicI64,
@@ -52,6 +54,11 @@ impl Shared {
                 None
             }
         });
+        let outcomes = Outcomes::new(
+            "trl_cache_requests_total",
+            &[("scope", &cfg.key.scope)],
+            &OUTCOMES,
+        );
         Self {
             cfg,
             home,
@@ -59,6 +66,7 @@ impl Shared {
             flights: Arc::default(),
             retries: Retries::default(),
             warned: Throttle::default(),
+            outcomes,
             specs: Mutex::default(),
             base: Instant::now(),
             offset_ms: AtomicI64::new(i64::MIN),
@@ -107,8 +115,34 @@ impl Shared {
         specs.insert(url.clone(), spec.clone());
     }
 
+    /// Counts an answer by the `Cache-Status` this layer gave it, in a
+    /// `response_cache` span (debug level).
+    pub(crate) fn count(&self, headers: &http::HeaderMap) {
+        let name = self.cfg.name.as_bytes();
+        let Some(status) = headers
+            .get_all(&super::response::CACHE_STATUS)
+            .iter()
+            .rev()
+            .map(|v| v.as_bytes())
+            .find(|v| v.starts_with(name) && v.get(name.len()) == Some(&b';'))
+        else {
+            return;
+        };
+        let i = outcome_of(&status[name.len() + 1..]);
+        let Some(i) = i else { return };
+        self.outcomes.inc(i);
+        tracing::debug_span!(
+            "response_cache",
+            layer = "response cache",
+            scope = %self.cfg.key.scope,
+            outcome = OUTCOMES[i],
+        )
+        .in_scope(|| tracing::debug!("response cache outcome"));
+    }
+
     /// Warns (at most once a second) that the store failed at `what`.
     pub(crate) fn store_failed(&self, what: &str, then: &str, e: &StoreError) {
+        self.outcomes.inc(STORE_ERROR);
         self.warned
             .store_failed("response cache", &self.cfg.key.scope, what, then, e);
     }
@@ -164,4 +198,69 @@ pub(crate) fn token() -> u64 {
     std::collections::hash_map::RandomState::new()
         .build_hasher()
         .finish()
+}
+
+/// The `outcome` label of `trl_cache_requests_total`, in index order.
+const OUTCOMES: [&str; 8] = [
+    "hit",
+    "hit_l1",
+    "miss",
+    "collapsed",
+    "stale",
+    "revalidated",
+    "bypass",
+    "store_error",
+];
+const STORE_ERROR: usize = 7;
+
+/// The outcome a `Cache-Status` parameter list (after the cache's name) says.
+fn outcome_of(params: &[u8]) -> Option<usize> {
+    let has = |p: &[u8]| params.windows(p.len()).any(|w| w == p);
+    let params = params.trim_ascii_start();
+    Some(if params.starts_with(b"hit") {
+        if has(b"detail=l1") {
+            1
+        } else {
+            0
+        }
+    } else if has(b"collapsed") {
+        3
+    } else if params.starts_with(b"fwd=stale") {
+        if has(b"fwd-status=304") {
+            5
+        } else {
+            4
+        }
+    } else if params.starts_with(b"fwd=bypass") {
+        6
+    } else if params.starts_with(b"fwd=miss") {
+        2
+    } else {
+        return None;
+    })
+}
+
+#[cfg(test)]
+mod count_tests {
+    use super::*;
+
+    #[test]
+    fn cache_status_parameters_name_the_outcome() {
+        for (params, outcome) in [
+            (" hit; ttl=12", Some("hit")),
+            (" hit; detail=l1", Some("hit_l1")),
+            (" fwd=miss; fwd-status=200; stored; ttl=30", Some("miss")),
+            (" fwd=miss; collapsed", Some("collapsed")),
+            (" fwd=stale; fwd-status=304", Some("revalidated")),
+            (" fwd=stale; fwd-status=503", Some("stale")),
+            (" fwd=bypass; detail=authorization", Some("bypass")),
+            (" fwd=method; detail=purge-pending", None),
+        ] {
+            assert_eq!(
+                outcome_of(params.as_bytes()).map(|i| OUTCOMES[i]),
+                outcome,
+                "{params}"
+            );
+        }
+    }
 }

@@ -47,13 +47,16 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
     }
 
     /// The sum of the charges held.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }
 
+    /// Entries held.
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
     /// Entries evicted to stay within the capacity (expired ones not counted).
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn evictions(&self) -> u64 {
         self.evictions
     }

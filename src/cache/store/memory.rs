@@ -16,6 +16,7 @@ use crate::error::StoreError;
 use crate::store::lru::Lru;
 use crate::store::memory::{lock, ExpiringMap};
 use crate::store::MemoryStore;
+use crate::telemetry::{Count, Level};
 
 type SlotKey = (Arc<str>, Arc<str>);
 
@@ -56,6 +57,25 @@ impl Index {
 pub(crate) struct MemoryHome {
     store: MemoryStore,
     entries: Arc<Entries>,
+    metrics: Gauges,
+}
+
+/// The memory tier's size and evictions, for the metrics.
+#[derive(Debug)]
+struct Gauges {
+    bytes: Level,
+    count: Level,
+    evictions: Count,
+}
+
+impl Gauges {
+    fn new() -> Self {
+        Self {
+            bytes: Level::new("trl_memory_bytes", &[("layer", "response cache")]),
+            count: Level::new("trl_memory_entries", &[("layer", "response cache")]),
+            evictions: Count::new("trl_cache_evictions_total", &[("tier", "memory")]),
+        }
+    }
 }
 
 impl CacheStore for MemoryStore {
@@ -65,6 +85,7 @@ impl CacheStore for MemoryStore {
         Arc::new(MemoryHome {
             store: self.clone(),
             entries,
+            metrics: Gauges::new(),
         })
     }
 }
@@ -234,7 +255,15 @@ impl CacheHome for MemoryHome {
     }
 
     fn write(&self, w: Write) -> BoxFuture<'static, Result<bool, StoreError>> {
-        ready(self.with(|st, now| st.write(w, now)))
+        let m = &self.metrics;
+        ready(self.with(|st, now| {
+            let evicted = st.entries.evictions();
+            let written = st.write(w, now);
+            m.evictions.add(st.entries.evictions() - evicted);
+            m.bytes.set(st.entries.bytes() as f64);
+            m.count.set(st.entries.len() as f64);
+            written
+        }))
     }
 
     fn release(
@@ -300,6 +329,7 @@ mod tests {
         MemoryHome {
             entries: store.state(),
             store,
+            metrics: Gauges::new(),
         }
     }
 
