@@ -187,3 +187,53 @@ async fn large_cache_hits_do_not_delay_rate_limit_decisions() {
     }
     assert_eq!(failed, 0, "rate-limit decisions that missed their deadline");
 }
+
+/// A lookup that missed its deadline while Redis was paused still runs when
+/// the pause ends and takes the URL's fill lock: the layer gives the lock
+/// back behind it, so readers after the pause do not wait for a fill that
+/// nobody makes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_lost_in_a_pause_leaves_no_fill_lock_behind() {
+    let server = RedisServer::start();
+    let store = store(&server, Duration::from_millis(50)).await;
+    let cache = ServiceBuilder::new()
+        .layer(
+            ResponseCacheLayer::builder(store)
+                .default_ttl(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+        )
+        .service(tower::service_fn(|_r: Request<Full<Bytes>>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("origin"))))
+        }));
+    // The cache's connection is up before the pause.
+    let warm = Request::get("http://example.com/warm").body(Full::default());
+    cache.clone().oneshot(warm.unwrap()).await.unwrap();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(300)
+        .arg("ALL")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let res = cache
+        .clone()
+        .oneshot(
+            Request::get("http://example.com/paused")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "the origin served the miss");
+    // The pause ends; the lookup and then the release run, in that order.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let locks: Vec<String> = redis::cmd("KEYS")
+        .arg("iso:cache:*:l:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(locks.is_empty(), "fill locks left behind: {locks:?}");
+}

@@ -45,7 +45,11 @@ impl CacheStore for RedisStore {
         Arc::new(RedisHome {
             prefix: self.prefix().to_owned(),
             channel: format!("{}:cache:inval", self.prefix()),
-            lane: self.lane("response cache", true),
+            lane: {
+                let lane = self.lane("response cache", true);
+                lane.preload(&[&*LOOKUP, &*STORE, &*RELEASE, &*PURGE]);
+                lane
+            },
             pubsub: self.pubsub_clients().to_vec(),
         })
     }
