@@ -223,7 +223,10 @@ async fn after_an_outage_a_background_probe_closes_the_breaker_without_requests(
         "the background probe asked the restarted server"
     );
     let loads = support::command_calls(&server.url(), |c| c == "script|load").await;
-    assert!(loads >= 1, "the scripts were loaded again once Redis answered");
+    assert!(
+        loads >= 1,
+        "the scripts were loaded again once Redis answered"
+    );
     let (res, _) = timed(&open, "k").await;
     assert_eq!(
         source(&res),

@@ -131,8 +131,12 @@ impl Capture {
         let name = self.fill.leader.shared.cfg.name.clone();
         let (body, params) = match read {
             Read::Ended => {
+                let params = if self.fill.will_store() {
+                    format!("{}{}", self.forwarded, self.stored)
+                } else {
+                    format!("{}; detail=store-error", self.forwarded)
+                };
                 let bytes = self.fill.finish(&self.chunks.parts);
-                let params = format!("{}{}", self.forwarded, self.stored);
                 (crate::ResponseBody::full(bytes), params)
             }
             Read::Over(over) => {

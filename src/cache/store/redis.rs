@@ -78,11 +78,20 @@ impl RedisHome {
 /// after a lost connection (to the next node, on a cluster), until the
 /// listener is no longer wanted.
 async fn listen_loop(clients: Vec<redis::Client>, channel: String, listener: Listener) {
+    // Logged once per transition: lost, then regained.
+    let mut lost = false;
     for client in clients.iter().cycle() {
         if let Ok(mut ps) = client.get_async_pubsub().await {
             if ps.subscribe(&channel).await.is_ok() {
                 if !listener(Signal::Up) {
                     return;
+                }
+                if std::mem::take(&mut lost) {
+                    tracing::warn!(
+                        layer = "response cache",
+                        "response cache: the L1 tier's invalidation subscription is back; \
+                         in-process copies are kept again"
+                    );
                 }
                 let mut messages = ps.on_message();
                 loop {
@@ -105,6 +114,14 @@ async fn listen_loop(clients: Vec<redis::Client>, channel: String, listener: Lis
         }
         if !listener(Signal::Down) {
             return;
+        }
+        if !std::mem::replace(&mut lost, true) {
+            tracing::warn!(
+                layer = "response cache",
+                "response cache: the L1 tier lost its invalidation subscription; \
+                 in-process copies are dropped and not kept until it is back (Redis down \
+                 or unreachable: the store's other calls follow the failure policy)"
+            );
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
