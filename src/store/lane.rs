@@ -128,6 +128,21 @@ impl Lane {
         result
     }
 
+    /// Runs a clean-up call (giving back a lock) under the deadline but past
+    /// the breaker, and without counting toward it: a lock taken by a call
+    /// Redis ran late must be given back even while the breaker is open, or
+    /// readers wait for a fill that nobody makes.
+    pub(crate) async fn call_cleanup<T, F>(&self, fut: F) -> Result<T, StoreError>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        match tokio::time::timeout(self.inner.deadline, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(StoreError::redis(e)),
+            Err(_) => Err(StoreError::timeout(self.inner.deadline)),
+        }
+    }
+
     fn breaker_index(&self, key: &str) -> usize {
         let n = self.inner.breakers.len();
         if n == 1 {

@@ -223,8 +223,14 @@ impl CacheHome for RedisHome {
         let [_, _, lock, pass, _] = keys(&base, slot);
         let mut inv = RELEASE.prepare_invoke();
         inv.key(lock).key(pass).arg(token.to_string()).arg(pass_ms);
-        let call = self.run::<Value>(base, inv);
-        Box::pin(async move { call.await.map(drop) })
+        // A clean-up: past the breaker (see `Lane::call_cleanup`).
+        let lane = self.lane.clone();
+        Box::pin(async move {
+            let mut conn = lane.conn();
+            lane.call_cleanup(inv.invoke_async::<Value>(&mut conn))
+                .await
+                .map(drop)
+        })
     }
 
     fn purge(&self, url: &str) -> BoxFuture<'static, Result<u64, StoreError>> {
