@@ -11,6 +11,11 @@
 //!
 //! Without `--redis` it caches in process (`MemoryStore`). It prints
 //! `listening on <addr>` when ready.
+//!
+//! Several hosts may share one proxy: the cache keys on the request's
+//! authority (`Host`, or an absolute-form target), so their entries never
+//! mix; a request whose `Forwarded` / `X-Forwarded-*` / override headers
+//! could change the upstream's page is answered but never stored.
 
 use std::net::SocketAddr;
 
@@ -128,7 +133,8 @@ async fn forward(
 }
 
 async fn serve(store: impl CacheStore, args: Args) -> Result<(), BoxError> {
-    // A pure HTTP shared cache: no default TTL, the upstream's headers decide.
+    // A pure HTTP shared cache: no default TTL, the upstream's headers
+    // decide; keyed per host by default.
     let cache = ResponseCacheLayer::builder(store).build()?;
     let proxy = Proxy {
         client: Client::builder(TokioExecutor::new()).build_http(),

@@ -27,6 +27,9 @@ pub enum StoreErrorKind {
     Protocol(String),
     /// The store was configured with values that cannot work.
     Config(ConfigError),
+    /// Redis refused a write: `maxmemory` reached with the `noeviction`
+    /// policy. Reads still work; the layers follow their failure policies.
+    OutOfMemory(String),
 }
 
 impl StoreError {
@@ -54,6 +57,22 @@ impl StoreError {
         }
     }
 
+    /// The error of a Redis reply: `OOM` replies are told apart.
+    #[cfg(feature = "redis")]
+    pub(crate) fn redis(err: redis::RedisError) -> Self {
+        if err.code() == Some("OOM") {
+            return Self {
+                kind: StoreErrorKind::OutOfMemory(err.to_string()),
+            };
+        }
+        Self::backend(err)
+    }
+
+    /// `true` when Redis refused a write for lack of memory (`noeviction`).
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(self.kind, StoreErrorKind::OutOfMemory(_))
+    }
+
     pub(crate) fn protocol(msg: impl Into<String>) -> Self {
         Self {
             kind: StoreErrorKind::Protocol(msg.into()),
@@ -68,6 +87,7 @@ impl StoreError {
             StoreErrorKind::Backend(e) => StoreErrorKind::Backend(e.to_string().into()),
             StoreErrorKind::Protocol(m) => StoreErrorKind::Protocol(m.clone()),
             StoreErrorKind::Config(c) => StoreErrorKind::Config(c.clone()),
+            StoreErrorKind::OutOfMemory(m) => StoreErrorKind::OutOfMemory(m.clone()),
         };
         Self { kind }
     }
@@ -96,6 +116,11 @@ impl fmt::Display for StoreError {
             StoreErrorKind::Backend(e) => write!(f, "store backend error: {e}"),
             StoreErrorKind::Protocol(m) => write!(f, "unexpected store reply: {m}"),
             StoreErrorKind::Config(c) => fmt::Display::fmt(c, f),
+            StoreErrorKind::OutOfMemory(m) => write!(
+                f,
+                "Redis is out of memory and refuses writes (maxmemory reached with the \
+                 noeviction policy: raise maxmemory, or pick a volatile-* eviction policy): {m}"
+            ),
         }
     }
 }

@@ -19,8 +19,42 @@
 //! |---|---|---|
 //! | `redis` | yes | [`RedisStore`] (redis-rs `ConnectionManager`) |
 //! | `cluster` | no | `RedisStore::cluster_builder` and `RedisStore::from_cluster_connection` (redis-rs `cluster-async`) |
+//! | `metrics` | no | counters, histograms and gauges through the `metrics` facade (see [Metrics](#metrics)) |
+//! | `axum` | no | [`PeerIp`](key::PeerIp), the default client key, reads axum's `ConnectInfo<SocketAddr>` |
 //!
 //! With no features the crate builds with the memory store alone.
+//!
+//! # Redis versions
+//!
+//! Redis 6.2 or later (the scripts use `TIME`, `PSETEX`, `HMGET` and sorted
+//! sets; the idempotency layer's `wait_replicas` uses `WAIT`); tested with
+//! Redis 7.0, standalone and as a cluster. Servers that speak the same Lua
+//! scripting (Valkey, KeyDB) should work; proxies and servers that refuse
+//! keys not declared in `KEYS` do not run the response cache's scripts
+//! (each entry key is derived from the URL's key, always in the same slot).
+//!
+//! # Metrics
+//!
+//! With the `metrics` feature every layer reports through the `metrics`
+//! facade to whatever recorder the application installs (a Prometheus
+//! exporter, say). Install it **before** building the layers: each handle is
+//! registered once at `build()`, so a request pays one atomic add per event.
+//! Every layer also opens a `debug`-level span per decision (layer, scope,
+//! outcome, store latency), and logs breaker transitions and set-up mistakes
+//! once, with the fix.
+//!
+//! | metric | kind | labels |
+//! |---|---|---|
+//! | `trl_rate_limit_requests_total` | counter | `scope`, `plan`, `outcome`: allowed, denied, shadow_denied, failed_open, failed_closed, local_allowed, local_denied, remembered_denied, no_key, bad_key, cost_too_high, skipped |
+//! | `trl_rate_limit_denials_total` | counter | `scope`, `plan`, `policy`: which policy denied |
+//! | `trl_idempotency_requests_total` | counter | `scope`, `outcome`: first_run, first_run_not_stored (5xx, too large: the key was released), replay, conflict (409), mismatch (422), bad_request (400, 413), store_unavailable (503), store_bypassed, passed (not covered) |
+//! | `trl_cache_requests_total` | counter | `scope`, `outcome`: hit, hit_l1 (the in-process tier), miss, collapsed (waited for another request's fill), stale (served stale on an origin error), revalidated, bypass, store_error |
+//! | `trl_cache_evictions_total` | counter | `tier`: memory (entries the memory store evicted for room) |
+//! | `trl_store_call_duration_seconds` | histogram | `layer`, `outcome`: ok, error, timeout |
+//! | `trl_store_calls_skipped_total` | counter | `layer`: calls skipped while a breaker was open |
+//! | `trl_store_breakers_open` | gauge | `layer`: breakers open now |
+//! | `trl_memory_entries` | gauge | `layer`: entries held in process |
+//! | `trl_memory_bytes` | gauge | `layer`: bytes held in process (cache) |
 //!
 //! # Example: all three, in the recommended order
 //!
@@ -110,6 +144,7 @@ pub mod key;
 mod problem;
 pub mod rate_limit;
 mod store;
+mod telemetry;
 mod warn;
 
 pub use body::ResponseBody;
@@ -118,7 +153,7 @@ pub use error::{ConfigError, StoreError, StoreErrorKind};
 /// from an application's own connection without a second `redis` dependency.
 #[cfg(feature = "redis")]
 pub use redis;
-pub use store::{AnyStore, BreakerConfig, MemoryStore};
+pub use store::{AnyStore, BreakerConfig, MemoryStore, MemoryStoreBuilder};
 #[cfg(feature = "redis")]
 pub use store::{RedisStore, RedisStoreBuilder};
 

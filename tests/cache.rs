@@ -145,9 +145,7 @@ fn builder(store: impl CacheStore) -> ResponseCacheLayerBuilder {
 async fn send<S>(svc: &S, req: Request<Full<Bytes>>) -> Got
 where
     S: Service<Request<Full<Bytes>>> + Clone,
-    S::Response: Into<
-        Response<tower_redis_layers::ResponseBody<tower_redis_layers::cache::CaptureBody<Chunks>>>,
-    >,
+    S::Response: Into<Response<tower_redis_layers::ResponseBody<Chunks>>>,
     S::Error: std::fmt::Debug,
 {
     let res: Response<_> = svc.clone().oneshot(req).await.unwrap().into();
@@ -170,6 +168,71 @@ fn cached(
 }
 
 const MAX60: &[(&str, &str)] = &[("cache-control", "max-age=60")];
+
+/// An origin with a version its PUTs advance; its first GET reads the
+/// version, then is held until [`release`](Self::release).
+#[derive(Clone, Default)]
+struct HeldOrigin {
+    version: Arc<AtomicUsize>,
+    gets: Arc<AtomicUsize>,
+    gate: Arc<tokio::sync::Notify>,
+}
+
+impl HeldOrigin {
+    /// Waits until `n` GETs reached the origin.
+    async fn reached(&self, n: usize) {
+        while self.gets.load(Ordering::SeqCst) < n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn release(&self) {
+        self.gate.notify_one();
+    }
+}
+
+impl Service<Request<Full<Bytes>>> for HeldOrigin {
+    type Response = Response<Chunks>;
+    type Error = Infallible;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Response<Chunks>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Full<Bytes>>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            if req.method() == Method::PUT {
+                this.version.fetch_add(1, Ordering::SeqCst);
+                return Ok(res(&[], ""));
+            }
+            let v = this.version.load(Ordering::SeqCst);
+            if this.gets.fetch_add(1, Ordering::SeqCst) == 0 {
+                this.gate.notified().await;
+            }
+            Ok(res(&[("cache-control", "max-age=60")], &format!("v{v}")))
+        })
+    }
+}
+
+/// The body of a GET through `svc`, read whole.
+async fn body_of<S>(svc: &S, req: Request<Full<Bytes>>) -> Bytes
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<tower_redis_layers::ResponseBody<Chunks>>>
+        + Clone,
+    S::Error: std::fmt::Debug,
+{
+    let res = svc.clone().oneshot(req).await.unwrap();
+    res.into_body().collect().await.unwrap().to_bytes()
+}
+
+/// An origin that reflects every vector into a page stored for 30 s by
+/// the layer's default TTL (no `Cache-Control`), as many apps do.
+fn reflecting() -> Origin {
+    Origin::new(|req, _| res(&[], &support::reflected_page(req.headers())))
+}
 
 conformance! {
     async fn fresh_hits_carry_age_and_cache_status(store) {
@@ -282,6 +345,155 @@ conformance! {
         assert_eq!(again.body, "<script src=//example.com/app.js>");
         assert_eq!(send(&svc, get("/page")).await.body, "<script src=//example.com/app.js>");
         assert_eq!(origin.calls(), 2);
+    }
+
+    async fn no_poisoning_vector_fills_the_entry_clean_clients_read(store) {
+        let origin = reflecting();
+        let svc = cached(builder(store).default_ttl(Duration::from_secs(30)).build().unwrap(), &origin);
+        let clean_page = "page host=good.example";
+        for (i, (name, value)) in support::POISON_VECTORS.iter().enumerate() {
+            let path = format!("/p{i}");
+            let mut poisoned = vec![("host", "good.example")];
+            match *name {
+                "host" => poisoned[0].1 = value,
+                _ => poisoned.push((name, value)),
+            }
+            // The poisoned request may get anything...
+            send(&svc, with(Method::GET, &path, &poisoned)).await;
+            // ...the next clean client gets the clean page, and so does the one after.
+            for _ in 0..2 {
+                let clean = send(&svc, with(Method::GET, &path, &[("host", "good.example")])).await;
+                assert_eq!(clean.body, clean_page, "vector {name}");
+            }
+        }
+        // An absolute-form request naming one host while `Host` names another.
+        let abs = with(Method::GET, "http://good.example/abs", &[("host", "evil.example")]);
+        send(&svc, abs).await;
+        let clean = send(&svc, with(Method::GET, "/abs", &[("host", "good.example")])).await;
+        assert_eq!(clean.body, clean_page, "absolute-form");
+        // Hosts never share entries, and ports and case are normalised.
+        let other = send(&svc, with(Method::GET, "/p0", &[("host", "other.example")])).await;
+        assert_eq!(other.body, "page host=other.example");
+        let same = send(&svc, with(Method::GET, "/p0", &[("host", "Good.Example:80")])).await;
+        assert_eq!(same.body, clean_page);
+        assert!(same.cache_status().contains("hit"), "{}", same.cache_status());
+    }
+
+    async fn cookie_requests_fill_only_responses_that_share_themselves(store) {
+        let origin = Origin::new(|req, n| {
+            let shared = req.uri().path() == "/public";
+            let cc = if shared { "public, max-age=60" } else { "max-age=60" };
+            res(&[("cache-control", cc)], &format!("v{n}"))
+        });
+        let svc = cached(builder(store.clone()).default_ttl(Duration::from_secs(30)).build().unwrap(), &origin);
+        let cookie = [("cookie", "session=alice")];
+        let first = send(&svc, with(Method::GET, "/private", &cookie)).await;
+        assert!(first.cache_status().contains("detail=cookie"), "{}", first.cache_status());
+        assert_eq!(send(&svc, get("/private")).await.body, "v2", "not stored from the cookie request");
+        assert_eq!(send(&svc, with(Method::GET, "/private", &cookie)).await.body, "v2", "but served to it");
+        send(&svc, with(Method::GET, "/public", &cookie)).await;
+        assert_eq!(send(&svc, get("/public")).await.body, "v3", "public: stored");
+        // Opted out: a cookie is a header like any other.
+        let svc = cached(builder(store).scope("open").share_cookie_requests(true).build().unwrap(), &origin);
+        let n = origin.calls() + 1;
+        send(&svc, with(Method::GET, "/private", &cookie)).await;
+        assert_eq!(send(&svc, get("/private")).await.body, format!("v{n}"));
+    }
+
+    async fn overflowing_settings_are_build_errors_and_app_ttls_are_clamped(store) {
+        for b in [
+            builder(store.clone()).max_wait(Duration::MAX),
+            builder(store.clone()).lock_ttl(Duration::MAX),
+            builder(store.clone()).default_ttl(Duration::ZERO),
+            builder(store.clone()).default_ttl(Duration::MAX),
+            builder(store.clone()).negative_ttl(Duration::MAX),
+            builder(store.clone()).keep_stale(Duration::MAX),
+            builder(store.clone()).l1(10, Duration::MAX),
+        ] {
+            assert!(b.build().is_err());
+        }
+        let handle = builder(store).build().unwrap().handle();
+        for _ in 0..2 {
+            let v = handle
+                .get_or_load("forever", Duration::MAX, || async { Ok::<_, Infallible>(Bytes::from_static(b"v")) })
+                .await;
+            assert_eq!(v, Ok(Bytes::from_static(b"v")));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let not_loaded = handle
+            .get_or_load("forever", Duration::MAX, || async { Err::<Bytes, _>("loaded again") })
+            .await;
+        assert_eq!(not_loaded, Ok(Bytes::from_static(b"v")), "stored, clamped to ten years");
+    }
+
+    async fn a_write_wins_over_a_fill_in_flight_on_three_instances(store) {
+        let origin = HeldOrigin::default();
+        let layers: Vec<_> = (0..3).map(|_| builder(store.clone()).build().unwrap()).collect();
+        let [a, b, c] = [0, 1, 2].map(|i| ServiceBuilder::new().layer(layers[i].clone()).service(origin.clone()));
+        // A's fill reads version 0 at the origin, which then holds it.
+        let held = tokio::spawn({
+            let a = a.clone();
+            async move { body_of(&a, get("/item")).await }
+        });
+        origin.reached(1).await;
+        // The write completes while that fill is in flight.
+        let put = b.clone().oneshot(with(Method::PUT, "/item", &[])).await.unwrap();
+        assert_eq!(put.status(), StatusCode::OK);
+        drop(put);
+        // Reads that start after the write's response, on every instance,
+        // one of them behind A's own flight.
+        let reads: Vec<_> = [a.clone(), b.clone(), c.clone(), a.clone()]
+            .into_iter()
+            .map(|svc| tokio::spawn(async move { body_of(&svc, get("/item")).await }))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        origin.release();
+        assert_eq!(held.await.unwrap(), "v0", "the fill's own client, concurrent with the write");
+        for r in reads {
+            assert_eq!(r.await.unwrap(), "v1", "a read after the write's response");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for svc in [&a, &b, &c] {
+            assert_eq!(body_of(svc, get("/item")).await, "v1", "the old fill never landed");
+        }
+    }
+
+    async fn a_client_that_never_reads_does_not_hold_up_the_others(store) {
+        // A cold, large response (64 chunks of 4 KiB) and a client that
+        // takes the response but never reads its body.
+        let big = "x".repeat(4096);
+        let origin = Origin::new(move |_, n| {
+            let mut r = res(&[("cache-control", "max-age=60")], "");
+            *r.body_mut() = Chunks((0..64).map(|i| Bytes::from(if i == 0 { format!("{n:04}") } else { big.clone() })).collect());
+            r
+        });
+        let svc = cached(builder(store).build().unwrap(), &origin);
+        let stalled = svc.clone().oneshot(get("/big")).await.unwrap();
+        assert_eq!(stalled.status(), StatusCode::OK);
+        // Everyone else is served from the entry at once, while that client sleeps.
+        for _ in 0..3 {
+            let other = svc.clone().oneshot(get("/big")).await.unwrap();
+            let status = other.headers()["cache-status"].to_str().unwrap().to_owned();
+            assert!(status.contains("hit") || status.contains("collapsed"), "{status}");
+            let body = other.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!((body.len(), &body[..4]), (4 + 63 * 4096, &b"0001"[..]));
+        }
+        assert_eq!(origin.calls(), 1, "no extra origin call");
+        // And the sleeping client still gets the whole body when it reads.
+        let body = stalled.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.len(), 4 + 63 * 4096);
+    }
+
+    async fn vary_values_are_normalised_only_for_accept_headers(store) {
+        let origin = Origin::new(|req, n| {
+            let t = req.headers().get("x-tenant").map_or("-", |v| v.to_str().unwrap()).to_owned();
+            res(&[("cache-control", "max-age=60"), ("vary", "x-tenant")], &format!("{t}-{n}"))
+        });
+        let svc = cached(builder(store).build().unwrap(), &origin);
+        let tenant = |t: &str| with(Method::GET, "/t", &[("x-tenant", t)]);
+        assert_eq!(send(&svc, tenant("Acme")).await.body, "Acme-1");
+        assert_eq!(send(&svc, tenant("acme")).await.body, "acme-2", "case matters outside Accept-*");
+        assert_eq!(send(&svc, tenant("Acme")).await.body, "Acme-1");
     }
 
     async fn vary_keys_variants_and_vary_star_is_not_stored(store) {
@@ -451,9 +663,11 @@ conformance! {
         let layer = builder(store).build().unwrap();
         let handle = layer.handle();
         let svc = cached(layer, &origin);
-        send(&svc, get("/items/1?x=1")).await;
-        handle.invalidate(&"/items/1?x=1".parse().unwrap()).await.unwrap();
-        assert_eq!(send(&svc, get("/items/1?x=1")).await.body, "v2");
+        let host = [("host", "api.example")];
+        send(&svc, with(Method::GET, "/items/1?x=1", &host)).await;
+        assert!(handle.invalidate(&"/items/1?x=1".parse().unwrap()).await.is_err(), "keyed per host: absolute URIs only");
+        handle.invalidate(&"http://API.example:80/items/1?x=1".parse().unwrap()).await.unwrap();
+        assert_eq!(send(&svc, with(Method::GET, "/items/1?x=1", &host)).await.body, "v2");
     }
 
     async fn the_query_is_normalised_as_configured(store) {
@@ -603,11 +817,12 @@ conformance! {
             res(&[("cache-control", "max-age=60")], &format!("{}-{n}", req.uri().path()))
         });
         let svc = cached(builder(store).build().unwrap(), &origin);
-        send(&svc, get("/a")).await;
-        send(&svc, get("/b")).await;
-        send(&svc, with(Method::PATCH, "/c", &[("host", "api.example")])).await;
-        assert_eq!(send(&svc, get("/a")).await.body, "/a-4");
-        assert_eq!(send(&svc, get("/b")).await.body, "/b-2", "another origin's Location is ignored");
+        let host = [("host", "api.example")];
+        send(&svc, with(Method::GET, "/a", &host)).await;
+        send(&svc, with(Method::GET, "/b", &host)).await;
+        send(&svc, with(Method::PATCH, "/c", &host)).await;
+        assert_eq!(send(&svc, with(Method::GET, "/a", &host)).await.body, "/a-4");
+        assert_eq!(send(&svc, with(Method::GET, "/b", &host)).await.body, "/b-2", "another origin's Location is ignored");
     }
 }
 
@@ -1121,6 +1336,11 @@ async fn failing_open_the_origin_serves_and_failing_closed_it_is_shielded() {
             "{}",
             got.cache_status()
         );
+        assert!(
+            !got.cache_status().contains("stored"),
+            "nothing was stored: {}",
+            got.cache_status()
+        );
     }
     // Fail closed: 503 with Retry-After, the origin never called.
     let origin = versioned(MAX60);
@@ -1172,5 +1392,120 @@ conformance! {
         assert!(hit.cache_status().contains("hit"));
         let only = send(&svc, with(Method::GET, "/b", &[("cache-control", "only-if-cached")])).await;
         assert_eq!(only.status, StatusCode::OK, "request directives are ignored by default");
+    }
+}
+
+/// The writer's instance has its breaker open when it writes: the purge is
+/// retried in the background until it lands, the write's response says so,
+/// and meanwhile that instance does not serve the URL from the cache.
+#[tokio::test]
+async fn a_purge_during_an_open_breaker_is_retried_and_lands() {
+    let server = support::RedisServer::start();
+    let store = || {
+        tower_redis_layers::RedisStore::builder(server.url())
+            .prefix("retry")
+            .deadline(Duration::from_millis(50))
+            .breaker(
+                tower_redis_layers::BreakerConfig::default()
+                    .failures(1)
+                    .probe_every(Duration::from_millis(50)),
+            )
+            .connect()
+    };
+    let origin = Origin::new(|req, n| {
+        if req.method() == Method::PUT {
+            return res(&[], "");
+        }
+        res(MAX60, &format!("v{n}"))
+    });
+    let a = cached(builder(store().await.unwrap()).build().unwrap(), &origin);
+    let b = cached(builder(store().await.unwrap()).build().unwrap(), &origin);
+    assert_eq!(send(&a, get("/x")).await.body, "v1");
+    assert!(send(&b, get("/x")).await.cache_status().contains("hit"));
+    // Redis stops answering: A's next call times out and opens its breaker.
+    let mut conn = redis_conn(&server.url()).await;
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1500)
+        .arg("ALL")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    send(&a, get("/other")).await;
+    let put = send(&a, with(Method::PUT, "/x", &[])).await;
+    assert_eq!(put.status, StatusCode::OK);
+    assert!(
+        put.cache_status().contains("detail=purge-pending"),
+        "{}",
+        put.cache_status()
+    );
+    let during = send(&a, get("/x")).await;
+    assert_ne!(
+        during.body, "v1",
+        "the writer's instance never serves the old entry"
+    );
+    // Once Redis answers again, the retried purge lands: the URL's
+    // generation moves and its entry is gone.
+    let mut tries = 0;
+    loop {
+        // Errors while Redis is still paused: ask again.
+        let gens: redis::RedisResult<Vec<String>> = redis::cmd("KEYS")
+            .arg("retry:cache:*:g")
+            .query_async(&mut conn)
+            .await;
+        if gens.is_ok_and(|g| !g.is_empty()) {
+            break;
+        }
+        tries += 1;
+        assert!(tries < 200, "the purge never landed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = send(&b, get("/x")).await;
+    assert_ne!(
+        after.body, "v1",
+        "another instance no longer finds the old entry"
+    );
+    assert!(
+        !after.cache_status().contains("hit"),
+        "{}",
+        after.cache_status()
+    );
+}
+
+/// An origin body that fails after its first chunk.
+struct Failing(bool);
+
+impl Body for Failing {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        if std::mem::replace(&mut self.0, true) {
+            return Poll::Ready(Some(Err(std::io::Error::other("origin reset"))));
+        }
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"partial")))))
+    }
+}
+
+conformance! {
+    async fn an_origin_body_that_fails_is_a_502_never_an_entry(store) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let svc = ServiceBuilder::new().layer(builder(store).build().unwrap()).service(tower::service_fn({
+            let calls = calls.clone();
+            move |_req: Request<Full<Bytes>>| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let res = Response::builder().header("cache-control", "max-age=60").body(Failing(false)).unwrap();
+                async move { Ok::<_, Infallible>(res) }
+            }
+        }));
+        for n in 1..=2 {
+            let res = svc.clone().oneshot(get("/f")).await.unwrap();
+            assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+            assert_eq!(res.headers()["content-type"], "application/problem+json");
+            assert_eq!(calls.load(Ordering::SeqCst), n, "nothing was stored");
+        }
     }
 }

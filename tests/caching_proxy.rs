@@ -66,6 +66,8 @@ fn start_proxy(upstream: SocketAddr, redis: Option<&str>) -> Proxy {
 struct Counts {
     fresh: Arc<AtomicU64>,
     nostore: Arc<AtomicU64>,
+    page: Arc<AtomicU64>,
+    big: Arc<AtomicU64>,
 }
 
 async fn upstream() -> (SocketAddr, Counts) {
@@ -87,6 +89,22 @@ async fn upstream() -> (SocketAddr, Counts) {
             get(|State(c): State<Counts>| async move {
                 let n = c.nostore.fetch_add(1, Ordering::SeqCst) + 1;
                 ([("cache-control", "no-store")], format!("nostore {n}"))
+            }),
+        )
+        .route(
+            "/big",
+            get(|State(c): State<Counts>| async move {
+                c.big.fetch_add(1, Ordering::SeqCst);
+                ([("cache-control", "max-age=60")], "b".repeat(BIG))
+            }),
+        )
+        .route(
+            "/page",
+            get(|State(c): State<Counts>, headers: HeaderMap| async move {
+                c.page.fetch_add(1, Ordering::SeqCst);
+                // Reflects what a poisoned request would change, as apps do.
+                let page = support::reflected_page(&headers);
+                ([("cache-control", "max-age=60")], page)
             }),
         )
         .route(
@@ -161,6 +179,111 @@ async fn check(redis: Option<&str>) {
     assert_eq!(s, 200);
     assert_eq!(h["x-upstream"], "yes");
     assert_eq!(body, "/echo?a=1&b=two hello hop=false");
+}
+
+/// A large cacheable body (within the proxy's 1 MiB cap).
+const BIG: usize = 900 << 10;
+
+/// A client that sends a GET for a cold large response and never reads it
+/// does not hold up the clients after it, nor cost an extra upstream call.
+async fn stalled_reader(redis: Option<&str>) {
+    let (up, counts) = upstream().await;
+    let proxy = start_proxy(up, redis);
+    let p = proxy.1.as_str();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(p.parse().unwrap()).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stalled, b"GET /big HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .unwrap();
+    while counts.big.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    for _ in 0..3 {
+        let (s, h, body) = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            call(p, "GET", "/big", &[], ""),
+        )
+        .await
+        .expect("not held up by the stalled client");
+        assert_eq!((s, body.len()), (200, BIG));
+        let status = h["cache-status"].to_str().unwrap();
+        assert!(
+            status.contains("hit") || status.contains("collapsed"),
+            "{status}"
+        );
+    }
+    assert_eq!(counts.big.load(Ordering::SeqCst), 1);
+    drop(stalled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reader_holds_up_nobody_on_the_memory_store() {
+    stalled_reader(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reader_holds_up_nobody_on_redis() {
+    let url = support::redis_url();
+    stalled_reader(Some(&url)).await;
+}
+
+/// Each poisoning vector through the proxy: the poisoned request may get
+/// anything, the next clean client gets the clean page; hosts never mix.
+async fn poison(redis: Option<&str>) {
+    let (up, counts) = upstream().await;
+    let proxy = start_proxy(up, redis);
+    let p = proxy.1.as_str();
+    let clean = [("host", "good.example")];
+    for (i, (name, value)) in support::POISON_VECTORS.iter().enumerate() {
+        let path = format!("/page?v={i}");
+        let poisoned: Vec<(&str, &str)> = match *name {
+            "host" => vec![("host", value)],
+            _ => vec![clean[0], (name, value)],
+        };
+        call(p, "GET", &path, &poisoned, "").await;
+        for _ in 0..2 {
+            let (s, h, body) = call(p, "GET", &path, &clean, "").await;
+            assert_eq!(
+                (s, body.as_str()),
+                (200, "page host=good.example"),
+                "vector {name}: {h:?}"
+            );
+        }
+    }
+    // An absolute-form target naming one host while `Host` names another.
+    call(
+        p,
+        "GET",
+        "http://good.example/page?abs",
+        &[("host", "evil.example")],
+        "",
+    )
+    .await;
+    let (_, _, body) = call(p, "GET", "/page?abs", &clean, "").await;
+    assert_eq!(body, "page host=good.example", "absolute-form");
+    // Several hosts share the proxy; their entries never mix.
+    let before = counts.page.load(Ordering::SeqCst);
+    for host in ["a.example", "b.example", "a.example", "b.example"] {
+        let (_, _, body) = call(p, "GET", "/page?hosts", &[("host", host)], "").await;
+        assert_eq!(body, format!("page host={host}"));
+    }
+    assert_eq!(
+        counts.page.load(Ordering::SeqCst) - before,
+        2,
+        "one fill per host"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_poisoning_through_the_proxy_on_the_memory_store() {
+    poison(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_poisoning_through_the_proxy_on_redis() {
+    let url = support::redis_url();
+    poison(Some(&url)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -149,3 +149,149 @@ async fn fleet_invariants(url: &str) {
         assert_eq!(stats["loads"]["42"], 2, "{stats}");
     }
 }
+
+/// A client that gives up after 3 s: a route that has not answered by then
+/// is hung (the demo's contract is an answer within a second).
+async fn call_within_3s(addr: &str, method: &str, path: &str) -> (u16, http::HeaderMap, String) {
+    tokio::time::timeout(Duration::from_secs(3), call(addr, method, path, &[], ""))
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path} hung: no answer within 3 s"))
+}
+
+/// Redis killed under a running demo: the routes that need the demo's own
+/// data answer 503 (problem+json) instead of waiting out a reconnect, the
+/// rate limit lets requests through, and everything answers from the store
+/// again once Redis is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_the_data_routes_answer_503_not_hang() {
+    let mut redis = support::RedisServer::start();
+    let demo = start(
+        &redis.url(),
+        &support::unique_prefix("demo-down"),
+        &[("ITEM_DELAY_MS", "10")],
+    );
+    assert_eq!(call_within_3s(&demo.addr, "GET", "/api/stats").await.0, 200);
+    assert_eq!(
+        call_within_3s(&demo.addr, "GET", "/api/items/1").await.0,
+        200
+    );
+
+    redis.kill();
+    for (method, path) in [
+        ("GET", "/api/stats"),
+        ("GET", "/api/items/1"), // cached before: the cache store is down too
+        ("GET", "/api/items/2"),
+        ("PUT", "/api/items/2"),
+        ("POST", "/api/orders"), // no Idempotency-Key: the handler runs
+    ] {
+        // Twice: the first call finds the connection broken, the second
+        // meets the reconnect attempt.
+        for _ in 0..2 {
+            let (status, headers, body) = call_within_3s(&demo.addr, method, path).await;
+            assert_eq!(status, 503, "{method} {path}: {body}");
+            assert_eq!(headers["content-type"], "application/problem+json");
+            assert!(headers.contains_key("retry-after"), "{method} {path}");
+        }
+    }
+    let (status, _, _) = call_within_3s(&demo.addr, "GET", "/api/limited").await;
+    assert_eq!(status, 200, "the rate limit fails open");
+
+    redis.restart();
+    let mut status = 0;
+    for _ in 0..100 {
+        status = call_within_3s(&demo.addr, "GET", "/api/stats").await.0;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200, "the demo reconnects once Redis is back");
+}
+
+/// `POST /api/orders` commits the order before its `ORDER_DELAY_MS` of
+/// further work: the fleet counter shows it while the response is pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_is_committed_before_the_order_delay() {
+    let demo = start(
+        &support::redis_url(),
+        &support::unique_prefix("demo-commit"),
+        &[("ORDER_DELAY_MS", "20000")],
+    );
+    let addr = demo.addr.clone();
+    let pending = tokio::spawn(async move {
+        call(
+            &addr,
+            "POST",
+            "/api/orders",
+            &[("x-api-key", "bob")],
+            "pear",
+        )
+        .await
+    });
+    let mut orders = serde_json::Value::Null;
+    for _ in 0..100 {
+        let (_, _, body) = call_within_3s(&demo.addr, "GET", "/api/stats").await;
+        orders = serde_json::from_str::<serde_json::Value>(&body).unwrap()["orders"].clone();
+        if orders == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(orders, 1, "the order is counted");
+    assert!(
+        !pending.is_finished(),
+        "while its response is still pending"
+    );
+    pending.abort();
+}
+
+/// `GET /metrics` (Prometheus text): the layers' decision counters and
+/// the store latency, with the embedded store and with Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_serves_its_metrics() {
+    for url in ["", &support::redis_url()] {
+        let demo = start(url, "metrics-demo", &[("ITEM_DELAY_MS", "0")]);
+        for _ in 0..7 {
+            call(&demo.addr, "GET", "/api/limited", &[("x-api-key", "m")], "").await;
+        }
+        call(
+            &demo.addr,
+            "POST",
+            "/api/orders",
+            &[("idempotency-key", "\"m1\"")],
+            "x",
+        )
+        .await;
+        call(
+            &demo.addr,
+            "POST",
+            "/api/orders",
+            &[("idempotency-key", "\"m1\"")],
+            "x",
+        )
+        .await;
+        call(&demo.addr, "GET", "/api/items/m", &[], "").await;
+        let (status, headers, body) = call(&demo.addr, "GET", "/metrics", &[], "").await;
+        assert_eq!(status, 200);
+        assert!(headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain"));
+        for line in [
+            r#"trl_rate_limit_requests_total{scope="limited",plan="default",outcome="allowed"} 5"#,
+            r#"trl_rate_limit_requests_total{scope="limited",plan="default",outcome="denied"} 1"#,
+            r#"trl_idempotency_requests_total{scope="default",outcome="first_run"} 1"#,
+            r#"trl_idempotency_requests_total{scope="default",outcome="replay"} 1"#,
+        ] {
+            assert!(body.contains(line), "{line} in\n{body}");
+        }
+        if !url.is_empty() {
+            assert!(
+                body.contains(
+                    r#"trl_store_call_duration_seconds_count{layer="rate limit",outcome="ok"}"#
+                ),
+                "store latency in\n{body}"
+            );
+        }
+    }
+}

@@ -244,7 +244,7 @@ conformance! {
             (b"caf\xc3\xa9", "visible ASCII"),
             (b"ab\tc", "visible ASCII"),
             (b"\"ab\tc\"", "structured-field"),
-            (b"\"a\", \"b\"", "structured-field"),
+            (b"\"a\", \"b\"", "one key, not a list"),
             (b"a,b", "not a list"),
         ];
         for (bad, why) in cases {

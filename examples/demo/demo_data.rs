@@ -1,14 +1,25 @@
 //! The demo's own data: order and item-load counters and item versions, in
 //! memory or in Redis (so instances sharing one Redis report fleet totals).
+//!
+//! With Redis, every call has a deadline, like the layers' own store calls:
+//! while Redis is down a call fails within [`DEADLINE`] (the route answers
+//! 503), never after redis-rs's default reconnect back-off of several seconds.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager};
-use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Value};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 /// How long the demo's Redis keys live after their last write.
 const TTL_SECS: i64 = 86_400;
+
+/// Deadline of each call on the demo's data.
+const DEADLINE: Duration = Duration::from_millis(100);
+
+/// How long one connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
 
 #[derive(Clone)]
 pub enum DemoData {
@@ -73,7 +84,12 @@ impl DemoData {
                 let conn = if url.contains(',') {
                     #[cfg(feature = "cluster")]
                     {
-                        let client = redis::cluster::ClusterClient::new(url.split(','))?;
+                        let client = redis::cluster::ClusterClient::builder(url.split(','))
+                            .retries(1)
+                            .max_retry_wait(100)
+                            .connection_timeout(CONNECT_TIMEOUT)
+                            .response_timeout(DEADLINE)
+                            .build()?;
                         Conn::Cluster(client.get_async_connection().await?)
                     }
                     #[cfg(not(feature = "cluster"))]
@@ -81,7 +97,13 @@ impl DemoData {
                         "REDIS_URL lists several nodes: build with --features cluster".into(),
                     );
                 } else {
-                    Conn::Single(ConnectionManager::new(redis::Client::open(url)?).await?)
+                    // One quick retry per reconnect, not six with back-off.
+                    let config = ConnectionManagerConfig::new()
+                        .set_number_of_retries(1)
+                        .set_max_delay(Duration::from_millis(100))
+                        .set_connection_timeout(Some(CONNECT_TIMEOUT));
+                    let client = redis::Client::open(url)?;
+                    Conn::Single(ConnectionManager::new_with_config(client, config).await?)
                 };
                 Ok(DemoData::Redis {
                     conn,
@@ -100,12 +122,11 @@ impl DemoData {
             }
             DemoData::Redis { conn, prefix } => {
                 let key = format!("{prefix}:orders");
-                let (n, _): (u64, bool) = redis::pipe()
-                    .atomic()
-                    .incr(&key, 1)
-                    .expire(&key, TTL_SECS)
-                    .query_async(&mut conn.clone())
-                    .await?;
+                let (n, _): (u64, bool) = query(
+                    redis::pipe().atomic().incr(&key, 1).expire(&key, TTL_SECS),
+                    conn,
+                )
+                .await?;
                 Ok(n)
             }
         }
@@ -124,13 +145,15 @@ impl DemoData {
             DemoData::Redis { conn, prefix } => {
                 let loads = format!("{prefix}:loads");
                 let versions = format!("{prefix}:versions");
-                let (n, _, v): (u64, bool, Option<String>) = redis::pipe()
-                    .atomic()
-                    .hincr(&loads, id, 1)
-                    .expire(&loads, TTL_SECS)
-                    .hget(&versions, id)
-                    .query_async(&mut conn.clone())
-                    .await?;
+                let (n, _, v): (u64, bool, Option<String>) = query(
+                    redis::pipe()
+                        .atomic()
+                        .hincr(&loads, id, 1)
+                        .expire(&loads, TTL_SECS)
+                        .hget(&versions, id),
+                    conn,
+                )
+                .await?;
                 Ok((n, v.unwrap_or_else(|| "0".into())))
             }
         }
@@ -147,12 +170,14 @@ impl DemoData {
             }
             DemoData::Redis { conn, prefix } => {
                 let versions = format!("{prefix}:versions");
-                let _: (u64, bool) = redis::pipe()
-                    .atomic()
-                    .hset(&versions, id, version)
-                    .expire(&versions, TTL_SECS)
-                    .query_async(&mut conn.clone())
-                    .await?;
+                let _: (u64, bool) = query(
+                    redis::pipe()
+                        .atomic()
+                        .hset(&versions, id, version)
+                        .expire(&versions, TTL_SECS),
+                    conn,
+                )
+                .await?;
                 Ok(())
             }
         }
@@ -165,11 +190,25 @@ impl DemoData {
                 Ok((m.orders, m.loads.clone()))
             }
             DemoData::Redis { conn, prefix } => {
-                let mut conn = conn.clone();
-                let orders: Option<u64> = conn.get(format!("{prefix}:orders")).await?;
-                let loads: BTreeMap<String, u64> = conn.hgetall(format!("{prefix}:loads")).await?;
+                // One round trip, so one deadline, for both counters.
+                let (orders, loads): (Option<u64>, BTreeMap<String, u64>) = query(
+                    redis::pipe()
+                        .get(format!("{prefix}:orders"))
+                        .hgetall(format!("{prefix}:loads")),
+                    conn,
+                )
+                .await?;
                 Ok((orders.unwrap_or(0), loads))
             }
         }
+    }
+}
+
+/// Runs `pipe` on the demo's connection under [`DEADLINE`].
+async fn query<T: redis::FromRedisValue>(pipe: &Pipeline, conn: &Conn) -> Result<T> {
+    let mut conn = conn.clone();
+    match tokio::time::timeout(DEADLINE, pipe.query_async(&mut conn)).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(format!("Redis did not answer within {} ms", DEADLINE.as_millis()).into()),
     }
 }

@@ -20,23 +20,33 @@
 //! Routes (a fixed interface: tests/demo.rs checks it):
 //! - `GET /api/limited`: RateLimitLayer, 5 requests per 10 s per `x-api-key`, else per peer IP.
 //! - `POST /api/orders`: IdempotencyLayer (`Idempotency-Key` optional, principal
-//!   `x-api-key` else anonymous); creates an order (counter), answers 201 JSON.
+//!   `x-api-key` else anonymous); creates an order (counter) first, then
+//!   waits `ORDER_DELAY_MS` (work after the commit), answers 201 JSON.
 //! - `GET /api/items/{id}`: ResponseCacheLayer (TTL 30 s); each origin load waits
 //!   `ITEM_DELAY_MS` and is counted. `PUT /api/items/{id}` sets the version and
 //!   invalidates the cached GET on every instance.
 //! - `GET /api/stats`: fleet-wide counters from the shared store.
+//! - `GET /metrics`: this instance's metrics (Prometheus text format).
+//!
+//! With `REDIS_URL`, the demo's own data is read and written under a 100 ms
+//! deadline: while Redis is down the routes that need it answer 503
+//! (problem+json, `Retry-After: 1`) at once, and the layers follow their
+//! failure policies (the rate limit lets requests through, idempotent
+//! requests with a key get 503, the cache serves from the origin).
 
 mod demo_data;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{Path, State};
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use demo_data::DemoData;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 use tower_redis_layers::cache::{CacheStore, ResponseCacheLayer};
 use tower_redis_layers::idempotency::{IdempotencyLayer, IdempotencyStore};
@@ -60,18 +70,20 @@ fn env_ms(name: &str, default: u64) -> Duration {
     )
 }
 
-fn router<St>(store: St, app: App) -> Result<Router, Box<dyn std::error::Error + Send + Sync>>
+fn router<St>(
+    store: St,
+    app: App,
+    metrics: PrometheusHandle,
+) -> Result<Router, Box<dyn std::error::Error + Send + Sync>>
 where
     St: RateLimitStore + IdempotencyStore + CacheStore + Clone,
 {
-    let limit =
-        RateLimitLayer::builder(store.clone())
-            .policy(Policy::gcra(5, Duration::from_secs(10)).named("demo"))
-            .key(Header::new("x-api-key").or(PeerIp::from_extension(
-                |c: &ConnectInfo<SocketAddr>| c.0.ip(),
-            )))
-            .scope("limited")
-            .build()?;
+    let limit = RateLimitLayer::builder(store.clone())
+        .policy(Policy::gcra(5, Duration::from_secs(10)).named("demo"))
+        // PeerIp reads axum's ConnectInfo (this crate's `axum` feature).
+        .key(Header::new("x-api-key").or(PeerIp::new()))
+        .scope("limited")
+        .build()?;
     let idempotent = IdempotencyLayer::builder(store.clone())
         .principal(Header::new("x-api-key").or(Global))
         .build()?;
@@ -87,42 +99,63 @@ where
             get(get_item).put(put_item).route_layer(cache),
         )
         .route("/api/stats", get(stats))
+        .route("/metrics", get(move || async move { metrics.render() }))
         .with_state(app))
 }
 
-async fn create_order(State(app): State<App>, body: String) -> impl IntoResponse {
+/// Commits the order (the side effect), then does the work that follows
+/// it (`ORDER_DELAY_MS`, like sending a receipt), then answers.
+async fn create_order(State(app): State<App>, body: String) -> Response {
+    let n = match app.data.next_order().await {
+        Ok(n) => n,
+        Err(e) => return unavailable(&*e),
+    };
     tokio::time::sleep(app.order_delay).await;
-    match app.data.next_order().await {
-        Ok(n) => (StatusCode::CREATED, Json(json!({"order": n, "echo": body}))).into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
-    }
+    (StatusCode::CREATED, Json(json!({"order": n, "echo": body}))).into_response()
 }
 
-async fn get_item(State(app): State<App>, Path(id): Path<String>) -> impl IntoResponse {
+/// 503 problem+json when the demo's own data cannot be read or written in
+/// time; never stored by the cache, retryable after a second.
+fn unavailable(e: &dyn std::error::Error) -> Response {
+    let problem = json!({
+        "type": "about:blank",
+        "title": "Service Unavailable",
+        "status": 503,
+        "detail": format!("the demo's data store failed: {e}"),
+    });
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [
+            (CONTENT_TYPE, "application/problem+json"),
+            (RETRY_AFTER, "1"),
+            (CACHE_CONTROL, "no-store"),
+        ],
+        problem.to_string(),
+    )
+        .into_response()
+}
+
+async fn get_item(State(app): State<App>, Path(id): Path<String>) -> Response {
     tokio::time::sleep(app.item_delay).await;
     match app.data.load_item(&id).await {
         Ok((load, version)) => {
             Json(json!({"id": id, "load": load, "version": version})).into_response()
         }
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+        Err(e) => unavailable(&*e),
     }
 }
 
-async fn put_item(
-    State(app): State<App>,
-    Path(id): Path<String>,
-    version: String,
-) -> impl IntoResponse {
+async fn put_item(State(app): State<App>, Path(id): Path<String>, version: String) -> Response {
     match app.data.set_version(&id, &version).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+        Err(e) => unavailable(&*e),
     }
 }
 
-async fn stats(State(app): State<App>) -> impl IntoResponse {
+async fn stats(State(app): State<App>) -> Response {
     match app.data.stats().await {
         Ok((orders, loads)) => Json(json!({"orders": orders, "loads": loads})).into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+        Err(e) => unavailable(&*e),
     }
 }
 
@@ -166,6 +199,8 @@ async fn shutdown() {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    // Installed before the layers are built: they register their metrics then.
+    let metrics = PrometheusBuilder::new().install_recorder()?;
     let listen = std::env::var("LISTEN").unwrap_or_else(|_| "127.0.0.1:3000".into());
     let prefix = std::env::var("KEY_PREFIX").unwrap_or_else(|_| "demo".into());
     let redis_url = std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty());
@@ -176,8 +211,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         order_delay: env_ms("ORDER_DELAY_MS", 0),
     };
     let router = match &redis_url {
-        None => router(MemoryStore::new(), app)?,
-        Some(url) => router(redis_store(url, &prefix).await?, app)?,
+        None => router(MemoryStore::new(), app, metrics)?,
+        Some(url) => router(redis_store(url, &prefix).await?, app, metrics)?,
     };
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     println!("listening on {}", listener.local_addr()?);

@@ -1,138 +1,191 @@
-//! [`CaptureBody`]: the origin's body on its way to the client, captured
-//! for the cache as it streams.
+//! [`Capture`]: the origin's body read into the entry ahead of the client.
+//!
+//! The leader of a fill reads the whole body (up to the size cap) before it
+//! answers its client, so the entry is written, and the followers served,
+//! as soon as the origin has answered: the fill never runs at the speed of
+//! the client reading it, and a client that stops reading holds no lock.
+//! The client then gets the bytes from the entry. Past the cap, what was
+//! read is sent first and the rest streams through, unstored.
 
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
-use pin_project_lite::pin_project;
+use http::response::Parts;
+use http::Response;
+use http_body::{Body, Frame};
 
-use super::fill::Fill;
+use super::fill::{Fill, FillCtx};
+use super::origin::serve_stale_on_error;
+use super::response::{cache_status, refusal, Refusal, CACHE_STATUS};
 
-pin_project! {
-    /// The origin's body, streamed to the client as it comes; while a fill
-    /// is on, each chunk is also kept (a reference, not a copy), and when
-    /// the body ends within the size cap the chunks become the entry. Past
-    /// the cap they are dropped and the rest passes through.
-    ///
-    /// The body of a [`ResponseCache`](super::ResponseCache)'s response is
-    /// a [`ResponseBody`](crate::ResponseBody) of it: hits are the stored
-    /// bytes. Needs nothing of the inner body but `Body<Data = Bytes>`.
-    pub struct CaptureBody<B> {
-        #[pin]
-        body: B,
-        capture: Option<Capture>,
-    }
-}
-
-struct Capture {
-    fill: Fill,
-    chunks: Vec<Bytes>,
+/// The chunks read so far, up to the cap.
+#[derive(Debug)]
+pub(crate) struct Chunks {
+    parts: Vec<Bytes>,
     len: usize,
     cap: usize,
 }
 
-impl<B> CaptureBody<B> {
-    /// `body`, passed through without capturing.
-    pub(crate) fn plain(body: B) -> Self {
-        Self {
-            body,
-            capture: None,
-        }
-    }
+/// Why reading ahead stopped before the end.
+#[derive(Debug)]
+pub(crate) struct Over {
+    /// Every frame read, to send first.
+    pub(crate) frames: Vec<Frame<Bytes>>,
+    pub(crate) why: &'static str,
+}
 
-    /// Streams `body` while capturing it for `fill`, up to `cap` bytes.
-    pub(crate) fn capture(body: B, fill: Fill, cap: usize) -> Self
-    where
-        B: Body,
-    {
-        if body.size_hint().lower() > cap as u64 {
-            fill.pass();
-            return Self::plain(body);
-        }
-        if body.is_end_stream() {
-            fill.finish(&[]);
-            return Self::plain(body);
-        }
-        let capture = Capture {
-            fill,
-            chunks: Vec::new(),
+impl Chunks {
+    pub(crate) fn new(cap: usize) -> Self {
+        Self {
+            parts: Vec::new(),
             len: 0,
             cap,
+        }
+    }
+
+    /// Keeps a data frame (a reference, not a copy). Past the cap, or at
+    /// trailers (not stored), gives back everything read, to replay.
+    pub(crate) fn push(&mut self, frame: Frame<Bytes>) -> Result<(), Over> {
+        let why = match frame.data_ref() {
+            Some(d) if self.len + d.len() <= self.cap => {
+                self.len += d.len();
+                self.parts.push(d.clone());
+                return Ok(());
+            }
+            Some(_) => "too-large",
+            None => "trailers",
         };
+        let mut frames: Vec<_> = self.parts.drain(..).map(Frame::data).collect();
+        frames.push(frame);
+        Err(Over { frames, why })
+    }
+}
+
+/// How reading ahead ended.
+pub(crate) enum Read<E> {
+    Ended,
+    Over(Over),
+    Failed(E),
+}
+
+/// A fill reading the origin's body.
+pub(crate) struct Capture {
+    fill: Fill,
+    ctx: FillCtx,
+    chunks: Chunks,
+    /// `Cache-Status` parameters: what was forwarded, and what to add once stored.
+    forwarded: String,
+    stored: String,
+}
+
+impl Capture {
+    pub(crate) fn new(
+        fill: Fill,
+        ctx: FillCtx,
+        forwarded: String,
+        stored: String,
+        cap: usize,
+    ) -> Self {
         Self {
-            body,
-            capture: Some(capture),
+            fill,
+            ctx,
+            chunks: Chunks::new(cap),
+            forwarded,
+            stored,
         }
     }
-}
 
-impl<B> std::fmt::Debug for CaptureBody<B> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CaptureBody")
-            .field("captured", &self.capture.as_ref().map(|c| c.len))
-            .finish()
-    }
-}
-
-impl<B> Body for CaptureBody<B>
-where
-    B: Body<Data = Bytes>,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
+    /// Reads `body` until it ends, passes the cap, or fails.
+    pub(crate) fn poll_read<B>(
+        &mut self,
+        mut body: Pin<&mut B>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let mut this = self.project();
-        let frame = ready!(this.body.as_mut().poll_frame(cx));
-        let capture = this.capture;
-        if capture.is_none() {
-            return Poll::Ready(frame);
-        }
-        match &frame {
-            Some(Ok(f)) => match (f.data_ref(), capture.as_mut()) {
-                (Some(data), Some(c)) if c.len + data.len() <= c.cap => {
-                    c.len += data.len();
-                    c.chunks.push(data.clone());
-                }
-                // Over the cap, or trailers (not stored): the response is
-                // not stored, the rest streams through.
-                _ => {
-                    if let Some(c) = capture.take() {
-                        c.fill.pass();
+    ) -> Poll<Read<B::Error>>
+    where
+        B: Body<Data = Bytes>,
+    {
+        loop {
+            match ready!(body.as_mut().poll_frame(cx)) {
+                None => return Poll::Ready(Read::Ended),
+                Some(Err(e)) => return Poll::Ready(Read::Failed(e)),
+                Some(Ok(frame)) => {
+                    if let Err(over) = self.chunks.push(frame) {
+                        return Poll::Ready(Read::Over(over));
+                    }
+                    if body.is_end_stream() {
+                        return Poll::Ready(Read::Ended);
                     }
                 }
-            },
-            // An error mid-body: nothing is stored, followers ask again.
-            Some(Err(_)) => drop(capture.take()),
-            None => {}
-        }
-        if frame.is_none() || this.body.is_end_stream() {
-            if let Some(c) = capture.take() {
-                c.fill.finish(&c.chunks);
             }
         }
-        Poll::Ready(frame)
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+    /// The client's response once reading stopped.
+    pub(crate) fn respond<B: Body>(
+        self,
+        mut parts: Parts,
+        body: Pin<Box<B>>,
+        read: Read<B::Error>,
+    ) -> Response<crate::ResponseBody<B>> {
+        let name = self.fill.leader.shared.cfg.name.clone();
+        let (body, params) = match read {
+            Read::Ended => {
+                let params = if self.fill.will_store() {
+                    format!("{}{}", self.forwarded, self.stored)
+                } else {
+                    format!("{}; detail=store-error", self.forwarded)
+                };
+                let bytes = self.fill.finish(&self.chunks.parts);
+                (crate::ResponseBody::full(bytes), params)
+            }
+            Read::Over(over) => {
+                self.fill.pass();
+                let params = format!("{}; detail={}", self.forwarded, over.why);
+                (crate::ResponseBody::prefixed(over.frames, body), params)
+            }
+            // The origin failed mid-body, before the client saw a byte:
+            // stale if allowed, else 502. Nothing is stored.
+            Read::Failed(_) => {
+                let res = serve_stale_on_error(&self.fill.leader, &self.ctx, 502)
+                    .unwrap_or_else(|| refusal(&name, Refusal::BadGateway, self.ctx.grpc));
+                return res.map(crate::ResponseBody::full);
+            }
+        };
+        parts
+            .headers
+            .append(CACHE_STATUS.clone(), cache_status(&name, &params));
+        Response::from_parts(parts, body)
     }
 }
 
-/// The body of the cache's responses: the origin's (perhaps captured), or
-/// stored bytes.
-pub(crate) type CacheBody<B> = crate::ResponseBody<CaptureBody<B>>;
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The origin's body, passed through.
-pub(crate) fn passed<B>(body: B) -> CacheBody<B> {
-    crate::ResponseBody::inner(CaptureBody::plain(body))
+    fn data(s: &'static str) -> Frame<Bytes> {
+        Frame::data(Bytes::from_static(s.as_bytes()))
+    }
+
+    #[test]
+    fn chunks_are_kept_up_to_the_cap_then_replayed() {
+        let mut c = Chunks::new(5);
+        assert!(c.push(data("ab")).is_ok());
+        assert!(c.push(data("cde")).is_ok());
+        assert_eq!(c.parts, vec!["ab", "cde"]);
+        let over = c.push(data("f")).unwrap_err();
+        assert_eq!(over.why, "too-large");
+        let replay: Vec<_> = over
+            .frames
+            .iter()
+            .map(|f| f.data_ref().unwrap().clone())
+            .collect();
+        assert_eq!(replay, vec!["ab", "cde", "f"]);
+        let mut c = Chunks::new(5);
+        c.push(data("ab")).unwrap();
+        let over = c.push(Frame::trailers(http::HeaderMap::new())).unwrap_err();
+        assert_eq!(over.why, "trailers");
+        assert_eq!(over.frames.len(), 2);
+        assert!(over.frames[1].is_trailers());
+    }
 }

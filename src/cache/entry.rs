@@ -132,6 +132,12 @@ pub(crate) fn encode(meta: &Meta, headers: &HeaderMap, body: &[Bytes]) -> Bytes 
     buf.freeze()
 }
 
+/// The body of an encoded entry of `body_len` body bytes: a slice, no copy.
+pub(crate) fn body_of(raw: &Bytes, body_len: usize) -> Bytes {
+    let end = raw.len() - 8;
+    raw.slice(end - body_len..end)
+}
+
 struct Reader<'a> {
     raw: &'a Bytes,
     pos: usize,
@@ -264,6 +270,7 @@ mod tests {
     fn round_trips() {
         let (meta, h, body) = sample();
         let raw = encode(&meta, &h, &body);
+        assert_eq!(body_of(&raw, 11), "hello world");
         let e = decode(raw).unwrap();
         assert_eq!(e.meta, meta);
         assert_eq!(e.headers, h);

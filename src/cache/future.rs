@@ -9,34 +9,40 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::header::{ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED};
+use http::response::Parts;
 use http::{HeaderValue, Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::capture::{passed, CacheBody};
+use super::capture::Capture;
 use super::decide::HitKind;
-use super::fill::{on_origin, serve_stale_on_error, FillCtx};
+use super::fill::FillCtx;
 use super::invalidate::Targets;
 use super::leader::Leader;
+use super::origin::{on_origin, serve_stale_on_error, Answer};
+use super::purges::Invalidated;
 use super::resolve::Resolution;
 use super::response::{cache_status, refusal, serve, Refusal, CACHE_STATUS};
 use super::shared::Shared;
 
 pin_project! {
-    /// Response future of [`ResponseCache`](super::ResponseCache).
-    pub struct ResponseFuture<S, B>
+    /// Response future of [`ResponseCache`](super::ResponseCache): `S` the
+    /// inner service, `B` the request body, `R` the inner response body.
+    pub struct ResponseFuture<S, B, R>
     where
         S: Service<Request<B>>,
     {
         #[pin]
-        state: State<S, B>,
+        state: State<S, B, R>,
+        // Counts the answer by its `Cache-Status` (metrics, a debug span).
+        shared: Arc<Shared>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<S, B>
+    enum State<S, B, R>
     where
         S: Service<Request<B>>,
     {
@@ -49,9 +55,13 @@ pin_project! {
             fut: S::Future,
             after: Option<After>,
         },
+        // Reading the origin's body into the entry before answering.
+        Capturing {
+            capture: Option<(Box<Capture>, Parts, Pin<Box<R>>)>,
+        },
         Invalidating {
-            fut: BoxFuture<'static, ()>,
-            res: Option<S::Response>,
+            fut: BoxFuture<'static, Invalidated>,
+            res: Option<(S::Response, Arc<Shared>)>,
         },
         Ready {
             res: Option<Response<Bytes>>,
@@ -75,7 +85,7 @@ pub(crate) enum After {
     Invalidate(Arc<Shared>, Targets),
 }
 
-impl<S, B> std::fmt::Debug for ResponseFuture<S, B>
+impl<S, B, R> std::fmt::Debug for ResponseFuture<S, B, R>
 where
     S: Service<Request<B>>,
 {
@@ -83,6 +93,7 @@ where
         let state = match &self.state {
             State::Resolving { .. } => "resolving",
             State::Calling { .. } => "calling",
+            State::Capturing { .. } => "capturing",
             State::Invalidating { .. } => "invalidating",
             State::Ready { .. } => "ready",
         };
@@ -92,12 +103,13 @@ where
     }
 }
 
-impl<S, B> ResponseFuture<S, B>
+impl<S, B, R> ResponseFuture<S, B, R>
 where
     S: Service<Request<B>>,
 {
     pub(crate) fn resolve(fut: BoxFuture<'static, Resolution>, pending: Pending<S, B>) -> Self {
         Self {
+            shared: pending.shared.clone(),
             state: State::Resolving {
                 fut,
                 pending: Some(pending),
@@ -105,18 +117,19 @@ where
         }
     }
 
-    pub(crate) fn call(fut: S::Future, after: After) -> Self {
+    pub(crate) fn call(fut: S::Future, after: After, shared: Arc<Shared>) -> Self {
         Self {
             state: State::Calling {
                 fut,
                 after: Some(after),
             },
+            shared,
         }
     }
 }
 
 /// The state after the cache resolved a request.
-fn resolved<S, B>(p: Pending<S, B>, r: Resolution) -> State<S, B>
+fn resolved<S, B, R>(p: Pending<S, B>, r: Resolution) -> State<S, B, R>
 where
     S: Service<Request<B>>,
 {
@@ -127,16 +140,15 @@ where
         ctx,
         head,
     } = p;
-    match r {
+    let name = &shared.cfg.name;
+    let res = match r {
         Resolution::Hit(e, kind) => {
             let params = match kind {
                 HitKind::Fresh | HitKind::Stale => "hit",
                 HitKind::Local => "hit; detail=l1",
                 HitKind::Collapsed => "fwd=miss; collapsed",
             };
-            let now = shared.now_ms();
-            let res = serve(&shared.name, &e, now, head, &ctx.cond, params);
-            State::Ready { res: Some(res) }
+            serve(name, &e, shared.now_ms(), head, &ctx.cond, params)
         }
         Resolution::Fill(leader) => {
             // The cache fills with a full response: the client's own
@@ -152,63 +164,81 @@ where
                     h.insert(IF_MODIFIED_SINCE, lm.clone());
                 }
             }
-            State::Calling {
+            return State::Calling {
                 fut: inner.call(req),
                 after: Some(After::Fill(Box::new((leader, ctx)))),
-            }
+            };
         }
         // RFC 9111 §5.2.1.7: nothing stored, so 504 without asking the origin.
-        Resolution::Pass(_) if ctx.only_if_cached => State::Ready {
-            res: Some(refusal(&shared.name, Refusal::OnlyIfCached, ctx.grpc)),
-        },
-        Resolution::Unavailable => State::Ready {
-            res: Some(refusal(&shared.name, Refusal::Unavailable, ctx.grpc)),
-        },
+        Resolution::Pass(_) if ctx.only_if_cached => refusal(name, Refusal::OnlyIfCached, ctx.grpc),
+        Resolution::Unavailable => refusal(name, Refusal::Unavailable, ctx.grpc),
         Resolution::Pass(detail) => {
-            let status = cache_status(&shared.name, &format!("fwd=miss; detail={detail}"));
-            State::Calling {
+            let status = cache_status(name, &format!("fwd=miss; detail={detail}"));
+            return State::Calling {
                 fut: inner.call(req),
                 after: Some(After::Pass(Some(status))),
-            }
+            };
         }
+    };
+    State::Ready { res: Some(res) }
+}
+
+impl<S, B, R> Future for ResponseFuture<S, B, R>
+where
+    S: Service<Request<B>, Response = Response<R>>,
+    R: Body<Data = Bytes>,
+{
+    type Output = Result<Response<crate::ResponseBody<R>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let out = ready!(poll_state(this.state, cx));
+        if let Ok(res) = &out {
+            this.shared.count(res.headers());
+        }
+        Poll::Ready(out)
     }
 }
 
-impl<S, B, ResBody> Future for ResponseFuture<S, B>
+#[allow(clippy::type_complexity)]
+fn poll_state<S, B, R>(
+    mut state: Pin<&mut State<S, B, R>>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Response<crate::ResponseBody<R>>, S::Error>>
 where
-    S: Service<Request<B>, Response = Response<ResBody>>,
-    ResBody: Body,
+    S: Service<Request<B>, Response = Response<R>>,
+    R: Body<Data = Bytes>,
 {
-    type Output = Result<Response<CacheBody<ResBody>>, S::Error>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    {
+        const DONE: &str = "ResponseFuture polled after completion";
         loop {
-            let mut this = self.as_mut().project();
-            let next = match this.state.as_mut().project() {
+            let next = match state.as_mut().project() {
                 StateProj::Resolving { fut, pending } => {
                     let r = ready!(fut.as_mut().poll(cx));
-                    let p = pending
-                        .take()
-                        .expect("ResponseFuture polled after completion");
-                    resolved(p, r)
+                    resolved(pending.take().expect(DONE), r)
                 }
                 StateProj::Calling { fut, after } => {
                     let result = ready!(fut.poll(cx));
-                    let after = after
-                        .take()
-                        .expect("ResponseFuture polled after completion");
-                    match (after, result) {
+                    match (after.take().expect(DONE), result) {
                         (After::Fill(fill), Ok(res)) => {
                             let (leader, ctx) = *fill;
-                            return Poll::Ready(Ok(on_origin(leader, res, &ctx)));
+                            match on_origin(leader, res, ctx) {
+                                Answer::Done(res) => return Poll::Ready(Ok(res)),
+                                Answer::Capture(c, parts, body) => State::Capturing {
+                                    capture: Some((c, parts, Box::pin(body))),
+                                },
+                            }
                         }
                         (After::Fill(fill), Err(e)) => {
                             let (leader, ctx) = &*fill;
-                            return Poll::Ready(serve_stale_on_error(leader, ctx, 500).ok_or(e));
+                            let stale = serve_stale_on_error(leader, ctx, 500);
+                            return Poll::Ready(
+                                stale.map(|r| r.map(crate::ResponseBody::full)).ok_or(e),
+                            );
                         }
                         (_, Err(e)) => return Poll::Ready(Err(e)),
                         (After::Pass(status), Ok(res)) => {
-                            let mut res = res.map(passed);
+                            let mut res = res.map(crate::ResponseBody::inner);
                             if let Some(s) = status {
                                 res.headers_mut().append(CACHE_STATUS.clone(), s);
                             }
@@ -217,27 +247,35 @@ where
                         (After::Invalidate(shared, targets), Ok(res)) => {
                             let s = res.status();
                             if !(s.is_success() || s.is_redirection()) {
-                                return Poll::Ready(Ok(res.map(passed)));
+                                return Poll::Ready(Ok(res.map(crate::ResponseBody::inner)));
                             }
                             let fut = targets.purge(&shared, res.headers());
                             State::Invalidating {
                                 fut,
-                                res: Some(res),
+                                res: Some((res, shared)),
                             }
                         }
                     }
                 }
+                StateProj::Capturing { capture } => {
+                    let (c, _, body) = capture.as_mut().expect(DONE);
+                    let read = ready!(c.poll_read(body.as_mut(), cx));
+                    let (c, parts, body) = capture.take().expect(DONE);
+                    return Poll::Ready(Ok(c.respond(parts, body, read)));
+                }
                 StateProj::Invalidating { fut, res } => {
-                    ready!(fut.as_mut().poll(cx));
-                    let res = res.take().expect("ResponseFuture polled after completion");
-                    return Poll::Ready(Ok(res.map(passed)));
+                    let invalidated = ready!(fut.as_mut().poll(cx));
+                    let (res, shared) = res.take().expect(DONE);
+                    let mut res = res.map(crate::ResponseBody::inner);
+                    invalidated.mark(&shared.cfg.name, res.headers_mut());
+                    return Poll::Ready(Ok(res));
                 }
                 StateProj::Ready { res } => {
-                    let res = res.take().expect("ResponseFuture polled after completion");
+                    let res = res.take().expect(DONE);
                     return Poll::Ready(Ok(res.map(crate::ResponseBody::full)));
                 }
             };
-            this.state.set(next);
+            state.set(next);
         }
     }
 }

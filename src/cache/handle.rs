@@ -10,11 +10,11 @@ use http::{HeaderMap, Uri};
 
 use super::fill::store_value;
 use super::flight::Outcome;
-use super::invalidate::purge_urls;
 use super::key::app_url;
+use super::purges::{purge_urls, retry_later};
 use super::resolve::{resolve, Ask, Resolution};
 use super::shared::Shared;
-use crate::error::StoreError;
+use crate::error::{ConfigError, StoreError};
 
 /// Application access to a [`ResponseCacheLayer`](super::ResponseCacheLayer)'s
 /// cache; from [`ResponseCacheLayer::handle`](super::ResponseCacheLayer::handle).
@@ -30,7 +30,8 @@ impl CacheHandle {
     }
 
     /// The value stored under `key`, or the one `loader` produces, stored
-    /// for `ttl` (shortened by the layer's jitter).
+    /// for `ttl` (shortened by the layer's jitter; clamped to 1 ms – ten
+    /// years, so no value can overflow).
     ///
     /// Concurrent calls for one key, in this process and on every instance
     /// sharing the store, run `loader` once; the others wait (bounded by the
@@ -48,7 +49,7 @@ impl CacheHandle {
         Fut: Future<Output = Result<Bytes, E>>,
     {
         let ask = Ask {
-            url: app_url(&self.shared.key.scope, key),
+            url: app_url(&self.shared.cfg.key.scope, key),
             headers: Arc::new(HeaderMap::new()),
             lookup_only: false,
             force_older_than: None,
@@ -64,33 +65,58 @@ impl CacheHandle {
                     Ok(v)
                 }
                 Err(e) => {
-                    leader.finish(Outcome::Abandoned);
+                    leader.end(Outcome::Abandoned);
                     Err(e)
                 }
             },
         }
     }
 
-    /// Drops the value of `key` (from [`get_or_load`](Self::get_or_load)) on every instance.
+    /// Drops the value of `key` (from [`get_or_load`](Self::get_or_load)) on
+    /// every instance. A purge that fails is also retried in the background.
     pub async fn invalidate_key(&self, key: &str) -> Result<(), StoreError> {
-        let url = app_url(&self.shared.key.scope, key);
-        self.shared.purge(&url).await.map(drop)
+        let url = app_url(&self.shared.cfg.key.scope, key);
+        self.purge(url).await
     }
 
-    /// Drops every cached variant of a GET of `uri` on every instance. With
-    /// [`key_host`](super::ResponseCacheLayerBuilder::key_host), `uri` must
-    /// be absolute.
-    pub async fn invalidate(&self, uri: &Uri) -> Result<(), StoreError> {
-        let url = self.shared.key.url(uri, &HeaderMap::new());
-        self.shared.purge(&url).await.map(drop)
-    }
-
-    /// Like [`invalidate`](Self::invalidate), in the background: failures are logged.
-    pub fn invalidate_later(&self, uri: &Uri) {
-        let url = self.shared.key.url(uri, &HeaderMap::new());
-        let fut = purge_urls(self.shared.clone(), vec![url]);
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(fut);
+    async fn purge(&self, url: Arc<str>) -> Result<(), StoreError> {
+        let result = self.shared.purge(&url).await.map(drop);
+        if result.is_err() {
+            retry_later(&self.shared, &url);
         }
+        result
+    }
+
+    /// Drops every cached variant of a GET of `uri` on every instance.
+    /// Entries are keyed per host (see
+    /// [`key_host`](super::ResponseCacheLayerBuilder::key_host)), so `uri`
+    /// must be absolute (`http://api.example/items/1`) unless that is off;
+    /// a relative one is then an error. A purge that fails is also retried
+    /// in the background.
+    pub async fn invalidate(&self, uri: &Uri) -> Result<(), StoreError> {
+        let url = self.url_of(uri)?;
+        self.purge(url).await
+    }
+
+    /// Like [`invalidate`](Self::invalidate), in the background: failures
+    /// are logged and retried.
+    pub fn invalidate_later(&self, uri: &Uri) {
+        let url = match self.url_of(uri) {
+            Ok(url) => url,
+            Err(e) => return tracing::warn!(error = %e, "response cache: invalidate_later ignored"),
+        };
+        let fut = purge_urls(self.shared.clone(), vec![url]);
+        super::shared::spawn(async move {
+            fut.await;
+        });
+    }
+
+    fn url_of(&self, uri: &Uri) -> Result<Arc<str>, StoreError> {
+        if self.shared.cfg.key.host && uri.authority().is_none() {
+            return Err(StoreError::config(ConfigError::new(
+                "entries are keyed per host: invalidate an absolute URI (http://host/path)",
+            )));
+        }
+        Ok(self.shared.cfg.key.url(uri, &HeaderMap::new()))
     }
 }

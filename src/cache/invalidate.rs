@@ -8,54 +8,55 @@ use futures_util::future::BoxFuture;
 use http::header::{CONTENT_LOCATION, HOST, LOCATION};
 use http::{HeaderMap, HeaderValue, Request, Uri};
 
+use super::key::authority;
+use super::purges::{purge_urls, Invalidated};
+use super::response::{cache_status, CACHE_STATUS};
 use super::shared::Shared;
 
 /// What an unsafe request may invalidate.
 #[derive(Debug)]
 pub(crate) struct Targets {
     url: Arc<str>,
-    host: Option<String>,
+    /// The request's authority, normalised as keys have it.
+    host: Vec<u8>,
+    /// The request's fields as far as keys read them (`Host`).
+    fields: HeaderMap,
 }
 
 impl Targets {
     pub(crate) fn of<B>(shared: &Shared, req: &Request<B>) -> Self {
-        let host = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .or_else(|| req.headers().get(HOST)?.to_str().ok().map(str::to_owned))
-            .map(|h| h.to_ascii_lowercase());
+        let mut fields = HeaderMap::new();
+        if let Some(h) = req.headers().get(HOST) {
+            fields.insert(HOST, h.clone());
+        }
         Self {
-            url: shared.key.url(req.uri(), req.headers()),
-            host,
+            url: shared.cfg.key.url(req.uri(), req.headers()),
+            host: authority(req.uri(), req.headers()),
+            fields,
         }
     }
 
     /// The URL digest of a `Location`-like value on the same origin.
     fn same_origin(&self, shared: &Shared, v: &HeaderValue) -> Option<Arc<str>> {
         let uri: Uri = v.to_str().ok()?.parse().ok()?;
-        if let Some(a) = uri.authority() {
-            if Some(a.as_str().to_ascii_lowercase()) != self.host {
+        if uri.authority().is_some() {
+            if authority(&uri, &HeaderMap::new()) != self.host {
                 return None;
             }
-            return Some(shared.key.url(&uri, &HeaderMap::new()));
+            return Some(shared.cfg.key.url(&uri, &HeaderMap::new()));
         }
         if !uri.path().starts_with('/') {
             return None;
         }
-        let mut h = HeaderMap::new();
-        if let Some(host) = self
-            .host
-            .as_deref()
-            .and_then(|h| HeaderValue::try_from(h).ok())
-        {
-            h.insert(HOST, host);
-        }
-        Some(shared.key.url(&uri, &h))
+        Some(shared.cfg.key.url(&uri, &self.fields))
     }
 
     /// Purges every target named by the request and its response.
-    pub(crate) fn purge(self, shared: &Arc<Shared>, res: &HeaderMap) -> BoxFuture<'static, ()> {
+    pub(crate) fn purge(
+        self,
+        shared: &Arc<Shared>,
+        res: &HeaderMap,
+    ) -> BoxFuture<'static, Invalidated> {
         let mut urls = vec![self.url.clone()];
         for name in [LOCATION, CONTENT_LOCATION] {
             if let Some(u) = res.get(name).and_then(|v| self.same_origin(shared, v)) {
@@ -68,13 +69,12 @@ impl Targets {
     }
 }
 
-pub(crate) fn purge_urls(shared: Arc<Shared>, urls: Vec<Arc<str>>) -> BoxFuture<'static, ()> {
-    let futs: Vec<_> = urls.iter().map(|u| shared.purge(u)).collect();
-    Box::pin(async move {
-        for r in futures_util::future::join_all(futs).await {
-            if let Err(e) = r {
-                shared.store_failed("an invalidation", "the entries stay until they expire", &e);
-            }
+impl Invalidated {
+    /// Tells the writer, in `Cache-Status`, that a purge is still to land.
+    pub(crate) fn mark(&self, name: &str, h: &mut HeaderMap) {
+        if !self.landed {
+            let status = cache_status(name, "fwd=method; detail=purge-pending");
+            h.append(CACHE_STATUS.clone(), status);
         }
-    })
+    }
 }

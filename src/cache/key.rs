@@ -1,11 +1,11 @@
 //! Cache keys: which stored response answers a request.
 //!
-//! A key has two parts. The *URL* part (scope, method GET, path, query
-//! normalised as configured, the host when configured) names everything the
-//! layer stores for one resource, so invalidating a URL drops every variant.
-//! The *variant* part holds the request's values of the configured key
-//! headers and of the headers the response's `Vary` names. Both are hashed
-//! (SHA-256, base64url) before they become part of a store key.
+//! A key has two parts. The *URL* part (scope, method GET, the authority
+//! unless configured off, path, query normalised as configured) names
+//! everything the layer stores for one resource, so invalidating a URL
+//! drops every variant. The *variant* part holds the request's values of the
+//! configured key headers and of the headers the response's `Vary` names.
+//! Both are hashed (SHA-256, base64url) before they become part of a store key.
 
 use std::sync::Arc;
 
@@ -51,22 +51,59 @@ impl Slot {
     }
 }
 
+/// `host[:port]` lowercased, without the scheme's default port (with no
+/// scheme known, without `:80` or `:443`).
+pub(crate) fn normalise_authority(authority: &[u8], scheme: Option<&str>) -> Vec<u8> {
+    let a = authority.to_ascii_lowercase();
+    let defaults: &[&[u8]] = match scheme.map(str::to_ascii_lowercase).as_deref() {
+        Some("http") => &[b":80"],
+        Some("https") => &[b":443"],
+        _ => &[b":80", b":443"],
+    };
+    for d in defaults {
+        if let Some(host) = a.strip_suffix(*d) {
+            return host.to_vec();
+        }
+    }
+    a
+}
+
+/// The request's authority, normalised: the absolute-form URI's (RFC 9112
+/// §3.2.2: it wins over `Host`), else the `Host` field's; empty without either.
+pub(crate) fn authority(uri: &Uri, headers: &HeaderMap) -> Vec<u8> {
+    match uri.authority() {
+        Some(a) => normalise_authority(a.as_str().as_bytes(), uri.scheme_str()),
+        None => headers
+            .get(HOST)
+            .map(|h| normalise_authority(h.as_bytes(), None))
+            .unwrap_or_default(),
+    }
+}
+
+/// The request names two authorities: an absolute-form URI and a `Host`
+/// field that differ. Apps read either (axum's `Host` prefers the field),
+/// so such a request must not fill the key of the URI's.
+pub(crate) fn authorities_differ(uri: &Uri, headers: &HeaderMap) -> bool {
+    match (uri.authority(), headers.get(HOST)) {
+        (Some(a), Some(h)) => {
+            normalise_authority(a.as_str().as_bytes(), uri.scheme_str())
+                != normalise_authority(h.as_bytes(), uri.scheme_str())
+        }
+        _ => false,
+    }
+}
+
 impl KeyRules {
     /// The URL digest of a GET (or HEAD) of `uri`.
     pub(crate) fn url(&self, uri: &Uri, headers: &HeaderMap) -> Arc<str> {
-        let mut s = String::with_capacity(64);
-        s.push_str(&self.scope);
-        s.push_str("\0GET\0");
+        let mut s = Vec::with_capacity(96);
+        s.extend_from_slice(self.scope.as_bytes());
+        s.extend_from_slice(b"\0GET\0");
         if self.host {
-            let host = uri
-                .authority()
-                .map(|a| a.as_str().to_owned())
-                .or_else(|| headers.get(HOST)?.to_str().ok().map(str::to_owned))
-                .unwrap_or_default();
-            s.push_str(&host.to_ascii_lowercase());
+            s.extend_from_slice(&authority(uri, headers));
         }
-        s.push('\0');
-        s.push_str(uri.path());
+        s.push(0);
+        s.extend_from_slice(uri.path().as_bytes());
         if let Some(q) = uri.query() {
             let mut params: Vec<&str> = q
                 .split('&')
@@ -80,11 +117,11 @@ impl KeyRules {
                 params.sort_unstable();
             }
             if !params.is_empty() {
-                s.push('?');
-                s.push_str(&params.join("&"));
+                s.push(b'?');
+                s.extend_from_slice(params.join("&").as_bytes());
             }
         }
-        digest(s.as_bytes()).into()
+        digest(&s).into()
     }
 
     /// The spec of a URL whose response did not `Vary`.
@@ -121,8 +158,16 @@ pub(crate) fn slot(url: Arc<str>, spec: Arc<str>, request: &HeaderMap) -> Slot {
     Slot { url, spec, variant }
 }
 
-/// Digest of the normalised request values of the headers in `spec`:
-/// lines joined by `,`, items trimmed, inner whitespace collapsed, lowercase.
+/// Headers whose values are case-insensitive lists (`Accept-*`): their
+/// values are normalised before keying; every other value is keyed byte
+/// for byte, since case or spacing may matter to the origin.
+fn normalised(name: &str) -> bool {
+    name == "accept" || name.starts_with("accept-")
+}
+
+/// Digest of the request values of the headers in `spec`. `Accept-*`
+/// values are normalised (lines joined by `,`, items trimmed, inner
+/// whitespace collapsed, lowercase); others are taken as they are, line by line.
 pub(crate) fn variant(spec: &str, request: &HeaderMap) -> Arc<str> {
     if spec.is_empty() {
         return "_".into();
@@ -131,6 +176,15 @@ pub(crate) fn variant(spec: &str, request: &HeaderMap) -> Arc<str> {
     for name in spec.split(',') {
         s.extend_from_slice(name.as_bytes());
         s.push(b':');
+        if !normalised(name) {
+            for line in request.get_all(name) {
+                s.extend_from_slice(line.as_bytes());
+                // Never a byte of a field value: lines stay apart.
+                s.push(b'\n');
+            }
+            s.push(0);
+            continue;
+        }
         let mut first = true;
         for line in request.get_all(name) {
             for item in line.as_bytes().split(|b| *b == b',') {
@@ -189,19 +243,46 @@ mod tests {
     }
 
     #[test]
-    fn host_only_when_configured() {
+    fn authorities_are_normalised() {
+        let n =
+            |a: &str, scheme| String::from_utf8(normalise_authority(a.as_bytes(), scheme)).unwrap();
+        assert_eq!(n("API.Example:80", Some("http")), "api.example");
+        assert_eq!(n("api.example:443", Some("https")), "api.example");
+        assert_eq!(n("api.example:443", Some("http")), "api.example:443");
+        assert_eq!(n("api.example:443", None), "api.example");
+        assert_eq!(n("api.example:8080", None), "api.example:8080");
+        let mut h = HeaderMap::new();
+        h.insert(HOST, "Good.Example".parse().unwrap());
+        let abs: Uri = "http://good.example:80/p".parse().unwrap();
+        assert_eq!(authority(&abs, &h), b"good.example");
+        assert!(!authorities_differ(&abs, &h));
+        let other: Uri = "http://evil.example/p".parse().unwrap();
+        assert_eq!(authority(&other, &h), b"evil.example", "the URI's wins");
+        assert!(authorities_differ(&other, &h));
+        assert!(!authorities_differ(&"/p".parse().unwrap(), &h));
+    }
+
+    #[test]
+    fn host_unless_configured_off() {
         let mut h1 = HeaderMap::new();
         h1.insert(HOST, "a.example".parse().unwrap());
         let mut h2 = HeaderMap::new();
         h2.insert(HOST, "b.example".parse().unwrap());
         let uri: Uri = "/p".parse().unwrap();
-        let r = rules();
-        assert_eq!(r.url(&uri, &h1), r.url(&uri, &h2));
         let r = KeyRules {
             host: true,
             ..rules()
         };
         assert_ne!(r.url(&uri, &h1), r.url(&uri, &h2));
+        let mut h3 = HeaderMap::new();
+        h3.insert(HOST, "A.example:80".parse().unwrap());
+        assert_eq!(r.url(&uri, &h1), r.url(&uri, &h3));
+        assert_eq!(
+            r.url(&"http://a.example/p".parse().unwrap(), &h2),
+            r.url(&uri, &h1)
+        );
+        let r = rules();
+        assert_eq!(r.url(&uri, &h1), r.url(&uri, &h2));
     }
 
     #[test]
@@ -219,5 +300,22 @@ mod tests {
         assert_ne!(variant(&spec, &a), variant(&spec, &HeaderMap::new()));
         resp.append(VARY, "*".parse().unwrap());
         assert!(rules().spec_for(&resp).is_none());
+    }
+
+    #[test]
+    fn other_vary_values_are_compared_byte_for_byte() {
+        let one = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.append("x-tenant", v.parse().unwrap());
+            h
+        };
+        let spec = "x-tenant";
+        assert_ne!(variant(spec, &one("Acme")), variant(spec, &one("acme")));
+        assert_ne!(variant(spec, &one("a,b")), variant(spec, &one("a, b")));
+        assert_eq!(variant(spec, &one("Acme")), variant(spec, &one("Acme")));
+        let mut two = one("a");
+        two.append("x-tenant", "b".parse().unwrap());
+        assert_ne!(variant(spec, &two), variant(spec, &one("ab")));
+        assert_ne!(variant(spec, &one("")), variant(spec, &HeaderMap::new()));
     }
 }

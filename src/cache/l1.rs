@@ -6,7 +6,7 @@
 //! message.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,27 +38,71 @@ pub type Listener = Arc<dyn Fn(Signal<'_>) -> bool + Send + Sync>;
 
 type Variants = HashMap<Arc<str>, (Bytes, u64)>;
 
+/// URLs are split into this many stripes, each counting its invalidations.
+const STRIPES: usize = 64;
+
+#[derive(Debug, Default)]
+struct Copies {
+    urls: HashMap<Arc<str>, Variants>,
+    len: usize,
+    bytes: usize,
+}
+
+/// The invalidations a tier had seen for a URL when a lookup began: a copy
+/// read before a later one is outdated and not kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Epoch(u64, u64);
+
 #[derive(Debug)]
 pub(crate) struct L1 {
-    map: Mutex<HashMap<Arc<str>, Variants>>,
-    len: std::sync::atomic::AtomicUsize,
+    copies: Mutex<Copies>,
     max_entries: usize,
+    max_bytes: usize,
     max_age_ms: u64,
     live: AtomicBool,
+    /// Invalidations per stripe of URLs, and of every URL (a reconnect).
+    stripes: [AtomicU64; STRIPES],
+    all: AtomicU64,
+    /// Copies dropped to stay within the bounds.
+    evictions: AtomicU64,
     /// Tells this tier's own writes apart in the channel.
     pub(crate) id: u64,
 }
 
+fn stripe(url: &str) -> usize {
+    // URLs are digests already: their bytes are spread evenly.
+    url.bytes().take(8).fold(0usize, |h, b| {
+        h.wrapping_mul(31).wrapping_add(usize::from(b))
+    }) % STRIPES
+}
+
 impl L1 {
-    pub(crate) fn new(max_entries: usize, max_age: Duration) -> Self {
+    pub(crate) fn new(max_entries: usize, max_bytes: usize, max_age: Duration) -> Self {
         Self {
-            map: Mutex::default(),
-            len: Default::default(),
+            copies: Mutex::default(),
             max_entries,
+            max_bytes,
             max_age_ms: max_age.as_millis() as u64,
             live: AtomicBool::new(false),
+            stripes: std::array::from_fn(|_| AtomicU64::new(0)),
+            all: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
             id: super::shared::token(),
         }
+    }
+
+    /// The invalidations seen for `url` so far: read before a lookup, passed to `put`.
+    pub(crate) fn epoch(&self, url: &str) -> Epoch {
+        Epoch(
+            self.all.load(Ordering::Acquire),
+            self.stripes[stripe(url)].load(Ordering::Acquire),
+        )
+    }
+
+    /// Copies dropped so far to stay within the bounds.
+    #[cfg(test)]
+    pub(crate) fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
     }
 
     /// A copy of the slot's entry, while it is fresh and valid.
@@ -66,50 +110,65 @@ impl L1 {
         if !self.live.load(Ordering::Acquire) {
             return None;
         }
-        let mut map = lock(&self.map);
-        let variants = map.get_mut(&slot.url)?;
+        let mut c = lock(&self.copies);
+        let variants = c.urls.get_mut(&slot.url)?;
         match variants.get(&slot.variant) {
             Some((raw, until)) if now < *until => Some(raw.clone()),
             Some(_) => {
-                variants.remove(&slot.variant);
-                self.len.fetch_sub(1, Ordering::Relaxed);
+                let (raw, _) = variants.remove(&slot.variant)?;
+                c.len -= 1;
+                c.bytes -= raw.len();
                 None
             }
             None => None,
         }
     }
 
-    /// Keeps a copy of a fresh entry until `fresh_until` (at most `max_age`).
-    pub(crate) fn put(&self, slot: &Slot, raw: Bytes, now: u64, fresh_until: u64) {
-        if !self.live.load(Ordering::Acquire) || fresh_until <= now {
+    /// Keeps a copy of a fresh entry until `fresh_until` (at most
+    /// `max_age`), unless the URL was invalidated since `seen`.
+    pub(crate) fn put(&self, slot: &Slot, raw: Bytes, now: u64, fresh_until: u64, seen: Epoch) {
+        if !self.live.load(Ordering::Acquire) || fresh_until <= now || raw.len() > self.max_bytes {
             return;
         }
         let until = fresh_until.min(now + self.max_age_ms);
-        let mut map = lock(&self.map);
-        if self.len.load(Ordering::Relaxed) >= self.max_entries {
-            // Full: start over rather than track recency on the hot path.
-            map.clear();
-            self.len.store(0, Ordering::Relaxed);
+        let mut c = lock(&self.copies);
+        // Checked under the lock invalidations take: none can slip between.
+        if self.epoch(&slot.url) != seen {
+            return;
         }
-        let old = map
+        if c.len >= self.max_entries || c.bytes + raw.len() > self.max_bytes {
+            // Full: start over rather than track recency on the hot path.
+            self.evictions.fetch_add(c.len as u64, Ordering::Relaxed);
+            *c = Copies::default();
+        }
+        let len = raw.len();
+        let old = c
+            .urls
             .entry(slot.url.clone())
             .or_default()
             .insert(slot.variant.clone(), (raw, until));
-        if old.is_none() {
-            self.len.fetch_add(1, Ordering::Relaxed);
+        match old {
+            Some((old, _)) => c.bytes -= old.len(),
+            None => c.len += 1,
         }
+        c.bytes += len;
     }
 
+    /// Drops every copy of a URL; copies read before now are not kept either.
     pub(crate) fn remove_url(&self, url: &str) {
-        if let Some(v) = lock(&self.map).remove(url) {
-            self.len.fetch_sub(v.len(), Ordering::Relaxed);
+        let mut c = lock(&self.copies);
+        self.stripes[stripe(url)].fetch_add(1, Ordering::AcqRel);
+        if let Some(v) = c.urls.remove(url) {
+            c.len -= v.len();
+            c.bytes -= v.values().map(|(raw, _)| raw.len()).sum::<usize>();
         }
     }
 
     fn set_live(&self, live: bool) {
+        let mut c = lock(&self.copies);
+        self.all.fetch_add(1, Ordering::AcqRel);
         self.live.store(live, Ordering::Release);
-        lock(&self.map).clear();
-        self.len.store(0, Ordering::Relaxed);
+        *c = Copies::default();
     }
 
     /// The listener a store calls with its invalidation channel's messages.
@@ -149,26 +208,27 @@ mod tests {
 
     #[test]
     fn copies_live_only_while_the_channel_is_up_and_until_fresh() {
-        let l1 = Arc::new(L1::new(2, Duration::from_secs(5)));
+        let l1 = Arc::new(L1::new(2, 1024, Duration::from_secs(5)));
         let listen = l1.listener();
         let raw = Bytes::from_static(b"e");
-        l1.put(&slot("u", "a"), raw.clone(), 0, 1000);
+        let e = |l1: &L1, url| l1.epoch(url);
+        l1.put(&slot("u", "a"), raw.clone(), 0, 1000, e(&l1, "u"));
         assert!(l1.get(&slot("u", "a"), 1).is_none(), "not live yet");
         listen(Signal::Up);
-        l1.put(&slot("u", "a"), raw.clone(), 0, 1000);
-        l1.put(&slot("u", "b"), raw.clone(), 0, 100_000);
+        l1.put(&slot("u", "a"), raw.clone(), 0, 1000, e(&l1, "u"));
+        l1.put(&slot("u", "b"), raw.clone(), 0, 100_000, e(&l1, "u"));
         assert!(l1.get(&slot("u", "a"), 999).is_some());
         assert!(l1.get(&slot("u", "a"), 1000).is_none(), "stale");
         assert!(
             l1.get(&slot("u", "b"), 5_001).is_none(),
             "older than max_age"
         );
-        l1.put(&slot("u", "b"), raw.clone(), 0, 1000);
+        l1.put(&slot("u", "b"), raw.clone(), 0, 1000, e(&l1, "u"));
         listen(Signal::Message(&format!("{}|u", l1.id)));
         assert!(l1.get(&slot("u", "b"), 1).is_some(), "its own write");
         listen(Signal::Message("-|u"));
         assert!(l1.get(&slot("u", "b"), 1).is_none(), "invalidated");
-        l1.put(&slot("v", "a"), raw.clone(), 0, 1000);
+        l1.put(&slot("v", "a"), raw.clone(), 0, 1000, e(&l1, "v"));
         listen(Signal::Down);
         assert!(
             l1.get(&slot("v", "a"), 1).is_none(),
@@ -179,5 +239,64 @@ mod tests {
             !listen(Signal::Idle),
             "the listener stops once the layer is gone"
         );
+    }
+
+    #[test]
+    fn copies_read_before_an_invalidation_are_not_kept() {
+        let l1 = Arc::new(L1::new(10, 1024, Duration::from_secs(5)));
+        let listen = l1.listener();
+        listen(Signal::Up);
+        let seen = l1.epoch("u");
+        listen(Signal::Message("-|u"));
+        l1.put(&slot("u", "a"), Bytes::from_static(b"old"), 0, 1000, seen);
+        assert!(
+            l1.get(&slot("u", "a"), 1).is_none(),
+            "read before the purge"
+        );
+        let seen = l1.epoch("u");
+        l1.put(&slot("u", "a"), Bytes::from_static(b"new"), 0, 1000, seen);
+        assert!(l1.get(&slot("u", "a"), 1).is_some());
+        let seen = l1.epoch("v");
+        listen(Signal::Down);
+        listen(Signal::Up);
+        l1.put(&slot("v", "a"), Bytes::from_static(b"x"), 0, 1000, seen);
+        assert!(
+            l1.get(&slot("v", "a"), 1).is_none(),
+            "messages may be lost while down"
+        );
+    }
+
+    #[test]
+    fn the_tier_is_bounded_in_bytes_and_entries_and_counts_evictions() {
+        let l1 = Arc::new(L1::new(100, 1000, Duration::from_secs(5)));
+        l1.listener()(Signal::Up);
+        let raw = Bytes::from(vec![0u8; 300]);
+        for i in 0..10 {
+            let url = format!("u{i}");
+            l1.put(&slot(&url, "a"), raw.clone(), 0, 1000, l1.epoch(&url));
+            let c = lock(&l1.copies);
+            assert!(c.bytes <= 1000, "{}", c.bytes);
+            let held: usize = c
+                .urls
+                .values()
+                .flat_map(|v| v.values())
+                .map(|(r, _)| r.len())
+                .sum();
+            assert_eq!(held, c.bytes, "measured");
+        }
+        assert!(l1.evictions() >= 6, "{}", l1.evictions());
+        let big = Bytes::from(vec![0u8; 2000]);
+        l1.put(&slot("big", "a"), big, 0, 1000, l1.epoch("big"));
+        assert!(
+            l1.get(&slot("big", "a"), 1).is_none(),
+            "larger than the tier"
+        );
+        let l1 = Arc::new(L1::new(2, 1 << 20, Duration::from_secs(5)));
+        l1.listener()(Signal::Up);
+        for i in 0..5 {
+            let url = format!("u{i}");
+            l1.put(&slot(&url, "a"), raw.clone(), 0, 1000, l1.epoch(&url));
+            assert!(lock(&l1.copies).len <= 2);
+        }
     }
 }

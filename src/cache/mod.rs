@@ -52,7 +52,7 @@
 //!     })
 //!     .await?;
 //! assert_eq!(row, "{\"id\":42}");
-//! cache.invalidate(&"/api/items/42".parse()?).await?;
+//! cache.invalidate(&"http://api.example/api/items/42".parse()?).await?;
 //! # Ok(()) }
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run()).unwrap();
 //! ```
@@ -62,30 +62,43 @@
 //! GET responses (HEAD is answered from them) with status 200, 203, 204,
 //! 300, 301 or 308, unless the response says `no-store` or `private`,
 //! carries `Set-Cookie`, or the request carried `Authorization` (RFC 9111
-//! §3.5) — each lifted only by configuration
+//! §3.5: then only a response that says `public`, `s-maxage` or
+//! `must-revalidate`), or the request carried `Cookie` (then only a response
+//! that explicitly shares itself with `public` or `s-maxage`, never one on
+//! the default TTL: it may be about the client whose cookies it saw) — each
+//! lifted only by configuration
 //! ([`store_set_cookie_responses`](ResponseCacheLayerBuilder::store_set_cookie_responses),
-//! [`cache_authorized`](ResponseCacheLayerBuilder::cache_authorized)).
+//! [`cache_authorized`](ResponseCacheLayerBuilder::cache_authorized),
+//! [`share_cookie_requests`](ResponseCacheLayerBuilder::share_cookie_requests)).
 //! 404, 405, 410, 414 and 501 are stored only with a
 //! [`negative_ttl`](ResponseCacheLayerBuilder::negative_ttl). Freshness
 //! comes from `s-maxage`, else `max-age`, else `Expires`, else the layer's
 //! [`default_ttl`](ResponseCacheLayerBuilder::default_ttl) (with jitter);
 //! without any, nothing is stored. `Vary: *` is never stored. Requests with
-//! `Range` bypass the cache. A request carrying a header the key ignores but
-//! an origin may reflect (`X-Forwarded-Host`, ...) can be answered from the
-//! cache, but never fills it: an unkeyed header cannot poison it.
+//! `Range` bypass the cache.
+//!
+//! A request carrying an *unkeyed input* — a header the key ignores but an
+//! app may act on (`Forwarded`, `X-Forwarded-Host`/`-Proto`/`-Scheme`/
+//! `-Port`/`-Prefix`, `X-Original-URL`, `X-Rewrite-URL`, method overrides;
+//! see [`unkeyed_header`](ResponseCacheLayerBuilder::unkeyed_header)), or a
+//! `Host` other than its absolute-form target, can be answered from the
+//! cache but never fills it: it cannot poison the entry others read.
 //!
 //! # Keys
 //!
-//! GET, the path, the query (optionally sorted, parameters dropped by
-//! name), the host only when [configured](ResponseCacheLayerBuilder::key_host),
-//! and the request's values (normalised) of the configured key headers and
-//! of the headers the response `Vary`s on; at most
+//! GET, the authority (the absolute-form target's, else `Host`, lowercased,
+//! default port dropped, as Varnish hashes the host; off with
+//! [`key_host`](ResponseCacheLayerBuilder::key_host)), the path, the query
+//! (optionally sorted, parameters dropped by name), and the request's
+//! values of the configured key headers and of the headers the response
+//! `Vary`s on — `Accept-*` values normalised (case, spaces, line breaks),
+//! every other value byte for byte; at most
 //! [`max_variants`](ResponseCacheLayerBuilder::max_variants) variants per
 //! URL. URLs and values are hashed before they reach a store key. On Redis:
 //! `{prefix}:cache:{<url digest>}:i` (index: the Vary spec and each
 //! variant's freshness), `…:e:<variant>` (entry), `…:l:<variant>` (fill
-//! lock) and `…:p:<variant>` (hit-for-miss marker), all with a TTL, one hash
-//! tag per URL. The path is the one the layer
+//! lock), `…:p:<variant>` (hit-for-miss) and `…:g` (the URL's generation),
+//! all with a TTL, one hash tag per URL. The path is the one the layer
 //! sees: inside axum's `Router::nest` the nest prefix is stripped, so caches
 //! in different nests sharing a store need [`scope`](ResponseCacheLayerBuilder::scope)s
 //! of their own.
@@ -105,7 +118,9 @@
 //! # One origin call per key
 //!
 //! Concurrent misses for one slot collapse in process (one leader, the
-//! others follow its outcome), and across instances: the lookup script takes
+//! others follow its outcome — but only outcomes of store calls sent after
+//! they came, so none is answered with what the store held before a write
+//! it has seen complete), and across instances: the lookup script takes
 //! a short fill lock ([`lock_ttl`](ResponseCacheLayerBuilder::lock_ttl)) in
 //! the same round trip; instances that find it held poll with back-off (5 to
 //! 50 ms) until the entry appears, and after
@@ -127,15 +142,38 @@
 //! instance, since entries live in the store. [`CacheHandle`] invalidates by
 //! URI or by application key.
 //!
+//! Writes win: a purge also advances the URL's generation, and a fill
+//! writes only under the generation its lookup saw, so a response fetched
+//! before the write can never land after it (a fill whose lookup is more
+//! than ten minutes old is not stored either). A purge that fails (breaker
+//! open, deadline) is retried in the background, with back-off, until it
+//! lands or the entries it targets have expired (at most 10 000 URLs wait);
+//! it is logged, the write's response carries `Cache-Status: trl;
+//! fwd=method; detail=purge-pending`, and until it lands this instance
+//! answers that URL from the origin. Other instances may serve the old
+//! entry until the retry lands.
+//!
 //! # Entries, bodies, failures
 //!
 //! Entries use our own versioned binary layout with length fields and a
 //! checksum; decoding is bounds-checked. A corrupt or foreign entry is a miss
-//! and gets overwritten. Bodies stream to the client while being captured;
-//! past [`max_body_size`](ResponseCacheLayerBuilder::max_body_size) (1 MiB)
-//! capture stops and the rest streams through unstored. A hit on Redis is
-//! one round trip (one script that also reads the store's clock), and its
-//! body is a slice of the reply, not a copy.
+//! and gets overwritten. The request that fills reads the origin's body
+//! into the entry before it answers (up to
+//! [`max_body_size`](ResponseCacheLayerBuilder::max_body_size), 1 MiB), so
+//! the others are served as soon as the origin has answered, never at the
+//! speed of a client reading, and a client that stops reading holds no
+//! lock; it then gets the bytes from the entry. Past the cap, what was read
+//! is sent first and the rest streams through unstored. A body that fails
+//! midway is a 502 (or the stale entry, within `stale-if-error`). A hit on
+//! Redis is one round trip (one script that also reads the store's clock),
+//! and its body is a slice of the reply, not a copy. On a
+//! [`MemoryStore`](crate::MemoryStore) entries take at most its
+//! [`cache_capacity`](crate::MemoryStoreBuilder::cache_capacity) (64 MiB by
+//! default), the least recently used evicted first.
+//!
+//! Every duration and size is checked by `build()`: TTLs from 1 ms to ten
+//! years, `lock_ttl` and `max_wait` up to an hour; `get_or_load` clamps its
+//! TTL to that range.
 //!
 //! When the store fails or misses its deadline, a warning is logged (at
 //! most once a second) and the [`FailurePolicy`] decides: `Open` (default)
@@ -153,9 +191,11 @@
 //! entries are also kept in process, so a hot hit costs no round trip.
 //! Every write and purge publishes the URL on the store's invalidation
 //! channel and each instance drops its copies; copies are kept only while
-//! the subscription is up, and for at most the configured age. The price:
-//! an invalidation reaches other instances' copies after the pub/sub
-//! delivery delay rather than before the write's response returns.
+//! the subscription is up, for at most the configured age, within
+//! [`l1_capacity`](ResponseCacheLayerBuilder::l1_capacity) bytes, and never
+//! when read before an invalidation the tier has seen. The price: an
+//! invalidation reaches other instances' copies after the pub/sub delivery
+//! delay rather than before the write's response returns.
 //!
 //! # Limits
 //!
@@ -166,10 +206,13 @@
 //!   other variant keys (same slot) that are not passed in `KEYS`: Redis and
 //!   Redis Cluster run them, servers or proxies that enforce declared keys
 //!   refuse them.
+//! - The fill of a client that disconnects before the origin's body is
+//!   read is dropped: the next request fills again.
 //! - Purge by tag (`Surrogate-Key`) and soft purge are not implemented.
 
 mod cache_control;
 mod capture;
+mod config;
 mod decide;
 pub(crate) mod entry;
 mod fill;
@@ -181,7 +224,9 @@ mod key;
 mod l1;
 mod layer;
 mod leader;
+mod origin;
 mod policy;
+mod purges;
 mod resolve;
 mod response;
 mod route;
@@ -189,9 +234,9 @@ mod service;
 mod shared;
 mod store;
 
-pub use capture::CaptureBody;
+pub use config::{FailurePolicy, RequestDirectives};
 pub use future::ResponseFuture;
 pub use handle::CacheHandle;
-pub use layer::{FailurePolicy, RequestDirectives, ResponseCacheLayer, ResponseCacheLayerBuilder};
+pub use layer::{ResponseCacheLayer, ResponseCacheLayerBuilder};
 pub use service::ResponseCache;
 pub use store::CacheStore;

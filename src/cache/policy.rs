@@ -17,6 +17,21 @@ pub(crate) struct Rules {
     pub(crate) keep_stale: Duration,
     pub(crate) strip_set_cookie: bool,
     pub(crate) cache_authorized: bool,
+    /// Store responses to requests with `Cookie` as to any other.
+    pub(crate) share_cookie_requests: bool,
+}
+
+/// What of the request decides whether its response may be shared.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Asked {
+    pub(crate) authorized: bool,
+    pub(crate) cookie: bool,
+}
+
+/// A pass caused by the request, not the response: another request for the
+/// same slot may get a storable response (no hit-for-miss).
+pub(crate) fn request_specific(why: &str) -> bool {
+    matches!(why, "authorization" | "cookie")
 }
 
 /// Statuses stored with the layer's default TTL (RFC 9110 §15.1, heuristically
@@ -57,7 +72,7 @@ pub(crate) fn has_validator(headers: &HeaderMap) -> bool {
 /// §4.2.1) and computes its lifetime.
 pub(crate) fn verdict(
     rules: &Rules,
-    authorized: bool,
+    asked: Asked,
     status: StatusCode,
     headers: &HeaderMap,
 ) -> Verdict {
@@ -75,8 +90,13 @@ pub(crate) fn verdict(
     if headers.contains_key(http::header::SET_COOKIE) && !rules.strip_set_cookie {
         return Verdict::Pass("set-cookie");
     }
-    if authorized && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate) {
+    if asked.authorized && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate) {
         return Verdict::Pass("authorization");
+    }
+    // A response to a client with cookies may be about that client: shared
+    // only when it says so, never on the layer's default TTL.
+    if asked.cookie && !rules.share_cookie_requests && !(cc.public || cc.s_maxage.is_some()) {
+        return Verdict::Pass("cookie");
     }
     if neg && rules.negative_ttl.is_none() {
         return Verdict::Pass("negative");
@@ -175,8 +195,18 @@ mod tests {
             keep_stale: Duration::from_secs(60),
             strip_set_cookie: false,
             cache_authorized: false,
+            share_cookie_requests: false,
         }
     }
+
+    const AUTH: Asked = Asked {
+        authorized: true,
+        cookie: false,
+    };
+    const COOKIE: Asked = Asked {
+        authorized: false,
+        cookie: true,
+    };
 
     fn h(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut m = HeaderMap::new();
@@ -197,7 +227,7 @@ mod tests {
     fn lifetime_precedence() {
         let r = rules();
         let ok = StatusCode::OK;
-        let v = |hs| verdict(&r, false, ok, &h(hs));
+        let v = |hs| verdict(&r, Asked::default(), ok, &h(hs));
         assert_eq!(
             fresh(v(&[("cache-control", "max-age=10, s-maxage=20")])),
             20_000
@@ -221,7 +251,7 @@ mod tests {
             ..rules()
         };
         assert_eq!(
-            verdict(&pure, false, ok, &h(&[])),
+            verdict(&pure, Asked::default(), ok, &h(&[])),
             Verdict::Pass("no-freshness")
         );
     }
@@ -231,31 +261,41 @@ mod tests {
         let r = rules();
         let ok = StatusCode::OK;
         assert_eq!(
-            verdict(&r, false, ok, &h(&[("cache-control", "no-store")])),
+            verdict(
+                &r,
+                Asked::default(),
+                ok,
+                &h(&[("cache-control", "no-store")])
+            ),
             Verdict::Pass("no-store")
         );
         assert_eq!(
-            verdict(&r, false, ok, &h(&[("cache-control", "private")])),
+            verdict(
+                &r,
+                Asked::default(),
+                ok,
+                &h(&[("cache-control", "private")])
+            ),
             Verdict::Pass("private")
         );
         assert_eq!(
-            verdict(&r, false, ok, &h(&[("set-cookie", "a=b")])),
+            verdict(&r, Asked::default(), ok, &h(&[("set-cookie", "a=b")])),
             Verdict::Pass("set-cookie")
         );
         assert_eq!(
-            verdict(&r, true, ok, &h(&[])),
+            verdict(&r, AUTH, ok, &h(&[])),
             Verdict::Pass("authorization")
         );
         assert!(matches!(
-            verdict(&r, true, ok, &h(&[("cache-control", "public")])),
+            verdict(&r, AUTH, ok, &h(&[("cache-control", "public")])),
             Verdict::Store(_)
         ));
         assert_eq!(
-            verdict(&r, false, StatusCode::NOT_FOUND, &h(&[])),
+            verdict(&r, Asked::default(), StatusCode::NOT_FOUND, &h(&[])),
             Verdict::Pass("negative")
         );
         assert_eq!(
-            verdict(&r, false, StatusCode::FOUND, &h(&[])),
+            verdict(&r, Asked::default(), StatusCode::FOUND, &h(&[])),
             Verdict::Pass("status")
         );
         let neg = Rules {
@@ -265,7 +305,7 @@ mod tests {
         assert_eq!(
             fresh(verdict(
                 &neg,
-                false,
+                Asked::default(),
                 StatusCode::NOT_FOUND,
                 &h(&[("cache-control", "max-age=60")])
             )),
@@ -274,11 +314,38 @@ mod tests {
     }
 
     #[test]
+    fn a_request_with_cookies_fills_only_what_the_response_shares() {
+        let r = rules();
+        let ok = StatusCode::OK;
+        assert_eq!(
+            verdict(&r, COOKIE, ok, &h(&[])),
+            Verdict::Pass("cookie"),
+            "default TTL"
+        );
+        assert_eq!(
+            verdict(&r, COOKIE, ok, &h(&[("cache-control", "max-age=60")])),
+            Verdict::Pass("cookie")
+        );
+        for shared in ["public, max-age=60", "s-maxage=60"] {
+            let v = verdict(&r, COOKIE, ok, &h(&[("cache-control", shared)]));
+            assert!(matches!(v, Verdict::Store(_)), "{shared}");
+        }
+        let open = Rules {
+            share_cookie_requests: true,
+            ..rules()
+        };
+        assert!(matches!(
+            verdict(&open, COOKIE, ok, &h(&[])),
+            Verdict::Store(_)
+        ));
+    }
+
+    #[test]
     fn validators_keep_stale_entries_for_revalidation() {
         let r = rules();
         match verdict(
             &r,
-            false,
+            Asked::default(),
             StatusCode::OK,
             &h(&[("cache-control", "no-cache"), ("etag", "\"v1\"")]),
         ) {

@@ -8,14 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderMap;
-use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::config::FailurePolicy;
 use super::decide::{after_lookup, decode_for, fresh, swr_ok, HitKind, Polling, Step};
 use super::entry::Entry;
-use super::flight::{FlightGuard, Joined, Outcome};
+use super::flight::{FlightGuard, Follower, Joined, Outcome};
 use super::key::{self, Slot};
-use super::layer::FailurePolicy;
 use super::leader::Leader;
 use super::shared::{token, Shared};
 use super::store::{Found, Lookup};
@@ -42,7 +41,11 @@ pub(crate) enum Resolution {
 }
 
 pub(crate) async fn resolve(shared: Arc<Shared>, ask: Ask) -> Resolution {
-    let deadline = Instant::now() + shared.wait;
+    // A purge of this URL is still to land: the store may hold what it drops.
+    if shared.retries.is_pending(&ask.url) {
+        return Resolution::Pass("purge-pending");
+    }
+    let deadline = Instant::now() + shared.cfg.wait;
     for _ in 0..4 {
         let spec = shared.spec_of(&ask.url);
         let slot = key::slot(ask.url.clone(), spec, &ask.headers);
@@ -52,14 +55,14 @@ pub(crate) async fn resolve(shared: Arc<Shared>, ask: Ask) -> Resolution {
             }
         }
         if ask.lookup_only {
-            match look_only(&shared, slot).await {
+            match look(&shared, slot, false).await {
                 Some(r) => return r,
                 None => continue,
             }
         }
         // In process, a fresh hit is one map read: serve it without a flight.
         if shared.home.is_local() && ask.force_older_than.is_none() {
-            match look_only(&shared, slot.clone()).await {
+            match look(&shared, slot.clone(), false).await {
                 Some(hit @ Resolution::Hit(..)) => return hit,
                 Some(_) => {}
                 None => continue,
@@ -67,9 +70,10 @@ pub(crate) async fn resolve(shared: Arc<Shared>, ask: Ask) -> Resolution {
         }
         let guard = match shared.flights.join(&slot) {
             Joined::Leader(g) => g,
-            Joined::Follower(rx) => match follow(&shared, rx, &slot, deadline).await {
-                Some(r) => return r,
-                None => continue,
+            Joined::Follower(f) => match follow(&shared, f, &slot, deadline).await {
+                Followed::Resolved(r) => return r,
+                Followed::Lead(guard) => guard,
+                Followed::Again => continue,
             },
         };
         if let Some(r) = lead(&shared, &ask, slot, guard, deadline).await {
@@ -102,7 +106,7 @@ fn store_failed(
     e: &StoreError,
     open: impl FnOnce() -> Resolution,
 ) -> Resolution {
-    let (then, r) = match shared.on_failure {
+    let (then, r) = match shared.cfg.on_failure {
         FailurePolicy::Closed => ("answered 503 (fail closed)", Resolution::Unavailable),
         FailurePolicy::Open => ("the origin serves (fail open)", open()),
     };
@@ -110,13 +114,16 @@ fn store_failed(
     r
 }
 
-/// A lookup that takes no lock. `None`: the URL's spec changed, ask again.
-async fn look_only(shared: &Arc<Shared>, slot: Slot) -> Option<Resolution> {
+/// A lookup that takes no lock: a fresh entry (or, with `stale_ok`, one
+/// within `stale-while-revalidate`) is a hit. `None`: the URL's spec
+/// changed, ask again.
+async fn look(shared: &Arc<Shared>, slot: Slot, stale_ok: bool) -> Option<Resolution> {
     let q = Lookup {
         slot: slot.clone(),
         lock: None,
         force: false,
     };
+    let epoch = shared.l1_epoch(&slot.url);
     let found = match shared.home.lookup(&q).await {
         Ok(found) => found,
         Err(e) => return Some(store_failed(shared, &e, || Resolution::Pass("store-error"))),
@@ -124,49 +131,78 @@ async fn look_only(shared: &Arc<Shared>, slot: Slot) -> Option<Resolution> {
     if !learn(shared, &slot, &found) {
         return None;
     }
+    let now = found.now_ms;
     let hit = found.entry.and_then(|raw| {
-        let e = decode_for(&slot, raw.clone()).filter(|e| fresh(e, found.now_ms))?;
+        let e = decode_for(&slot, raw.clone())?;
         Some((e, raw))
     });
     Some(match hit {
-        Some((e, raw)) => {
-            shared.l1_put(&slot, &raw, e.meta.fresh_until_ms());
+        Some((e, raw)) if fresh(&e, now) => {
+            shared.l1_put(&slot, &raw, e.meta.fresh_until_ms(), epoch);
             Resolution::Hit(e, HitKind::Fresh)
         }
-        None => Resolution::Pass("miss"),
+        Some((e, _)) if stale_ok && swr_ok(&e, now) => Resolution::Hit(e, HitKind::Stale),
+        _ => Resolution::Pass("miss"),
     })
 }
 
-/// Waits for the local leader. `None`: ask again (as leader or follower).
-async fn follow(
-    shared: &Arc<Shared>,
-    mut rx: watch::Receiver<Outcome>,
-    slot: &Slot,
-    deadline: Instant,
-) -> Option<Resolution> {
+/// How following a local leader ended.
+// Returned once per follower, straight into a match: not worth a box.
+#[allow(clippy::large_enum_variant)]
+enum Followed {
+    Resolved(Resolution),
+    /// The flight needs a leader: this request.
+    Lead(FlightGuard),
+    /// Ask again (the URL's spec changed).
+    Again,
+}
+
+/// Waits for the local leader's outcome, taking only what comes from a
+/// store operation sent after this request joined; when the flight needs
+/// a leader, takes it over.
+async fn follow(shared: &Arc<Shared>, mut f: Follower, slot: &Slot, deadline: Instant) -> Followed {
+    let mut looked_stale = false;
     loop {
-        let outcome = rx.borrow_and_update().clone();
-        match outcome {
+        let t = f.rx.borrow_and_update().clone();
+        let fresh = f.accepts(&t);
+        match t.outcome {
             Outcome::Pending => {}
-            Outcome::Stale(raw) => {
+            Outcome::Stale(raw) if fresh => {
                 if let Some(e) = decode_for(slot, raw).filter(|e| swr_ok(e, shared.now_ms())) {
-                    return Some(Resolution::Hit(e, HitKind::Stale));
+                    return Followed::Resolved(Resolution::Hit(e, HitKind::Stale));
                 }
             }
-            // Another variant (the response's Vary differed): ask again.
-            Outcome::Done(raw) => {
-                return Some(Resolution::Hit(decode_for(slot, raw)?, HitKind::Collapsed))
+            // Revalidating since before this request came: whether the
+            // stale entry may still be served, only the store can tell.
+            Outcome::Stale(_) if !looked_stale => {
+                looked_stale = true;
+                match look(shared, slot.clone(), true).await {
+                    Some(hit @ Resolution::Hit(..)) => return Followed::Resolved(hit),
+                    Some(_) => {}
+                    None => return Followed::Again,
+                }
             }
-            Outcome::Pass => return Some(Resolution::Pass("uncacheable")),
-            Outcome::Abandoned => return None,
+            Outcome::Stale(_) => {}
+            Outcome::Done(raw) if fresh => {
+                // Another variant (the response's Vary differed): ask again.
+                return match decode_for(slot, raw) {
+                    Some(e) => Followed::Resolved(Resolution::Hit(e, HitKind::Collapsed)),
+                    None => Followed::Again,
+                };
+            }
+            Outcome::Pass => return Followed::Resolved(Resolution::Pass("uncacheable")),
+            Outcome::Respec => return Followed::Again,
+            Outcome::Done(_) | Outcome::Abandoned => match f.take_over() {
+                Ok(guard) => return Followed::Lead(guard),
+                Err(back) => f = back,
+            },
         }
-        match tokio::time::timeout_at(deadline, rx.changed()).await {
+        match tokio::time::timeout_at(deadline, f.rx.changed()).await {
             Ok(Ok(())) => {}
-            Ok(Err(_)) => return None,
+            Ok(Err(_)) => return Followed::Again,
             Err(_) => {
-                let leader =
-                    Leader::new(shared, slot.clone(), None, None, None, Some("wait-timeout"));
-                return Some(Resolution::Fill(leader));
+                let l = Leader::new(shared, slot.clone(), None, None, None, Some("wait-timeout"));
+                return Followed::Resolved(Resolution::Fill(l));
             }
         }
     }
@@ -182,7 +218,7 @@ async fn lead(
     deadline: Instant,
 ) -> Option<Resolution> {
     let token = token();
-    let lock_ttl = shared.lock_ttl.as_millis() as u64;
+    let lock_ttl = shared.cfg.lock_ttl.as_millis() as u64;
     let mut polling = Polling::default();
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -191,20 +227,29 @@ async fn lead(
             lock: Some((token, lock_ttl)),
             force: polling.force,
         };
+        let epoch = shared.l1_epoch(&slot.url);
+        let round = guard.sent();
         let found = match shared.home.lookup(&q).await {
             Ok(f) => f,
             Err(e) => {
+                if e.is_timeout() {
+                    // Redis may still run the lookup (a pause, a slow
+                    // script) and take the lock for us: give it back
+                    // behind it, or readers wait for a fill nobody makes.
+                    shared.spawn_release(&slot, token, 0);
+                }
                 return Some(store_failed(shared, &e, || {
-                    let l = Leader::new(shared, slot, None, Some(guard), None, Some("store-error"));
+                    let l = Leader::new(shared, slot, Some(guard), None, None, Some("store-error"));
                     Resolution::Fill(l)
-                }))
+                }));
             }
         };
         if !learn(shared, &slot, &found) {
+            guard.finish(round, Outcome::Respec);
             return None;
         }
         let now = found.now_ms;
-        let raw = found.entry;
+        let raw = found.entry.clone();
         let entry = raw.clone().and_then(|raw| decode_for(&slot, raw));
         let step = after_lookup(
             found.lock,
@@ -213,40 +258,40 @@ async fn lead(
             ask.force_older_than,
             polling,
         );
-        let unlocked = |guard, stale, why| {
+        let fill = |guard, token, stale, why| {
+            let looked = Some((&found, token));
             Some(Resolution::Fill(Leader::new(
                 shared,
                 slot.clone(),
-                None,
                 guard,
+                looked,
                 stale,
-                Some(why),
+                why,
             )))
         };
         match step {
             Step::Hit(kind) => {
                 let (e, raw) = (entry?, raw.unwrap_or_default());
-                shared.l1_put(&slot, &raw, e.meta.fresh_until_ms());
-                guard.finish(Outcome::Done(raw));
+                shared.l1_put(&slot, &raw, e.meta.fresh_until_ms(), epoch);
+                guard.finish(round, Outcome::Done(raw));
                 return Some(Resolution::Hit(e, kind));
             }
             Step::Force => polling.force = true,
             Step::Fill => {
                 if let (Some(raw), Some(_)) = (raw, &entry) {
-                    guard.stale(raw);
+                    guard.stale(round, raw);
                 }
-                let l = Leader::new(shared, slot, Some(token), Some(guard), entry, None);
-                return Some(Resolution::Fill(l));
+                return fill(Some(guard), Some(token), entry, None);
             }
             // Local followers go to the origin at once, and so does this request.
             Step::HitForMiss => {
-                guard.finish(Outcome::Pass);
-                return unlocked(None, entry, "hit-for-miss");
+                guard.finish(round, Outcome::Pass);
+                return fill(None, None, entry, Some("hit-for-miss"));
             }
-            Step::Unlocked(why) => return unlocked(Some(guard), None, why),
+            Step::Unlocked(why) => return fill(Some(guard), None, None, Some(why)),
             Step::Wait => {
                 if Instant::now() + backoff > deadline {
-                    return unlocked(Some(guard), None, "wait-timeout");
+                    return fill(Some(guard), None, None, Some("wait-timeout"));
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_millis(50));

@@ -116,6 +116,8 @@ pub(crate) enum Refusal {
     OnlyIfCached,
     /// The store failed and the layer fails closed.
     Unavailable,
+    /// The origin's body failed before the client got any of it.
+    BadGateway,
 }
 
 /// The response for a refusal: problem+json, or a gRPC status for gRPC
@@ -131,6 +133,11 @@ pub(crate) fn refusal(name: &str, r: Refusal, grpc: bool) -> Response<Bytes> {
             StatusCode::SERVICE_UNAVAILABLE,
             "the response cache's store is unavailable; retry shortly",
             "fwd=miss; detail=store-unavailable",
+        ),
+        Refusal::BadGateway => (
+            StatusCode::BAD_GATEWAY,
+            "the origin's response failed before it was complete",
+            "fwd=miss; detail=origin-body-error",
         ),
     };
     let mut res = Problem::plain(status, detail).respond(grpc, &[]);

@@ -3,10 +3,12 @@
 
 use std::time::Duration;
 
-use http::header::{AUTHORIZATION, RANGE};
-use http::{HeaderMap, Method};
+use http::header::{AUTHORIZATION, COOKIE, RANGE};
+use http::{HeaderMap, Method, Uri};
 
-use super::layer::RequestDirectives;
+use super::config::RequestDirectives;
+use super::key::authorities_differ;
+use super::policy::Asked;
 use super::policy::CacheControl;
 use super::shared::Shared;
 
@@ -33,7 +35,7 @@ pub(crate) struct Plan {
     pub(crate) force_older_than: Option<Duration>,
     /// A miss is answered 504 (`only-if-cached`, honoured by policy).
     pub(crate) only_if_cached: bool,
-    pub(crate) authorized: bool,
+    pub(crate) asked: Asked,
 }
 
 /// Every method but the safe ones (RFC 9110 §9.2.1), unknown ones included.
@@ -45,8 +47,8 @@ fn is_unsafe(m: &Method) -> bool {
 }
 
 /// Decides a request's route from its method and fields.
-pub(crate) fn route(sh: &Shared, method: &Method, h: &HeaderMap) -> Route {
-    if is_unsafe(method) && sh.invalidate_unsafe {
+pub(crate) fn route(sh: &Shared, method: &Method, uri: &Uri, h: &HeaderMap) -> Route {
+    if is_unsafe(method) && sh.cfg.invalidate_unsafe {
         return Route::Invalidate;
     }
     if *method != Method::GET && *method != Method::HEAD {
@@ -56,23 +58,29 @@ pub(crate) fn route(sh: &Shared, method: &Method, h: &HeaderMap) -> Route {
     if h.contains_key(RANGE) {
         return Route::Bypass("range");
     }
-    if authorized && !sh.rules.cache_authorized {
+    if authorized && !sh.cfg.rules.cache_authorized {
         return Route::Bypass("authorization");
     }
     let head = *method == Method::HEAD;
-    // A header the key ignores must not shape a stored response.
+    // A header the key ignores must not shape a stored response, nor a
+    // `Host` other than the authority keyed on.
     let unkeyed = sh
+        .cfg
         .unkeyed
         .iter()
-        .any(|n| h.contains_key(n) && !sh.key.headers.contains(n));
+        .any(|n| h.contains_key(n) && !sh.cfg.key.headers.contains(n))
+        || (sh.cfg.key.host && authorities_differ(uri, h));
     let mut plan = Plan {
         head,
         lookup_only: head || unkeyed,
         force_older_than: None,
         only_if_cached: false,
-        authorized,
+        asked: Asked {
+            authorized,
+            cookie: h.contains_key(COOKIE),
+        },
     };
-    if let RequestDirectives::Honor { min_age } = sh.directives {
+    if let RequestDirectives::Honor { min_age } = sh.cfg.directives {
         let cc = CacheControl::parse(h);
         plan.only_if_cached = cc.only_if_cached;
         plan.lookup_only |= cc.no_store || cc.only_if_cached;
@@ -103,8 +111,12 @@ mod tests {
             lookup_only,
             force_older_than: None,
             only_if_cached: false,
-            authorized: false,
+            asked: Asked::default(),
         })
+    }
+
+    fn at(sh: &Shared, method: Method, h: &HeaderMap) -> Route {
+        route(sh, &method, &Uri::from_static("/p"), h)
     }
 
     #[test]
@@ -114,22 +126,17 @@ mod tests {
             .unwrap();
         let sh = &layer.shared;
         let none = HeaderMap::new();
-        assert_eq!(route(sh, &Method::PUT, &none), Route::Invalidate);
-        assert_eq!(
-            route(sh, &Method::from_bytes(b"PURGE").unwrap(), &none),
-            Route::Invalidate
-        );
-        assert_eq!(route(sh, &Method::OPTIONS, &none), Route::Pass);
-        assert_eq!(route(sh, &Method::GET, &none), plan(false));
-        let head = route(sh, &Method::HEAD, &none);
+        assert_eq!(at(sh, Method::PUT, &none), Route::Invalidate);
+        let purge = Method::from_bytes(b"PURGE").unwrap();
+        assert_eq!(at(sh, purge, &none), Route::Invalidate);
+        assert_eq!(at(sh, Method::OPTIONS, &none), Route::Pass);
+        assert_eq!(at(sh, Method::GET, &none), plan(false));
+        let head = at(sh, Method::HEAD, &none);
         assert!(matches!(head, Route::Cache(p) if p.head && p.lookup_only));
         let range = headers(&[("range", "bytes=0-1")]);
-        assert_eq!(route(sh, &Method::GET, &range), Route::Bypass("range"));
+        assert_eq!(at(sh, Method::GET, &range), Route::Bypass("range"));
         let auth = headers(&[("authorization", "Bearer x")]);
-        assert_eq!(
-            route(sh, &Method::GET, &auth),
-            Route::Bypass("authorization")
-        );
+        assert_eq!(at(sh, Method::GET, &auth), Route::Bypass("authorization"));
     }
 
     #[test]
@@ -138,11 +145,14 @@ mod tests {
             .build()
             .unwrap();
         let sh = &layer.shared;
-        let xfh = headers(&[("x-forwarded-host", "evil.example")]);
-        assert_eq!(route(sh, &Method::GET, &xfh), plan(true));
+        for name in crate::cache::config::UNKEYED {
+            let mut h = HeaderMap::new();
+            h.insert(*name, http::HeaderValue::from_static("x"));
+            assert_eq!(at(sh, Method::GET, &h), plan(true), "{name}");
+        }
         let no_cache = headers(&[("cache-control", "no-cache, no-store")]);
         assert_eq!(
-            route(sh, &Method::GET, &no_cache),
+            at(sh, Method::GET, &no_cache),
             plan(false),
             "ignored by default"
         );
@@ -155,14 +165,29 @@ mod tests {
             .build()
             .unwrap();
         let sh = &layer.shared;
-        assert_eq!(
-            route(sh, &Method::GET, &xfh),
-            plan(false),
-            "keyed: not unkeyed"
-        );
-        let Route::Cache(p) = route(sh, &Method::GET, &no_cache) else {
+        let xfh = headers(&[("x-forwarded-host", "evil.example")]);
+        assert_eq!(at(sh, Method::GET, &xfh), plan(false), "keyed: not unkeyed");
+        let Route::Cache(p) = at(sh, Method::GET, &no_cache) else {
             panic!()
         };
         assert!(p.lookup_only && p.force_older_than == Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn an_absolute_form_uri_and_another_host_fill_nothing() {
+        let layer = ResponseCacheLayer::builder(MemoryStore::new())
+            .build()
+            .unwrap();
+        let sh = &layer.shared;
+        let h = headers(&[("host", "evil.example")]);
+        let abs = Uri::from_static("http://good.example/p");
+        assert_eq!(route(sh, &Method::GET, &abs, &h), plan(true));
+        let same = headers(&[("host", "GOOD.example:80")]);
+        assert_eq!(route(sh, &Method::GET, &abs, &same), plan(false));
+        let layer = ResponseCacheLayer::builder(MemoryStore::new())
+            .key_host(false)
+            .build()
+            .unwrap();
+        assert_eq!(route(&layer.shared, &Method::GET, &abs, &h), plan(false));
     }
 }

@@ -7,7 +7,6 @@ use http::{Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
-use super::capture::CacheBody;
 use super::fill::FillCtx;
 use super::future::{After, Pending, ResponseFuture};
 use super::invalidate::Targets;
@@ -35,11 +34,11 @@ impl<S> ResponseCache<S> {
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ResponseCache<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
-    ResBody: Body,
+    ResBody: Body<Data = bytes::Bytes>,
 {
-    type Response = Response<CacheBody<ResBody>>;
+    type Response = Response<crate::ResponseBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S, ReqBody>;
+    type Future = ResponseFuture<S, ReqBody, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -50,23 +49,29 @@ where
         // The readied service goes into the future; a fresh clone stays here.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let plan = match route(sh, req.method(), req.headers()) {
+        let plan = match route(sh, req.method(), req.uri(), req.headers()) {
             Route::Invalidate => {
                 let targets = Targets::of(sh, &req);
                 let after = After::Invalidate(sh.clone(), targets);
-                return ResponseFuture::call(inner.call(req), after);
+                return ResponseFuture::call(inner.call(req), after, sh.clone());
             }
-            Route::Pass => return ResponseFuture::call(inner.call(req), After::Pass(None)),
+            Route::Pass => {
+                return ResponseFuture::call(inner.call(req), After::Pass(None), sh.clone())
+            }
             Route::Bypass(why) => {
-                let status = cache_status(&sh.name, &format!("fwd=bypass; detail={why}"));
-                return ResponseFuture::call(inner.call(req), After::Pass(Some(status)));
+                let status = cache_status(&sh.cfg.name, &format!("fwd=bypass; detail={why}"));
+                return ResponseFuture::call(
+                    inner.call(req),
+                    After::Pass(Some(status)),
+                    sh.clone(),
+                );
             }
             Route::Cache(plan) => plan,
         };
         let h = req.headers();
         let request = Arc::new(h.clone());
         let ask = Ask {
-            url: sh.key.url(req.uri(), h),
+            url: sh.cfg.key.url(req.uri(), h),
             headers: request.clone(),
             lookup_only: plan.lookup_only,
             force_older_than: plan.force_older_than,
@@ -74,7 +79,7 @@ where
         let ctx = FillCtx {
             cond: Cond::of(h),
             request,
-            authorized: plan.authorized,
+            asked: plan.asked,
             only_if_cached: plan.only_if_cached,
             grpc: crate::problem::is_grpc(h),
         };

@@ -4,40 +4,31 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use http::HeaderName;
 use tokio::time::Instant;
 
+use super::config::Config;
 use super::flight::Flights;
-use super::key::{KeyRules, Slot};
-use super::l1::L1;
-use super::layer::{FailurePolicy, RequestDirectives};
-use super::policy::Rules;
-use super::store::{CacheHome, Write};
+use super::key::Slot;
+use super::l1::{Epoch, L1};
+use super::purges::Retries;
+use super::store::CacheHome;
 use crate::error::StoreError;
 use crate::store::memory::lock;
+use crate::telemetry::Outcomes;
 use crate::warn::Throttle;
 
 /// Most URLs whose Vary spec is remembered in process.
 const MAX_SPECS: usize = 10_000;
 
 pub(crate) struct Shared {
+    pub(crate) cfg: Config,
     pub(crate) home: Arc<dyn CacheHome>,
-    pub(crate) rules: Rules,
-    pub(crate) key: KeyRules,
     pub(crate) flights: Arc<Flights>,
-    pub(crate) max_body: usize,
-    pub(crate) max_variants: u32,
-    pub(crate) lock_ttl: Duration,
-    pub(crate) wait: Duration,
-    pub(crate) name: String,
-    pub(crate) unkeyed: Vec<HeaderName>,
-    pub(crate) directives: RequestDirectives,
-    pub(crate) invalidate_unsafe: bool,
-    pub(crate) on_failure: FailurePolicy,
     pub(crate) l1: Option<Arc<L1>>,
+    pub(crate) retries: Retries,
     warned: Throttle,
+    outcomes: Outcomes,
     specs: Mutex<HashMap<Arc<str>, Arc<str>>>,
     base: Instant,
     offset_ms: AtomicI64,
@@ -45,41 +36,15 @@ pub(crate) struct Shared {
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResponseCacheConfig")
-            .field("rules", &self.rules)
-            .field("key", &self.key)
-            .field("max_body", &self.max_body)
-            .field("max_variants", &self.max_variants)
-            .field("lock_ttl", &self.lock_ttl)
-            .field("wait", &self.wait)
-            .field("name", &self.name)
-            .field("directives", &self.directives)
-            .field("on_failure", &self.on_failure)
-            .finish_non_exhaustive()
+        self.cfg.fmt(f)
     }
 }
 
-pub(crate) struct Settings {
-    pub(crate) home: Arc<dyn CacheHome>,
-    pub(crate) rules: Rules,
-    pub(crate) key: KeyRules,
-    pub(crate) max_body: usize,
-    pub(crate) max_variants: u32,
-    pub(crate) lock_ttl: Duration,
-    pub(crate) wait: Duration,
-    pub(crate) name: String,
-    pub(crate) unkeyed: Vec<HeaderName>,
-    pub(crate) directives: RequestDirectives,
-    pub(crate) invalidate_unsafe: bool,
-    pub(crate) on_failure: FailurePolicy,
-    pub(crate) l1: Option<(usize, Duration)>,
-}
-
 impl Shared {
-    pub(crate) fn new(s: Settings) -> Self {
-        let l1 = s.l1.and_then(|(n, age)| {
-            let l1 = Arc::new(L1::new(n, age));
-            if s.home.listen(l1.listener()) {
+    pub(crate) fn new(home: Arc<dyn CacheHome>, cfg: Config) -> Self {
+        let l1 = cfg.l1.and_then(|c| {
+            let l1 = Arc::new(L1::new(c.max_entries, cfg.l1_bytes, c.max_age));
+            if home.listen(l1.listener()) {
                 Some(l1)
             } else {
                 tracing::warn!(
@@ -89,22 +54,19 @@ impl Shared {
                 None
             }
         });
+        let outcomes = Outcomes::new(
+            "trl_cache_requests_total",
+            &[("scope", &cfg.key.scope)],
+            &OUTCOMES,
+        );
         Self {
+            cfg,
+            home,
             l1,
-            home: s.home,
-            rules: s.rules,
-            key: s.key,
             flights: Arc::default(),
-            max_body: s.max_body,
-            max_variants: s.max_variants,
-            lock_ttl: s.lock_ttl,
-            wait: s.wait,
-            name: s.name,
-            unkeyed: s.unkeyed,
-            directives: s.directives,
-            invalidate_unsafe: s.invalidate_unsafe,
-            on_failure: s.on_failure,
+            retries: Retries::default(),
             warned: Throttle::default(),
+            outcomes,
             specs: Mutex::default(),
             base: Instant::now(),
             offset_ms: AtomicI64::new(i64::MIN),
@@ -138,12 +100,12 @@ impl Shared {
         lock(&self.specs)
             .get(url)
             .cloned()
-            .unwrap_or_else(|| self.key.base_spec())
+            .unwrap_or_else(|| self.cfg.key.base_spec())
     }
 
     pub(crate) fn learn(&self, url: &Arc<str>, spec: &Arc<str>) {
         let mut specs = lock(&self.specs);
-        if **spec == *self.key.base_spec() {
+        if **spec == *self.cfg.key.base_spec() {
             specs.remove(url);
             return;
         }
@@ -153,28 +115,54 @@ impl Shared {
         specs.insert(url.clone(), spec.clone());
     }
 
-    /// Warns (at most once a second) that the store failed at `what`.
-    pub(crate) fn store_failed(&self, what: &str, then: &str, e: &StoreError) {
-        self.warned
-            .store_failed("response cache", &self.key.scope, what, then, e);
+    /// Counts an answer by the `Cache-Status` this layer gave it, in a
+    /// `response_cache` span (debug level).
+    pub(crate) fn count(&self, headers: &http::HeaderMap) {
+        let name = self.cfg.name.as_bytes();
+        let Some(status) = headers
+            .get_all(&super::response::CACHE_STATUS)
+            .iter()
+            .rev()
+            .map(|v| v.as_bytes())
+            .find(|v| v.starts_with(name) && v.get(name.len()) == Some(&b';'))
+        else {
+            return;
+        };
+        let i = outcome_of(&status[name.len() + 1..]);
+        let Some(i) = i else { return };
+        self.outcomes.inc(i);
+        tracing::debug_span!(
+            "response_cache",
+            layer = "response cache",
+            scope = %self.cfg.key.scope,
+            outcome = OUTCOMES[i],
+        )
+        .in_scope(|| tracing::debug!("response cache outcome"));
     }
 
-    /// Writes an entry in the background: the response is not held up by it.
-    pub(crate) fn spawn_write(self: &Arc<Self>, w: Write) {
-        let fut = self.home.write(w);
-        let shared = self.clone();
-        spawn(async move {
-            if let Err(e) = fut.await {
-                shared.store_failed("storing an entry", "the response was not stored", &e);
-            }
-        });
+    /// Warns (at most once a second) that the store failed at `what`.
+    pub(crate) fn store_failed(&self, what: &str, then: &str, e: &StoreError) {
+        self.outcomes.inc(STORE_ERROR);
+        self.warned
+            .store_failed("response cache", &self.cfg.key.scope, what, then, e);
     }
 
     /// Keeps an in-process copy of a fresh entry (when the tier is on).
-    pub(crate) fn l1_put(&self, slot: &Slot, raw: &bytes::Bytes, fresh_until: u64) {
-        if let Some(l1) = &self.l1 {
-            l1.put(slot, raw.clone(), self.now_ms(), fresh_until);
+    pub(crate) fn l1_put(
+        &self,
+        slot: &Slot,
+        raw: &bytes::Bytes,
+        fresh_until: u64,
+        seen: Option<Epoch>,
+    ) {
+        if let (Some(l1), Some(seen)) = (&self.l1, seen) {
+            l1.put(slot, raw.clone(), self.now_ms(), fresh_until, seen);
         }
+    }
+
+    /// The in-process tier's invalidations of `url` so far (read before a lookup).
+    pub(crate) fn l1_epoch(&self, url: &str) -> Option<Epoch> {
+        self.l1.as_ref().map(|l1| l1.epoch(url))
     }
 
     /// Drops every variant of a URL here at once and, through the store, everywhere.
@@ -198,7 +186,7 @@ impl Shared {
 
 /// Spawns on the current Tokio runtime; outside one (a drop at shutdown)
 /// the work is skipped: locks expire and writes are only an optimisation.
-fn spawn(fut: impl std::future::Future<Output = ()> + Send + 'static) {
+pub(crate) fn spawn(fut: impl std::future::Future<Output = ()> + Send + 'static) {
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
         rt.spawn(fut);
     }
@@ -210,4 +198,69 @@ pub(crate) fn token() -> u64 {
     std::collections::hash_map::RandomState::new()
         .build_hasher()
         .finish()
+}
+
+/// The `outcome` label of `trl_cache_requests_total`, in index order.
+const OUTCOMES: [&str; 8] = [
+    "hit",
+    "hit_l1",
+    "miss",
+    "collapsed",
+    "stale",
+    "revalidated",
+    "bypass",
+    "store_error",
+];
+const STORE_ERROR: usize = 7;
+
+/// The outcome a `Cache-Status` parameter list (after the cache's name) says.
+fn outcome_of(params: &[u8]) -> Option<usize> {
+    let has = |p: &[u8]| params.windows(p.len()).any(|w| w == p);
+    let params = params.trim_ascii_start();
+    Some(if params.starts_with(b"hit") {
+        if has(b"detail=l1") {
+            1
+        } else {
+            0
+        }
+    } else if has(b"collapsed") {
+        3
+    } else if params.starts_with(b"fwd=stale") {
+        if has(b"fwd-status=304") {
+            5
+        } else {
+            4
+        }
+    } else if params.starts_with(b"fwd=bypass") {
+        6
+    } else if params.starts_with(b"fwd=miss") {
+        2
+    } else {
+        return None;
+    })
+}
+
+#[cfg(test)]
+mod count_tests {
+    use super::*;
+
+    #[test]
+    fn cache_status_parameters_name_the_outcome() {
+        for (params, outcome) in [
+            (" hit; ttl=12", Some("hit")),
+            (" hit; detail=l1", Some("hit_l1")),
+            (" fwd=miss; fwd-status=200; stored; ttl=30", Some("miss")),
+            (" fwd=miss; collapsed", Some("collapsed")),
+            (" fwd=stale; fwd-status=304", Some("revalidated")),
+            (" fwd=stale; fwd-status=503", Some("stale")),
+            (" fwd=bypass; detail=authorization", Some("bypass")),
+            (" fwd=method; detail=purge-pending", None),
+        ] {
+            assert_eq!(
+                outcome_of(params.as_bytes()).map(|i| OUTCOMES[i]),
+                outcome,
+                "{params}"
+            );
+        }
+    }
 }

@@ -41,8 +41,10 @@ pub trait CacheHome: Send + Sync + std::fmt::Debug {
     /// Reads a slot, taking its fill lock when asked and the entry is
     /// missing or stale.
     fn lookup(&self, q: &Lookup) -> BoxFuture<'static, Result<Found, StoreError>>;
-    /// Writes an entry, releasing the writer's lock.
-    fn write(&self, w: Write) -> BoxFuture<'static, Result<(), StoreError>>;
+    /// Writes an entry, releasing the writer's lock; `false` when the URL
+    /// was purged since the writer's lookup (or the fill is too old), and
+    /// nothing was written.
+    fn write(&self, w: Write) -> BoxFuture<'static, Result<bool, StoreError>>;
     /// Releases the lock; `pass_ms > 0` also marks the slot hit-for-miss.
     fn release(
         &self,
@@ -50,7 +52,8 @@ pub trait CacheHome: Send + Sync + std::fmt::Debug {
         token: u64,
         pass_ms: u64,
     ) -> BoxFuture<'static, Result<(), StoreError>>;
-    /// Drops every variant of a URL; the number of entries dropped.
+    /// Drops every variant of a URL and advances its generation, so that
+    /// no fill that looked up before lands; the number of entries dropped.
     fn purge(&self, url: &str) -> BoxFuture<'static, Result<u64, StoreError>>;
     /// Starts delivering the fleet's invalidations to `listener`; `false`
     /// when this home cannot (then no in-process tier is kept).
@@ -86,7 +89,14 @@ pub struct Found {
     pub(crate) spec: Arc<str>,
     pub(crate) entry: Option<Bytes>,
     pub(crate) lock: LockState,
+    /// The URL's generation: advanced by every purge (0: never purged
+    /// within [`FILL_MAX_MS`]). A fill writes only under the one it saw.
+    pub(crate) gen: u64,
 }
+
+/// A fill whose lookup is older than this is not stored: the generation
+/// of a purged URL is kept this long, so no older fill can slip past it.
+pub(crate) const FILL_MAX_MS: u64 = 10 * 60 * 1000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LockState {
@@ -108,6 +118,9 @@ pub struct Write {
     pub(crate) keep_ms: u64,
     pub(crate) token: Option<u64>,
     pub(crate) max_variants: u32,
+    /// The URL's generation at the writer's lookup, and that lookup's store time.
+    pub(crate) gen: u64,
+    pub(crate) seen_ms: u64,
     /// The writer's in-process tier (0: none), so it keeps its own copy.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) writer: u64,

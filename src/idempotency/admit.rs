@@ -41,9 +41,10 @@ pub(super) fn admit<B: Body>(cfg: &Config, req: &Request<B>) -> Admit {
             return Admit::Reject(Rejection::bad_request(format!("invalid principal: {why}")))
         }
         Err(KeyError::Missing) => {
-            return Admit::Reject(Rejection::bad_request(
-                "the request names no principal to scope its Idempotency-Key",
-            ))
+            return Admit::Reject(Rejection::bad_request(format!(
+                "the request names no principal to scope its Idempotency-Key; looked for {}",
+                cfg.principal.describe()
+            )))
         }
     };
     if req.body().size_hint().lower() > cfg.max_body as u64 {

@@ -8,10 +8,11 @@ use std::time::Duration;
 use http::{HeaderName, Method};
 
 use super::policy::{check_allow_list, SharedPolicy};
-use super::response::RejectionResponse;
+use super::response::{IdempotencyOutcome, RejectionResponse};
 use super::store::{IdempotencyHome, Replicas};
 use crate::error::{check_name, ConfigError};
 use crate::key::KeyExtractor;
+use crate::telemetry::Outcomes;
 use crate::warn::Throttle;
 
 /// The longest record TTL, lease, wait or replica timeout a layer accepts:
@@ -90,7 +91,21 @@ pub(crate) struct Config {
     pub(crate) settings: Settings,
     warned: Throttle,
     warned_replicas: Throttle,
+    outcomes: Outcomes,
 }
+
+/// The `outcome` label of each [`IdempotencyOutcome`], in its order.
+const OUTCOMES: [&str; 9] = [
+    "passed",
+    "first_run",
+    "first_run_not_stored",
+    "replay",
+    "conflict",
+    "mismatch",
+    "bad_request",
+    "store_unavailable",
+    "store_bypassed",
+];
 
 impl std::ops::Deref for Config {
     type Target = Settings;
@@ -165,12 +180,39 @@ impl Settings {
 
 impl Config {
     pub(crate) fn new(home: Arc<dyn IdempotencyHome>, settings: Settings) -> Self {
+        let settings_scope = settings.scope.to_string();
         Self {
             home,
             settings,
             warned: Throttle::default(),
             warned_replicas: Throttle::default(),
+            outcomes: Outcomes::new(
+                "trl_idempotency_requests_total",
+                &[("scope", &settings_scope)],
+                &OUTCOMES,
+            ),
         }
+    }
+
+    /// Counts a response by its outcome, in an `idempotency` span (debug level).
+    pub(crate) fn count(&self, outcome: Option<&IdempotencyOutcome>) {
+        let Some(o) = outcome else { return };
+        let i = match o {
+            IdempotencyOutcome::Skipped => 0,
+            IdempotencyOutcome::Stored => 1,
+            IdempotencyOutcome::NotStored => 2,
+            IdempotencyOutcome::Replayed => 3,
+            IdempotencyOutcome::InProgress => 4,
+            IdempotencyOutcome::Mismatch => 5,
+            IdempotencyOutcome::Invalid => 6,
+            IdempotencyOutcome::StoreUnavailable => 7,
+            IdempotencyOutcome::StoreBypassed => 8,
+            #[allow(unreachable_patterns)]
+            _ => return,
+        };
+        self.outcomes.inc(i);
+        tracing::debug_span!("idempotency", layer = "idempotency", scope = %self.scope, outcome = OUTCOMES[i])
+            .in_scope(|| tracing::debug!("idempotency outcome"));
     }
 
     /// Warns (at most once a second) that the store failed at `what`.

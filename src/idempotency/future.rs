@@ -39,6 +39,8 @@ pin_project! {
     {
         #[pin]
         state: State<S, B, ResBody>,
+        // Counts the response's outcome (metrics, a debug span).
+        config: Arc<Config>,
     }
 }
 
@@ -106,26 +108,33 @@ where
 {
     pub(super) fn read(body: B, ctx: Ctx<S>) -> Self {
         let capture = Capture::new(ctx.config.max_body);
-        Self::from(State::Reading {
-            body,
-            capture,
-            ctx: Some(ctx),
-        })
+        let config = ctx.config.clone();
+        Self::from(
+            State::Reading {
+                body,
+                capture,
+                ctx: Some(ctx),
+            },
+            config,
+        )
     }
 
-    pub(super) fn skip(fut: S::Future) -> Self {
-        Self::from(State::Passing {
-            fut,
-            outcome: Outcome::Skipped,
-        })
+    pub(super) fn skip(fut: S::Future, config: Arc<Config>) -> Self {
+        Self::from(
+            State::Passing {
+                fut,
+                outcome: Outcome::Skipped,
+            },
+            config,
+        )
     }
 
-    pub(super) fn respond(res: Response<Bytes>) -> Self {
-        Self::from(State::Respond { res: Some(res) })
+    pub(super) fn respond(res: Response<Bytes>, config: Arc<Config>) -> Self {
+        Self::from(State::Respond { res: Some(res) }, config)
     }
 
-    fn from(state: State<S, B, ResBody>) -> Self {
-        Self { state }
+    fn from(state: State<S, B, ResBody>, config: Arc<Config>) -> Self {
+        Self { state, config }
     }
 }
 
@@ -142,9 +151,30 @@ where
     type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let this = self.project();
+        let out = ready!(poll_state(this.state, cx));
+        if let Ok(res) = &out {
+            this.config.count(res.extensions().get::<Outcome>());
+        }
+        Poll::Ready(out)
+    }
+}
+
+#[allow(clippy::type_complexity)]
+fn poll_state<S, B, ResBody>(
+    mut state: Pin<&mut State<S, B, ResBody>>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Res<ResBody>, S::Error>>
+where
+    S: Service<Request<RequestBody<B>>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Body<Data = Bytes>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+{
+    {
         loop {
-            let next = match this.state.as_mut().project() {
+            let next = match state.as_mut().project() {
                 StateProj::Reading { body, capture, ctx } => {
                     let ended = ready!(capture.poll(body, cx));
                     let ctx = ctx.take().expect(DONE);
@@ -185,7 +215,7 @@ where
                     return Poll::Ready(Ok(res.map(ResponseBody::full)));
                 }
             };
-            this.state.set(next);
+            state.set(next);
         }
     }
 }

@@ -43,8 +43,17 @@ pub(crate) fn parse(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, Strin
     }
     let raw = value.as_bytes();
     let text = if raw.first() == Some(&b'"') {
-        let item: sfv::Item = sfv::Parser::new(raw).parse().map_err(|e| {
-            format!("the Idempotency-Key header is not a structured-field string: {e}")
+        let item: sfv::Item = sfv::Parser::new(raw).parse().map_err(|_| {
+            if sfv::Parser::new(raw)
+                .parse::<sfv::List>()
+                .is_ok_and(|l| l.len() > 1)
+            {
+                "the Idempotency-Key header must hold one key, not a list".to_owned()
+            } else {
+                "the Idempotency-Key header is not a structured-field string: \
+                 send one quoted key of visible ASCII, like \"8e03978e-40d5\""
+                    .to_owned()
+            }
         })?;
         match item.bare_item.as_string() {
             Some(s) => s.as_str().to_owned(),
@@ -121,8 +130,9 @@ mod tests {
             (b"\"caf\xc3\xa9\"", "structured-field"),
             (b"ab\tc", "visible ASCII"),
             (b"\"ab\tc\"", "structured-field"),
+            (b"\"a\",\"b\"", "one key, not a list"),
             (b"a b", "visible ASCII"),
-            (b"\"a\", \"b\"", "structured-field"),
+            (b"\"a\", \"b\"", "one key, not a list"),
             (b"a,b", "not a list"),
             (b"\"unterminated", "structured-field"),
         ] {

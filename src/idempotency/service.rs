@@ -58,10 +58,13 @@ where
         let cfg = &self.config;
         let (idem_key, principal) = match admit(cfg, &req) {
             Admit::Skip => {
-                return ResponseFuture::skip(self.inner.call(req.map(RequestBody::streaming)))
+                return ResponseFuture::skip(
+                    self.inner.call(req.map(RequestBody::streaming)),
+                    cfg.clone(),
+                )
             }
             Admit::Reject(r) => {
-                return ResponseFuture::respond(reject(cfg, is_grpc(req.headers()), r))
+                return ResponseFuture::respond(reject(cfg, is_grpc(req.headers()), r), cfg.clone())
             }
             Admit::Check(k, p) => (k, p),
         };

@@ -4,6 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -61,6 +62,7 @@ struct Pending<S, B> {
     plan: Arc<PlanSet>,
     question: Question,
     grpc: bool,
+    asked: Instant,
 }
 
 impl<S, B> std::fmt::Debug for ResponseFuture<S, B>
@@ -102,6 +104,7 @@ where
                     plan,
                     question,
                     grpc,
+                    asked: Instant::now(),
                 }),
             },
         }
@@ -140,6 +143,20 @@ enum Next {
 }
 
 fn decide<S, B>(p: &Pending<S, B>, result: Result<Answer, StoreError>) -> Next {
+    let store = p.asked.elapsed();
+    let next = decide_after(p, result);
+    let d = match &next {
+        Next::Call(d) => Some(d),
+        Next::Respond(res) => res.extensions().get::<RateLimitDecision>(),
+    };
+    if let Some(d) = d {
+        p.plan
+            .count_decision(&p.config.scope, d, p.config.shadow, Some(store));
+    }
+    next
+}
+
+fn decide_after<S, B>(p: &Pending<S, B>, result: Result<Answer, StoreError>) -> Next {
     let cfg = &p.config;
     let (answer, source) = match result {
         Ok(answer) => (answer, DecisionSource::Store),
@@ -165,7 +182,6 @@ fn decide<S, B>(p: &Pending<S, B>, result: Result<Answer, StoreError>) -> Next {
     };
     let decision = RateLimitDecision::from_answer(&p.plan.meta, &answer, source);
     if answer.allowed {
-        tracing::debug!(policies = ?decision.policies, "rate limit: allowed");
         return Next::Call(decision);
     }
     if let Some(denials) = &p.plan.denials {
@@ -175,7 +191,6 @@ fn decide<S, B>(p: &Pending<S, B>, result: Result<Answer, StoreError>) -> Next {
         tracing::info!(policies = ?decision.policies, "rate limit (shadow): would reject");
         return Next::Call(decision);
     }
-    tracing::debug!(policies = ?decision.policies, "rate limit: rejected");
     Next::Respond(rejection(cfg, &p.plan, decision, p.grpc))
 }
 

@@ -261,14 +261,24 @@ impl RateLimitLayerBuilder {
             legacy: self.legacy_headers,
             remember_denials: self.remember_denials,
         };
-        let mut plans = vec![Arc::new(PlanSet::compile("", &self.policies, fields)?)];
+        let mut plans = vec![Arc::new(PlanSet::compile(
+            &self.scope,
+            "",
+            &self.policies,
+            fields,
+        )?)];
         for (name, policies) in &self.plans {
             if name.is_empty() || plans.iter().any(|p| *p.name == **name) {
                 return Err(ConfigError::new(format!(
                     "plan {name:?} is defined twice or has no name"
                 )));
             }
-            plans.push(Arc::new(PlanSet::compile(name, policies, fields)?));
+            plans.push(Arc::new(PlanSet::compile(
+                &self.scope,
+                name,
+                policies,
+                fields,
+            )?));
         }
         let store = self.store.rate_limit_home();
         let counters = Config::counters_of(&*store, &self.scope, &plans);

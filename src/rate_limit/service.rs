@@ -10,6 +10,7 @@ use super::config::Config;
 use super::decision::{DecisionSource, RateLimitDecision};
 use super::future::ResponseFuture;
 use super::layer::MissingKey;
+use super::plan::Outcome;
 use super::response::rejection;
 use super::store::Question;
 use crate::body::ResponseBody;
@@ -47,6 +48,7 @@ where
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let cfg = &self.config;
         if cfg.skip.is_some() && cfg.skips(&RequestView::new(&req)) {
+            cfg.plans[0].count(Outcome::Skipped);
             return ResponseFuture::pass(self.inner.call(req));
         }
         cfg.mark_counted(req.extensions_mut());
@@ -56,6 +58,7 @@ where
         let key = match cfg.key.extract(&view) {
             Ok(key) => key,
             Err(KeyError::Invalid(why)) => {
+                plan.count(Outcome::BadKey);
                 tracing::debug!(%why, "rate limit: invalid client key");
                 return ResponseFuture::respond(bad_request(
                     grpc,
@@ -66,9 +69,11 @@ where
                 MissingKey::Fallback(key) => key.clone(),
                 MissingKey::Allow => {
                     let d = RateLimitDecision::without_policies(true, DecisionSource::NoKey);
+                    plan.count_decision(&cfg.scope, &d, cfg.shadow, None);
                     return ResponseFuture::call(self.inner.call(req), d, plan);
                 }
                 MissingKey::Reject => {
+                    plan.count(Outcome::NoKey);
                     let looked_for = cfg.key.describe();
                     cfg.warn_missing_key(&looked_for);
                     return ResponseFuture::respond(bad_request(
@@ -81,6 +86,7 @@ where
         let cost = cfg.cost.as_ref().map_or(1, |c| c(&view));
         if cost > plan.max_cost {
             let d = RateLimitDecision::without_policies(false, DecisionSource::CostTooHigh);
+            plan.count_decision(&cfg.scope, &d, cfg.shadow, None);
             tracing::debug!(cost, max = plan.max_cost, "rate limit: cost above capacity");
             if !cfg.shadow {
                 return ResponseFuture::respond(rejection(cfg, &plan, d, grpc));
@@ -89,6 +95,7 @@ where
         }
         if let Some(answer) = plan.denials.as_ref().and_then(|d| d.check(&key, cost)) {
             let d = RateLimitDecision::from_answer(&plan.meta, &answer, DecisionSource::Remembered);
+            plan.count_decision(&cfg.scope, &d, cfg.shadow, None);
             if !cfg.shadow {
                 return ResponseFuture::respond(rejection(cfg, &plan, d, grpc));
             }

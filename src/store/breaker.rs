@@ -123,11 +123,14 @@ impl Breaker {
             });
     }
 
-    pub(crate) fn record_success(&self) {
+    /// Counts a success; `true` when it closed the breaker.
+    pub(crate) fn record_success(&self) -> bool {
         self.failures.store(0, Ordering::Relaxed);
-        if self.open_until.swap(0, Ordering::AcqRel) != 0 {
-            tracing::warn!("store circuit breaker closed: the store answers again");
+        // Read first: the common case (closed) writes nothing shared.
+        if self.open_until.load(Ordering::Acquire) == 0 {
+            return false;
         }
+        self.open_until.swap(0, Ordering::AcqRel) != 0
     }
 
     /// Counts a failure; `true` when this one opened the breaker.
@@ -140,15 +143,7 @@ impl Breaker {
             return false;
         }
         let until = self.now_ms() + self.hold_ms();
-        let opened = self.open_until.swap(until, Ordering::AcqRel) == 0;
-        if opened {
-            tracing::warn!(
-                failures,
-                probe_every_ms = self.config.probe_every.as_millis() as u64,
-                "store circuit breaker opened: skipping the store while a background probe waits for it"
-            );
-        }
-        opened
+        self.open_until.swap(until, Ordering::AcqRel) == 0
     }
 
     /// Claims the one background probe of this breaker.

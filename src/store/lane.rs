@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::breaker::{Breaker, BreakerConfig};
 use super::conn::RedisConn;
@@ -14,6 +14,7 @@ use super::conn::RedisConn;
 use super::slots::probe_key;
 use super::slots::{breakers, slot};
 use crate::error::StoreError;
+use crate::telemetry::{CallOutcome, StoreCalls};
 
 #[derive(Clone, Debug)]
 pub(crate) struct Lane {
@@ -28,6 +29,12 @@ struct Inner {
     /// How long the background probe waits for an answer.
     probe_timeout: Duration,
     breakers: Box<[Breaker]>,
+    metrics: StoreCalls,
+    /// The scripts this lane's layer runs: loaded ahead, and again once
+    /// Redis answers after an outage (a restarted Redis has none), so no
+    /// call pays a `NOSCRIPT` round trip — one a timed-out caller would
+    /// never send.
+    scripts: std::sync::Mutex<Vec<&'static redis::Script>>,
 }
 
 impl Lane {
@@ -42,6 +49,8 @@ impl Lane {
             inner: Arc::new(Inner {
                 name,
                 breakers: breakers(&conn, config),
+                metrics: StoreCalls::new(name),
+                scripts: std::sync::Mutex::default(),
                 conn,
                 deadline,
                 probe_timeout,
@@ -51,6 +60,12 @@ impl Lane {
 
     pub(crate) fn conn(&self) -> RedisConn {
         self.inner.conn.clone()
+    }
+
+    /// Loads `scripts` now (in the background) and after every outage.
+    pub(crate) fn preload(&self, scripts: &[&'static redis::Script]) {
+        crate::store::memory::lock(&self.inner.scripts).extend_from_slice(scripts);
+        load_scripts(&self.inner);
     }
 
     pub(crate) fn is_cluster(&self) -> bool {
@@ -79,23 +94,65 @@ impl Lane {
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
+        let inner = &*self.inner;
         let index = self.breaker_index(slot);
-        let breaker = &self.inner.breakers[index];
+        let breaker = &inner.breakers[index];
         if !breaker.allow() {
+            inner.metrics.skipped.add(1);
             return Err(StoreError::circuit_open());
         }
-        let result = match tokio::time::timeout(self.inner.deadline, fut).await {
+        let started = Instant::now();
+        let (result, outcome) = match tokio::time::timeout(inner.deadline, fut).await {
             Ok(Ok(v)) => {
-                breaker.record_success();
+                inner.metrics.record(CallOutcome::Ok, started.elapsed());
+                if breaker.record_success() {
+                    self.inner.closed();
+                }
                 return Ok(v);
             }
-            Ok(Err(e)) => Err(StoreError::backend(e)),
-            Err(_) => Err(StoreError::timeout(self.inner.deadline)),
+            // Redis answered, out of memory: no outage, so the breaker stays
+            // closed (reads still work); the layer's failure policy answers.
+            Ok(Err(e)) if e.code() == Some("OOM") => {
+                inner.metrics.record(CallOutcome::Error, started.elapsed());
+                return Err(StoreError::redis(e));
+            }
+            Ok(Err(e)) => (Err(StoreError::redis(e)), CallOutcome::Error),
+            Err(_) => (
+                Err(StoreError::timeout(inner.deadline)),
+                CallOutcome::Timeout,
+            ),
         };
+        inner.metrics.record(outcome, started.elapsed());
         if breaker.record_failure() {
+            if let Err(e) = &result {
+                tracing::warn!(
+                    lane = inner.name,
+                    error = %e,
+                    probe_every_ms = breaker.config().probe_every.as_millis() as u64,
+                    "store circuit breaker opened: {} skips the store while a background \
+                     probe waits for it to answer",
+                    inner.name
+                );
+            }
+            inner.metrics.breakers_open.add(1.0);
             spawn_probe(&self.inner, index);
         }
         result
+    }
+
+    /// Runs a clean-up call (giving back a lock) under the deadline but past
+    /// the breaker, and without counting toward it: a lock taken by a call
+    /// Redis ran late must be given back even while the breaker is open, or
+    /// readers wait for a fill that nobody makes.
+    pub(crate) async fn call_cleanup<T, F>(&self, fut: F) -> Result<T, StoreError>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        match tokio::time::timeout(self.inner.deadline, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(StoreError::redis(e)),
+            Err(_) => Err(StoreError::timeout(self.inner.deadline)),
+        }
     }
 
     fn breaker_index(&self, slot: u16) -> usize {
@@ -133,12 +190,46 @@ fn spawn_probe(inner: &Arc<Inner>, index: usize) {
             }
             breaker.hold();
             if probe(&inner, index).await {
-                breaker.record_success();
-                tracing::info!(lane = inner.name, "store answers again: decisions resume");
+                if breaker.record_success() {
+                    inner.closed();
+                }
                 return;
             }
         }
     });
+}
+
+/// Loads the lane's scripts in the background (best effort: a script that
+/// is still missing is loaded by the `NOSCRIPT` fallback of its call).
+fn load_scripts(inner: &Arc<Inner>) {
+    let scripts = crate::store::memory::lock(&inner.scripts).clone();
+    if scripts.is_empty() || tokio::runtime::Handle::try_current().is_err() {
+        return;
+    }
+    let mut conn = inner.conn.clone();
+    let timeout = inner.probe_timeout;
+    tokio::spawn(async move {
+        for script in scripts {
+            let invocation = script.prepare_invoke();
+            let load = invocation.load_async(&mut conn);
+            if !matches!(tokio::time::timeout(timeout, load).await, Ok(Ok(_))) {
+                return;
+            }
+        }
+    });
+}
+
+impl Inner {
+    /// A breaker of this lane closed: the store answers again.
+    fn closed(self: &Arc<Self>) {
+        load_scripts(self);
+        self.metrics.breakers_open.add(-1.0);
+        tracing::warn!(
+            lane = self.name,
+            "store circuit breaker closed: {} uses the store again",
+            self.name
+        );
+    }
 }
 
 /// Clears the probe flag however the probe task ends (even with its runtime).
@@ -152,8 +243,10 @@ impl Drop for ProbeEnded {
     }
 }
 
-#[cfg_attr(not(feature = "cluster"), allow(unused_variables))]
-async fn probe(inner: &Inner, index: usize) -> bool {
+async fn probe(
+    inner: &Inner,
+    #[cfg_attr(not(feature = "cluster"), allow(unused_variables))] index: usize,
+) -> bool {
     let mut conn = inner.conn.clone();
     let ask = async {
         match &conn {

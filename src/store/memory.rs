@@ -18,12 +18,18 @@ use tokio::time::Instant;
 ///
 /// Time comes from `tokio::time`, so tests can pause and advance it.
 ///
+/// Bounded: cached responses take at most
+/// [`cache_capacity`](MemoryStoreBuilder::cache_capacity) bytes (64 MiB by
+/// default; the least recently used are evicted first), and expired state
+/// is swept as maps grow.
+///
 /// ```
 /// use tower_redis_layers::MemoryStore;
 ///
 /// let store = MemoryStore::new();
 /// let same_state = store.clone();
-/// # drop(same_state);
+/// let small = MemoryStore::builder().cache_capacity(8 << 20).build();
+/// # drop((same_state, small));
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct MemoryStore {
@@ -39,21 +45,69 @@ type States = HashMap<TypeId, Arc<dyn Any + Send + Sync>>;
 pub(crate) struct MemoryInner {
     clock: Clock,
     states: Mutex<States>,
+    cache_capacity: usize,
 }
 
 impl Default for MemoryInner {
     fn default() -> Self {
+        MemoryStoreBuilder::default().inner()
+    }
+}
+
+/// Builds a [`MemoryStore`] with bounds other than the defaults.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct MemoryStoreBuilder {
+    cache_capacity: usize,
+}
+
+impl Default for MemoryStoreBuilder {
+    fn default() -> Self {
         Self {
+            cache_capacity: 64 << 20,
+        }
+    }
+}
+
+impl MemoryStoreBuilder {
+    /// Bytes of cached responses (bodies, fields and keys) the store holds
+    /// at most (default 64 MiB); past it the least recently used entries
+    /// are evicted. 0 keeps nothing.
+    pub fn cache_capacity(mut self, bytes: usize) -> Self {
+        self.cache_capacity = bytes;
+        self
+    }
+
+    /// The store.
+    pub fn build(self) -> MemoryStore {
+        MemoryStore {
+            inner: Arc::new(self.inner()),
+        }
+    }
+
+    fn inner(self) -> MemoryInner {
+        MemoryInner {
             clock: Clock::new(),
             states: Mutex::default(),
+            cache_capacity: self.cache_capacity,
         }
     }
 }
 
 impl MemoryStore {
-    /// An empty store.
+    /// An empty store with the default bounds.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Starts building a store with other bounds.
+    pub fn builder() -> MemoryStoreBuilder {
+        MemoryStoreBuilder::default()
+    }
+
+    /// Bytes of cached responses this store holds at most.
+    pub(crate) fn cache_capacity(&self) -> usize {
+        self.inner.cache_capacity
     }
 
     /// Microseconds since the Unix epoch, advancing with `tokio::time` (so a

@@ -12,6 +12,7 @@ mod breaker;
 pub(crate) mod conn;
 #[cfg(feature = "redis")]
 pub(crate) mod lane;
+pub(crate) mod lru;
 pub(crate) mod memory;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
@@ -21,7 +22,7 @@ pub(crate) mod slots;
 pub(crate) use any::any_store;
 pub use any::AnyStore;
 pub use breaker::BreakerConfig;
-pub use memory::MemoryStore;
+pub use memory::{MemoryStore, MemoryStoreBuilder};
 #[cfg(feature = "redis")]
 pub use redis::{RedisStore, RedisStoreBuilder};
 

@@ -18,10 +18,10 @@ pub async fn call(
         .await
         .unwrap();
     tokio::spawn(conn);
-    let mut b = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "test");
+    let mut b = http::Request::builder().method(method).uri(path);
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        b = b.header("host", "test");
+    }
     for (k, v) in headers {
         b = b.header(*k, *v);
     }

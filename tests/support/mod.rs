@@ -15,6 +15,38 @@ use tower_redis_layers::{MemoryStore, RedisStore};
 #[allow(unused_imports)]
 pub use server::RedisServer;
 
+/// Web-cache-poisoning vectors: request headers (and a `Host`) that an
+/// origin may reflect or act on but that a clean client does not send.
+pub const POISON_VECTORS: &[(&str, &str)] = &[
+    ("host", "evil.example"),
+    ("forwarded", "host=evil.example;proto=http"),
+    ("x-forwarded-host", "evil.example"),
+    ("x-forwarded-proto", "http"),
+    ("x-forwarded-scheme", "http"),
+    ("x-forwarded-port", "8443"),
+    ("x-forwarded-prefix", "/evil"),
+    ("x-forwarded-server", "evil.example"),
+    ("x-host", "evil.example"),
+    ("x-original-url", "/admin"),
+    ("x-rewrite-url", "/admin"),
+    ("x-http-method-override", "DELETE"),
+    ("x-http-method", "DELETE"),
+    ("x-method-override", "DELETE"),
+    ("cookie", "session=alice"),
+];
+
+/// A page reflecting every poisoning vector the request carries, as apps
+/// do with `Host`, `X-Forwarded-*` and the like: `page host=... ...`.
+pub fn reflected_page(headers: &::http::HeaderMap) -> String {
+    let mut page = String::from("page");
+    for (name, _) in POISON_VECTORS {
+        if let Some(v) = headers.get(*name) {
+            page.push_str(&format!(" {name}={}", v.to_str().unwrap()));
+        }
+    }
+    page
+}
+
 /// The Redis server shared by the tests of this binary.
 pub fn redis_url() -> String {
     server::shared_url()

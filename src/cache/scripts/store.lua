@@ -1,10 +1,23 @@
 -- Writes one cache entry, records it in the URL's index, caps the variants
--- and releases the writer's fill lock.
--- KEYS[1] index, KEYS[2] entry, KEYS[3] fill lock
+-- and releases the writer's fill lock; writes nothing if the URL was purged
+-- since the writer's lookup (its generation moved) or that lookup is too old.
+-- KEYS[1] index, KEYS[2] entry, KEYS[3] fill lock, KEYS[4] the URL's generation
 -- ARGV[1] spec, ARGV[2] variant, ARGV[3] entry bytes, ARGV[4] fresh-until ms,
 -- ARGV[5] keep ms, ARGV[6] lock token ('' = none), ARGV[7] max variants,
 -- ARGV[8] key base of this URL (entries are base .. 'e:' .. variant, same hash tag),
--- ARGV[9] invalidation channel, ARGV[10] '<writer>|<URL digest>' (published: in-process copies are dropped)
+-- ARGV[9] invalidation channel, ARGV[10] '<writer>|<URL digest>' (published: in-process copies are dropped),
+-- ARGV[11] generation seen by the writer's lookup, ARGV[12] that lookup's time ms,
+-- ARGV[13] the oldest lookup a fill may come from, ms
+-- Returns 1 when written, 0 when not.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if (redis.call('GET', KEYS[4]) or '0') ~= ARGV[11]
+    or now - tonumber(ARGV[12]) > tonumber(ARGV[13]) then
+  if ARGV[6] ~= '' and redis.call('GET', KEYS[3]) == ARGV[6] then
+    redis.call('DEL', KEYS[3])
+  end
+  return 0
+end
 local base = ARGV[8]
 local old = redis.call('HGET', KEYS[1], 'vary')
 if old and old ~= ARGV[1] then
@@ -16,8 +29,6 @@ if old and old ~= ARGV[1] then
   end
   redis.call('DEL', KEYS[1])
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local keep = tonumber(ARGV[5])
 redis.call('SET', KEYS[2], ARGV[3], 'PX', keep)
 redis.call('HSET', KEYS[1], 'vary', ARGV[1], 'f:' .. ARGV[2], ARGV[4], 'x:' .. ARGV[2], now + keep)

@@ -1,6 +1,7 @@
-//! The in-process home of cache entries: the same index / entry / lock
-//! model as Redis, in one map per [`MemoryStore`], shared by every cache
-//! layer built on it.
+//! The in-process home of cache entries: the same index / entry / lock /
+//! generation model as Redis, in one state per [`MemoryStore`] shared by
+//! every cache layer built on it, bounded by the store's cache capacity
+//! (least recently used entries evicted first).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -8,14 +9,19 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
-use super::{CacheHome, CacheStore, Found, LockState, Lookup, Write};
+use super::{CacheHome, CacheStore, Found, LockState, Lookup, Write, FILL_MAX_MS};
 use crate::cache::key::Slot;
 use crate::cache::l1::Listener;
 use crate::error::StoreError;
+use crate::store::lru::Lru;
 use crate::store::memory::{lock, ExpiringMap};
 use crate::store::MemoryStore;
+use crate::telemetry::{Count, Level};
 
 type SlotKey = (Arc<str>, Arc<str>);
+
+/// What an entry costs besides its bytes and key: the map and index slots.
+const OVERHEAD: usize = 128;
 
 /// Every cache layer's state in one store.
 #[derive(Debug, Default)]
@@ -24,9 +30,10 @@ struct Entries(Mutex<State>);
 #[derive(Debug, Default)]
 struct State {
     index: ExpiringMap<Arc<str>, Index>,
-    entries: ExpiringMap<SlotKey, Bytes>,
+    entries: Lru<SlotKey, Bytes>,
     locks: ExpiringMap<SlotKey, u64>,
     passes: ExpiringMap<SlotKey, ()>,
+    gens: ExpiringMap<Arc<str>, u64>,
 }
 
 #[derive(Debug)]
@@ -50,13 +57,35 @@ impl Index {
 pub(crate) struct MemoryHome {
     store: MemoryStore,
     entries: Arc<Entries>,
+    metrics: Gauges,
+}
+
+/// The memory tier's size and evictions, for the metrics.
+#[derive(Debug)]
+struct Gauges {
+    bytes: Level,
+    count: Level,
+    evictions: Count,
+}
+
+impl Gauges {
+    fn new() -> Self {
+        Self {
+            bytes: Level::new("trl_memory_bytes", &[("layer", "response cache")]),
+            count: Level::new("trl_memory_entries", &[("layer", "response cache")]),
+            evictions: Count::new("trl_cache_evictions_total", &[("tier", "memory")]),
+        }
+    }
 }
 
 impl CacheStore for MemoryStore {
     fn cache_home(&self) -> Arc<dyn CacheHome> {
+        let entries: Arc<Entries> = self.state();
+        lock(&entries.0).entries.set_capacity(self.cache_capacity());
         Arc::new(MemoryHome {
             store: self.clone(),
-            entries: self.state(),
+            entries,
+            metrics: Gauges::new(),
         })
     }
 }
@@ -66,9 +95,14 @@ fn key_of(s: &Slot) -> SlotKey {
 }
 
 impl State {
+    fn gen(&mut self, url: &Arc<str>, now_us: u64) -> u64 {
+        self.gens.get_mut(url, now_us).map_or(0, |g| *g)
+    }
+
     fn lookup(&mut self, q: &Lookup, now_us: u64) -> Found {
         let now_ms = now_us / 1000;
         let s = &q.slot;
+        let gen = self.gen(&s.url, now_us);
         let mut fresh_until = 0;
         if let Some(idx) = self.index.get_mut(&s.url, now_us) {
             if idx.spec != s.spec {
@@ -77,12 +111,13 @@ impl State {
                     spec: idx.spec.clone(),
                     entry: None,
                     lock: LockState::NotTried,
+                    gen,
                 };
             }
             fresh_until = idx.variants.get(&s.variant).map_or(0, |v| v.0);
         }
         let key = key_of(s);
-        let entry = self.entries.get_mut(&key, now_us).cloned();
+        let entry = self.entries.get(&key, now_us).cloned();
         let mut lock_state = LockState::NotTried;
         if let Some((token, ttl_ms)) = q.lock {
             let fresh = entry.is_some() && now_ms < fresh_until && !q.force;
@@ -103,26 +138,43 @@ impl State {
             spec: s.spec.clone(),
             entry,
             lock: lock_state,
+            gen,
         }
     }
 
-    fn write(&mut self, w: Write, now_us: u64) {
+    fn write(&mut self, w: Write, now_us: u64) -> bool {
         let now_ms = now_us / 1000;
         let s = &w.slot;
+        if self.gen(&s.url, now_us) != w.gen || now_ms.saturating_sub(w.seen_ms) > FILL_MAX_MS {
+            // Purged since the writer looked: its response may predate the purge.
+            if let Some(token) = w.token {
+                self.release(s, token, now_us);
+            }
+            return false;
+        }
         let mut idx = match self.index.remove(&s.url, now_us) {
             Some(idx) if idx.spec == s.spec => idx,
             Some(old) => {
                 // The URL's Vary changed: the old variants are keyed on other headers.
                 for v in old.variants.keys() {
-                    self.entries.remove(&(s.url.clone(), v.clone()), now_us);
+                    self.entries.remove(&(s.url.clone(), v.clone()));
                 }
                 Index::new(&s.spec)
             }
             None => Index::new(&s.spec),
         };
         let expires = now_ms + w.keep_ms;
-        self.entries
-            .insert(key_of(s), w.entry, expires * 1000, now_us);
+        let charge = w.entry.len() + s.url.len() + s.variant.len() + OVERHEAD;
+        let evicted = self
+            .entries
+            .insert(key_of(s), w.entry, charge, expires * 1000, now_us);
+        for (url, variant) in evicted {
+            if url == s.url {
+                idx.variants.remove(&variant);
+            } else {
+                self.forget(&url, &variant, now_us);
+            }
+        }
         idx.variants
             .insert(s.variant.clone(), (w.fresh_until_ms, expires));
         idx.variants.retain(|_, (_, exp)| *exp > now_ms);
@@ -137,7 +189,7 @@ impl State {
             by_expiry.sort_unstable();
             for (_, v) in by_expiry.into_iter().take(over) {
                 idx.variants.remove(&v);
-                self.entries.remove(&(s.url.clone(), v), now_us);
+                self.entries.remove(&(s.url.clone(), v));
             }
         }
         let idx_expires = idx.variants.values().map(|v| v.1).max().unwrap_or(expires);
@@ -145,6 +197,17 @@ impl State {
             .insert(s.url.clone(), idx, idx_expires * 1000, now_us);
         if let Some(token) = w.token {
             self.release(s, token, now_us);
+        }
+        true
+    }
+
+    /// Drops an evicted variant from its URL's index.
+    fn forget(&mut self, url: &Arc<str>, variant: &Arc<str>, now_us: u64) {
+        if let Some(idx) = self.index.get_mut(url, now_us) {
+            idx.variants.remove(variant);
+            if idx.variants.is_empty() {
+                self.index.remove(url, now_us);
+            }
         }
     }
 
@@ -161,16 +224,16 @@ impl State {
 
     fn purge(&mut self, url: &str, now_us: u64) -> u64 {
         let url: Arc<str> = url.into();
+        // Always above the last one, even within one microsecond.
+        let gen = now_us.max(self.gen(&url, now_us) + 1);
+        self.gens
+            .insert(url.clone(), gen, now_us + FILL_MAX_MS * 1000, now_us);
         let Some(idx) = self.index.remove(&url, now_us) else {
             return 0;
         };
         idx.variants
             .keys()
-            .filter(|v| {
-                self.entries
-                    .remove(&(url.clone(), (*v).clone()), now_us)
-                    .is_some()
-            })
+            .filter(|v| self.entries.remove(&(url.clone(), (*v).clone())).is_some())
             .count() as u64
     }
 }
@@ -191,9 +254,16 @@ impl CacheHome for MemoryHome {
         ready(self.with(|st, now| st.lookup(q, now)))
     }
 
-    fn write(&self, w: Write) -> BoxFuture<'static, Result<(), StoreError>> {
-        self.with(|st, now| st.write(w, now));
-        ready(())
+    fn write(&self, w: Write) -> BoxFuture<'static, Result<bool, StoreError>> {
+        let m = &self.metrics;
+        ready(self.with(|st, now| {
+            let evicted = st.entries.evictions();
+            let written = st.write(w, now);
+            m.evictions.add(st.entries.evictions() - evicted);
+            m.bytes.set(st.entries.bytes() as f64);
+            m.count.set(st.entries.len() as f64);
+            written
+        }))
     }
 
     fn release(
@@ -223,5 +293,137 @@ impl CacheHome for MemoryHome {
 
     fn is_local(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(url: &str) -> Slot {
+        Slot {
+            url: url.into(),
+            spec: "".into(),
+            variant: "_".into(),
+        }
+    }
+
+    fn write(slot: Slot, bytes: usize, gen: u64, seen_ms: u64) -> Write {
+        Write {
+            slot,
+            entry: Bytes::from(vec![7u8; bytes]),
+            fresh_until_ms: u64::MAX / 2000,
+            keep_ms: 60_000,
+            token: None,
+            max_variants: 4,
+            gen,
+            seen_ms,
+            writer: 0,
+        }
+    }
+
+    fn home(capacity: usize) -> MemoryHome {
+        let store = MemoryStore::builder().cache_capacity(capacity).build();
+        // Resolving a home sets the state's capacity from the store.
+        drop(store.cache_home());
+        MemoryHome {
+            entries: store.state(),
+            store,
+            metrics: Gauges::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn ten_times_the_capacity_stays_within_it_and_evictions_are_counted() {
+        let capacity = 1 << 20;
+        let home = home(capacity);
+        let body = 16 << 10;
+        for i in 0..(10 * capacity / body) {
+            let now = home.store.now_us() / 1000;
+            let w = write(slot(&format!("u{i}")), body, 0, now);
+            assert!(home.write(w).await.unwrap());
+            // Measured: the bytes the map really holds, not the counter.
+            let st = lock(&home.entries.0);
+            let held: usize = st.entries.values().map(Bytes::len).sum();
+            assert!(held <= capacity, "{held} bytes held");
+        }
+        let st = lock(&home.entries.0);
+        let evictions = st.entries.evictions();
+        assert!(evictions >= 9 * (capacity / body) as u64, "{evictions}");
+        let held: usize = st.entries.values().map(Bytes::len).sum();
+        assert!(held > capacity / 2, "the capacity is used: {held}");
+        assert!(st.entries.bytes() <= capacity);
+    }
+
+    #[tokio::test]
+    async fn through_the_layer_the_store_stays_within_its_capacity() {
+        use http_body_util::{BodyExt, Full};
+        use tower::ServiceExt;
+        let capacity = 1 << 20;
+        let store = MemoryStore::builder().cache_capacity(capacity).build();
+        let layer = crate::cache::ResponseCacheLayer::builder(store.clone())
+            .build()
+            .unwrap();
+        let svc = tower::ServiceBuilder::new().layer(layer).service_fn(
+            |_req: http::Request<Full<Bytes>>| async {
+                let body = Full::new(Bytes::from(vec![b'x'; 64 << 10]));
+                let res = http::Response::builder()
+                    .header("cache-control", "max-age=60")
+                    .body(body)
+                    .unwrap();
+                Ok::<_, std::convert::Infallible>(res)
+            },
+        );
+        let entries: Arc<Entries> = store.state();
+        for i in 0..10 * capacity / (64 << 10) {
+            let req = http::Request::get(format!("/r{i}"))
+                .body(Full::default())
+                .unwrap();
+            let res = svc.clone().oneshot(req).await.unwrap();
+            assert_eq!(
+                res.into_body().collect().await.unwrap().to_bytes().len(),
+                64 << 10
+            );
+            let st = lock(&entries.0);
+            let held: usize = st.entries.values().map(Bytes::len).sum();
+            assert!(held <= capacity, "{held} bytes held after {i} responses");
+        }
+        assert!(lock(&entries.0).entries.evictions() > 0);
+    }
+
+    #[tokio::test]
+    async fn a_purge_advances_the_generation_and_an_older_fill_cannot_land() {
+        let home = home(1 << 20);
+        let q = Lookup {
+            slot: slot("u"),
+            lock: None,
+            force: false,
+        };
+        let before = home.lookup(&q).await.unwrap();
+        assert_eq!(before.gen, 0);
+        home.purge("u").await.unwrap();
+        let after = home.lookup(&q).await.unwrap();
+        assert_ne!(after.gen, before.gen);
+        let stale = write(slot("u"), 10, before.gen, before.now_ms);
+        assert!(
+            !home.write(stale).await.unwrap(),
+            "looked up before the purge"
+        );
+        assert!(home.lookup(&q).await.unwrap().entry.is_none());
+        let at = after.now_ms.saturating_sub(FILL_MAX_MS + 1);
+        assert!(
+            !home
+                .write(write(slot("u"), 10, after.gen, at))
+                .await
+                .unwrap(),
+            "too old a fill"
+        );
+        let fresh = write(slot("u"), 10, after.gen, after.now_ms);
+        assert!(home.write(fresh).await.unwrap());
+        assert!(home.lookup(&q).await.unwrap().entry.is_some());
+        home.purge("u").await.unwrap();
+        home.purge("u").await.unwrap();
+        let last = home.lookup(&q).await.unwrap().gen;
+        assert!(last > after.gen, "every purge advances it");
     }
 }

@@ -12,7 +12,7 @@ use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use redis::{Script, Value};
 
-use super::{CacheHome, CacheStore, Found, LockState, Lookup, Write};
+use super::{CacheHome, CacheStore, Found, LockState, Lookup, Write, FILL_MAX_MS};
 use crate::cache::key::Slot;
 use crate::cache::l1::{Listener, Signal};
 use crate::error::StoreError;
@@ -45,7 +45,11 @@ impl CacheStore for RedisStore {
         Arc::new(RedisHome {
             prefix: self.prefix().to_owned(),
             channel: format!("{}:cache:inval", self.prefix()),
-            lane: self.lane("response cache", true),
+            lane: {
+                let lane = self.lane("response cache", true);
+                lane.preload(&[&*LOOKUP, &*STORE, &*RELEASE, &*PURGE]);
+                lane
+            },
             pubsub: self.pubsub_clients().to_vec(),
         })
     }
@@ -74,11 +78,20 @@ impl RedisHome {
 /// after a lost connection (to the next node, on a cluster), until the
 /// listener is no longer wanted.
 async fn listen_loop(clients: Vec<redis::Client>, channel: String, listener: Listener) {
+    // Logged once per transition: lost, then regained.
+    let mut lost = false;
     for client in clients.iter().cycle() {
         if let Ok(mut ps) = client.get_async_pubsub().await {
             if ps.subscribe(&channel).await.is_ok() {
                 if !listener(Signal::Up) {
                     return;
+                }
+                if std::mem::take(&mut lost) {
+                    tracing::warn!(
+                        layer = "response cache",
+                        "response cache: the L1 tier's invalidation subscription is back; \
+                         in-process copies are kept again"
+                    );
                 }
                 let mut messages = ps.on_message();
                 loop {
@@ -102,16 +115,26 @@ async fn listen_loop(clients: Vec<redis::Client>, channel: String, listener: Lis
         if !listener(Signal::Down) {
             return;
         }
+        if !std::mem::replace(&mut lost, true) {
+            tracing::warn!(
+                layer = "response cache",
+                "response cache: the L1 tier lost its invalidation subscription; \
+                 in-process copies are dropped and not kept until it is back (Redis down \
+                 or unreachable: the store's other calls follow the failure policy)"
+            );
+        }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
-fn keys(base: &str, s: &Slot) -> [String; 4] {
+/// The keys of a slot: index, entry, lock, hit-for-miss marker, generation.
+fn keys(base: &str, s: &Slot) -> [String; 5] {
     [
         format!("{base}i"),
         format!("{base}e:{}", s.variant),
         format!("{base}l:{}", s.variant),
         format!("{base}p:{}", s.variant),
+        format!("{base}g"),
     ]
 }
 
@@ -128,13 +151,16 @@ fn parse_found(v: Value) -> Result<Found, StoreError> {
         return Err(StoreError::protocol("cache lookup: not an array"));
     };
     let mut it = items.into_iter();
-    let (Some(Value::Int(now)), Some(spec), Some(entry), Some(Value::Int(lock))) =
-        (it.next(), it.next(), it.next(), it.next())
+    let (Some(Value::Int(now)), Some(spec), Some(entry), Some(Value::Int(lock)), Some(gen)) =
+        (it.next(), it.next(), it.next(), it.next(), it.next())
     else {
         return Err(StoreError::protocol("cache lookup: unexpected reply"));
     };
     let spec = bytes_of(spec).ok_or_else(|| StoreError::protocol("cache lookup: spec"))?;
     let spec: Arc<str> = String::from_utf8_lossy(&spec).into();
+    let gen = bytes_of(gen)
+        .and_then(|g| std::str::from_utf8(&g).ok()?.parse::<u64>().ok())
+        .ok_or_else(|| StoreError::protocol("cache lookup: generation"))?;
     Ok(Found {
         now_ms: now.max(0) as u64,
         spec,
@@ -145,15 +171,16 @@ fn parse_found(v: Value) -> Result<Found, StoreError> {
             3 => LockState::HitForMiss,
             _ => LockState::NotTried,
         },
+        gen,
     })
 }
 
 impl CacheHome for RedisHome {
     fn lookup(&self, q: &Lookup) -> BoxFuture<'static, Result<Found, StoreError>> {
         let base = self.base(&q.slot.url);
-        let [index, entry, lock, pass] = keys(&base, &q.slot);
+        let [index, entry, lock, pass, gen] = keys(&base, &q.slot);
         let mut inv = LOOKUP.prepare_invoke();
-        inv.key(index).key(entry).key(lock).key(pass);
+        inv.key(index).key(entry).key(lock).key(pass).key(gen);
         inv.arg(&*q.slot.spec).arg(&*q.slot.variant);
         match q.lock {
             Some((token, ttl)) => inv.arg(token.to_string()).arg(ttl),
@@ -164,11 +191,11 @@ impl CacheHome for RedisHome {
         Box::pin(async move { parse_found(call.await?) })
     }
 
-    fn write(&self, w: Write) -> BoxFuture<'static, Result<(), StoreError>> {
+    fn write(&self, w: Write) -> BoxFuture<'static, Result<bool, StoreError>> {
         let base = self.base(&w.slot.url);
-        let [index, entry, lock, _] = keys(&base, &w.slot);
+        let [index, entry, lock, _, gen] = keys(&base, &w.slot);
         let mut inv = STORE.prepare_invoke();
-        inv.key(index).key(entry).key(lock);
+        inv.key(index).key(entry).key(lock).key(gen);
         inv.arg(&*w.slot.spec)
             .arg(&*w.slot.variant)
             .arg(&w.entry[..])
@@ -178,9 +205,12 @@ impl CacheHome for RedisHome {
             .arg(w.max_variants)
             .arg(&base)
             .arg(&self.channel)
-            .arg(format!("{}|{}", w.writer, w.slot.url));
-        let call = self.run::<Value>(base, inv);
-        Box::pin(async move { call.await.map(drop) })
+            .arg(format!("{}|{}", w.writer, w.slot.url))
+            .arg(w.gen.to_string())
+            .arg(w.seen_ms)
+            .arg(FILL_MAX_MS);
+        let call = self.run::<i64>(base, inv);
+        Box::pin(async move { Ok(call.await? == 1) })
     }
 
     fn release(
@@ -190,20 +220,28 @@ impl CacheHome for RedisHome {
         pass_ms: u64,
     ) -> BoxFuture<'static, Result<(), StoreError>> {
         let base = self.base(&slot.url);
-        let [_, _, lock, pass] = keys(&base, slot);
+        let [_, _, lock, pass, _] = keys(&base, slot);
         let mut inv = RELEASE.prepare_invoke();
         inv.key(lock).key(pass).arg(token.to_string()).arg(pass_ms);
-        let call = self.run::<Value>(base, inv);
-        Box::pin(async move { call.await.map(drop) })
+        // A clean-up: past the breaker (see `Lane::call_cleanup`).
+        let lane = self.lane.clone();
+        Box::pin(async move {
+            let mut conn = lane.conn();
+            lane.call_cleanup(inv.invoke_async::<Value>(&mut conn))
+                .await
+                .map(drop)
+        })
     }
 
     fn purge(&self, url: &str) -> BoxFuture<'static, Result<u64, StoreError>> {
         let base = self.base(url);
         let mut inv = PURGE.prepare_invoke();
         inv.key(format!("{base}i"))
+            .key(format!("{base}g"))
             .arg(&base)
             .arg(&self.channel)
-            .arg(format!("-|{url}"));
+            .arg(format!("-|{url}"))
+            .arg(FILL_MAX_MS);
         let call = self.run::<i64>(base, inv);
         Box::pin(async move { Ok(call.await?.max(0) as u64) })
     }

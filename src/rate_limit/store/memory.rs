@@ -10,6 +10,7 @@ use crate::error::StoreError;
 use crate::rate_limit::algorithm::{peek, AlgState};
 use crate::store::memory::{lock, ExpiringMap};
 use crate::store::MemoryStore;
+use crate::telemetry::Level;
 
 /// Every client's policy states in one store, keyed by scope, policy and
 /// client: at most [`MAX_STATES`]. Past it the state closest to its expiry
@@ -32,6 +33,7 @@ impl Default for States {
 pub(crate) struct MemoryHome {
     store: MemoryStore,
     states: Arc<States>,
+    entries: Level,
 }
 
 impl MemoryHome {
@@ -39,6 +41,7 @@ impl MemoryHome {
         Self {
             store: store.clone(),
             states: store.state(),
+            entries: Level::new("trl_memory_entries", &[("layer", "rate limit")]),
         }
     }
 
@@ -62,6 +65,7 @@ impl MemoryHome {
                     map.insert(key, next, expires, now);
                 }
             }
+            self.entries.set(map.len() as f64);
         }
         Answer { allowed, policies }
     }

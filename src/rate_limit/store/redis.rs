@@ -35,7 +35,11 @@ impl RateLimitStore for RedisStore {
     fn rate_limit_home(&self) -> Arc<dyn RateLimitHome> {
         let prefix = self.prefix().to_owned();
         Arc::new(RedisHome {
-            lane: self.lane("rate limit", false),
+            lane: {
+                let lane = self.lane("rate limit", false);
+                lane.preload(&[&*SCRIPT]);
+                lane
+            },
             batcher: self.batcher(|| Checks { prefix }),
         })
     }

@@ -1,0 +1,156 @@
+//! After the origin answered a request that leads a fill: refresh a
+//! revalidated entry on `304`, serve stale on errors within
+//! `stale-if-error`, pass what may not be stored, and start capturing what may.
+
+use bytes::Bytes;
+use http::response::Parts;
+use http::{HeaderMap, Response, StatusCode};
+use http_body::Body;
+
+use super::capture::Capture;
+use super::decide::sie_ok;
+use super::entry::Entry;
+use super::fill::{meta, Fill, FillCtx};
+use super::flight::Outcome;
+use super::key;
+use super::leader::Leader;
+use super::policy::{request_specific, verdict, Verdict};
+use super::response::{cache_status, merge_304, serve, to_store, CACHE_STATUS};
+
+/// What the origin's response becomes.
+pub(crate) enum Answer<B> {
+    /// The client's response as it is.
+    Done(Response<crate::ResponseBody<B>>),
+    /// Read the body into the entry first.
+    Capture(Box<Capture>, Parts, B),
+}
+
+/// A stale entry served because the origin failed.
+pub(crate) fn serve_stale_on_error(
+    leader: &Leader,
+    ctx: &FillCtx,
+    status: u16,
+) -> Option<Response<Bytes>> {
+    let stale = leader.stale.as_ref()?;
+    let now = leader.shared.now_ms();
+    sie_ok(stale, now).then(|| {
+        let params = format!("fwd=stale; fwd-status={status}");
+        serve(
+            &leader.shared.cfg.name,
+            stale,
+            now,
+            false,
+            &ctx.cond,
+            &params,
+        )
+    })
+}
+
+pub(crate) fn on_origin<B: Body>(mut leader: Leader, res: Response<B>, ctx: FillCtx) -> Answer<B> {
+    let shared = leader.shared.clone();
+    let name = &shared.cfg.name;
+    let now = shared.now_ms();
+    let status = res.status();
+    if status == StatusCode::NOT_MODIFIED {
+        if let Some(stale) = leader.stale.take() {
+            return Answer::Done(refreshed(leader, stale, res.headers(), &ctx, now));
+        }
+    }
+    if status.is_server_error() {
+        if let Some(r) = serve_stale_on_error(&leader, &ctx, status.as_u16()) {
+            return Answer::Done(r.map(crate::ResponseBody::full));
+        }
+    }
+    let fwd = if leader.stale.is_some() {
+        "stale"
+    } else {
+        "miss"
+    };
+    let forwarded = format!("fwd={fwd}; fwd-status={}", status.as_u16());
+    let spec = shared.cfg.key.spec_for(res.headers());
+    let v = match &spec {
+        None => Verdict::Pass("vary-star"),
+        Some(_) if res.headers().len() > super::entry::MAX_HEADERS => {
+            Verdict::Pass("too-many-fields")
+        }
+        Some(_) if res.body().size_hint().lower() > shared.cfg.max_body as u64 => {
+            Verdict::Pass("too-large")
+        }
+        Some(_) => verdict(&shared.cfg.rules, ctx.asked, status, res.headers()),
+    };
+    let (Verdict::Store(l), Some(spec)) = (v, spec) else {
+        let why = match v {
+            Verdict::Pass(why) => why,
+            Verdict::Store(_) => "vary-star",
+        };
+        // A pass caused by this request's fields lets the others fill.
+        leader.end(if request_specific(why) {
+            Outcome::Abandoned
+        } else {
+            Outcome::Pass
+        });
+        let mut res = res.map(crate::ResponseBody::inner);
+        let params = format!("{forwarded}; detail={why}");
+        res.headers_mut()
+            .append(CACHE_STATUS.clone(), cache_status(name, &params));
+        return Answer::Done(res);
+    };
+    let slot = if spec == leader.slot.spec {
+        leader.slot.clone()
+    } else {
+        shared.learn(&leader.slot.url, &spec);
+        key::slot(leader.slot.url.clone(), spec, &ctx.request)
+    };
+    let detail = leader
+        .detail
+        .map(|d| format!("; detail={d}"))
+        .unwrap_or_default();
+    let stored = format!("; stored; ttl={}{detail}", l.fresh_ms / 1000);
+    let fill = Fill {
+        meta: meta(&slot, status, now, &l),
+        headers: to_store(res.headers()),
+        keep_ms: l.keep_ms,
+        slot,
+        leader,
+    };
+    let (parts, body) = res.into_parts();
+    let capture = Capture::new(fill, ctx, forwarded, stored, shared.cfg.max_body);
+    Answer::Capture(Box::new(capture), parts, body)
+}
+
+/// The origin confirmed a stale entry (304): refresh its fields and lifetime.
+fn refreshed<B>(
+    leader: Leader,
+    stale: Entry,
+    fields: &HeaderMap,
+    ctx: &FillCtx,
+    now: u64,
+) -> Response<crate::ResponseBody<B>> {
+    let shared = leader.shared.clone();
+    let headers = merge_304(&stale.headers, fields);
+    let status = StatusCode::from_u16(stale.meta.status).unwrap_or(StatusCode::OK);
+    let slot = leader.slot.clone();
+    let (entry, params) = match verdict(&shared.cfg.rules, ctx.asked, status, &headers) {
+        Verdict::Store(l) => {
+            let entry = Entry {
+                meta: meta(&slot, status, now, &l),
+                headers,
+                body: stale.body.clone(),
+            };
+            let fill = Fill {
+                leader,
+                slot,
+                meta: entry.meta,
+                headers: entry.headers.clone(),
+                keep_ms: l.keep_ms,
+            };
+            fill.finish(std::slice::from_ref(&stale.body));
+            (entry, "fwd=stale; fwd-status=304; stored")
+        }
+        Verdict::Pass(_) => {
+            leader.end(Outcome::Pass);
+            (Entry { headers, ..stale }, "fwd=stale; fwd-status=304")
+        }
+    };
+    serve(&shared.cfg.name, &entry, now, false, &ctx.cond, params).map(crate::ResponseBody::full)
+}
