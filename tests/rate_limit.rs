@@ -87,6 +87,72 @@ async fn count_allowed(store: impl RateLimitStore, policy: Policy, n: usize) -> 
     )
 }
 
+/// One instance (A) leases 8 of a client's 10 units and spends 2, another
+/// (B, no lease) gets the 2 left and is denied early, until A's lease ends
+/// and gives its 6 unused units back.
+async fn lease_and_give_back(store: impl RateLimitStore + Clone, client: &str, policy: Policy) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    // Remembering no denial, so that B asks the store each time.
+    let instance = |store, lease: bool| {
+        let b = RateLimitLayer::builder(store)
+            .policy(policy.clone())
+            .key(Header::new("x-api-key"))
+            .remember_denials(false);
+        let layer = match lease {
+            true => b.lease(8, Duration::from_millis(100)),
+            false => b,
+        };
+        ServiceBuilder::new()
+            .layer(layer.build().unwrap())
+            .service(counting_service(calls.clone()))
+    };
+    let mut a = instance(store.clone(), true);
+    let mut b = instance(store, false);
+    let decision = |res: &Res| res.extensions().get::<RateLimitDecision>().unwrap().clone();
+    // A leases 8 units and spends 2 of them, the second in process; the
+    // fields count what the store has left and what A holds.
+    let first = decision(&send(&mut a, req(Some(client))).await);
+    assert_eq!(
+        (first.source, first.policies[0].remaining),
+        (DecisionSource::Store, 9),
+        "{client}"
+    );
+    let second = decision(&send(&mut a, req(Some(client))).await);
+    assert!(second.allowed);
+    assert_eq!(
+        (second.source, second.policies[0].remaining),
+        (DecisionSource::Lease, 8),
+        "{client}"
+    );
+    // B finds the 2 units left in the store; the 6 that A holds are not for
+    // B: it is denied early ...
+    for _ in 0..2 {
+        assert_eq!(
+            send(&mut b, req(Some(client))).await.status(),
+            StatusCode::OK
+        );
+    }
+    let early = send(&mut b, req(Some(client))).await.status();
+    assert_eq!(early, StatusCode::TOO_MANY_REQUESTS, "{client}");
+    // ... until A's lease ends and its 6 unused units go back to the store.
+    let mut waited = 0;
+    while send(&mut b, req(Some(client))).await.status() != StatusCode::OK {
+        waited += 1;
+        assert!(waited < 500, "{client}: the unused units never came back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut more = 0;
+    while send(&mut b, req(Some(client))).await.status() == StatusCode::OK {
+        more += 1;
+    }
+    assert_eq!(more, 5, "{client}: the 6 units given back, one spent above");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        10,
+        "{client}: exactly the limit in all"
+    );
+}
+
 const MINUTE: Duration = Duration::from_secs(60);
 
 conformance! {
@@ -339,6 +405,17 @@ conformance! {
         }
     }
 
+    async fn a_lease_decides_in_process_and_gives_back_what_it_did_not_use(store) {
+        let hour = Duration::from_secs(3600);
+        for (client, policy) in [
+            ("fixed", Policy::fixed_window(10, hour)),
+            ("gcra", Policy::gcra(10, hour)),
+            ("bucket", Policy::token_bucket(1, hour).burst(10)),
+        ] {
+            lease_and_give_back(store.clone(), client, policy).await;
+        }
+    }
+
     async fn concurrent_requests_on_one_instance_are_exact(store) {
         // Many requests of one client in each batch: decided in order
         // against one read of the state, for every algorithm.
@@ -445,4 +522,29 @@ fn futures_and_services_are_send() {
     assert_send(&svc);
     let fut = svc.call(req(Some("x")));
     assert_send(&fut);
+}
+
+#[test]
+fn leases_need_policies_that_can_take_units_back() {
+    let build = |policy: Policy, units: u64| {
+        RateLimitLayer::builder(tower_redis_layers::MemoryStore::new())
+            .policy(policy)
+            .lease(units, Duration::from_millis(50))
+            .build()
+    };
+    for policy in [
+        Policy::sliding_log(10, MINUTE),
+        Policy::sliding_window(10, MINUTE),
+    ] {
+        let e = build(policy, 5).unwrap_err().to_string();
+        assert!(e.contains("cannot take unused units back"), "{e}");
+    }
+    for policy in [
+        Policy::gcra(10, MINUTE),
+        Policy::token_bucket(10, MINUTE),
+        Policy::fixed_window(10, MINUTE),
+    ] {
+        assert!(build(policy.clone(), 5).is_ok());
+        assert!(build(policy, 0).is_err(), "a lease of no unit");
+    }
 }

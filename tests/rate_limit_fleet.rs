@@ -19,6 +19,16 @@ const INSTANCES: usize = 3;
 const REQUESTS: usize = 300;
 
 async fn fleet_admits(name: &str, policy: Policy) -> (usize, usize) {
+    let (ok, calls, _) = fleet_admits_with(name, policy, None).await;
+    (ok, calls)
+}
+
+/// Three instances hammering one client, each layer leasing `lease` when set.
+async fn fleet_admits_with(
+    name: &str,
+    policy: Policy,
+    lease: Option<(u64, Duration)>,
+) -> (usize, usize, usize) {
     let stores = support::redis_fleet(name, INSTANCES).await;
     let calls = Arc::new(AtomicUsize::new(0));
     let services: Vec<_> = stores
@@ -26,13 +36,17 @@ async fn fleet_admits(name: &str, policy: Policy) -> (usize, usize) {
         .map(|store| {
             let calls = calls.clone();
             ServiceBuilder::new()
-                .layer(
-                    RateLimitLayer::builder(store)
+                .layer({
+                    let b = RateLimitLayer::builder(store)
                         .policy(policy.clone())
-                        .key(Header::new("x-api-key"))
-                        .build()
-                        .unwrap(),
-                )
+                        .key(Header::new("x-api-key"));
+                    match lease {
+                        Some((units, age)) => b.lease(units, age),
+                        None => b,
+                    }
+                    .build()
+                    .unwrap()
+                })
                 .service(tower::service_fn(move |_r: Request<Full<Bytes>>| {
                     calls.fetch_add(1, Ordering::SeqCst);
                     async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok")))) }
@@ -47,19 +61,28 @@ async fn fleet_admits(name: &str, policy: Policy) -> (usize, usize) {
                     .header("x-api-key", "one-client")
                     .body(Full::default())
                     .unwrap();
-                svc.oneshot(req).await.unwrap().status()
+                let res = svc.oneshot(req).await.unwrap();
+                let source = res
+                    .extensions()
+                    .get::<tower_redis_layers::rate_limit::RateLimitDecision>()
+                    .map(|d| d.source);
+                (res.status(), source)
             })
         })
         .collect();
-    let mut ok = 0;
+    let (mut ok, mut leased) = (0, 0);
     for t in tasks {
-        match t.await.unwrap() {
+        let (status, source) = t.await.unwrap();
+        match status {
             StatusCode::OK => ok += 1,
             StatusCode::TOO_MANY_REQUESTS => {}
             other => panic!("unexpected status {other}"),
         }
+        if source == Some(tower_redis_layers::rate_limit::DecisionSource::Lease) {
+            leased += 1;
+        }
     }
-    (ok, calls.load(Ordering::SeqCst))
+    (ok, calls.load(Ordering::SeqCst), leased)
 }
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -75,6 +98,31 @@ macro_rules! exact {
             }
         )*
     };
+}
+
+macro_rules! exact_with_leases {
+    ($($name:ident: $policy:expr, $units:expr => $limit:expr;)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let lease = Some(($units, Duration::from_secs(5)));
+                let (ok, calls, leased) = fleet_admits_with(stringify!($name), $policy, lease).await;
+                assert_eq!(ok, $limit, "admitted responses");
+                assert_eq!(calls, $limit, "handler calls");
+                assert!(leased > 0, "some requests were decided from a lease");
+            }
+        )*
+    };
+}
+
+// Each instance takes slices of the client's quota and spends them in
+// process: the fleet still admits exactly the quota (every instance has
+// more demand than its slices, so none is left unspent).
+exact_with_leases! {
+    gcra_fleet_with_leases_admits_exactly_the_burst: Policy::gcra(50, HOUR), 7 => 50;
+    fixed_window_fleet_with_leases_admits_exactly_the_limit: Policy::fixed_window(50, Duration::from_secs(86_400)), 7 => 50;
+    token_bucket_fleet_with_leases_admits_exactly_the_capacity: Policy::token_bucket(1, HOUR).burst(50), 7 => 50;
+    gcra_fleet_with_slices_larger_than_the_quota_admits_exactly_the_burst: Policy::gcra(50, HOUR), 1000 => 50;
 }
 
 exact! {

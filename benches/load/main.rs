@@ -22,6 +22,7 @@
 mod server;
 
 mod client;
+mod contention;
 mod cpu;
 mod scenarios;
 
@@ -188,7 +189,15 @@ fn main() {
             r.swap_remove(r.len() / 2)
         })
         .collect();
-    let report = report(&args, &rows);
+    let mut report = report(&args, &rows);
+    if args
+        .filter
+        .as_ref()
+        .is_none_or(|f| "leases contention".contains(f.as_str()))
+    {
+        let rows = server_rt.block_on(contention::all(&redis_url));
+        report.push_str(&contention::report(&rows));
+    }
     println!("\n{report}");
     let _ = std::fs::create_dir_all("target");
     let _ = std::fs::write("target/load-report.md", &report);

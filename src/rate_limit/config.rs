@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::{Arc, Once};
 
 use super::layer::{FailurePolicy, MissingKey, RejectionResponse};
+use super::lease::Leases;
 use super::plan::{Plan, PlanSet};
 use super::store::memory::MemoryHome;
 use super::store::RateLimitHome;
@@ -34,6 +35,8 @@ pub(crate) struct Config {
     /// One hash per (store counters, scope, plan policy) this layer charges.
     pub(crate) counters: Vec<u64>,
     pub(crate) warned_twice: Once,
+    /// Local quota leases, when the layer takes them.
+    pub(crate) leases: Option<Arc<Leases>>,
 }
 
 /// The counters (store, scope, policy) the rate-limit layers a request

@@ -28,6 +28,9 @@ pub enum DecisionSource {
     Store,
     /// A denial remembered in process until its reset: no store call.
     Remembered,
+    /// Admitted in process from the client's lease of its quota
+    /// ([`lease`](super::RateLimitLayerBuilder::lease)): no store call.
+    Lease,
     /// The store failed; the request was let through (fail-open).
     FailOpen,
     /// The store failed; the request was refused (fail-closed, 503).

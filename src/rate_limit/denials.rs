@@ -111,6 +111,8 @@ mod tests {
 
     fn denial(retry_us: u64) -> Answer {
         Answer {
+            lease: None,
+            local: false,
             allowed: false,
             policies: vec![PolicyOutcome {
                 remaining: 0,

@@ -159,6 +159,7 @@ fn decide<S, B>(p: &Pending<S, B>, result: Result<Answer, StoreError>) -> Next {
 fn decide_after<S, B>(p: &Pending<S, B>, result: Result<Answer, StoreError>) -> Next {
     let cfg = &p.config;
     let (answer, source) = match result {
+        Ok(answer) if answer.local => (answer, DecisionSource::Lease),
         Ok(answer) => (answer, DecisionSource::Store),
         Err(e) => {
             warn_store_failure(cfg, &e);

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Response;
@@ -9,6 +10,7 @@ use tower_layer::Layer;
 
 use super::config::{Config, CostFn, PlanFn, SkipFn};
 use super::decision::RateLimitDecision;
+use super::lease::Leases;
 use super::plan::{FieldSettings, Plan, PlanSet};
 use super::policy::Policy;
 use super::service::RateLimit;
@@ -89,6 +91,7 @@ impl RateLimitLayer {
             legacy_headers: false,
             remember_denials: true,
             rejection: None,
+            lease: None,
         }
     }
 }
@@ -119,6 +122,7 @@ pub struct RateLimitLayerBuilder {
     legacy_headers: bool,
     remember_denials: bool,
     rejection: Option<Arc<dyn RejectionResponse>>,
+    lease: Option<(u64, Duration)>,
 }
 
 impl fmt::Debug for RateLimitLayerBuilder {
@@ -253,6 +257,51 @@ impl RateLimitLayerBuilder {
         self
     }
 
+    /// Takes the quota of busy clients in slices (opt-in): this instance
+    /// leases up to `units` of a client's quota in one store call and
+    /// admits that client's requests from the slice in process, for up to
+    /// `max_age`, then gives back what it did not use. A hot client then
+    /// costs one store call per slice instead of one per request.
+    ///
+    /// A slice is an ordinary all-or-nothing admission: every policy of
+    /// the request's plan (a layer decides its policies together) grants
+    /// as many units as all of them have left, up to `units`, so the fleet
+    /// never admits more than the quota. Bounds, per policy:
+    ///
+    /// - Fixed window: at most the limit per window, exactly; a slice ends
+    ///   with its window.
+    /// - GCRA and token bucket: units count when their slice is taken and
+    ///   are spent up to `max_age` later, so over any interval the fleet
+    ///   admits at most what the policy admits over that interval plus
+    ///   `max_age` (with `max_age` small against the period, a rounding).
+    ///   Units given back whose time has passed stay spent.
+    /// - Sliding log and sliding window counter: not supported (`build`
+    ///   fails), their state cannot take units back.
+    ///
+    /// The price: while one instance holds units another needs, that one
+    /// denies early, at most the units held elsewhere (one slice per other
+    /// instance and client) and for at most `max_age`. Keep slices small
+    /// against the limit: `units` of 1–5% of it and a `max_age` of tens of
+    /// milliseconds lose little. Each instance holds at most 65 536 leases.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_redis_layers::rate_limit::{Policy, RateLimitLayer};
+    /// use tower_redis_layers::MemoryStore;
+    ///
+    /// # fn main() -> Result<(), tower_redis_layers::ConfigError> {
+    /// let layer = RateLimitLayer::builder(MemoryStore::new())
+    ///     .policy(Policy::gcra(10_000, Duration::from_secs(60)))
+    ///     .lease(100, Duration::from_millis(50))
+    ///     .build()?;
+    /// # drop(layer);
+    /// # Ok(()) }
+    /// ```
+    pub fn lease(mut self, units: u64, max_age: Duration) -> Self {
+        self.lease = Some((units, max_age));
+        self
+    }
+
     /// Checks the configuration and builds the layer.
     pub fn build(self) -> Result<RateLimitLayer, ConfigError> {
         crate::error::check_name("scope", &self.scope)?;
@@ -282,6 +331,13 @@ impl RateLimitLayerBuilder {
         }
         let store = self.store.rate_limit_home();
         let counters = Config::counters_of(&*store, &self.scope, &plans);
+        let leases = match self.lease {
+            Some((units, max_age)) => {
+                super::lease::check(units, max_age, &plans)?;
+                Some(Leases::new(store.clone(), units, max_age))
+            }
+            None => None,
+        };
         Ok(RateLimitLayer {
             config: Arc::new(Config {
                 store,
@@ -301,6 +357,7 @@ impl RateLimitLayerBuilder {
                 warned_unknown_plan: std::sync::Once::new(),
                 counters,
                 warned_twice: std::sync::Once::new(),
+                leases,
             }),
         })
     }

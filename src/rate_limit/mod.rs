@@ -65,9 +65,13 @@
 //! On Redis, each decision is one script call (`EVALSHA`, reloaded on
 //! `NOSCRIPT`) that reads the time from the Redis server, so instances with
 //! skewed clocks share one limit; every key has a TTL and its client part in
-//! a hash tag. Concurrent decisions of one process are batched into one call.
-//! A denied client is remembered in process until it could pass, so hammering
-//! past a limit costs no round trip.
+//! a hash tag. Concurrent decisions of one process are batched into one call,
+//! the requests of one client in a batch decided against one read of its
+//! state. A denied client is remembered in process until it could pass, so
+//! hammering past a limit costs no round trip. Busy clients can be decided in
+//! process from slices of their quota leased from the store
+//! ([`lease`](RateLimitLayerBuilder::lease), opt-in): one store call per
+//! slice, the fleet still within the quota.
 //!
 //! # Failures and missing keys
 //!
@@ -94,6 +98,7 @@ mod denials;
 mod future;
 pub(crate) mod headers;
 mod layer;
+mod lease;
 mod plan;
 mod policy;
 mod response;

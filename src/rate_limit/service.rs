@@ -12,7 +12,7 @@ use super::future::ResponseFuture;
 use super::layer::MissingKey;
 use super::plan::Outcome;
 use super::response::rejection;
-use super::store::Question;
+use super::store::{Ask, Question};
 use crate::body::ResponseBody;
 use crate::key::{KeyError, RequestView};
 use crate::problem::{bad_request, is_grpc};
@@ -106,8 +106,12 @@ where
             key,
             cost,
             policies: plan.policies.clone(),
+            ask: Ask::Check,
         };
-        let check = cfg.store.check(&question);
+        let check = match &cfg.leases {
+            Some(leases) => leases.check(&question, plan.max_cost),
+            None => cfg.store.check(&question),
+        };
         // The readied service goes into the future; a fresh clone stays here.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);

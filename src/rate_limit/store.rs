@@ -52,6 +52,19 @@ pub struct Question {
     pub(crate) key: ClientKey,
     pub(crate) cost: u64,
     pub(crate) policies: Arc<[Compiled]>,
+    pub(crate) ask: Ask,
+}
+
+/// What a [`Question`] asks of the store.
+#[derive(Debug, Clone)]
+pub(crate) enum Ask {
+    /// Admit `cost` units, or nothing.
+    Check,
+    /// Lease up to `want` units (at least `cost`): an admission of as many
+    /// as every policy allows now, all or nothing (see `algorithm::lease`).
+    Lease { want: u64 },
+    /// Give back `unused` units of a lease that left `marks` (one per policy).
+    Refund { unused: u64, marks: Arc<[u64]> },
 }
 
 /// A store's answer: whether the request passed, and each policy's state.
@@ -61,6 +74,17 @@ pub struct Question {
 pub struct Answer {
     pub(crate) allowed: bool,
     pub(crate) policies: Vec<PolicyOutcome>,
+    /// A lease taken: its units (the request's cost included) and marks.
+    pub(crate) lease: Option<Granted>,
+    /// Decided in process from a lease, not by the store.
+    pub(crate) local: bool,
+}
+
+/// The units of a lease and what giving them back needs (per policy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Granted {
+    pub(crate) units: u64,
+    pub(crate) marks: Arc<[u64]>,
 }
 
 /// One policy's state after a decision.

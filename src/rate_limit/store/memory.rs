@@ -5,9 +5,9 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::future::BoxFuture;
 
-use super::{Answer, Question, RateLimitHome, RateLimitStore};
+use super::{Answer, Ask, Granted, Question, RateLimitHome, RateLimitStore};
 use crate::error::StoreError;
-use crate::rate_limit::algorithm::{peek, AlgState};
+use crate::rate_limit::algorithm::{available, mark, peek, refund, AlgState};
 use crate::store::memory::{lock, ExpiringMap};
 use crate::store::MemoryStore;
 use crate::telemetry::Level;
@@ -50,15 +50,55 @@ impl MemoryHome {
         let now = self.store.now_us();
         let mut map = lock(&self.states.0);
         let keys: Vec<Vec<u8>> = q.policies.iter().map(|p| key(q, &p.key_suffix)).collect();
+        let cost = match &q.ask {
+            Ask::Check => q.cost,
+            Ask::Lease { want } => {
+                // As many units as every policy has, up to `want`; at least
+                // the request's cost, or a plain denial of that cost.
+                let grant = q
+                    .policies
+                    .iter()
+                    .zip(&keys)
+                    .map(|(p, k)| available(p, map.get_mut(k, now).map(|s| &*s), now))
+                    .fold(*want, u64::min);
+                grant.max(q.cost)
+            }
+            Ask::Refund { unused, marks } => {
+                for ((p, k), &m) in q.policies.iter().zip(keys).zip(marks.iter()) {
+                    let s = map.get_mut(&k, now).map(|s| &*s);
+                    if let Some((next, expires_in)) = refund(p, s, *unused, m, now) {
+                        map.insert(k, next, now + expires_in.max(1), now);
+                    }
+                }
+                return Answer {
+                    allowed: true,
+                    policies: Vec::new(),
+                    lease: None,
+                    local: false,
+                };
+            }
+        };
         let peeks: Vec<_> = q
             .policies
             .iter()
             .zip(&keys)
-            .map(|(p, k)| peek(p, map.get_mut(k, now).map(|s| &*s), q.cost, now))
+            .map(|(p, k)| peek(p, map.get_mut(k, now).map(|s| &*s), cost, now))
             .collect();
         let allowed = peeks.iter().all(|p| p.allowed);
-        let policies = peeks.iter().map(|p| p.outcome(allowed, q.cost)).collect();
-        if allowed && q.cost > 0 {
+        let policies = peeks.iter().map(|p| p.outcome(allowed, cost)).collect();
+        let lease = match (&q.ask, allowed) {
+            (Ask::Lease { .. }, true) => Some(Granted {
+                units: cost,
+                marks: q
+                    .policies
+                    .iter()
+                    .zip(&peeks)
+                    .map(|(p, pk)| pk.next.as_ref().map_or(0, |s| mark(p, s)))
+                    .collect(),
+            }),
+            _ => None,
+        };
+        if allowed && cost > 0 {
             for (peek, key) in peeks.into_iter().zip(keys) {
                 let expires = now + peek.expires_in().max(1);
                 if let Some(next) = peek.next {
@@ -67,7 +107,12 @@ impl MemoryHome {
             }
             self.entries.set(map.len() as f64);
         }
-        Answer { allowed, policies }
+        Answer {
+            allowed,
+            policies,
+            lease,
+            local: false,
+        }
     }
 }
 

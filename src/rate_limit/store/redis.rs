@@ -1,5 +1,6 @@
-//! The Redis home of the algorithms: every decision is one call of
-//! `scripts/check.lua`, batched with the decisions in flight.
+//! The Redis home of the algorithms: every decision is one call of the
+//! check script (`scripts/state.lua`, `lease.lua`, `check.lua`), batched
+//! with the decisions in flight.
 //!
 //! A batch is written straight into one `EVALSHA`: each policy set's
 //! parameters once, each client's keys once (the requests of one client in
@@ -12,7 +13,7 @@ use std::sync::{Arc, LazyLock};
 use futures_util::future::BoxFuture;
 use redis::{Cmd, RedisWrite as _, Value};
 
-use super::{Answer, PolicyOutcome, Question, RateLimitHome, RateLimitStore};
+use super::{Answer, Ask, Granted, PolicyOutcome, Question, RateLimitHome, RateLimitStore};
 use crate::error::StoreError;
 use crate::key::DIGEST_LEN;
 use crate::rate_limit::policy::{Algorithm, Compiled};
@@ -20,8 +21,15 @@ use crate::store::batch::{Batcher, Packed, Protocol};
 use crate::store::lane::Lane;
 use crate::RedisStore;
 
-static SCRIPT: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("../scripts/check.lua")));
+/// `check.lua`, after the algorithms (`state.lua`) and leases (`lease.lua`)
+/// it calls: one script, in three files.
+static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(concat!(
+        include_str!("../scripts/state.lua"),
+        include_str!("../scripts/lease.lua"),
+        include_str!("../scripts/check.lua"),
+    ))
+});
 
 /// The rate-limit home of one [`RedisStore`]: the layer's own lane (own
 /// breakers) and the store's batcher of the check script.
@@ -52,6 +60,7 @@ impl RateLimitHome for RedisHome {
             policies: q.policies.clone(),
             digest: q.key.digest_bytes(),
             cost: q.cost,
+            ask: q.ask.clone(),
         };
         let lane = self.lane.clone();
         let batcher = self.batcher.clone();
@@ -70,6 +79,7 @@ pub(crate) struct Check {
     policies: Arc<[Compiled]>,
     digest: [u8; DIGEST_LEN],
     cost: u64,
+    ask: Ask,
 }
 
 impl Check {
@@ -172,11 +182,24 @@ impl Protocol for Checks {
         }
         for (g, &h) in heads.iter().enumerate() {
             let end = heads.get(g + 1).copied().unwrap_or(order.len());
-            if end - h > 1 {
-                num(-((end - h) as f64));
-            }
+            num((end - h) as f64);
             for i in h..end {
-                num(item(i).cost as f64);
+                let c = item(i);
+                match &c.ask {
+                    Ask::Check => num(c.cost as f64),
+                    Ask::Lease { want } => {
+                        num(-1.0);
+                        num(c.cost as f64);
+                        num(*want as f64);
+                    }
+                    Ask::Refund { unused, marks } => {
+                        num(-2.0);
+                        num(*unused as f64);
+                        for &m in marks.iter() {
+                            num(m as f64);
+                        }
+                    }
+                }
             }
         }
         drop(w);
@@ -194,8 +217,8 @@ impl Protocol for Checks {
         match Packed::new(&reply) {
             Ok(mut ints) => {
                 for i in layout.0 {
-                    let n = items[i as usize].policies.len();
-                    answers[i as usize] = Some(answer(&mut ints, n));
+                    let c = &items[i as usize];
+                    answers[i as usize] = Some(answer(&mut ints, &c.ask, c.policies.len()));
                 }
                 if !ints.is_empty() {
                     let e = StoreError::protocol("the rate-limit script answered too much");
@@ -232,9 +255,25 @@ fn aliases<'a>(groups: impl Iterator<Item = &'a Check>) -> Vec<(usize, usize)> {
     aliases
 }
 
-/// One request's answer: per policy remaining, reset, retry (-1: allows).
-fn answer(ints: &mut Packed<'_>, n: usize) -> Result<Answer, StoreError> {
+/// One request's answer. A check: per policy remaining, reset, retry (-1:
+/// allows). A lease: the units granted (0: denied), then per policy the
+/// same and its mark. A refund: 1.
+fn answer(ints: &mut Packed<'_>, ask: &Ask, n: usize) -> Result<Answer, StoreError> {
+    let granted = match ask {
+        Ask::Check => None,
+        Ask::Lease { .. } => Some(ints.int()?.max(0) as u64),
+        Ask::Refund { .. } => {
+            ints.int()?;
+            return Ok(Answer {
+                allowed: true,
+                policies: Vec::new(),
+                lease: None,
+                local: false,
+            });
+        }
+    };
     let mut policies = Vec::with_capacity(n);
+    let mut marks = Vec::new();
     for _ in 0..n {
         let (remaining, reset, retry) = (ints.int()?, ints.int()?, ints.int()?);
         policies.push(PolicyOutcome {
@@ -242,7 +281,22 @@ fn answer(ints: &mut Packed<'_>, n: usize) -> Result<Answer, StoreError> {
             reset_us: reset.max(0) as u64,
             retry_after_us: (retry >= 0).then_some(retry as u64),
         });
+        if granted.is_some() {
+            marks.push(ints.int()?.max(0) as u64);
+        }
     }
     let allowed = policies.iter().all(|p| p.retry_after_us.is_none());
-    Ok(Answer { allowed, policies })
+    let lease = match granted {
+        Some(units) if allowed => Some(Granted {
+            units,
+            marks: marks.into(),
+        }),
+        _ => None,
+    };
+    Ok(Answer {
+        allowed,
+        policies,
+        lease,
+        local: false,
+    })
 }
