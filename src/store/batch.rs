@@ -4,12 +4,14 @@
 //! script run decide a whole batch.
 //!
 //! What a batch looks like on the wire is the [`Protocol`] of the layer that
-//! batches: it writes the keys and arguments of a whole batch straight into
-//! one `EVALSHA` command (no per-item argument vectors) and splits the reply.
+//! batches: usually it writes the keys and arguments of a whole batch
+//! straight into one `EVALSHA` command (no per-item argument vectors) and
+//! splits the reply.
 
 use std::any::Any;
 use std::sync::{Arc, Mutex};
 
+use futures_util::future::BoxFuture;
 use redis::{Cmd, Script, Value};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -17,33 +19,26 @@ use super::lane::Lane;
 use super::memory::lock;
 use crate::error::StoreError;
 
-/// How one kind of item is batched into one script call.
+/// How one kind of item is batched: usually into one script call (see
+/// [`evalsha`] and [`call_script`]).
 pub(crate) trait Protocol: Send + Sync + 'static {
     /// One caller's question.
     type Item: Send + Sync + 'static;
     /// One caller's answer.
     type Reply: Send + 'static;
-    /// What encoding learned that decoding needs (the order of the reply).
-    type Layout: Send + 'static;
-
-    /// The script every call runs.
-    fn script(&self) -> &'static Script;
 
     /// The hash slot of the item's keys (asked on a cluster only): a call
     /// only carries items of one slot.
     fn slot(&self, item: &Self::Item) -> u16;
 
-    /// Writes the number of keys, the keys and the arguments of one call
-    /// deciding `items` (after `EVALSHA <sha>`).
-    fn encode(&self, items: &[Self::Item], cmd: &mut Cmd) -> Self::Layout;
-
-    /// Splits the script's reply: one answer per item, in `items` order.
-    fn decode(
-        &self,
-        items: &[Self::Item],
-        layout: Self::Layout,
-        reply: Value,
-    ) -> Vec<Result<Self::Reply, StoreError>>;
+    /// Answers `items` (all of hash slot `slot`) in as few round trips as
+    /// it can: one answer per item, in order.
+    fn run<'a>(
+        &'a self,
+        lane: &'a Lane,
+        slot: u16,
+        items: &'a [Self::Item],
+    ) -> BoxFuture<'a, Vec<Result<Self::Reply, StoreError>>>;
 }
 
 type Answer<P> = Result<<P as Protocol>::Reply, StoreError>;
@@ -67,7 +62,7 @@ pub(crate) struct Batcher<P: Protocol> {
 impl<P: Protocol> std::fmt::Debug for Batcher<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Batcher")
-            .field("script", &self.protocol.script().get_hash())
+            .field("protocol", &std::any::type_name::<P>())
             .finish_non_exhaustive()
     }
 }
@@ -198,17 +193,32 @@ fn by_slot<P: Protocol>(protocol: &P, lane: &Lane, batch: Vec<Queued<P>>) -> Vec
     groups.into_iter().map(|(_, g)| g).collect()
 }
 
-/// One call deciding `items` (of one slot): each item's answer, in order.
+/// One batch of `items` (of one slot): each item's answer, in order.
 async fn invoke<P: Protocol>(protocol: &P, lane: &Lane, items: &[P::Item]) -> Vec<Answer<P>> {
-    let script = protocol.script();
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(script.get_hash());
-    let layout = protocol.encode(items, &mut cmd);
     let slot = if lane.is_cluster() {
         items.first().map_or(0, |i| protocol.slot(i))
     } else {
         0
     };
+    protocol.run(lane, slot, items).await
+}
+
+/// `EVALSHA <sha of script>`, to which a protocol writes a batch's keys
+/// and arguments.
+pub(crate) fn evalsha(script: &Script) -> Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash());
+    cmd
+}
+
+/// Runs `cmd` (an [`evalsha`] of `script`) on the lane, under the breaker
+/// of `slot`, loading the script first if Redis lost it.
+pub(crate) async fn call_script(
+    lane: &Lane,
+    slot: u16,
+    script: &Script,
+    cmd: &Cmd,
+) -> Result<Value, StoreError> {
     let mut conn = lane.conn();
     let call = async {
         match cmd.query_async::<Value>(&mut conn).await {
@@ -219,10 +229,7 @@ async fn invoke<P: Protocol>(protocol: &P, lane: &Lane, items: &[P::Item]) -> Ve
             other => other,
         }
     };
-    match lane.call_in_slot(slot, call).await {
-        Ok(reply) => protocol.decode(items, layout, reply),
-        Err(e) => items.iter().map(|_| Err(e.duplicate())).collect(),
-    }
+    lane.call_in_slot(slot, call).await
 }
 
 /// Reads a script's reply of numbers packed as little-endian doubles (Lua's

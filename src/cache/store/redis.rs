@@ -7,20 +7,22 @@
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use redis::{Script, Value};
 
-use super::{CacheHome, CacheStore, Found, LockState, Lookup, Write, FILL_MAX_MS};
+use super::{CacheHome, CacheStore, Found, Lookup, Write, FILL_MAX_MS};
 use crate::cache::key::Slot;
 use crate::cache::l1::{Listener, Signal};
 use crate::error::StoreError;
+use crate::store::batch::Batcher;
 use crate::store::lane::Lane;
 use crate::RedisStore;
 
-static LOOKUP: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("../scripts/lookup.lua")));
+mod lookups;
+
+use lookups::{Lookups, LOOKUP};
+
 static STORE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../scripts/store.lua")));
 static RELEASE: LazyLock<Script> =
@@ -38,6 +40,7 @@ pub(crate) struct RedisHome {
     channel: String,
     lane: Lane,
     pubsub: Vec<redis::Client>,
+    lookups: Arc<Batcher<Lookups>>,
 }
 
 impl CacheStore for RedisStore {
@@ -51,6 +54,9 @@ impl CacheStore for RedisStore {
                 lane
             },
             pubsub: self.pubsub_clients().to_vec(),
+            lookups: self.batcher(|| Lookups {
+                prefix: self.prefix().to_owned(),
+            }),
         })
     }
 }
@@ -138,57 +144,11 @@ fn keys(base: &str, s: &Slot) -> [String; 5] {
     ]
 }
 
-fn bytes_of(v: Value) -> Option<Vec<u8>> {
-    match v {
-        Value::BulkString(b) => Some(b),
-        Value::SimpleString(s) => Some(s.into_bytes()),
-        _ => None,
-    }
-}
-
-fn parse_found(v: Value) -> Result<Found, StoreError> {
-    let Value::Array(items) = v else {
-        return Err(StoreError::protocol("cache lookup: not an array"));
-    };
-    let mut it = items.into_iter();
-    let (Some(Value::Int(now)), Some(spec), Some(entry), Some(Value::Int(lock)), Some(gen)) =
-        (it.next(), it.next(), it.next(), it.next(), it.next())
-    else {
-        return Err(StoreError::protocol("cache lookup: unexpected reply"));
-    };
-    let spec = bytes_of(spec).ok_or_else(|| StoreError::protocol("cache lookup: spec"))?;
-    let spec: Arc<str> = String::from_utf8_lossy(&spec).into();
-    let gen = bytes_of(gen)
-        .and_then(|g| std::str::from_utf8(&g).ok()?.parse::<u64>().ok())
-        .ok_or_else(|| StoreError::protocol("cache lookup: generation"))?;
-    Ok(Found {
-        now_ms: now.max(0) as u64,
-        spec,
-        entry: bytes_of(entry).map(Bytes::from),
-        lock: match lock {
-            1 => LockState::Acquired,
-            2 => LockState::Held,
-            3 => LockState::HitForMiss,
-            _ => LockState::NotTried,
-        },
-        gen,
-    })
-}
-
 impl CacheHome for RedisHome {
     fn lookup(&self, q: &Lookup) -> BoxFuture<'static, Result<Found, StoreError>> {
-        let base = self.base(&q.slot.url);
-        let [index, entry, lock, pass, gen] = keys(&base, &q.slot);
-        let mut inv = LOOKUP.prepare_invoke();
-        inv.key(index).key(entry).key(lock).key(pass).key(gen);
-        inv.arg(&*q.slot.spec).arg(&*q.slot.variant);
-        match q.lock {
-            Some((token, ttl)) => inv.arg(token.to_string()).arg(ttl),
-            None => inv.arg("").arg(0),
-        };
-        inv.arg(if q.force { "1" } else { "0" });
-        let call = self.run::<Value>(base, inv);
-        Box::pin(async move { parse_found(call.await?) })
+        // Batched with the lookups in flight (see `lookups`).
+        let (lane, batcher, q) = (self.lane.clone(), self.lookups.clone(), q.clone());
+        Box::pin(async move { batcher.submit(&lane, q).await })
     }
 
     fn write(&self, w: Write) -> BoxFuture<'static, Result<bool, StoreError>> {

@@ -17,7 +17,7 @@ use super::{Answer, Ask, Granted, PolicyOutcome, Question, RateLimitHome, RateLi
 use crate::error::StoreError;
 use crate::key::DIGEST_LEN;
 use crate::rate_limit::policy::{Algorithm, Compiled};
-use crate::store::batch::{Batcher, Packed, Protocol};
+use crate::store::batch::{call_script, evalsha, Batcher, Packed, Protocol};
 use crate::store::lane::Lane;
 use crate::RedisStore;
 
@@ -116,16 +116,29 @@ pub(crate) struct Layout(Vec<u32>);
 impl Protocol for Checks {
     type Item = Check;
     type Reply = Answer;
-    type Layout = Layout;
-
-    fn script(&self) -> &'static redis::Script {
-        &SCRIPT
-    }
 
     fn slot(&self, c: &Check) -> u16 {
         crate::store::slots::slot::of_parts(&[c.scope.as_bytes(), b":", &c.digest])
     }
 
+    fn run<'a>(
+        &'a self,
+        lane: &'a Lane,
+        slot: u16,
+        items: &'a [Check],
+    ) -> BoxFuture<'a, Vec<Result<Answer, StoreError>>> {
+        let mut cmd = evalsha(&SCRIPT);
+        let layout = self.encode(items, &mut cmd);
+        Box::pin(async move {
+            match call_script(lane, slot, &SCRIPT, &cmd).await {
+                Ok(reply) => self.decode(items, layout, reply),
+                Err(e) => items.iter().map(|_| Err(e.duplicate())).collect(),
+            }
+        })
+    }
+}
+
+impl Checks {
     fn encode(&self, items: &[Check], cmd: &mut Cmd) -> Layout {
         // Items of one group become neighbours, in arrival order, and the
         // groups of one policy set too.
