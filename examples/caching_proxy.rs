@@ -134,8 +134,12 @@ async fn forward(
 
 async fn serve(store: impl CacheStore, args: Args) -> Result<(), BoxError> {
     // A pure HTTP shared cache: no default TTL, the upstream's headers
-    // decide; keyed per host by default.
-    let cache = ResponseCacheLayer::builder(store).build()?;
+    // decide (heuristic freshness from Last-Modified where they state no
+    // lifetime); keyed per host by default. Responses to requests with
+    // Authorization are stored where they allow it (RFC 9111 §3.5).
+    let cache = ResponseCacheLayer::builder(store)
+        .cache_authorized(true)
+        .build()?;
     let proxy = Proxy {
         client: Client::builder(TokioExecutor::new()).build_http(),
         upstream: args.upstream,

@@ -1504,3 +1504,176 @@ conformance! {
         }
     }
 }
+
+// RFC 9111 conformance, section by section, on every store. The layer is
+// a pure HTTP cache here (no default TTL) unless a test says otherwise.
+
+/// An HTTP-date `secs` from now (negative: in the past).
+fn http_date(secs: i64) -> String {
+    let now = std::time::SystemTime::now();
+    let t = if secs >= 0 {
+        now + Duration::from_secs(secs as u64)
+    } else {
+        now - Duration::from_secs(secs.unsigned_abs())
+    };
+    httpdate::fmt_http_date(t)
+}
+
+/// An origin answering `status` with `headers` and the body `v<n>`.
+fn answering(status: u16, headers: Vec<(String, String)>) -> Origin {
+    Origin::new(move |_, n| {
+        let mut r = res(&[], &format!("v{n}"));
+        *r.status_mut() = StatusCode::from_u16(status).unwrap();
+        for (k, v) in &headers {
+            r.headers_mut().append(
+                http::HeaderName::try_from(k.as_str()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        r
+    })
+}
+
+fn fields(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Whether the second of two GETs of a fresh path is answered from the cache.
+async fn reused(store: impl CacheStore, scope: &str, origin: &Origin) -> bool {
+    let svc = cached(builder(store).scope(scope).build().unwrap(), origin);
+    let path = format!("/{scope}");
+    send(&svc, get(&path)).await;
+    let before = origin.calls();
+    let again = send(&svc, get(&path)).await;
+    origin.calls() == before && again.cache_status().contains("hit")
+}
+
+conformance! {
+    async fn rfc9111_3_any_final_status_with_explicit_freshness_is_stored(store) {
+        for status in [200, 201, 299, 302, 307, 400, 410, 499, 500, 503, 599] {
+            let origin = answering(status, fields(&[("cache-control", "max-age=60")]));
+            assert!(reused(store.clone(), &format!("s{status}"), &origin).await, "{status}");
+        }
+        for status in [206, 304] {
+            let origin = answering(status, fields(&[("cache-control", "max-age=60")]));
+            assert!(!reused(store.clone(), &format!("s{status}"), &origin).await, "{status}");
+        }
+    }
+
+    async fn rfc9111_4_2_2_heuristic_freshness_from_last_modified(store) {
+        // Dated when it answers: a past Date would age the response.
+        let lm = |status: u16, extra: &[(&str, &str)]| {
+            let extra = fields(extra);
+            Origin::new(move |_, n| {
+                let mut r = res(&[], &format!("v{n}"));
+                *r.status_mut() = StatusCode::from_u16(status).unwrap();
+                let mut f = fields(&[("date", &http_date(0)), ("last-modified", &http_date(-24 * 3600))]);
+                f.extend(extra.iter().cloned());
+                for (k, v) in f {
+                    r.headers_mut().append(http::HeaderName::try_from(k).unwrap(), v.parse().unwrap());
+                }
+                r
+            })
+        };
+        for status in [200, 203, 204, 404, 405, 410, 414, 501] {
+            assert!(reused(store.clone(), &format!("h{status}"), &lm(status, &[])).await, "{status}");
+        }
+        for status in [201, 403, 502, 503, 599] {
+            assert!(!reused(store.clone(), &format!("h{status}"), &lm(status, &[])).await, "{status}");
+        }
+        assert!(reused(store.clone(), "public599", &lm(599, &[("cache-control", "public")])).await);
+        // 10% of a day, and a maximum.
+        let origin = lm(200, &[]);
+        let svc = cached(builder(store.clone()).scope("ttl").build().unwrap(), &origin);
+        assert!(send(&svc, get("/t")).await.cache_status().contains("stored; ttl=86"), "8640 s");
+        let svc = cached(builder(store.clone()).scope("cap").heuristic_freshness(0.1, Duration::from_secs(60)).build().unwrap(), &origin);
+        let capped = send(&svc, get("/t")).await.cache_status();
+        assert!(capped.contains("stored; ttl=60") || capped.contains("stored; ttl=59"), "{capped}");
+        // Off where the application sets its own TTL.
+        let svc = cached(builder(store).scope("app").default_ttl(Duration::from_secs(5)).build().unwrap(), &origin);
+        let app = send(&svc, get("/t")).await.cache_status();
+        assert!(app.contains("stored; ttl=5") || app.contains("stored; ttl=4"), "{app}");
+    }
+
+    async fn rfc9111_5_2_2_3_must_understand_lifts_no_store_for_known_statuses(store) {
+        let cc = "max-age=60, must-understand, no-store";
+        assert!(reused(store.clone(), "mu200", &answering(200, fields(&[("cache-control", cc)]))).await);
+        assert!(!reused(store.clone(), "mu299", &answering(299, fields(&[("cache-control", cc)]))).await);
+        assert!(!reused(store, "ns", &answering(200, fields(&[("cache-control", "max-age=60, no-store")]))).await);
+    }
+
+    async fn rfc9111_3_5_a_response_to_authorization_is_stored_only_when_it_allows_it(store) {
+        for (cc, stored) in [
+            ("max-age=60", false),
+            ("public, max-age=60", true),
+            ("s-maxage=60", true),
+            ("max-age=60, must-revalidate", true),
+        ] {
+            let origin = versioned_with(cc);
+            let svc = cached(builder(store.clone()).scope(format!("a{}", cc.len())).cache_authorized(true).build().unwrap(), &origin);
+            send(&svc, with(Method::GET, "/doc", &[("authorization", "Bearer a")])).await;
+            let other = send(&svc, get("/doc")).await;
+            assert_eq!(other.body == "v1", stored, "{cc}");
+        }
+    }
+
+    async fn rfc9111_5_1_an_invalid_age_is_ignored_and_a_list_keeps_its_first_member(store) {
+        for (i, (age, reuse)) in [("abc", true), ("-7200", true), ("7200.0", true), ("0, 7200", true), ("7200, 0", false)].into_iter().enumerate() {
+            let origin = answering(200, fields(&[("cache-control", "max-age=3600"), ("age", age)]));
+            assert_eq!(reused(store.clone(), &format!("age{i}"), &origin).await, reuse, "Age: {age}");
+        }
+    }
+
+    async fn rfc9110_5_6_7_expires_in_every_date_format_and_invalid_ones_in_the_past(store) {
+        let future = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(3600));
+        // The same instant as RFC 850 and asctime dates.
+        let t: httpdate::HttpDate = future.parse().unwrap();
+        let imf = t.to_string();
+        let (wday, rest) = imf.split_once(", ").unwrap();
+        let long = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+            .into_iter()
+            .find(|d| d.starts_with(wday))
+            .unwrap();
+        let p: Vec<&str> = rest.split(' ').collect(); // [dd, Mon, yyyy, time, GMT]
+        let rfc850 = format!("{long}, {}-{}-{} {} GMT", p[0], p[1], &p[2][2..], p[3]);
+        let day = p[0].trim_start_matches('0');
+        let asctime = format!("{wday} {} {day:>2} {} {}", p[1], p[3], p[2]);
+        for (i, expires) in [imf.as_str(), &rfc850, &asctime].into_iter().enumerate() {
+            let origin = answering(200, fields(&[("expires", expires)]));
+            assert!(reused(store.clone(), &format!("x{i}"), &origin).await, "{expires}");
+        }
+        let upper = imf.to_uppercase();
+        for (i, expires) in ["0", "never", upper.as_str()].into_iter().enumerate() {
+            let origin = answering(200, fields(&[("expires", expires)]));
+            assert!(!reused(store.clone(), &format!("bad{i}"), &origin).await, "{expires}: in the past");
+        }
+    }
+
+    async fn rfc9111_4_2_1_duplicate_directives_keep_the_first_and_conflicts_the_most_restrictive(store) {
+        let two = fields(&[("cache-control", "max-age=3600"), ("cache-control", "max-age=0")]);
+        assert!(reused(store.clone(), "first-fresh", &answering(200, two)).await);
+        let two = fields(&[("cache-control", "max-age=0, max-age=3600")]);
+        assert!(!reused(store.clone(), "first-stale", &answering(200, two)).await);
+        let quoted = fields(&[("cache-control", "ext=\"max-age=3600\", max-age=0")]);
+        assert!(!reused(store.clone(), "quoted", &answering(200, quoted)).await);
+        let spaced = fields(&[("cache-control", "max-age =3600")]);
+        assert!(!reused(store.clone(), "spaced", &answering(200, spaced)).await);
+        for cc in ["max-age=3600, no-cache", "max-age=3600, private", "public, no-store, max-age=3600"] {
+            assert!(!reused(store.clone(), "conflict", &answering(200, fields(&[("cache-control", cc)]))).await, "{cc}");
+        }
+        // A qualified no-cache or private keeps only the fields it names out.
+        let origin = answering(200, fields(&[("cache-control", "no-cache=\"x-a\", max-age=3600"), ("x-a", "1"), ("x-b", "2")]));
+        let svc = cached(builder(store).scope("named").build().unwrap(), &origin);
+        send(&svc, get("/n")).await;
+        let hit = send(&svc, get("/n")).await;
+        assert!(hit.cache_status().contains("hit"));
+        assert!(!hit.headers.contains_key("x-a") && hit.headers["x-b"] == "2");
+    }
+}
+
+fn versioned_with(cc: &'static str) -> Origin {
+    Origin::new(move |_, n| res(&[("cache-control", cc)], &format!("v{n}")))
+}

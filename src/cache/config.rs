@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use http::HeaderName;
 
+use super::freshness::Heuristic;
 use super::key::KeyRules;
 use super::policy::Rules;
 use crate::error::ConfigError;
@@ -104,6 +105,7 @@ impl Default for Config {
                 strip_set_cookie: false,
                 cache_authorized: false,
                 share_cookie_requests: false,
+                heuristic: Some(Heuristic::default()),
             },
             key: KeyRules {
                 scope: "default".into(),
@@ -158,6 +160,14 @@ impl Config {
                 MAX_TTL,
             )?;
         }
+        if let Some(h) = r.heuristic {
+            within("heuristic_freshness max", h.max, Duration::ZERO, MAX_TTL)?;
+            if !(0.0..=1.0).contains(&h.fraction) {
+                return Err(ConfigError::new(
+                    "heuristic_freshness fraction must be within 0 and 1",
+                ));
+            }
+        }
         if let Some(l1) = self.l1 {
             within("l1 max_age", l1.max_age, Duration::ZERO, MAX_TTL)?;
         }
@@ -179,6 +189,10 @@ impl Config {
                 self.name
             )));
         }
+        self.rules.heuristic = self
+            .rules
+            .heuristic
+            .filter(|h| h.fraction > 0.0 && !h.max.is_zero());
         self.key.headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         self.key.headers.dedup();
         let bytes = self.l1_bytes;
@@ -244,6 +258,19 @@ mod tests {
                 }),
             ),
             ("jitter", Box::new(|c| c.rules.jitter = f64::NAN)),
+            (
+                "heuristic_freshness fraction",
+                Box::new(|c| {
+                    c.rules.heuristic = Some(Heuristic {
+                        fraction: 1.5,
+                        max: Duration::ZERO,
+                    })
+                }),
+            ),
+            (
+                "heuristic_freshness max",
+                Box::new(move |c| c.rules.heuristic = Some(Heuristic { fraction: 0.1, max })),
+            ),
             ("jitter", Box::new(|c| c.rules.jitter = 1.0)),
             ("max_body_size", Box::new(|c| c.max_body = usize::MAX)),
             ("max_variants", Box::new(|c| c.max_variants = 0)),

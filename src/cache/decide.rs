@@ -133,6 +133,7 @@ mod tests {
                 swr_s,
                 sie_s: 0,
                 must_revalidate: false,
+                s_maxage: false,
             },
             headers: http::HeaderMap::new(),
             body: Bytes::new(),

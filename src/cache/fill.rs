@@ -48,6 +48,7 @@ pub(crate) fn meta(slot: &Slot, status: StatusCode, now: u64, l: &Lifetime) -> M
         swr_s: l.swr_s,
         sie_s: l.sie_s,
         must_revalidate: l.must_revalidate,
+        s_maxage: l.s_maxage,
     }
 }
 
@@ -131,6 +132,7 @@ pub(crate) fn store_value(leader: Leader, value: &Bytes, ttl: std::time::Duratio
         swr_s: 0,
         sie_s: 0,
         must_revalidate: false,
+        s_maxage: false,
         keep_ms: ms,
     };
     let fill = Fill {

@@ -7,6 +7,7 @@ use http::HeaderName;
 use tower_layer::Layer;
 
 use super::config::{Config, FailurePolicy, L1Config, RequestDirectives};
+use super::freshness::Heuristic;
 use super::handle::CacheHandle;
 use super::service::ResponseCache;
 use super::shared::Shared;
@@ -69,8 +70,10 @@ impl ResponseCacheLayerBuilder {
         self
     }
 
-    /// Store 404, 405, 410, 414 and 501 for at most this long, 1 ms to ten
-    /// years (default: never).
+    /// Store errors for at most this long, 1 ms to ten years. With a
+    /// [`default_ttl`](Self::default_ttl) every 4xx and 5xx is stored only
+    /// with one (default: never); in a pure HTTP cache it caps 404, 405,
+    /// 410, 414 and 501 and is their lifetime when the origin states none.
     pub fn negative_ttl(mut self, ttl: Duration) -> Self {
         self.cfg.rules.negative_ttl = Some(ttl);
         self
@@ -88,6 +91,19 @@ impl ResponseCacheLayerBuilder {
     /// once stale, to be revalidated with a conditional request (default 60 s).
     pub fn keep_stale(mut self, d: Duration) -> Self {
         self.cfg.rules.keep_stale = d;
+        self
+    }
+
+    /// Heuristic freshness (RFC 9111 §4.2.2) for a response without an
+    /// explicit lifetime but with `Last-Modified`: `fraction` of the time
+    /// since that date, at most `max` (default 10%, at most a day). Only
+    /// for heuristically cacheable statuses (200, 203, 204, 300, 301, 308,
+    /// 404, 405, 410, 414, 501) or responses marked `public`, and only
+    /// without a [`default_ttl`](Self::default_ttl), which takes its
+    /// place. A fraction or maximum of zero turns it off; `fraction` is
+    /// within 0 and 1, `max` at most ten years.
+    pub fn heuristic_freshness(mut self, fraction: f64, max: Duration) -> Self {
+        self.cfg.rules.heuristic = Some(Heuristic { fraction, max });
         self
     }
 

@@ -59,23 +59,45 @@
 //!
 //! # What is stored
 //!
-//! GET responses (HEAD is answered from them) with status 200, 203, 204,
-//! 300, 301 or 308, unless the response says `no-store` or `private`,
-//! carries `Set-Cookie`, or the request carried `Authorization` (RFC 9111
-//! §3.5: then only a response that says `public`, `s-maxage` or
-//! `must-revalidate`), or the request carried `Cookie` (then only a response
-//! that explicitly shares itself with `public` or `s-maxage`, never one on
-//! the default TTL: it may be about the client whose cookies it saw) — each
-//! lifted only by configuration
+//! GET responses (HEAD is answered from them) with a final status (not
+//! 206 or 304) and a freshness lifetime (RFC 9111 §3, §4.2): `s-maxage`,
+//! else `max-age`, else `Expires` minus `Date` (any status); without
+//! those, for the heuristically cacheable statuses (200, 203, 204, 300,
+//! 301, 308, 404, 405, 410, 414, 501) or a response marked `public`, the
+//! layer's [`default_ttl`](ResponseCacheLayerBuilder::default_ttl) (with
+//! jitter) or, without one, heuristic freshness: 10% of the time since
+//! `Last-Modified`, at most a day
+//! ([`heuristic_freshness`](ResponseCacheLayerBuilder::heuristic_freshness)).
+//! A response with an `ETag` and no lifetime is stored stale, to be
+//! revalidated. Not stored: `no-store` (unless `must-understand` and a
+//! status this cache knows, §5.2.2.3), `private`, `Set-Cookie`, a response
+//! to a request with `Authorization` (§3.5: then only a response that says
+//! `public`, `s-maxage` or `must-revalidate`), or to one with `Cookie`
+//! (then only a response that explicitly shares itself with `public` or
+//! `s-maxage`, never one on the default TTL: it may be about the client
+//! whose cookies it saw) — each lifted only by configuration
 //! ([`store_set_cookie_responses`](ResponseCacheLayerBuilder::store_set_cookie_responses),
 //! [`cache_authorized`](ResponseCacheLayerBuilder::cache_authorized),
 //! [`share_cookie_requests`](ResponseCacheLayerBuilder::share_cookie_requests)).
-//! 404, 405, 410, 414 and 501 are stored only with a
-//! [`negative_ttl`](ResponseCacheLayerBuilder::negative_ttl). Freshness
-//! comes from `s-maxage`, else `max-age`, else `Expires`, else the layer's
-//! [`default_ttl`](ResponseCacheLayerBuilder::default_ttl) (with jitter);
-//! without any, nothing is stored. `Vary: *` is never stored. Requests with
-//! `Range` bypass the cache.
+//! A qualified `private="..."` or `no-cache="..."` keeps only the fields it
+//! names out of the entry.
+//!
+//! With a `default_ttl` (application mode) errors (4xx, 5xx) are stored
+//! only with a [`negative_ttl`](ResponseCacheLayerBuilder::negative_ttl),
+//! and for at most that long; in a pure HTTP cache the `negative_ttl`, if
+//! set, caps 404, 405, 410, 414 and 501 and serves as their lifetime when
+//! the origin states none.
+//!
+//! Parsing follows the grammar, on the safe side where a field is broken:
+//! a `Cache-Control` directive given twice keeps its first value, an
+//! invalid delta-seconds is 0 (stale), one past 2^31 is 2^31; conflicting
+//! directives honour the most restrictive (§4.2.1). `Expires` is read in
+//! the three HTTP-date formats (RFC 9110 §5.6.7; a two-digit year more
+//! than 50 years ahead is in the past century), anything else is a time in
+//! the past (§5.3). An `Age` that is a list keeps its first member, an
+//! invalid one is ignored (§5.1); the age on arrival also counts how long
+//! ago the response's `Date` was (§4.2.3). `Vary: *` is never stored.
+//! Requests with `Range` bypass the cache.
 //!
 //! A request carrying an *unkeyed input* — a header the key ignores but an
 //! app may act on (`Forwarded`, `X-Forwarded-Host`/`-Proto`/`-Scheme`/
@@ -213,10 +235,12 @@
 mod cache_control;
 mod capture;
 mod config;
+mod date;
 mod decide;
 pub(crate) mod entry;
 mod fill;
 mod flight;
+mod freshness;
 mod future;
 mod handle;
 mod invalidate;

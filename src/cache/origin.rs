@@ -76,7 +76,7 @@ pub(crate) fn on_origin<B: Body>(mut leader: Leader, res: Response<B>, ctx: Fill
         Some(_) if res.body().size_hint().lower() > shared.cfg.max_body as u64 => {
             Verdict::Pass("too-large")
         }
-        Some(_) => verdict(&shared.cfg.rules, ctx.asked, status, res.headers()),
+        Some(_) => verdict(&shared.cfg.rules, ctx.asked, status, res.headers(), now),
     };
     let (Verdict::Store(l), Some(spec)) = (v, spec) else {
         let why = match v {
@@ -130,7 +130,7 @@ fn refreshed<B>(
     let headers = merge_304(&stale.headers, fields);
     let status = StatusCode::from_u16(stale.meta.status).unwrap_or(StatusCode::OK);
     let slot = leader.slot.clone();
-    let (entry, params) = match verdict(&shared.cfg.rules, ctx.asked, status, &headers) {
+    let (entry, params) = match verdict(&shared.cfg.rules, ctx.asked, status, &headers, now) {
         Verdict::Store(l) => {
             let entry = Entry {
                 meta: meta(&slot, status, now, &l),

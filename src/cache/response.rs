@@ -10,6 +10,7 @@ use http::header::{
 };
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
+use super::cache_control::CacheControl;
 use super::entry::Entry;
 use crate::problem::Problem;
 
@@ -169,12 +170,18 @@ fn hop_by_hop(h: &HeaderMap) -> Vec<HeaderName> {
 }
 
 /// The header fields of a response worth storing: no hop-by-hop fields, no
-/// `Age` (recomputed), no `Set-Cookie` (never replayed to another client).
+/// `Age` (recomputed), no `Set-Cookie` (never replayed to another client),
+/// none a qualified `private` or `no-cache` names (RFC 9111 §5.2.2.4, §5.2.2.7).
 pub(crate) fn to_store(h: &HeaderMap) -> HeaderMap {
     let skip = hop_by_hop(h);
     let mut out = h.clone();
     for name in skip.iter().chain([&SET_COOKIE]) {
         out.remove(name);
+    }
+    for name in CacheControl::parse(h).unshared_fields {
+        if let Ok(name) = HeaderName::try_from(name) {
+            out.remove(name);
+        }
     }
     out
 }
