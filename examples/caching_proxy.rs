@@ -18,6 +18,7 @@
 //! could change the upstream's page is answered but never stored.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
@@ -28,7 +29,7 @@ use http::{StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tower_redis_layers::cache::{CacheStore, ResponseCacheLayer};
+use tower_redis_layers::cache::{CacheStore, RequestDirectives, ResponseCacheLayer};
 use tower_redis_layers::{MemoryStore, RedisStore};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -136,9 +137,14 @@ async fn serve(store: impl CacheStore, args: Args) -> Result<(), BoxError> {
     // A pure HTTP shared cache: no default TTL, the upstream's headers
     // decide (heuristic freshness from Last-Modified where they state no
     // lifetime); keyed per host by default. Responses to requests with
-    // Authorization are stored where they allow it (RFC 9111 §3.5).
+    // Authorization are stored where they allow it (RFC 9111 §3.5), and
+    // clients' Cache-Control (no-cache, max-age, max-stale, min-fresh,
+    // no-store, only-if-cached) is honoured, as a proxy's should be.
     let cache = ResponseCacheLayer::builder(store)
         .cache_authorized(true)
+        .request_directives(RequestDirectives::Honor {
+            min_age: Duration::ZERO,
+        })
         .build()?;
     let proxy = Proxy {
         client: Client::builder(TokioExecutor::new()).build_http(),

@@ -1677,3 +1677,190 @@ conformance! {
 fn versioned_with(cc: &'static str) -> Origin {
     Origin::new(move |_, n| res(&[("cache-control", cc)], &format!("v{n}")))
 }
+
+/// A layer that honours request directives with no floor, as a proxy's.
+fn honouring(store: impl CacheStore, scope: &str) -> ResponseCacheLayerBuilder {
+    use tower_redis_layers::cache::RequestDirectives;
+    builder(store)
+        .scope(scope)
+        .request_directives(RequestDirectives::Honor {
+            min_age: Duration::ZERO,
+        })
+}
+
+/// The method and fields of every request an origin got.
+type Seen = Arc<std::sync::Mutex<Vec<(Method, HeaderMap)>>>;
+
+/// An origin that records the fields of the requests it gets.
+fn recording(
+    handler: impl Fn(&Request<Full<Bytes>>, usize) -> Response<Chunks> + Send + Sync + 'static,
+) -> (Origin, Seen) {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let origin = Origin::new(move |req, n| {
+        log.lock()
+            .unwrap()
+            .push((req.method().clone(), req.headers().clone()));
+        handler(req, n)
+    });
+    (origin, seen)
+}
+
+/// A `304` when the request's `If-None-Match` is `"e1"`, else `v<n>` with
+/// these fields and that ETag.
+fn validating(
+    cc: &'static str,
+) -> impl Fn(&Request<Full<Bytes>>, usize) -> Response<Chunks> + Send + Sync + 'static {
+    move |req, n| {
+        if req
+            .headers()
+            .get("if-none-match")
+            .is_some_and(|v| v == "\"e1\"")
+        {
+            let mut r = res(&[("cache-control", cc), ("etag", "\"e1\"")], "");
+            *r.status_mut() = StatusCode::NOT_MODIFIED;
+            return r;
+        }
+        res(
+            &[("cache-control", cc), ("etag", "\"e1\"")],
+            &format!("v{n}"),
+        )
+    }
+}
+
+conformance! {
+    async fn rfc9111_5_2_1_1_request_max_age_and_5_2_1_3_min_fresh(store) {
+        let origin = answering(200, fields(&[("cache-control", "max-age=3600"), ("age", "1800")]));
+        let svc = cached(honouring(store, "ma").build().unwrap(), &origin);
+        send(&svc, get("/m")).await;
+        let ask = |cc: &'static str| with(Method::GET, "/m", &[("cache-control", cc)]);
+        assert_eq!(send(&svc, ask("max-age=3600")).await.body, "v1", "old enough");
+        assert_eq!(send(&svc, ask("min-fresh=1000")).await.body, "v1", "fresh enough");
+        assert_eq!(send(&svc, ask("max-age=600")).await.body, "v2", "too old: refetched");
+        // v2 came with Age: 1800 too: 1800 s of 3600 left.
+        assert_eq!(send(&svc, ask("min-fresh=2000")).await.body, "v3", "not fresh enough");
+        assert_eq!(origin.calls(), 3);
+    }
+
+    async fn rfc9111_5_2_1_2_max_stale_takes_a_stale_entry_unless_the_response_forbids_it(store) {
+        for (cc, taken) in [("max-age=1", true), ("max-age=1, must-revalidate", false), ("s-maxage=1", false)] {
+            let origin = answering(200, fields(&[("cache-control", cc), ("etag", "\"e1\"")]));
+            let svc = cached(honouring(store.clone(), &format!("ms{}", cc.len())).build().unwrap(), &origin);
+            send(&svc, get("/s")).await;
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            let got = send(&svc, with(Method::GET, "/s", &[("cache-control", "max-stale=60")])).await;
+            assert_eq!(got.body == "v1", taken, "{cc}: {}", got.cache_status());
+            let tight = send(&svc, with(Method::GET, "/s", &[("cache-control", "max-stale=0")])).await;
+            assert_ne!(tight.body, "v1", "{cc}: stale by more than max-stale");
+        }
+    }
+
+    async fn rfc9111_5_2_1_4_request_no_cache_revalidates_with_the_stored_validator(store) {
+        let (origin, seen) = recording(validating("max-age=3600"));
+        let svc = cached(honouring(store, "nc").build().unwrap(), &origin);
+        send(&svc, get("/n")).await;
+        let got = send(&svc, with(Method::GET, "/n", &[("cache-control", "no-cache")])).await;
+        assert_eq!(got.body, "v1", "the stored body, validated");
+        assert!(got.cache_status().contains("fwd-status=304"), "{}", got.cache_status());
+        assert_eq!(seen.lock().unwrap()[1].1["if-none-match"], "\"e1\"");
+        assert_eq!(origin.calls(), 2);
+    }
+
+    async fn rfc9111_5_2_1_5_request_no_store_and_5_2_1_7_only_if_cached(store) {
+        let origin = versioned(MAX60);
+        let svc = cached(honouring(store.clone(), "ns").build().unwrap(), &origin);
+        let ns = send(&svc, with(Method::GET, "/x", &[("cache-control", "no-store")])).await;
+        assert_eq!(ns.body, "v1");
+        let oic = send(&svc, with(Method::GET, "/x", &[("cache-control", "only-if-cached")])).await;
+        assert_eq!(oic.status, StatusCode::GATEWAY_TIMEOUT, "the no-store request stored nothing");
+        send(&svc, get("/x")).await;
+        let oic = send(&svc, with(Method::GET, "/x", &[("cache-control", "only-if-cached")])).await;
+        assert_eq!((oic.status, oic.body), (StatusCode::OK, Bytes::from("v2")));
+        // A stale entry is no answer for only-if-cached, unless max-stale takes it.
+        let origin = answering(200, fields(&[("cache-control", "max-age=1"), ("etag", "\"e\"")]));
+        let svc = cached(honouring(store, "oic").build().unwrap(), &origin);
+        send(&svc, get("/o")).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let oic = send(&svc, with(Method::GET, "/o", &[("cache-control", "only-if-cached")])).await;
+        assert_eq!(oic.status, StatusCode::GATEWAY_TIMEOUT);
+        let grace = send(&svc, with(Method::GET, "/o", &[("cache-control", "only-if-cached, max-stale")])).await;
+        assert_eq!((grace.status, grace.body), (StatusCode::OK, Bytes::from("v1")));
+        assert_eq!(origin.calls(), 1);
+    }
+
+    async fn rfc9110_13_with_no_usable_entry_the_clients_validators_are_forwarded(store) {
+        let (origin, seen) = recording(validating("max-age=60"));
+        let svc = cached(builder(store).build().unwrap(), &origin);
+        let inm = [("if-none-match", "\"e1\"")];
+        let first = send(&svc, with(Method::GET, "/f", &inm)).await;
+        assert_eq!(first.status, StatusCode::NOT_MODIFIED, "the origin's answer to the client");
+        assert_eq!(seen.lock().unwrap()[0].1["if-none-match"], "\"e1\"");
+        // That 304 was this client's: the next request fills, nobody skips the lock.
+        let full = send(&svc, get("/f")).await;
+        assert_eq!((full.status, full.body.clone()), (StatusCode::OK, Bytes::from("v2")));
+        assert!(full.cache_status().contains("stored"), "{}", full.cache_status());
+        let again = send(&svc, with(Method::GET, "/f", &inm)).await;
+        assert_eq!(again.status, StatusCode::NOT_MODIFIED);
+        assert!(again.cache_status().contains("hit"));
+        assert_eq!(origin.calls(), 2);
+    }
+
+    async fn rfc9110_13_1_if_match_is_strong_and_if_none_match_weak_on_a_stored_response(store) {
+        let origin = answering(200, fields(&[("cache-control", "max-age=60"), ("etag", "W/\"w1\"")]));
+        let svc = cached(builder(store.clone()).scope("weak").build().unwrap(), &origin);
+        send(&svc, get("/c")).await;
+        let inm = send(&svc, with(Method::GET, "/c", &[("if-none-match", "\"w1\"")])).await;
+        assert_eq!(inm.status, StatusCode::NOT_MODIFIED, "weak comparison");
+        let im = send(&svc, with(Method::GET, "/c", &[("if-match", "W/\"w1\"")])).await;
+        assert_eq!(im.status, StatusCode::PRECONDITION_FAILED, "strong comparison: a weak tag never matches");
+        let origin = answering(200, fields(&[("cache-control", "max-age=60"), ("etag", "\"s1\""), ("last-modified", "Thu, 01 Jan 2026 00:00:00 GMT")]));
+        let svc = cached(builder(store).scope("strong").build().unwrap(), &origin);
+        send(&svc, get("/c")).await;
+        let ok = send(&svc, with(Method::GET, "/c", &[("if-match", "\"s0\", \"s1\"")])).await;
+        assert_eq!((ok.status, ok.body), (StatusCode::OK, Bytes::from("v1")));
+        let other = send(&svc, with(Method::GET, "/c", &[("if-match", "\"s2\"")])).await;
+        assert_eq!(other.status, StatusCode::PRECONDITION_FAILED);
+        let ius = send(&svc, with(Method::GET, "/c", &[("if-unmodified-since", "Wed, 31 Dec 2025 00:00:00 GMT")])).await;
+        assert_eq!(ius.status, StatusCode::PRECONDITION_FAILED);
+        let ims = send(&svc, with(Method::GET, "/c", &[("if-modified-since", "Thu, 01 Jan 2026 00:00:00 GMT")])).await;
+        assert_eq!(ims.status, StatusCode::NOT_MODIFIED);
+        assert_eq!(origin.calls(), 1);
+    }
+
+    async fn rfc9111_4_3_5_a_head_response_freshens_the_stored_get(store) {
+        let (origin, seen) = recording(|req, n| {
+            if req.method() == Method::HEAD {
+                return res(&[("cache-control", "max-age=60"), ("etag", "\"e1\""), ("x-v", "head")], "");
+            }
+            res(&[("cache-control", "max-age=1"), ("etag", "\"e1\""), ("x-v", "get")], &format!("v{n}"))
+        });
+        let svc = cached(builder(store.clone()).build().unwrap(), &origin);
+        // A HEAD with nothing stored goes to the origin and stores nothing.
+        let head = send(&svc, with(Method::HEAD, "/h", &[])).await;
+        assert_eq!((head.status, head.body.len()), (StatusCode::OK, 0));
+        assert_eq!(send(&svc, get("/h")).await.body, "v2");
+        // Fresh: answered from the stored GET.
+        let head = send(&svc, with(Method::HEAD, "/h", &[])).await;
+        assert!(head.cache_status().contains("hit") && head.body.is_empty());
+        assert_eq!(origin.calls(), 2);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        // Stale: the HEAD's 200 for the same representation freshens it.
+        let head = send(&svc, with(Method::HEAD, "/h", &[])).await;
+        assert_eq!((head.status, head.body.len()), (StatusCode::OK, 0));
+        assert_eq!(seen.lock().unwrap()[2].0, Method::HEAD);
+        let hit = send(&svc, get("/h")).await;
+        assert_eq!((hit.body.clone(), hit.headers["x-v"].clone()), (Bytes::from("v2"), "head".parse().unwrap()));
+        assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
+        assert_eq!(origin.calls(), 3);
+    }
+
+    async fn interim_responses_and_protocol_switches_are_never_stored(store) {
+        let origin = answering(101, fields(&[("cache-control", "max-age=60"), ("upgrade", "websocket")]));
+        let svc = cached(builder(store.clone()).scope("101").build().unwrap(), &origin);
+        let ws = [("upgrade", "websocket"), ("connection", "upgrade")];
+        let first = send(&svc, with(Method::GET, "/ws", &ws)).await;
+        assert_eq!(first.status, StatusCode::SWITCHING_PROTOCOLS);
+        assert!(first.cache_status().contains("fwd=bypass; detail=upgrade"));
+        assert!(!reused(store, "1xx", &answering(103, fields(&[("cache-control", "max-age=60")]))).await);
+    }
+}

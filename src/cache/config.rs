@@ -13,19 +13,22 @@ use crate::error::ConfigError;
 /// How request `Cache-Control` directives are treated.
 ///
 /// A client must not be able to force origin load: by default they are
-/// ignored, as most CDNs do. With [`Honor`](Self::Honor), `no-cache` and
-/// `max-age=0` revalidate an entry only once it is at least `min_age` old,
-/// and concurrent forced requests still collapse into one origin call; so
-/// one key costs the origin at most one call per `min_age` however hard
-/// clients push. `no-store` then keeps the request's response out of the
-/// cache, and `only-if-cached` answers a miss with 504 without asking the origin.
+/// ignored, as most CDNs do. With [`Honor`](Self::Honor) (RFC 9111
+/// §5.2.1), `no-cache`, `max-age` and `min-fresh` revalidate an entry
+/// that does not satisfy them — but only once it is at least `min_age`
+/// old, and concurrent forced requests still collapse into one origin
+/// call; so one key costs the origin at most one call per `min_age`
+/// however hard clients push. `max-stale` takes a stale entry (unless it
+/// says `must-revalidate`, `proxy-revalidate` or `s-maxage`), `no-store`
+/// keeps the request's response out of the cache, and `only-if-cached`
+/// answers from the cache or with 504, without asking the origin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum RequestDirectives {
     /// Request directives change nothing (default).
     #[default]
     Ignore,
-    /// Honour `no-cache`, `max-age=0` and `no-store`, with a floor on revalidation.
+    /// Honour the request directives, with a floor on revalidation.
     Honor {
         /// Entries younger than this are served even to a `no-cache` request.
         min_age: Duration,

@@ -8,12 +8,12 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use http::{HeaderMap, StatusCode};
 
+use super::conditional::Cond;
 use super::entry::{body_of, encode, Meta};
 use super::flight::Outcome;
 use super::key::Slot;
 use super::leader::Leader;
 use super::policy::{Asked, Lifetime};
-use super::response::Cond;
 use super::shared::spawn;
 use super::store::Write;
 
@@ -27,6 +27,8 @@ pub(crate) struct FillCtx {
     pub(crate) only_if_cached: bool,
     /// The client speaks gRPC: the cache's own answers are gRPC statuses.
     pub(crate) grpc: bool,
+    /// A HEAD request: answered without a body.
+    pub(crate) head: bool,
 }
 
 /// One response on its way into the store.

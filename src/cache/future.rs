@@ -16,11 +16,13 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::capture::Capture;
+use super::conditional::CONDITIONS;
 use super::decide::HitKind;
 use super::fill::FillCtx;
 use super::invalidate::Targets;
 use super::leader::Leader;
 use super::origin::{on_origin, serve_stale_on_error, Answer};
+use super::policy::has_validator;
 use super::purges::Invalidated;
 use super::resolve::Resolution;
 use super::response::{cache_status, refusal, serve, Refusal, CACHE_STATUS};
@@ -74,7 +76,6 @@ pub(crate) struct Pending<S, B> {
     pub(crate) inner: S,
     pub(crate) shared: Arc<Shared>,
     pub(crate) ctx: FillCtx,
-    pub(crate) head: bool,
 }
 
 /// What to do with the inner service's response.
@@ -138,7 +139,6 @@ where
         mut inner,
         shared,
         ctx,
-        head,
     } = p;
     let name = &shared.cfg.name;
     let res = match r {
@@ -148,15 +148,19 @@ where
                 HitKind::Local => "hit; detail=l1",
                 HitKind::Collapsed => "fwd=miss; collapsed",
             };
-            serve(name, &e, shared.now_ms(), head, &ctx.cond, params)
+            serve(name, &e, shared.now_ms(), ctx.head, &ctx.cond, params)
         }
         Resolution::Fill(leader) => {
-            // The cache fills with a full response: the client's own
-            // conditions are answered from the entry, not forwarded.
-            let h = req.headers_mut();
-            h.remove(IF_NONE_MATCH);
-            h.remove(IF_MODIFIED_SINCE);
-            if let Some(stale) = &leader.stale {
+            // Revalidating a stored response: its validators replace the
+            // client's, whose conditions are answered from the refreshed
+            // entry (RFC 9111 §4.3.1). With no usable entry, the client's
+            // own conditions go to the origin.
+            let ours = leader.stale.as_ref().filter(|s| has_validator(&s.headers));
+            if let Some(stale) = ours {
+                let h = req.headers_mut();
+                for name in &CONDITIONS {
+                    h.remove(name);
+                }
                 if let Some(etag) = stale.headers.get(ETAG) {
                     h.insert(IF_NONE_MATCH, etag.clone());
                 }

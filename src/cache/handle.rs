@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, Uri};
 
+use super::decide::Want;
 use super::fill::store_value;
 use super::flight::Outcome;
 use super::key::app_url;
@@ -52,7 +53,7 @@ impl CacheHandle {
             url: app_url(&self.shared.cfg.key.scope, key),
             headers: Arc::new(HeaderMap::new()),
             lookup_only: false,
-            force_older_than: None,
+            want: Want::default(),
         };
         match resolve(self.shared.clone(), ask).await {
             Resolution::Hit(e, _) => Ok(e.body),

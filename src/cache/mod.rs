@@ -129,11 +129,20 @@
 //!
 //! Hits carry `Age` and `Cache-Status` (RFC 9211): `trl; hit; ttl=12`,
 //! `trl; fwd=miss; fwd-status=200; stored; ttl=30` for the request that
-//! filled, `trl; fwd=miss; collapsed` for those that waited for it. A
-//! request whose `If-None-Match` (weak comparison) or `If-Modified-Since`
-//! matches an entry gets `304` with the fields RFC 9110 §15.4.5 requires.
-//! A stale entry with a validator is revalidated with a conditional request;
-//! a `304` refreshes it. `stale-while-revalidate` serves the stale entry to
+//! filled, `trl; fwd=miss; collapsed` for those that waited for it.
+//! Conditional requests are answered from an entry in the order of RFC
+//! 9110 §13.2.2: `If-Match` (strong comparison) and `If-Unmodified-Since`
+//! with `412`, `If-None-Match` (weak comparison) and `If-Modified-Since`
+//! (against `Last-Modified`, else `Date`) with `304` and the fields §15.4.5
+//! requires. With no usable entry the client's conditions go to the
+//! origin, and its `304` or `412` is that client's alone (the next request
+//! fills). A stale entry with a validator is revalidated with a conditional
+//! request of the cache's own; a `304` refreshes it (§4.3.4). HEAD is
+//! answered from the stored GET; a HEAD that reaches the origin stores
+//! nothing, but its `200` for the stored representation (same strong
+//! `ETag`, else same `Last-Modified`, and length) freshens the entry
+//! (§4.3.5). Interim (1xx) responses are never stored, and requests with
+//! `Upgrade` bypass the cache. `stale-while-revalidate` serves the stale entry to
 //! everyone but the one request revalidating it; `stale-if-error` serves it
 //! when the origin answers 5xx or fails.
 //!
@@ -153,7 +162,9 @@
 //! behind the lock, and a response that is storable again is stored.
 //!
 //! Request `Cache-Control` is ignored by default so that clients cannot
-//! force origin load; see [`RequestDirectives`].
+//! force origin load; honoured (`max-age`, `max-stale`, `min-fresh`,
+//! `no-cache`, `no-store`, `only-if-cached`; RFC 9111 §5.2.1) with a floor
+//! on revalidation under [`RequestDirectives::Honor`].
 //!
 //! # Invalidation
 //!
@@ -234,6 +245,7 @@
 
 mod cache_control;
 mod capture;
+mod conditional;
 mod config;
 mod date;
 mod decide;

@@ -1,20 +1,22 @@
 //! After the origin answered a request that leads a fill: refresh a
-//! revalidated entry on `304`, serve stale on errors within
+//! revalidated entry on `304` (or a HEAD's `200`), serve stale on errors within
 //! `stale-if-error`, pass what may not be stored, and start capturing what may.
 
 use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, ETAG, LAST_MODIFIED};
 use http::response::Parts;
 use http::{HeaderMap, Response, StatusCode};
 use http_body::Body;
 
 use super::capture::Capture;
+use super::conditional::Tag;
 use super::decide::sie_ok;
 use super::entry::Entry;
 use super::fill::{meta, Fill, FillCtx};
 use super::flight::Outcome;
 use super::key;
 use super::leader::Leader;
-use super::policy::{request_specific, verdict, Verdict};
+use super::policy::{has_validator, request_specific, verdict, Verdict};
 use super::response::{cache_status, merge_304, serve, to_store, CACHE_STATUS};
 
 /// What the origin's response becomes.
@@ -39,7 +41,7 @@ pub(crate) fn serve_stale_on_error(
             &leader.shared.cfg.name,
             stale,
             now,
-            false,
+            ctx.head,
             &ctx.cond,
             &params,
         )
@@ -51,10 +53,15 @@ pub(crate) fn on_origin<B: Body>(mut leader: Leader, res: Response<B>, ctx: Fill
     let name = &shared.cfg.name;
     let now = shared.now_ms();
     let status = res.status();
-    if status == StatusCode::NOT_MODIFIED {
-        if let Some(stale) = leader.stale.take() {
-            return Answer::Done(refreshed(leader, stale, res.headers(), &ctx, now));
-        }
+    // A 304 to our validators, or a HEAD's 200 for the stored
+    // representation (§4.3.5), refreshes the entry.
+    let refreshes = |stale: &Entry| match status {
+        StatusCode::NOT_MODIFIED => has_validator(&stale.headers),
+        StatusCode::OK if ctx.head => same_representation(stale, res.headers()),
+        _ => false,
+    };
+    if let Some(stale) = leader.stale.take_if(|s| refreshes(s)) {
+        return Answer::Done(refreshed(leader, stale, res.headers(), &ctx, now));
     }
     if status.is_server_error() {
         if let Some(r) = serve_stale_on_error(&leader, &ctx, status.as_u16()) {
@@ -69,6 +76,8 @@ pub(crate) fn on_origin<B: Body>(mut leader: Leader, res: Response<B>, ctx: Fill
     let forwarded = format!("fwd={fwd}; fwd-status={}", status.as_u16());
     let spec = shared.cfg.key.spec_for(res.headers());
     let v = match &spec {
+        // A HEAD response has no body to store.
+        _ if ctx.head => Verdict::Pass("head"),
         None => Verdict::Pass("vary-star"),
         Some(_) if res.headers().len() > super::entry::MAX_HEADERS => {
             Verdict::Pass("too-many-fields")
@@ -83,8 +92,10 @@ pub(crate) fn on_origin<B: Body>(mut leader: Leader, res: Response<B>, ctx: Fill
             Verdict::Pass(why) => why,
             Verdict::Store(_) => "vary-star",
         };
-        // A pass caused by this request's fields lets the others fill.
-        leader.end(if request_specific(why) {
+        // A pass caused by this request (its fields, its method, the
+        // origin's answer to its own conditions) lets the others fill.
+        let answered = !ctx.cond.is_empty() && matches!(status.as_u16(), 304 | 412);
+        leader.end(if request_specific(why) || why == "head" || answered {
             Outcome::Abandoned
         } else {
             Outcome::Pass
@@ -152,5 +163,28 @@ fn refreshed<B>(
             (Entry { headers, ..stale }, "fwd=stale; fwd-status=304")
         }
     };
-    serve(&shared.cfg.name, &entry, now, false, &ctx.cond, params).map(crate::ResponseBody::full)
+    serve(&shared.cfg.name, &entry, now, ctx.head, &ctx.cond, params).map(crate::ResponseBody::full)
+}
+
+/// A HEAD response describes the stored representation: the same strong
+/// `ETag` (or, without one, the same `Last-Modified`), and the same length.
+fn same_representation(stale: &Entry, fields: &HeaderMap) -> bool {
+    let same = |name| stale.headers.get(&name) == fields.get(&name);
+    let strong = stale
+        .headers
+        .get(ETAG)
+        .and_then(|v| Tag::parse(v.as_bytes()))
+        .is_some_and(|t| !t.weak);
+    let validated = if strong {
+        same(ETAG)
+    } else {
+        !stale.headers.contains_key(ETAG)
+            && !fields.contains_key(ETAG)
+            && stale.headers.contains_key(LAST_MODIFIED)
+            && same(LAST_MODIFIED)
+    };
+    let length = fields
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    validated && length.is_none_or(|n| n == stale.body.len())
 }

@@ -7,11 +7,12 @@ use http::{Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
+use super::conditional::Cond;
 use super::fill::FillCtx;
 use super::future::{After, Pending, ResponseFuture};
 use super::invalidate::Targets;
 use super::resolve::{resolve, Ask};
-use super::response::{cache_status, Cond};
+use super::response::cache_status;
 use super::route::{route, Route};
 use super::shared::Shared;
 
@@ -74,7 +75,7 @@ where
             url: sh.cfg.key.url(req.uri(), h),
             headers: request.clone(),
             lookup_only: plan.lookup_only,
-            force_older_than: plan.force_older_than,
+            want: plan.want,
         };
         let ctx = FillCtx {
             cond: Cond::of(h),
@@ -82,6 +83,7 @@ where
             asked: plan.asked,
             only_if_cached: plan.only_if_cached,
             grpc: crate::problem::is_grpc(h),
+            head: plan.head,
         };
         let fut = Box::pin(resolve(sh.clone(), ask));
         let pending = Pending {
@@ -89,7 +91,6 @@ where
             inner,
             shared: sh.clone(),
             ctx,
-            head: plan.head,
         };
         ResponseFuture::resolve(fut, pending)
     }
