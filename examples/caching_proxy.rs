@@ -12,6 +12,11 @@
 //! Without `--redis` it caches in process (`MemoryStore`). It prints
 //! `listening on <addr>` when ready.
 //!
+//! While the upstream cannot be reached (connection refused or reset, no
+//! answer within 30 s) a stored response up to an hour stale is served in
+//! place of the 502 / 504, unless it said `must-revalidate`,
+//! `proxy-revalidate`, `no-cache` or `s-maxage`.
+//!
 //! Several hosts may share one proxy: the cache keys on the request's
 //! authority (`Host`, or an absolute-form target), so their entries never
 //! mix; a request whose `Forwarded` / `X-Forwarded-*` / override headers
@@ -29,10 +34,18 @@ use http::{StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tower_redis_layers::cache::{CacheStore, RequestDirectives, ResponseCacheLayer};
+use tower_redis_layers::cache::{
+    CacheStore, OriginUnreachable, RequestDirectives, ResponseCacheLayer,
+};
 use tower_redis_layers::{MemoryStore, RedisStore};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How long the upstream may take to answer before the proxy gives up (504).
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+/// How stale a stored response may be served while the upstream cannot be
+/// reached (refused, reset, timed out; RFC 9111 §4.2.4).
+const STALE_IF_UNREACHABLE: Duration = Duration::from_secs(3600);
 
 #[derive(Clone)]
 struct Proxy {
@@ -118,19 +131,26 @@ async fn forward(
     if let Ok(v) = HeaderValue::try_from(peer.ip().to_string()) {
         headers.append("x-forwarded-for", v);
     }
-    match proxy.client.request(req).await {
-        Ok(res) => {
+    match tokio::time::timeout(UPSTREAM_TIMEOUT, proxy.client.request(req)).await {
+        Ok(Ok(res)) => {
             let (mut parts, body) = res.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, Body::new(body))
         }
-        Err(e) => (
+        Ok(Err(e)) => unreachable(
             StatusCode::BAD_GATEWAY,
-            [(header::CONTENT_TYPE, "text/plain")],
             format!("upstream unreachable: {e}\n"),
-        )
-            .into_response(),
+        ),
+        Err(_) => unreachable(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n".into()),
     }
+}
+
+/// The proxy's own answer when the upstream cannot be reached, marked so
+/// that the cache serves a stale entry instead where it may.
+fn unreachable(status: StatusCode, message: String) -> Response {
+    let mut res = (status, [(header::CONTENT_TYPE, "text/plain")], message).into_response();
+    res.extensions_mut().insert(OriginUnreachable);
+    res
 }
 
 async fn serve(store: impl CacheStore, args: Args) -> Result<(), BoxError> {
@@ -145,6 +165,7 @@ async fn serve(store: impl CacheStore, args: Args) -> Result<(), BoxError> {
         .request_directives(RequestDirectives::Honor {
             min_age: Duration::ZERO,
         })
+        .stale_if_unreachable(STALE_IF_UNREACHABLE)
         .build()?;
     let proxy = Proxy {
         client: Client::builder(TokioExecutor::new()).build_http(),

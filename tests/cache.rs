@@ -169,13 +169,28 @@ fn cached(
 
 const MAX60: &[(&str, &str)] = &[("cache-control", "max-age=60")];
 
-/// An origin with a version its PUTs advance; its first GET reads the
-/// version, then is held until [`release`](Self::release).
-#[derive(Clone, Default)]
+/// An origin with a version its PUTs advance; its GET number `hold`
+/// (the first by default) reads the version, then is held until
+/// [`release`](Self::release). GETs answer `v<version>` with `cc`.
+#[derive(Clone)]
 struct HeldOrigin {
     version: Arc<AtomicUsize>,
     gets: Arc<AtomicUsize>,
     gate: Arc<tokio::sync::Notify>,
+    hold: usize,
+    cc: &'static str,
+}
+
+impl Default for HeldOrigin {
+    fn default() -> Self {
+        Self {
+            version: Arc::default(),
+            gets: Arc::default(),
+            gate: Arc::default(),
+            hold: 1,
+            cc: "max-age=60",
+        }
+    }
 }
 
 impl HeldOrigin {
@@ -209,10 +224,10 @@ impl Service<Request<Full<Bytes>>> for HeldOrigin {
                 return Ok(res(&[], ""));
             }
             let v = this.version.load(Ordering::SeqCst);
-            if this.gets.fetch_add(1, Ordering::SeqCst) == 0 {
+            if this.gets.fetch_add(1, Ordering::SeqCst) + 1 == this.hold {
                 this.gate.notified().await;
             }
-            Ok(res(&[("cache-control", "max-age=60")], &format!("v{v}")))
+            Ok(res(&[("cache-control", this.cc)], &format!("v{v}")))
         })
     }
 }
@@ -620,8 +635,8 @@ conformance! {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let other = send(&svc, get("/swr")).await;
         assert_eq!(other.body, "v1", "served stale while the refresh runs");
-        assert_eq!(refresher.await.unwrap(), "v2");
-        assert_eq!(send(&svc, get("/swr")).await.body, "v2");
+        assert_eq!(refresher.await.unwrap(), "v1", "the refresh runs in the background");
+        refreshed(&svc, "/swr", "v2").await;
         assert_eq!(origin.calls(), 2);
     }
 
@@ -1674,6 +1689,21 @@ conformance! {
     }
 }
 
+/// Waits (bounded) until `path` answers `body` from the cache.
+async fn refreshed<S>(svc: &S, path: &str, body: &str)
+where
+    S: Service<Request<Full<Bytes>>> + Clone,
+    S::Response: Into<Response<tower_redis_layers::ResponseBody<Chunks>>>,
+    S::Error: std::fmt::Debug,
+{
+    for _ in 0..200 {
+        if send(svc, get(path)).await.body == body {
+            return;
+        }
+    }
+    panic!("{path} never answered {body}");
+}
+
 fn versioned_with(cc: &'static str) -> Origin {
     Origin::new(move |_, n| res(&[("cache-control", cc)], &format!("v{n}")))
 }
@@ -1863,4 +1893,136 @@ conformance! {
         assert!(first.cache_status().contains("fwd=bypass; detail=upgrade"));
         assert!(!reused(store, "1xx", &answering(103, fields(&[("cache-control", "max-age=60")]))).await);
     }
+}
+
+/// How an origin fails after its first answer.
+#[derive(Clone, Copy, Debug)]
+enum Failure {
+    /// The service fails (connection refused, reset).
+    Error,
+    /// A proxy's 502 marked `OriginUnreachable`.
+    Marked,
+    /// A 503 from the origin itself.
+    Unavailable,
+}
+
+/// An origin whose first answer is `v1` with `cc`, then fails.
+#[derive(Clone)]
+struct Unreachable {
+    cc: &'static str,
+    failure: Failure,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Service<Request<Full<Bytes>>> for Unreachable {
+    type Response = Response<Chunks>;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<Response<Chunks>, std::io::Error>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), std::io::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: Request<Full<Bytes>>) -> Self::Future {
+        if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            return std::future::ready(Ok(res(&[("cache-control", self.cc)], "v1")));
+        }
+        let mut r = res(&[], "down");
+        match self.failure {
+            Failure::Error => {
+                return std::future::ready(Err(std::io::ErrorKind::ConnectionRefused.into()))
+            }
+            Failure::Marked => {
+                *r.status_mut() = StatusCode::BAD_GATEWAY;
+                r.extensions_mut()
+                    .insert(tower_redis_layers::cache::OriginUnreachable);
+            }
+            Failure::Unavailable => *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE,
+        }
+        std::future::ready(Ok(r))
+    }
+}
+
+conformance! {
+    async fn rfc9111_4_2_4_stale_is_served_when_the_origin_cannot_be_reached(store) {
+        let cases = [
+            ("max-age=1", Failure::Error, true),
+            ("max-age=1", Failure::Marked, true),
+            ("max-age=1", Failure::Unavailable, false),
+            ("max-age=1, must-revalidate", Failure::Error, false),
+            ("max-age=1, proxy-revalidate", Failure::Marked, false),
+            ("s-maxage=1", Failure::Error, false),
+            ("s-maxage=1, stale-if-error=60", Failure::Error, true),
+            ("max-age=1, no-cache", Failure::Error, false),
+        ];
+        for (i, (cc, failure, stale)) in cases.into_iter().enumerate() {
+            let origin = Unreachable { cc, failure, calls: Arc::default() };
+            let layer = builder(store.clone()).scope(format!("u{i}")).stale_if_unreachable(Duration::from_secs(60)).build().unwrap();
+            let svc = ServiceBuilder::new().layer(layer).service(origin);
+            send_ok(&svc, get("/u")).await;
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            match svc.clone().oneshot(get("/u")).await {
+                Ok(r) => {
+                    let status = r.headers().get("cache-status").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+                    let served = r.status() == StatusCode::OK;
+                    assert_eq!(served, stale, "{cc} {failure:?}: {status}");
+                    if served {
+                        assert!(status.contains("fwd=stale") && status.contains("detail=unreachable") != matches!(failure, Failure::Unavailable), "{status}");
+                        assert_eq!(r.into_body().collect().await.unwrap().to_bytes(), "v1");
+                    }
+                }
+                Err(e) => assert!(!stale, "{cc}: {e}"),
+            }
+        }
+        // Bounded: past the configured staleness, the failure is the answer.
+        let origin = Unreachable { cc: "max-age=1", failure: Failure::Error, calls: Arc::default() };
+        let layer = builder(store).scope("bounded").stale_if_unreachable(Duration::from_millis(100)).build().unwrap();
+        let svc = ServiceBuilder::new().layer(layer).service(origin);
+        send_ok(&svc, get("/u")).await;
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        assert!(svc.clone().oneshot(get("/u")).await.is_err());
+    }
+
+    async fn rfc5861_3_stale_while_revalidate_answers_everyone_at_once_and_refreshes_once_fleet_wide(store) {
+        let origin = HeldOrigin {
+            hold: 2,
+            cc: "max-age=1, stale-while-revalidate=60",
+            ..HeldOrigin::default()
+        };
+        let fleet: Vec<_> = (0..3)
+            .map(|_| ServiceBuilder::new().layer(builder(store.clone()).build().unwrap()).service(origin.clone()))
+            .collect();
+        assert_eq!(body_of(&fleet[0], get("/swr")).await, "v0");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        origin.version.fetch_add(1, Ordering::SeqCst);
+        // Stale now: 30 requests across the instances, while the one
+        // refresh is held at the origin, all get the stale entry.
+        let tasks: Vec<_> = (0..30)
+            .map(|i| {
+                let svc = fleet[i % 3].clone();
+                tokio::spawn(async move { body_of(&svc, get("/swr")).await })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), "v0", "answered at once");
+        }
+        origin.reached(2).await;
+        assert_eq!(origin.gets.load(Ordering::SeqCst), 2, "one refresh across the fleet");
+        origin.release();
+        for svc in &fleet {
+            refreshed(svc, "/swr", "v1").await;
+        }
+        assert_eq!(origin.gets.load(Ordering::SeqCst), 2);
+    }
+}
+
+async fn send_ok<S>(svc: &S, req: Request<Full<Bytes>>)
+where
+    S: Service<Request<Full<Bytes>>> + Clone,
+    S::Response: Into<Response<tower_redis_layers::ResponseBody<Chunks>>>,
+    S::Error: std::fmt::Debug,
+{
+    let res: Response<_> = svc.clone().oneshot(req).await.unwrap().into();
+    res.into_body().collect().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
 }

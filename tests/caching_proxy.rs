@@ -296,3 +296,89 @@ async fn caching_proxy_on_redis() {
     let url = support::redis_url();
     check(Some(&url)).await;
 }
+
+/// An upstream in a runtime of its own, so that stopping it closes every
+/// connection too: `/short` is fresh for a second, `/strict` too but with
+/// `must-revalidate`. Returns its address and the stop switch.
+fn killable_upstream() -> (SocketAddr, std::sync::mpsc::Sender<()>) {
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.spawn(async move {
+            let n = Arc::new(AtomicU64::new(0));
+            let app = Router::new()
+                .route(
+                    "/short",
+                    get(|State(n): State<Arc<AtomicU64>>| async move {
+                        let v = n.fetch_add(1, Ordering::SeqCst) + 1;
+                        ([("cache-control", "max-age=1")], format!("short {v}"))
+                    }),
+                )
+                .route(
+                    "/strict",
+                    get(|| async { ([("cache-control", "max-age=1, must-revalidate")], "strict") }),
+                )
+                .with_state(n);
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addr_tx.send(listener.local_addr().unwrap()).unwrap();
+            axum::serve(listener, app).await.unwrap();
+        });
+        let _ = stop_rx.recv();
+        rt.shutdown_background();
+    });
+    (addr_rx.recv().unwrap(), stop_tx)
+}
+
+/// RFC 9111 §4.2.4 and §5.2.1 through the proxy: request directives are
+/// honoured, and with the upstream gone a stale entry is served unless it
+/// forbids it.
+async fn stale_when_unreachable(redis: Option<&str>) {
+    let (up, stop) = killable_upstream();
+    let proxy = start_proxy(up, redis);
+    let p = proxy.1.as_str();
+    assert_eq!(call(p, "GET", "/short", &[], "").await.2, "short 1");
+    let (_, h, body) = call(p, "GET", "/short", &[("cache-control", "max-age=0")], "").await;
+    assert_eq!(body, "short 2", "request max-age=0 revalidates: {h:?}");
+    let (s, _, _) = call(
+        p,
+        "GET",
+        "/nothing",
+        &[("cache-control", "only-if-cached")],
+        "",
+    )
+    .await;
+    assert_eq!(s, 504);
+    call(p, "GET", "/strict", &[], "").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    stop.send(()).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let (s, h, body) = call(p, "GET", "/short", &[], "").await;
+    assert_eq!(
+        (s, body.as_str()),
+        (200, "short 2"),
+        "stale while the upstream is down"
+    );
+    let status = h["cache-status"].to_str().unwrap();
+    assert!(
+        status.contains("fwd=stale") && status.contains("detail=unreachable"),
+        "{status}"
+    );
+    let (s, _, _) = call(p, "GET", "/strict", &[], "").await;
+    assert_eq!(s, 502, "must-revalidate: never stale");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_when_unreachable_and_request_directives_on_the_memory_store() {
+    stale_when_unreachable(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_when_unreachable_and_request_directives_on_redis() {
+    let url = support::redis_url();
+    stale_when_unreachable(Some(&url)).await;
+}

@@ -10,6 +10,8 @@ use http::header::{
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::date;
+use super::entry::Entry;
+use super::policy::has_validator;
 
 /// The request's conditional fields, kept to answer from an entry.
 #[derive(Debug, Clone, Default)]
@@ -32,13 +34,32 @@ pub(crate) enum Evaluated {
 }
 
 /// The request fields that make it conditional (`If-Range` included).
-pub(crate) const CONDITIONS: [HeaderName; 5] = [
+const CONDITIONS: [HeaderName; 5] = [
     IF_MATCH,
     IF_NONE_MATCH,
     IF_MODIFIED_SINCE,
     IF_UNMODIFIED_SINCE,
     IF_RANGE,
 ];
+
+/// Prepares the origin request of a fill: revalidating a stored response
+/// with a validator, the cache's own conditions replace the client's
+/// (whose are answered from the refreshed entry, RFC 9111 §4.3.1); with no
+/// usable entry the client's conditions go to the origin as they are.
+pub(crate) fn revalidating(h: &mut HeaderMap, stale: Option<&Entry>) {
+    let Some(stale) = stale.filter(|s| has_validator(&s.headers)) else {
+        return;
+    };
+    for name in &CONDITIONS {
+        h.remove(name);
+    }
+    if let Some(etag) = stale.headers.get(ETAG) {
+        h.insert(IF_NONE_MATCH, etag.clone());
+    }
+    if let Some(lm) = stale.headers.get(LAST_MODIFIED) {
+        h.insert(IF_MODIFIED_SINCE, lm.clone());
+    }
+}
 
 /// One entity-tag: weak or strong, and its opaque part (quotes included).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -109,6 +109,7 @@ impl Default for Config {
                 cache_authorized: false,
                 share_cookie_requests: false,
                 heuristic: Some(Heuristic::default()),
+                stale_if_unreachable: Duration::ZERO,
             },
             key: KeyRules {
                 scope: "default".into(),
@@ -153,6 +154,12 @@ impl Config {
             within("negative_ttl", ttl, ms, MAX_TTL)?;
         }
         within("keep_stale", r.keep_stale, Duration::ZERO, MAX_TTL)?;
+        within(
+            "stale_if_unreachable",
+            r.stale_if_unreachable,
+            Duration::ZERO,
+            MAX_TTL,
+        )?;
         within("lock_ttl", self.lock_ttl, ms, MAX_WAIT)?;
         within("max_wait", self.wait, Duration::ZERO, MAX_WAIT)?;
         if let RequestDirectives::Honor { min_age } = self.directives {
@@ -247,6 +254,10 @@ mod tests {
                 Box::new(move |c| c.rules.negative_ttl = Some(max)),
             ),
             ("keep_stale", Box::new(move |c| c.rules.keep_stale = max)),
+            (
+                "stale_if_unreachable",
+                Box::new(move |c| c.rules.stale_if_unreachable = max),
+            ),
             (
                 "min_age",
                 Box::new(move |c| c.directives = RequestDirectives::Honor { min_age: max }),

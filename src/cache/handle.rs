@@ -56,7 +56,7 @@ impl CacheHandle {
             want: Want::default(),
         };
         match resolve(self.shared.clone(), ask).await {
-            Resolution::Hit(e, _) => Ok(e.body),
+            Resolution::Hit(e, _) | Resolution::Refresh(e, _) => Ok(e.body),
             // The loader is the application's own origin: it runs even
             // when the layer fails closed.
             Resolution::Pass(_) | Resolution::Unavailable => loader().await,

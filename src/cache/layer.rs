@@ -107,6 +107,19 @@ impl ResponseCacheLayerBuilder {
         self
     }
 
+    /// Serve a stored response up to `max` past its freshness when the
+    /// origin cannot be reached (RFC 9111 §4.2.4): the inner service
+    /// fails, its response carries [`OriginUnreachable`](super::OriginUnreachable)
+    /// (a proxy's 502 or 504 for a refused, reset or timed-out connection),
+    /// or the body fails midway. Never for a response that says
+    /// `must-revalidate`, `proxy-revalidate`, `no-cache` or `s-maxage`
+    /// (unless its `stale-if-error` allows it). Entries are kept in the
+    /// store that much longer. Default: zero (off); at most ten years.
+    pub fn stale_if_unreachable(mut self, max: Duration) -> Self {
+        self.cfg.rules.stale_if_unreachable = max;
+        self
+    }
+
     /// Store responses carrying `Set-Cookie`, without that field (default:
     /// such responses are not stored). The client that caused the fill still
     /// gets its cookie; no other client ever does.

@@ -142,9 +142,24 @@
 //! nothing, but its `200` for the stored representation (same strong
 //! `ETag`, else same `Last-Modified`, and length) freshens the entry
 //! (§4.3.5). Interim (1xx) responses are never stored, and requests with
-//! `Upgrade` bypass the cache. `stale-while-revalidate` serves the stale entry to
-//! everyone but the one request revalidating it; `stale-if-error` serves it
-//! when the origin answers 5xx or fails.
+//! `Upgrade` bypass the cache.
+//!
+//! # Stale responses
+//!
+//! Within `stale-while-revalidate` (RFC 5861) every request gets the stale
+//! entry at once, the one that takes the fill lock included: its
+//! revalidation runs in a task of its own (the inner service's future and
+//! response body are `Send + 'static` for that), once across the fleet.
+//! `stale-if-error` serves the entry when the origin answers 5xx or fails.
+//! When the origin cannot be reached (RFC 9111 §4.2.4) — the inner service
+//! fails, a body breaks off, or the service answers with a response marked
+//! [`OriginUnreachable`] (a proxy's 502 or 504) — an entry up to
+//! [`stale_if_unreachable`](ResponseCacheLayerBuilder::stale_if_unreachable)
+//! past its freshness is served (off by default; entries are kept that
+//! much longer), unless it said `must-revalidate`, `proxy-revalidate`,
+//! `no-cache` or `s-maxage`. `s-maxage` implies `proxy-revalidate`
+//! (§5.2.2.10), but an explicit `stale-while-revalidate` or
+//! `stale-if-error` beside it still applies: the origin asked for both.
 //!
 //! # One origin call per key
 //!
@@ -263,6 +278,7 @@ mod leader;
 mod origin;
 mod policy;
 mod purges;
+mod refresh;
 mod resolve;
 mod response;
 mod route;
@@ -274,5 +290,6 @@ pub use config::{FailurePolicy, RequestDirectives};
 pub use future::ResponseFuture;
 pub use handle::CacheHandle;
 pub use layer::{ResponseCacheLayer, ResponseCacheLayerBuilder};
+pub use origin::OriginUnreachable;
 pub use service::ResponseCache;
 pub use store::CacheStore;

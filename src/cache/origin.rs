@@ -27,24 +27,51 @@ pub(crate) enum Answer<B> {
     Capture(Box<Capture>, Parts, B),
 }
 
-/// A stale entry served because the origin failed.
+/// Marks a response the service generated because the origin could not be
+/// reached — a proxy's 502 or 504 for a refused, reset or timed-out
+/// connection: insert it in the response's extensions, and the cache
+/// serves a stale entry where
+/// [`stale_if_unreachable`](super::ResponseCacheLayerBuilder::stale_if_unreachable)
+/// allows it, as it does when the inner service fails (RFC 9111 §4.2.4).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OriginUnreachable;
+
+/// How the origin failed to answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failed {
+    /// It answered with this 5xx.
+    Status(u16),
+    /// It could not be reached (or its body broke off), with the status
+    /// the service answered in its place, if any.
+    Unreachable(Option<u16>),
+}
+
+/// A stale entry served because the origin failed: within its
+/// `stale-if-error`, or, unreachable, within `stale_if_unreachable`.
 pub(crate) fn serve_stale_on_error(
     leader: &Leader,
     ctx: &FillCtx,
-    status: u16,
+    failed: Failed,
 ) -> Option<Response<Bytes>> {
     let stale = leader.stale.as_ref()?;
     let now = leader.shared.now_ms();
-    sie_ok(stale, now).then(|| {
-        let params = format!("fwd=stale; fwd-status={status}");
-        serve(
-            &leader.shared.cfg.name,
-            stale,
-            now,
-            ctx.head,
-            &ctx.cond,
-            &params,
-        )
+    let (params, unreachable) = match failed {
+        Failed::Status(s) => (format!("fwd=stale; fwd-status={s}"), false),
+        Failed::Unreachable(Some(s)) => (
+            format!("fwd=stale; fwd-status={s}; detail=unreachable"),
+            true,
+        ),
+        Failed::Unreachable(None) => ("fwd=stale; detail=unreachable".to_owned(), true),
+    };
+    let max = leader.shared.cfg.rules.stale_if_unreachable.as_millis() as u64;
+    let m = &stale.meta;
+    let grace = unreachable
+        && !m.must_revalidate
+        && !m.s_maxage
+        && now <= m.fresh_until_ms().saturating_add(max);
+    (sie_ok(stale, now) || grace).then(|| {
+        let name = &leader.shared.cfg.name;
+        serve(name, stale, now, ctx.head, &ctx.cond, &params)
     })
 }
 
@@ -64,7 +91,11 @@ pub(crate) fn on_origin<B: Body>(mut leader: Leader, res: Response<B>, ctx: Fill
         return Answer::Done(refreshed(leader, stale, res.headers(), &ctx, now));
     }
     if status.is_server_error() {
-        if let Some(r) = serve_stale_on_error(&leader, &ctx, status.as_u16()) {
+        let failed = match res.extensions().get::<OriginUnreachable>() {
+            Some(_) => Failed::Unreachable(Some(status.as_u16())),
+            None => Failed::Status(status.as_u16()),
+        };
+        if let Some(r) = serve_stale_on_error(&leader, &ctx, failed) {
             return Answer::Done(r.map(crate::ResponseBody::full));
         }
     }

@@ -23,6 +23,8 @@ pub(crate) struct Rules {
     pub(crate) share_cookie_requests: bool,
     /// Heuristic freshness, used when there is no default TTL.
     pub(crate) heuristic: Option<Heuristic>,
+    /// How stale an entry may be served when the origin cannot be reached.
+    pub(crate) stale_if_unreachable: Duration,
 }
 
 /// What of the request decides whether its response may be shared.
@@ -171,6 +173,10 @@ pub(crate) fn verdict(
     if has_validator(headers) {
         stale_ms = stale_ms.max(ms(Some(rules.keep_stale)));
     }
+    let s_maxage = cc.s_maxage.is_some();
+    if !must_revalidate && !s_maxage {
+        stale_ms = stale_ms.max(ms(Some(rules.stale_if_unreachable)));
+    }
     if fresh_ms == 0 && stale_ms == 0 {
         return Verdict::Pass("stale");
     }
@@ -180,7 +186,7 @@ pub(crate) fn verdict(
         swr_s,
         sie_s,
         must_revalidate,
-        s_maxage: cc.s_maxage.is_some(),
+        s_maxage,
         keep_ms: fresh_ms.saturating_add(stale_ms).max(1),
     })
 }

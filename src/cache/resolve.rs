@@ -11,7 +11,9 @@ use http::HeaderMap;
 use tokio::time::Instant;
 
 use super::config::FailurePolicy;
-use super::decide::{after_lookup, decode_for, swr_ok, HitKind, Judged, Polling, Step, Want};
+use super::decide::{
+    after_lookup, decode_for, fresh, swr_ok, HitKind, Judged, Polling, Step, Want,
+};
 use super::entry::Entry;
 use super::flight::{FlightGuard, Follower, Joined, Outcome};
 use super::key::{self, Slot};
@@ -35,6 +37,8 @@ pub(crate) struct Ask {
 pub(crate) enum Resolution {
     Hit(Entry, HitKind),
     Fill(Leader),
+    /// Serve the stale entry now; the leader revalidates it in the background.
+    Refresh(Entry, Leader),
     Pass(&'static str),
     /// The store failed and the layer fails closed.
     Unavailable,
@@ -293,6 +297,16 @@ async fn lead(
             Step::Fill => {
                 if let (Some(raw), Some(_)) = (raw, &entry) {
                     guard.stale(round, raw);
+                }
+                // Within stale-while-revalidate: this request too is
+                // answered stale at once, the refresh runs in the background.
+                let background = entry
+                    .as_ref()
+                    .is_some_and(|e| !fresh(e, now) && swr_ok(e, now) && !ask.want.demands());
+                if let (true, Some(e)) = (background, entry.clone()) {
+                    let looked = Some((&found, Some(token)));
+                    let l = Leader::new(shared, slot, Some(guard), looked, entry, None);
+                    return Some(Resolution::Refresh(e, l));
                 }
                 return fill(Some(guard), Some(token), entry, None);
             }

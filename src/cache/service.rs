@@ -35,7 +35,11 @@ impl<S> ResponseCache<S> {
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ResponseCache<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
-    ResBody: Body<Data = bytes::Bytes>,
+    // A background refresh (stale-while-revalidate) runs in a task.
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Body<Data = bytes::Bytes> + Send + 'static,
+    ResBody::Error: Send,
 {
     type Response = Response<crate::ResponseBody<ResBody>>;
     type Error = S::Error;

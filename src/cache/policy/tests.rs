@@ -13,6 +13,7 @@ fn app() -> Rules {
         cache_authorized: false,
         share_cookie_requests: false,
         heuristic: Some(Heuristic::default()),
+        stale_if_unreachable: Duration::ZERO,
     }
 }
 
@@ -209,6 +210,27 @@ fn rfc9111_5_2_2_10_s_maxage_is_marked_and_proxy_revalidate_forbids_stale() {
         Verdict::Store(l) => assert!(l.must_revalidate && l.sie_s == 0),
         v => panic!("{v:?}"),
     }
+}
+
+#[test]
+fn rfc9111_4_2_4_entries_are_kept_for_stale_if_unreachable_unless_forbidden() {
+    let r = Rules {
+        stale_if_unreachable: Duration::from_secs(600),
+        ..pure()
+    };
+    let keep = |cc: &'static str| match v(&r, 200, &[("cache-control", cc)]) {
+        Verdict::Store(l) => l.keep_ms,
+        Verdict::Pass(why) => panic!("{cc}: {why}"),
+    };
+    assert_eq!(keep("max-age=60"), 660_000);
+    assert_eq!(keep("max-age=60, must-revalidate"), 60_000);
+    assert_eq!(keep("max-age=60, proxy-revalidate"), 60_000);
+    assert_eq!(keep("s-maxage=60"), 60_000);
+    assert_eq!(
+        keep("s-maxage=60, stale-if-error=30"),
+        90_000,
+        "explicitly allowed"
+    );
 }
 
 #[test]
