@@ -179,6 +179,8 @@ struct HeldOrigin {
     gate: Arc<tokio::sync::Notify>,
     hold: usize,
     cc: &'static str,
+    /// `Surrogate-Key` of its GETs (none when empty).
+    tags: &'static str,
 }
 
 impl Default for HeldOrigin {
@@ -189,6 +191,7 @@ impl Default for HeldOrigin {
             gate: Arc::default(),
             hold: 1,
             cc: "max-age=60",
+            tags: "",
         }
     }
 }
@@ -227,7 +230,12 @@ impl Service<Request<Full<Bytes>>> for HeldOrigin {
             if this.gets.fetch_add(1, Ordering::SeqCst) + 1 == this.hold {
                 this.gate.notified().await;
             }
-            Ok(res(&[("cache-control", this.cc)], &format!("v{v}")))
+            let mut r = res(&[("cache-control", this.cc)], &format!("v{v}"));
+            if !this.tags.is_empty() {
+                r.headers_mut()
+                    .insert("surrogate-key", http::HeaderValue::from_static(this.tags));
+            }
+            Ok(r)
         })
     }
 }
@@ -2025,4 +2033,103 @@ where
     let res: Response<_> = svc.clone().oneshot(req).await.unwrap().into();
     res.into_body().collect().await.unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
+}
+
+/// An origin answering `<path> v<n>` fresh for an hour, with the
+/// `Surrogate-Key` its path names: `/a` "t1 t2", `/b` "t2", `/c` "t3".
+fn tagged() -> Origin {
+    Origin::new(|req, n| {
+        let path = req.uri().path().to_owned();
+        let tags = match path.as_str() {
+            "/a" => "t1 t2",
+            "/b" => "t2",
+            _ => "t3",
+        };
+        res(
+            &[("cache-control", "max-age=3600"), ("surrogate-key", tags)],
+            &format!("{path} v{n}"),
+        )
+    })
+}
+
+conformance! {
+    async fn purge_tag_drops_every_entry_that_named_the_tag_on_every_instance(store) {
+        let origin = tagged();
+        let layers: Vec<_> = (0..3).map(|_| builder(store.clone()).build().unwrap()).collect();
+        let fleet: Vec<_> = layers.iter().map(|l| cached(l.clone(), &origin)).collect();
+        for (i, path) in ["/a", "/b", "/c"].into_iter().enumerate() {
+            let got = send(&fleet[i], get(path)).await;
+            assert!(!got.headers.contains_key("surrogate-key"), "stripped before the client");
+        }
+        let hit = send(&fleet[1], get("/a")).await;
+        assert!(hit.cache_status().contains("hit") && !hit.headers.contains_key("surrogate-key"));
+        assert_eq!(layers[2].handle().purge_tag("t2").await.unwrap(), 2);
+        for svc in &fleet {
+            let a = send(svc, get("/a")).await;
+            assert!(!a.body.ends_with(b" v1"), "purged everywhere: {:?}", a.body);
+        }
+        assert_eq!(send(&fleet[0], get("/c")).await.body, "/c v3", "another tag stays");
+        let before = origin.calls();
+        send(&fleet[1], get("/b")).await;
+        assert_eq!(origin.calls(), before + 1, "/b was purged too");
+        assert_eq!(layers[0].handle().purge_tag("t9").await.unwrap(), 0);
+        // Shown to clients when configured.
+        let svc = cached(builder(store).scope("shown").strip_tag_header(false).build().unwrap(), &origin);
+        assert_eq!(send(&svc, get("/c")).await.headers["surrogate-key"], "t3");
+        assert_eq!(send(&svc, get("/c")).await.headers["surrogate-key"], "t3");
+    }
+
+    async fn a_tag_purge_wins_over_a_fill_in_flight(store) {
+        let origin = HeldOrigin { tags: "item", ..HeldOrigin::default() };
+        let layers: Vec<_> = (0..2).map(|_| builder(store.clone()).build().unwrap()).collect();
+        let [a, b] = [0, 1].map(|i| ServiceBuilder::new().layer(layers[i].clone()).service(origin.clone()));
+        let held = tokio::spawn({
+            let a = a.clone();
+            async move { body_of(&a, get("/item")).await }
+        });
+        origin.reached(1).await;
+        origin.version.fetch_add(1, Ordering::SeqCst);
+        layers[1].handle().purge_tag("item").await.unwrap();
+        origin.release();
+        assert_eq!(held.await.unwrap(), "v0");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(body_of(&b, get("/item")).await, "v1", "the fill from before the purge never landed");
+    }
+
+    async fn soft_purge_marks_entries_stale_and_one_revalidation_runs_fleet_wide(store) {
+        let (origin, seen) = recording(|req, n| {
+            let cc = "max-age=3600, stale-while-revalidate=60";
+            if req.headers().get("if-none-match").is_some_and(|v| v == "\"e1\"") {
+                let mut r = res(&[("cache-control", cc), ("etag", "\"e1\""), ("surrogate-key", "s")], "");
+                *r.status_mut() = StatusCode::NOT_MODIFIED;
+                return r;
+            }
+            res(&[("cache-control", cc), ("etag", "\"e1\""), ("surrogate-key", "s")], &format!("v{n}"))
+        });
+        let layers: Vec<_> = (0..3).map(|_| builder(store.clone()).build().unwrap()).collect();
+        let fleet: Vec<_> = layers.iter().map(|l| cached(l.clone(), &origin)).collect();
+        assert_eq!(send(&fleet[0], get("/s")).await.body, "v1");
+        assert_eq!(layers[1].handle().soft_purge_tag("s").await.unwrap(), 1);
+        // A fill that looks up within the purge's millisecond is not
+        // stored (it cannot be told from one that looked up before).
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Every request is answered with the kept entry; one revalidates it.
+        for i in 0..12 {
+            assert_eq!(send(&fleet[i % 3], get("/s")).await.body, "v1");
+        }
+        assert_eq!(origin.calls(), 2, "one revalidation across the fleet");
+        assert_eq!(seen.lock().unwrap()[1].1["if-none-match"], "\"e1\"");
+        let hit = send(&fleet[2], get("/s")).await;
+        assert!(hit.cache_status().starts_with("trl; hit; ttl=35"), "refreshed: {}", hit.cache_status());
+        // Without stale-while-revalidate the next request revalidates first.
+        let origin = Origin::new(validating("max-age=3600"));
+        let layer = builder(store).scope("url").build().unwrap();
+        let svc = cached(layer.clone(), &origin);
+        send(&svc, with(Method::GET, "/u", &[("host", "api.example")])).await;
+        layer.handle().soft_purge_url(&"http://api.example/u".parse().unwrap()).await.unwrap();
+        let reval = send(&svc, with(Method::GET, "/u", &[("host", "api.example")])).await;
+        assert_eq!(reval.body, "v1");
+        assert!(reval.cache_status().contains("fwd=stale; fwd-status=304"), "{}", reval.cache_status());
+        assert_eq!(origin.calls(), 2);
+    }
 }

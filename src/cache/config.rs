@@ -8,6 +8,7 @@ use http::HeaderName;
 use super::freshness::Heuristic;
 use super::key::KeyRules;
 use super::policy::Rules;
+use super::tags::TagRules;
 use crate::error::ConfigError;
 
 /// How request `Cache-Control` directives are treated.
@@ -95,6 +96,7 @@ pub(crate) struct Config {
     pub(crate) l1: Option<L1Config>,
     /// Bytes the in-process tier holds at most.
     pub(crate) l1_bytes: usize,
+    pub(crate) tags: TagRules,
 }
 
 impl Default for Config {
@@ -127,6 +129,7 @@ impl Default for Config {
             on_failure: FailurePolicy::default(),
             l1: None,
             l1_bytes: 16 << 20,
+            tags: TagRules::default(),
         }
     }
 }

@@ -127,10 +127,19 @@ impl Want {
     }
 }
 
-/// The entry stored bytes hold for `slot`; a foreign or corrupt entry is a miss.
-pub(crate) fn decode_for(slot: &Slot, raw: Bytes) -> Option<Entry> {
+/// The entry stored bytes hold for `slot`, read under the URL's generation
+/// `gen`: an entry stored before a purge that left it (a soft purge) is
+/// stale from that purge on. A foreign or corrupt entry is a miss.
+pub(crate) fn decode_for(slot: &Slot, raw: Bytes, gen: u64) -> Option<Entry> {
     match decode(raw) {
-        Ok(e) if e.meta.key_tag == slot.tag() => Some(e),
+        Ok(mut e) if e.meta.key_tag == slot.tag() => {
+            if e.meta.stored_ms.saturating_mul(1000) < gen {
+                let purged_ms = gen / 1000;
+                let m = &mut e.meta;
+                m.fresh_ms = m.fresh_ms.min(purged_ms.saturating_sub(m.stored_ms));
+            }
+            Some(e)
+        }
         Ok(_) => {
             tracing::debug!("response cache: foreign entry; treated as a miss");
             None

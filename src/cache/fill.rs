@@ -15,7 +15,7 @@ use super::key::Slot;
 use super::leader::Leader;
 use super::policy::{Asked, Lifetime};
 use super::shared::spawn;
-use super::store::Write;
+use super::store::{Tagging, Write};
 
 /// The request context a fill needs once the origin answered.
 #[derive(Debug)]
@@ -38,9 +38,37 @@ pub(crate) struct Fill {
     pub(crate) meta: Meta,
     pub(crate) headers: HeaderMap,
     pub(crate) keep_ms: u64,
+    /// The tags (store names) the entry is recorded under.
+    pub(crate) tags: Vec<Arc<str>>,
 }
 
-pub(crate) fn meta(slot: &Slot, status: StatusCode, now: u64, l: &Lifetime) -> Meta {
+impl Fill {
+    /// A response received at store time `now`, to store as `l` says under
+    /// `slot`, with the fields `headers` (its tags read from them).
+    pub(crate) fn new(
+        leader: Leader,
+        slot: Slot,
+        status: StatusCode,
+        now: u64,
+        l: &Lifetime,
+        headers: HeaderMap,
+    ) -> Self {
+        let cfg = &leader.shared.cfg;
+        let tags = cfg.tags.of(&cfg.key.scope, &headers);
+        // Stored after the purge its lookup saw: never read as purged.
+        let now = leader.looked.map_or(now, |l| now.max(l.gen.div_ceil(1000)));
+        Self {
+            meta: meta(&slot, status, now, l),
+            keep_ms: l.keep_ms,
+            headers,
+            tags,
+            slot,
+            leader,
+        }
+    }
+}
+
+fn meta(slot: &Slot, status: StatusCode, now: u64, l: &Lifetime) -> Meta {
     Meta {
         status: status.as_u16(),
         key_tag: slot.tag(),
@@ -75,6 +103,7 @@ impl Fill {
             slot,
             meta,
             keep_ms,
+            tags,
             ..
         } = self;
         let shared = leader.shared.clone();
@@ -99,7 +128,28 @@ impl Fill {
             writer: shared.l1.as_ref().map_or(0, |l1| l1.id),
         };
         let round = leader.sent();
-        let mut written = shared.home.write(write);
+        let home = shared.home.clone();
+        // Tags first, so that a tag purge either sees this URL or makes
+        // this write stand down: writes win for tags too.
+        let tagged = (!tags.is_empty()).then(|| {
+            home.tag(Tagging {
+                url: slot.url.clone(),
+                tags,
+                keep_ms,
+                seen_ms: looked.at_ms,
+            })
+        });
+        let mut written: futures_util::future::BoxFuture<'static, _> = Box::pin(async move {
+            if let Some(tagged) = tagged {
+                if !tagged.await? {
+                    if let Some(token) = write.token {
+                        home.release(&write.slot, token, 0).await?;
+                    }
+                    return Ok(false);
+                }
+            }
+            home.write(write).await
+        });
         let landed = move |result| match result {
             Ok(true) => {
                 shared.retries.stored(keep_ms);
@@ -137,12 +187,13 @@ pub(crate) fn store_value(leader: Leader, value: &Bytes, ttl: std::time::Duratio
         s_maxage: false,
         keep_ms: ms,
     };
-    let fill = Fill {
-        meta: meta(&slot, StatusCode::OK, shared.now_ms(), &l),
-        headers: HeaderMap::new(),
-        keep_ms: ms,
-        slot,
+    let fill = Fill::new(
         leader,
-    };
+        slot,
+        StatusCode::OK,
+        shared.now_ms(),
+        &l,
+        HeaderMap::new(),
+    );
     fill.finish(std::slice::from_ref(value));
 }

@@ -151,7 +151,14 @@ where
                 HitKind::Local => "hit; detail=l1",
                 HitKind::Collapsed => "fwd=miss; collapsed",
             };
-            serve(name, &e, shared.now_ms(), ctx.head, &ctx.cond, params)
+            serve(
+                &shared.cfg,
+                &e,
+                shared.now_ms(),
+                ctx.head,
+                &ctx.cond,
+                params,
+            )
         }
         Resolution::Fill(leader) => {
             revalidating(req.headers_mut(), leader.stale.as_ref());
@@ -161,7 +168,7 @@ where
             };
         }
         Resolution::Refresh(e, leader) => {
-            let res = serve(name, &e, shared.now_ms(), ctx.head, &ctx.cond, "hit");
+            let res = serve(&shared.cfg, &e, shared.now_ms(), ctx.head, &ctx.cond, "hit");
             revalidating(req.headers_mut(), leader.stale.as_ref());
             spawn_refresh(inner.call(req), leader, ctx);
             res

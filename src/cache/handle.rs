@@ -1,5 +1,6 @@
 //! [`CacheHandle`]: the cache for application code — `get_or_load` (the
-//! cache-aside of a database row) and invalidation by URI or key.
+//! cache-aside of a database row) and invalidation by URI, key or tag,
+//! hard or soft.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use super::key::app_url;
 use super::purges::{purge_urls, retry_later};
 use super::resolve::{resolve, Ask, Resolution};
 use super::shared::Shared;
+use super::tags::tag_key;
 use crate::error::{ConfigError, StoreError};
 
 /// Application access to a [`ResponseCacheLayer`](super::ResponseCacheLayer)'s
@@ -110,6 +112,33 @@ impl CacheHandle {
         super::shared::spawn(async move {
             fut.await;
         });
+    }
+
+    /// Drops every entry whose response named `tag` in the layer's tag
+    /// header (`Surrogate-Key` by default), on every instance; the number
+    /// of URLs purged. Responses fetched before the purge are not stored
+    /// after it, as with any purge. On Redis the tag's URLs are read from
+    /// its own key, then purged in batches (per cluster slot).
+    pub async fn purge_tag(&self, tag: &str) -> Result<u64, StoreError> {
+        let key = tag_key(&self.shared.cfg.key.scope, tag);
+        self.shared.home.purge_tag(&key, false).await
+    }
+
+    /// Marks every entry whose response named `tag` stale, on every
+    /// instance, keeping them: the next request for each revalidates it
+    /// (one request across the fleet; within `stale-while-revalidate` the
+    /// others are served the stale entry meanwhile). The number of URLs.
+    pub async fn soft_purge_tag(&self, tag: &str) -> Result<u64, StoreError> {
+        let key = tag_key(&self.shared.cfg.key.scope, tag);
+        self.shared.home.purge_tag(&key, true).await
+    }
+
+    /// Marks every variant of a GET of `uri` stale on every instance (see
+    /// [`soft_purge_tag`](Self::soft_purge_tag)); `uri` as for
+    /// [`invalidate`](Self::invalidate).
+    pub async fn soft_purge_url(&self, uri: &Uri) -> Result<(), StoreError> {
+        let url = self.url_of(uri)?;
+        self.shared.soft_purge(&url).await.map(drop)
     }
 
     fn url_of(&self, uri: &Uri) -> Result<Arc<str>, StoreError> {

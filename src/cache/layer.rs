@@ -279,6 +279,22 @@ impl ResponseCacheLayerBuilder {
         self
     }
 
+    /// The response header that names a response's tags (surrogate keys),
+    /// separated by spaces or commas (default `Surrogate-Key`; `Cache-Tag`
+    /// is the other common name). [`CacheHandle::purge_tag`] drops every
+    /// entry that named a tag, on every instance.
+    pub fn tag_header(mut self, name: HeaderName) -> Self {
+        self.cfg.tags.header = name;
+        self
+    }
+
+    /// Remove the tag header from what clients get (default on: tags are
+    /// for the cache, as at a CDN).
+    pub fn strip_tag_header(mut self, on: bool) -> Self {
+        self.cfg.tags.strip = on;
+        self
+    }
+
     /// Checks the configuration and builds the layer: a duration or size
     /// that could overflow at request time is an error here.
     pub fn build(mut self) -> Result<ResponseCacheLayer, ConfigError> {

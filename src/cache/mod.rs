@@ -120,7 +120,8 @@
 //! `{prefix}:cache:{<url digest>}:i` (index: the Vary spec and each
 //! variant's freshness), `…:e:<variant>` (entry), `…:l:<variant>` (fill
 //! lock), `…:p:<variant>` (hit-for-miss) and `…:g` (the URL's generation),
-//! all with a TTL, one hash tag per URL. The path is the one the layer
+//! all with a TTL, one hash tag per URL; a tag's URLs and last purge time
+//! are `{prefix}:cache:{t:<tag digest>}:m` and `…:p`. The path is the one the layer
 //! sees: inside axum's `Router::nest` the nest prefix is stripped, so caches
 //! in different nests sharing a store need [`scope`](ResponseCacheLayerBuilder::scope)s
 //! of their own.
@@ -190,6 +191,25 @@
 //! instance, since entries live in the store. [`CacheHandle`] invalidates by
 //! URI or by application key.
 //!
+//! Tags (surrogate keys): a response names its tags in `Surrogate-Key`
+//! (space- or comma-separated; [`tag_header`](ResponseCacheLayerBuilder::tag_header)
+//! to read `Cache-Tag` or another; removed before clients see it unless
+//! [`strip_tag_header`](ResponseCacheLayerBuilder::strip_tag_header)`(false)`),
+//! and [`CacheHandle::purge_tag`] drops every entry that named one, on
+//! every instance. The store keeps per tag the URLs of its live entries
+//! (on Redis a sorted set with a TTL, in a cluster slot of its own; the
+//! URLs are then purged per slot, 256 per call) and the time of its last
+//! purge: a fill tags itself before it writes, and stands down if the tag
+//! was purged since its lookup, so writes win for tags too (a fill that
+//! looked up within the purge's millisecond stands down as well).
+//!
+//! Soft purge ([`soft_purge_url`](CacheHandle::soft_purge_url),
+//! [`soft_purge_tag`](CacheHandle::soft_purge_tag)) keeps the entries but
+//! marks them stale from that instant (the URL's generation advances, and
+//! entries stored before it read as stale): the next request revalidates
+//! with their validators, one request across the fleet, and within
+//! `stale-while-revalidate` everyone is served the kept entry meanwhile.
+//!
 //! Writes win: a purge also advances the URL's generation, and a fill
 //! writes only under the generation its lookup saw, so a response fetched
 //! before the write can never land after it (a fill whose lookup is more
@@ -256,7 +276,9 @@
 //!   refuse them.
 //! - The fill of a client that disconnects before the origin's body is
 //!   read is dropped: the next request fills again.
-//! - Purge by tag (`Surrogate-Key`) and soft purge are not implemented.
+//! - A tag purge that fails is returned as an error, not retried (a URL
+//!   purge is); the entries of a tag are found through the store, so an
+//!   entry whose tagging failed is not stored at all.
 
 mod cache_control;
 mod capture;
@@ -285,6 +307,7 @@ mod route;
 mod service;
 mod shared;
 mod store;
+mod tags;
 
 pub use config::{FailurePolicy, RequestDirectives};
 pub use future::ResponseFuture;

@@ -12,7 +12,7 @@ use super::capture::Capture;
 use super::conditional::Tag;
 use super::decide::sie_ok;
 use super::entry::Entry;
-use super::fill::{meta, Fill, FillCtx};
+use super::fill::{Fill, FillCtx};
 use super::flight::Outcome;
 use super::key;
 use super::leader::Leader;
@@ -69,10 +69,8 @@ pub(crate) fn serve_stale_on_error(
         && !m.must_revalidate
         && !m.s_maxage
         && now <= m.fresh_until_ms().saturating_add(max);
-    (sie_ok(stale, now) || grace).then(|| {
-        let name = &leader.shared.cfg.name;
-        serve(name, stale, now, ctx.head, &ctx.cond, &params)
-    })
+    (sie_ok(stale, now) || grace)
+        .then(|| serve(&leader.shared.cfg, stale, now, ctx.head, &ctx.cond, &params))
 }
 
 pub(crate) fn on_origin<B: Body>(mut leader: Leader, res: Response<B>, ctx: FillCtx) -> Answer<B> {
@@ -132,6 +130,7 @@ pub(crate) fn on_origin<B: Body>(mut leader: Leader, res: Response<B>, ctx: Fill
             Outcome::Pass
         });
         let mut res = res.map(crate::ResponseBody::inner);
+        shared.cfg.tags.strip(res.headers_mut());
         let params = format!("{forwarded}; detail={why}");
         res.headers_mut()
             .append(CACHE_STATUS.clone(), cache_status(name, &params));
@@ -148,14 +147,9 @@ pub(crate) fn on_origin<B: Body>(mut leader: Leader, res: Response<B>, ctx: Fill
         .map(|d| format!("; detail={d}"))
         .unwrap_or_default();
     let stored = format!("; stored; ttl={}{detail}", l.fresh_ms / 1000);
-    let fill = Fill {
-        meta: meta(&slot, status, now, &l),
-        headers: to_store(res.headers()),
-        keep_ms: l.keep_ms,
-        slot,
-        leader,
-    };
-    let (parts, body) = res.into_parts();
+    let fill = Fill::new(leader, slot, status, now, &l, to_store(res.headers()));
+    let (mut parts, body) = res.into_parts();
+    shared.cfg.tags.strip(&mut parts.headers);
     let capture = Capture::new(fill, ctx, forwarded, stored, shared.cfg.max_body);
     Answer::Capture(Box::new(capture), parts, body)
 }
@@ -174,17 +168,11 @@ fn refreshed<B>(
     let slot = leader.slot.clone();
     let (entry, params) = match verdict(&shared.cfg.rules, ctx.asked, status, &headers, now) {
         Verdict::Store(l) => {
+            let fill = Fill::new(leader, slot, status, now, &l, headers);
             let entry = Entry {
-                meta: meta(&slot, status, now, &l),
-                headers,
+                meta: fill.meta,
+                headers: fill.headers.clone(),
                 body: stale.body.clone(),
-            };
-            let fill = Fill {
-                leader,
-                slot,
-                meta: entry.meta,
-                headers: entry.headers.clone(),
-                keep_ms: l.keep_ms,
             };
             fill.finish(std::slice::from_ref(&stale.body));
             (entry, "fwd=stale; fwd-status=304; stored")
@@ -194,7 +182,7 @@ fn refreshed<B>(
             (Entry { headers, ..stale }, "fwd=stale; fwd-status=304")
         }
     };
-    serve(&shared.cfg.name, &entry, now, ctx.head, &ctx.cond, params).map(crate::ResponseBody::full)
+    serve(&shared.cfg, &entry, now, ctx.head, &ctx.cond, params).map(crate::ResponseBody::full)
 }
 
 /// A HEAD response describes the stored representation: the same strong

@@ -90,7 +90,7 @@ pub(crate) async fn resolve(shared: Arc<Shared>, ask: Ask) -> Resolution {
 /// A fresh copy from the in-process tier.
 fn local(shared: &Shared, slot: &Slot) -> Option<Entry> {
     let raw = shared.l1.as_ref()?.get(slot, shared.now_ms())?;
-    decode_for(slot, raw)
+    decode_for(slot, raw, 0)
 }
 
 /// Records what a store answer teaches; `false` when the URL's spec
@@ -137,7 +137,7 @@ async fn look(shared: &Arc<Shared>, slot: Slot, want: &Want, stale_ok: bool) -> 
     }
     let now = found.now_ms;
     let hit = found.entry.and_then(|raw| {
-        let e = decode_for(&slot, raw.clone())?;
+        let e = decode_for(&slot, raw.clone(), found.gen)?;
         Some((e, raw))
     });
     let Some((e, raw)) = hit else {
@@ -185,7 +185,7 @@ async fn follow(
             // A request that wants a validated response waits for it.
             Outcome::Stale(_) if want.demands() => {}
             Outcome::Stale(raw) if fresh => {
-                if let Some(e) = decode_for(slot, raw).filter(|e| swr_ok(e, shared.now_ms())) {
+                if let Some(e) = decode_for(slot, raw, 0).filter(|e| swr_ok(e, shared.now_ms())) {
                     return Followed::Resolved(Resolution::Hit(e, HitKind::Stale));
                 }
             }
@@ -204,7 +204,7 @@ async fn follow(
                 // Another variant (the response's Vary differed): ask again;
                 // and so does a request that wants a validated response,
                 // unless this one was stored after it came.
-                return match decode_for(slot, raw) {
+                return match decode_for(slot, raw, 0) {
                     Some(e)
                         if want.judge(&e, shared.now_ms()) == Judged::Revalidate
                             && e.meta.stored_ms < joined_ms =>
@@ -269,7 +269,9 @@ async fn lead(
         }
         let now = found.now_ms;
         let raw = found.entry.clone();
-        let entry = raw.clone().and_then(|raw| decode_for(&slot, raw));
+        let entry = raw
+            .clone()
+            .and_then(|raw| decode_for(&slot, raw, found.gen));
         let step = after_lookup(found.lock, entry.as_ref(), now, &ask.want, polling);
         let fill = |guard, token, stale, why| {
             let looked = Some((&found, token));

@@ -12,6 +12,7 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
 use super::cache_control::CacheControl;
 use super::conditional::{Cond, Evaluated};
+use super::config::Config;
 use super::entry::Entry;
 use crate::problem::Problem;
 
@@ -26,7 +27,7 @@ pub(crate) fn cache_status(name: &str, params: &str) -> HeaderValue {
 
 /// The response to a request answered from `e` at store time `now`.
 pub(crate) fn serve(
-    name: &str,
+    cfg: &Config,
     e: &Entry,
     now: u64,
     head: bool,
@@ -36,7 +37,7 @@ pub(crate) fn serve(
     let elapsed_s = now.saturating_sub(e.meta.stored_ms) / 1000;
     let age = u64::from(e.meta.age_s) + elapsed_s;
     let ttl = (e.meta.fresh_until_ms() as i64 - now as i64).div_euclid(1000);
-    let status = cache_status(name, &format!("{params}; ttl={ttl}"));
+    let status = cache_status(&cfg.name, &format!("{params}; ttl={ttl}"));
     let code = StatusCode::from_u16(e.meta.status).unwrap_or(StatusCode::OK);
     let evaluated = cond.evaluate(e.meta.status, &e.headers, e.meta.stored_ms);
     if evaluated == Evaluated::Failed {
@@ -70,6 +71,7 @@ pub(crate) fn serve(
     *res.status_mut() = code;
     *res.headers_mut() = e.headers.clone();
     let h = res.headers_mut();
+    cfg.tags.strip(h);
     h.insert(AGE, HeaderValue::from(age));
     h.append(CACHE_STATUS.clone(), status);
     res
