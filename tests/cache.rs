@@ -2133,3 +2133,117 @@ conformance! {
         assert_eq!(origin.calls(), 2);
     }
 }
+
+conformance! {
+    async fn application_values_get_put_and_a_put_wins_over_a_load_in_flight(store) {
+        use tower_redis_layers::cache::Stored;
+        let layers: Vec<_> = (0..2).map(|_| builder(store.clone()).build().unwrap()).collect();
+        let (a, b) = (layers[0].handle(), layers[1].handle());
+        assert_eq!(a.get("row:1").await.unwrap(), None);
+        assert!(a.put("row:1", Bytes::from_static(b"one"), Duration::from_secs(60)).await.unwrap());
+        assert_eq!(b.get("row:1").await.unwrap(), Some(Bytes::from_static(b"one")), "on every instance");
+        let v = b.get_or_load("row:1", Duration::from_secs(60), || async { Err::<Bytes, _>("not loaded") }).await;
+        assert_eq!(v, Ok(Bytes::from_static(b"one")));
+        // A load that read the old row is in flight when the new row is put.
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let started = Arc::new(tokio::sync::Notify::new());
+        let slow = tokio::spawn({
+            let (a, gate, started) = (a.clone(), gate.clone(), started.clone());
+            async move {
+                a.get_or_load("row:2", Stored::ttl(Duration::from_secs(60)), || async move {
+                    started.notify_one();
+                    gate.notified().await;
+                    Ok::<_, Infallible>(Bytes::from_static(b"old"))
+                })
+                .await
+            }
+        });
+        started.notified().await;
+        assert!(b.put("row:2", Bytes::from_static(b"new"), Duration::from_secs(60)).await.unwrap());
+        gate.notify_one();
+        assert_eq!(slow.await.unwrap(), Ok(Bytes::from_static(b"old")), "its own caller gets what it loaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for h in [&a, &b] {
+            assert_eq!(h.get("row:2").await.unwrap(), Some(Bytes::from_static(b"new")), "the put won");
+        }
+        // A purge after the put drops it everywhere.
+        b.invalidate_key("row:2").await.unwrap();
+        assert_eq!(a.get("row:2").await.unwrap(), None);
+    }
+
+    async fn nothing_found_is_cached_only_with_an_explicit_negative_ttl(store) {
+        use tower_redis_layers::cache::Stored;
+        let handle = builder(store).build().unwrap().handle();
+        let loads = Arc::new(AtomicUsize::new(0));
+        let none = || {
+            let loads = loads.clone();
+            move || async move {
+                loads.fetch_add(1, Ordering::SeqCst);
+                Ok::<Option<Bytes>, Infallible>(None)
+            }
+        };
+        for _ in 0..2 {
+            let v = handle.get_or_load_optional("gone", Duration::from_secs(60), none()).await;
+            assert_eq!(v, Ok(None));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 2, "no negative TTL: never stored");
+        let short = Stored::ttl(Duration::from_secs(60)).negative_ttl(Duration::from_millis(300));
+        for _ in 0..3 {
+            let v = handle.get_or_load_optional("gone", short.clone(), none()).await;
+            assert_eq!(v, Ok(None));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 3, "remembered for the negative TTL");
+        assert_eq!(handle.get("gone").await.unwrap(), None);
+        // A plain get_or_load is not answered with the stored "nothing".
+        let v = handle.get_or_load("gone", Duration::from_secs(60), || async { Ok::<_, Infallible>(Bytes::from_static(b"here")) }).await;
+        assert_eq!(v, Ok(Bytes::from_static(b"here")));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let v = handle.get_or_load_optional("gone", short, none()).await;
+        assert_eq!((v, loads.load(Ordering::SeqCst)), (Ok(None), 4), "expired: loaded again");
+    }
+
+    async fn tags_on_application_values_are_purged_with_purge_tag(store) {
+        use tower_redis_layers::cache::Stored;
+        let layer = builder(store).build().unwrap();
+        let handle = layer.handle();
+        let tagged = Stored::ttl(Duration::from_secs(60)).tag("users");
+        handle.put("user:1", Bytes::from_static(b"ann"), tagged.clone()).await.unwrap();
+        let v = handle.get_or_load("user:2", tagged.clone().tag("admins"), || async { Ok::<_, Infallible>(Bytes::from_static(b"bob")) }).await;
+        assert_eq!(v, Ok(Bytes::from_static(b"bob")));
+        handle.put("item:1", Bytes::from_static(b"pen"), Duration::from_secs(60)).await.unwrap();
+        // An HTTP response tagged the same goes too.
+        let origin = Origin::new(|_, n| res(&[("cache-control", "max-age=60"), ("surrogate-key", "users")], &format!("v{n}")));
+        let svc = cached(layer, &origin);
+        send(&svc, get("/users")).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(handle.purge_tag("users").await.unwrap(), 3);
+        assert_eq!(handle.get("user:1").await.unwrap(), None);
+        assert_eq!(handle.get("user:2").await.unwrap(), None);
+        assert_eq!(handle.get("item:1").await.unwrap(), Some(Bytes::from_static(b"pen")));
+        assert_eq!(send(&svc, get("/users")).await.body, "v2");
+    }
+
+    async fn typed_values_are_stored_as_json(store) {
+        let handle = builder(store).build().unwrap().handle();
+        let row = ("ann".to_owned(), 42u32);
+        let v = handle.get_or_load_json("user:1", Duration::from_secs(60), || async { Ok::<_, Infallible>(("ann".to_owned(), 42u32)) }).await;
+        assert_eq!(v, Ok(row.clone()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(handle.get("user:1").await.unwrap(), Some(Bytes::from_static(b"[\"ann\",42]")), "JSON in the store");
+        let v = handle.get_or_load_json("user:1", Duration::from_secs(60), || async { Err::<(String, u32), _>("not loaded") }).await;
+        assert_eq!(v, Ok(row.clone()));
+        assert_eq!(handle.get_json::<(String, u32)>("user:1").await.unwrap(), Some(row));
+        // Bytes that are no such value read as a miss and are replaced.
+        handle.put("user:2", Bytes::from_static(b"\x00not json"), Duration::from_secs(60)).await.unwrap();
+        assert_eq!(handle.get_json::<(String, u32)>("user:2").await.unwrap(), None);
+        let v = handle.get_or_load_json("user:2", Duration::from_secs(60), || async { Ok::<_, Infallible>(("bob".to_owned(), 7u32)) }).await;
+        assert_eq!(v, Ok(("bob".to_owned(), 7)));
+        assert_eq!(handle.get_json::<(String, u32)>("user:2").await.unwrap(), Some(("bob".to_owned(), 7)));
+        assert!(handle.put_json("user:3", &vec![1, 2], Duration::from_secs(60)).await.unwrap());
+        assert_eq!(handle.get_json::<Vec<u8>>("user:3").await.unwrap(), Some(vec![1, 2]));
+        let none = handle.get_or_load_json_optional::<u8, _, _, Infallible>("user:4", Duration::from_secs(60), || async { Ok(None) }).await;
+        assert_eq!(none, Ok(None));
+    }
+}

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use http::{HeaderMap, StatusCode};
 
+use super::app::Stored;
 use super::conditional::Cond;
 use super::entry::{body_of, encode, Meta};
 use super::flight::Outcome;
@@ -16,6 +17,9 @@ use super::leader::Leader;
 use super::policy::{Asked, Lifetime};
 use super::shared::spawn;
 use super::store::{Tagging, Write};
+use super::tags::tag_key;
+use crate::error::StoreError;
+use futures_util::future::BoxFuture;
 
 /// The request context a fill needs once the origin answered.
 #[derive(Debug)]
@@ -88,8 +92,16 @@ impl Fill {
     pub(crate) fn finish(self, chunks: &[Bytes]) -> Bytes {
         let raw = encode(&self.meta, &self.headers, chunks);
         let body = body_of(&raw, chunks.iter().map(Bytes::len).sum());
-        self.land(raw);
+        // The write runs to its end whether or not its outcome is awaited.
+        drop(self.land(raw));
         body
+    }
+
+    /// Writes the entry and tells whether it was stored (`false`: a purge
+    /// since the lookup fenced it out).
+    pub(crate) fn store(self, chunks: &[Bytes]) -> BoxFuture<'static, Result<bool, StoreError>> {
+        let raw = encode(&self.meta, &self.headers, chunks);
+        self.land(raw)
     }
 
     /// Not stored after all (over the size cap, trailers): followers ask the origin.
@@ -97,7 +109,7 @@ impl Fill {
         self.leader.end(Outcome::Pass);
     }
 
-    fn land(self, raw: Bytes) {
+    fn land(self, raw: Bytes) -> BoxFuture<'static, Result<bool, StoreError>> {
         let Fill {
             mut leader,
             slot,
@@ -111,7 +123,8 @@ impl Fill {
             // No lookup to fence a write with (the store failed): nothing is
             // stored; the local followers waiting get the response.
             let round = leader.sent();
-            return leader.finish(round, Outcome::Done(raw));
+            leader.finish(round, Outcome::Done(raw));
+            return Box::pin(std::future::ready(Ok(false)));
         };
         // The lock is ours only if the slot is the one we locked.
         let token = (slot == leader.slot).then(|| leader.token.take()).flatten();
@@ -139,7 +152,7 @@ impl Fill {
                 seen_ms: looked.at_ms,
             })
         });
-        let mut written: futures_util::future::BoxFuture<'static, _> = Box::pin(async move {
+        let mut written: BoxFuture<'static, Result<bool, StoreError>> = Box::pin(async move {
             if let Some(tagged) = tagged {
                 if !tagged.await? {
                     if let Some(token) = write.token {
@@ -150,7 +163,7 @@ impl Fill {
             }
             home.write(write).await
         });
-        let landed = move |result| match result {
+        let landed = move |result: &Result<bool, StoreError>| match result {
             Ok(true) => {
                 shared.retries.stored(keep_ms);
                 shared.l1_put(&slot, &raw, fresh_until, leader.epoch);
@@ -160,21 +173,35 @@ impl Fill {
             // followers look again.
             Ok(false) => leader.end(Outcome::Abandoned),
             Err(e) => {
-                shared.store_failed("storing an entry", "the response was not stored", &e);
+                shared.store_failed("storing an entry", "the response was not stored", e);
                 leader.finish(round, Outcome::Done(raw));
             }
         };
         // The memory store answers at once: no task for it.
-        match (&mut written).now_or_never() {
-            Some(result) => landed(result),
-            None => spawn(async move { landed(written.await) }),
+        if let Some(result) = (&mut written).now_or_never() {
+            landed(&result);
+            return Box::pin(std::future::ready(result));
         }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        spawn(async move {
+            let result = written.await;
+            landed(&result);
+            let _ = tx.send(result);
+        });
+        // Outside a runtime nothing was written.
+        Box::pin(async move { rx.await.unwrap_or(Ok(false)) })
     }
 }
 
-/// Stores an application value (`get_or_load`) for `ttl`.
-pub(crate) fn store_value(leader: Leader, value: &Bytes, ttl: std::time::Duration) {
+/// The fill of an application value (`None`: the loader found nothing,
+/// stored only with a negative TTL, as a 404 without a body); `None` when
+/// nothing is to be stored.
+pub(crate) fn app_fill(leader: Leader, value: Option<&Bytes>, stored: &Stored) -> Option<Fill> {
     let shared = leader.shared.clone();
+    let (status, ttl) = match value {
+        Some(_) => (StatusCode::OK, stored.ttl),
+        None => (StatusCode::NOT_FOUND, stored.negative_ttl?.min(stored.ttl)),
+    };
     let ttl = super::config::clamp_ttl(ttl).as_millis() as u64;
     let ms = super::policy::jittered(ttl, shared.cfg.rules.jitter).max(1);
     let slot = leader.slot.clone();
@@ -187,13 +214,9 @@ pub(crate) fn store_value(leader: Leader, value: &Bytes, ttl: std::time::Duratio
         s_maxage: false,
         keep_ms: ms,
     };
-    let fill = Fill::new(
-        leader,
-        slot,
-        StatusCode::OK,
-        shared.now_ms(),
-        &l,
-        HeaderMap::new(),
-    );
-    fill.finish(std::slice::from_ref(value));
+    let now = shared.now_ms();
+    let mut fill = Fill::new(leader, slot, status, now, &l, HeaderMap::new());
+    let scope = &shared.cfg.key.scope;
+    fill.tags = stored.tags.iter().map(|t| tag_key(scope, t)).collect();
+    Some(fill)
 }

@@ -27,11 +27,11 @@
 //!
 //! Customised: an application TTL for handlers that state none, short
 //! negative caching, a normalised query, a header in the key, and a handle
-//! for application values:
+//! for application values (read-through, write-through, tags):
 //!
 //! ```
 //! use std::time::Duration;
-//! use tower_redis_layers::cache::{RequestDirectives, ResponseCacheLayer};
+//! use tower_redis_layers::cache::{RequestDirectives, ResponseCacheLayer, Stored};
 //! use tower_redis_layers::MemoryStore;
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -52,7 +52,11 @@
 //!     })
 //!     .await?;
 //! assert_eq!(row, "{\"id\":42}");
+//! // Write-through after the row changed, tagged for a later purge_tag("items").
+//! let tagged = Stored::ttl(Duration::from_secs(30)).tag("items");
+//! cache.put("item:42", bytes::Bytes::from_static(b"{\"id\":42,\"v\":2}"), tagged).await?;
 //! cache.invalidate(&"http://api.example/api/items/42".parse()?).await?;
+//! cache.purge_tag("items").await?;
 //! # Ok(()) }
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run()).unwrap();
 //! ```
@@ -221,6 +225,20 @@
 //! answers that URL from the origin. Other instances may serve the old
 //! entry until the retry lands.
 //!
+//! # Application values
+//!
+//! [`CacheHandle`] keeps application values in the same store, under keys
+//! of their own: [`get_or_load`](CacheHandle::get_or_load) (read-through,
+//! one loader per key across the fleet), [`get`](CacheHandle::get),
+//! [`put`](CacheHandle::put) (write-through: it purges the key first, so a
+//! load that began before cannot land its older value after it),
+//! [`get_or_load_optional`](CacheHandle::get_or_load_optional) (a loader
+//! that finds nothing is remembered only with an explicit
+//! [`negative_ttl`](Stored::negative_ttl)), tags on values
+//! ([`Stored::tag`], purged with `purge_tag` like responses), and with the
+//! `serde` feature typed values as JSON (`get_or_load_json`, `get_json`,
+//! `put_json`; bytes that are no such value read as a miss and are replaced).
+//!
 //! # Entries, bodies, failures
 //!
 //! Entries use our own versioned binary layout with length fields and a
@@ -280,6 +298,7 @@
 //!   purge is); the entries of a tag are found through the store, so an
 //!   entry whose tagging failed is not stored at all.
 
+mod app;
 mod cache_control;
 mod capture;
 mod conditional;
@@ -309,6 +328,7 @@ mod shared;
 mod store;
 mod tags;
 
+pub use app::Stored;
 pub use config::{FailurePolicy, RequestDirectives};
 pub use future::ResponseFuture;
 pub use handle::CacheHandle;
