@@ -2247,3 +2247,39 @@ conformance! {
         assert_eq!(none, Ok(None));
     }
 }
+
+conformance! {
+    async fn rfc9110_14_range_requests_are_answered_from_the_stored_response(store) {
+        let (origin, seen) = recording(|_, _| res(&[("cache-control", "max-age=60"), ("etag", "\"r1\""), ("content-type", "text/plain")], "0123456789"));
+        let svc = cached(builder(store).build().unwrap(), &origin);
+        let range = |r: &'static str| with(Method::GET, "/r", &[("range", r)]);
+        let first = send(&svc, range("bytes=2-4")).await;
+        assert_eq!((first.status, first.body.clone()), (StatusCode::PARTIAL_CONTENT, Bytes::from("234")));
+        assert_eq!(first.headers["content-range"], "bytes 2-4/10");
+        assert!(!seen.lock().unwrap()[0].1.contains_key("range"), "the fill fetched the whole response");
+        let hit = send(&svc, range("bytes=-3")).await;
+        assert_eq!((hit.status, hit.body.clone()), (StatusCode::PARTIAL_CONTENT, Bytes::from("789")));
+        assert!(hit.cache_status().contains("hit"));
+        assert_eq!(hit.headers["content-length"], "3");
+        let open = send(&svc, range("bytes=7-")).await;
+        assert_eq!(open.body, "789");
+        let many = send(&svc, range("bytes=0-0, 9-9")).await;
+        assert_eq!(many.status, StatusCode::PARTIAL_CONTENT);
+        let ct = many.headers["content-type"].to_str().unwrap().to_owned();
+        assert!(ct.starts_with("multipart/byteranges; boundary="), "{ct}");
+        let text = String::from_utf8(many.body.to_vec()).unwrap();
+        assert!(text.contains("Content-Range: bytes 0-0/10\r\n\r\n0") && text.contains("Content-Range: bytes 9-9/10\r\n\r\n9"), "{text}");
+        let none = send(&svc, range("bytes=10-")).await;
+        assert_eq!((none.status, none.headers["content-range"].clone()), (StatusCode::RANGE_NOT_SATISFIABLE, "bytes */10".parse().unwrap()));
+        let ignored = send(&svc, range("bytes=5-1")).await;
+        assert_eq!((ignored.status, ignored.body.clone()), (StatusCode::OK, Bytes::from("0123456789")), "invalid: ignored");
+        // If-Range: the range only for the representation the client has.
+        let same = send(&svc, with(Method::GET, "/r", &[("range", "bytes=0-1"), ("if-range", "\"r1\"")])).await;
+        assert_eq!((same.status, same.body.clone()), (StatusCode::PARTIAL_CONTENT, Bytes::from("01")));
+        let other = send(&svc, with(Method::GET, "/r", &[("range", "bytes=0-1"), ("if-range", "\"r0\"")])).await;
+        assert_eq!((other.status, other.body.clone()), (StatusCode::OK, Bytes::from("0123456789")));
+        let head = send(&svc, with(Method::HEAD, "/r", &[("range", "bytes=0-1")])).await;
+        assert_eq!((head.status, head.body.len()), (StatusCode::OK, 0));
+        assert_eq!(origin.calls(), 1);
+    }
+}

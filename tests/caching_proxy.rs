@@ -160,6 +160,10 @@ async fn check(redis: Option<&str>) {
     // Conditional request against the stored entry.
     let (s, _, _) = call(p, "GET", "/fresh", &[("if-none-match", "W/\"v1\"")], "").await;
     assert_eq!(s, 304);
+    // A range of it (RFC 9110 §14).
+    let (s, h, body) = call(p, "GET", "/fresh", &[("range", "bytes=0-4")], "").await;
+    assert_eq!((s, body.as_str()), (206, "fresh"));
+    assert_eq!(h["content-range"], "bytes 0-4/7");
 
     // no-store is never stored.
     call(p, "GET", "/nostore", &[], "").await;

@@ -131,7 +131,14 @@ impl Capture {
         let name = self.fill.leader.shared.cfg.name.clone();
         let (body, params) = match read {
             Read::Ended => {
-                let bytes = self.fill.finish(&self.chunks.parts);
+                let mut bytes = self.fill.finish(&self.chunks.parts);
+                let ranges = &self.ctx.cond.ranges;
+                if let Some((partial, body)) =
+                    ranges.apply(parts.status, &mut parts.headers, &bytes)
+                {
+                    parts.status = partial;
+                    bytes = body;
+                }
                 let params = format!("{}{}", self.forwarded, self.stored);
                 (crate::ResponseBody::full(bytes), params)
             }

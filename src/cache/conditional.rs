@@ -5,13 +5,14 @@
 
 use http::header::{
     DATE, ETAG, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE,
-    LAST_MODIFIED,
+    LAST_MODIFIED, RANGE,
 };
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::date;
-use super::entry::Entry;
+use super::leader::Leader;
 use super::policy::has_validator;
+use super::range::Ranges;
 
 /// The request's conditional fields, kept to answer from an entry.
 #[derive(Debug, Clone, Default)]
@@ -20,6 +21,8 @@ pub(crate) struct Cond {
     if_none_match: Vec<HeaderValue>,
     if_modified_since: Vec<HeaderValue>,
     if_unmodified_since: Vec<HeaderValue>,
+    /// `Range` and `If-Range`, answered from a full entry.
+    pub(crate) ranges: Ranges,
 }
 
 /// What a stored response answers a conditional request with.
@@ -46,8 +49,13 @@ const CONDITIONS: [HeaderName; 5] = [
 /// with a validator, the cache's own conditions replace the client's
 /// (whose are answered from the refreshed entry, RFC 9111 §4.3.1); with no
 /// usable entry the client's conditions go to the origin as they are.
-pub(crate) fn revalidating(h: &mut HeaderMap, stale: Option<&Entry>) {
-    let Some(stale) = stale.filter(|s| has_validator(&s.headers)) else {
+pub(crate) fn revalidating(h: &mut HeaderMap, leader: &Leader) {
+    // A fill fetches the whole response; ranges are cut from the entry.
+    if leader.looked.is_some() {
+        h.remove(RANGE);
+        h.remove(IF_RANGE);
+    }
+    let Some(stale) = leader.stale.as_ref().filter(|s| has_validator(&s.headers)) else {
         return;
     };
     for name in &CONDITIONS {
@@ -126,10 +134,11 @@ impl Cond {
             if_none_match: all(IF_NONE_MATCH),
             if_modified_since: all(IF_MODIFIED_SINCE),
             if_unmodified_since: all(IF_UNMODIFIED_SINCE),
+            ranges: Ranges::of(h),
         }
     }
 
-    /// Whether the request carried any of these conditions.
+    /// Whether the request carried any of these conditions (`Range` aside).
     pub(crate) fn is_empty(&self) -> bool {
         self.if_match.is_empty()
             && self.if_none_match.is_empty()

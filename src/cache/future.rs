@@ -161,7 +161,7 @@ where
             )
         }
         Resolution::Fill(leader) => {
-            revalidating(req.headers_mut(), leader.stale.as_ref());
+            revalidating(req.headers_mut(), &leader);
             return State::Calling {
                 fut: inner.call(req),
                 after: Some(After::Fill(Box::new((leader, ctx)))),
@@ -169,7 +169,7 @@ where
         }
         Resolution::Refresh(e, leader) => {
             let res = serve(&shared.cfg, &e, shared.now_ms(), ctx.head, &ctx.cond, "hit");
-            revalidating(req.headers_mut(), leader.stale.as_ref());
+            revalidating(req.headers_mut(), &leader);
             spawn_refresh(inner.call(req), leader, ctx);
             res
         }

@@ -101,7 +101,13 @@
 //! the past (§5.3). An `Age` that is a list keeps its first member, an
 //! invalid one is ignored (§5.1); the age on arrival also counts how long
 //! ago the response's `Date` was (§4.2.3). `Vary: *` is never stored.
-//! Requests with `Range` bypass the cache.
+//!
+//! A `Range` request is answered from a stored complete `200` (RFC 9110
+//! §14): `206` with the byte range, suffix ranges included, several as
+//! `multipart/byteranges`, `416` when none is satisfiable, the whole
+//! response when `If-Range` does not match (strong comparison) or the
+//! field is invalid. A fill fetches the whole response without `Range` and
+//! cuts the range from it; `206` responses themselves are never stored.
 //!
 //! A request carrying an *unkeyed input* — a header the key ignores but an
 //! app may act on (`Forwarded`, `X-Forwarded-Host`/`-Proto`/`-Scheme`/
@@ -319,6 +325,7 @@ mod leader;
 mod origin;
 mod policy;
 mod purges;
+mod range;
 mod refresh;
 mod resolve;
 mod response;

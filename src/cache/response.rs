@@ -70,6 +70,12 @@ pub(crate) fn serve(
     let mut res = Response::new(if head { Bytes::new() } else { e.body.clone() });
     *res.status_mut() = code;
     *res.headers_mut() = e.headers.clone();
+    if !head {
+        if let Some((partial, body)) = cond.ranges.apply(code, res.headers_mut(), &e.body) {
+            *res.status_mut() = partial;
+            *res.body_mut() = body;
+        }
+    }
     let h = res.headers_mut();
     cfg.tags.strip(h);
     h.insert(AGE, HeaderValue::from(age));

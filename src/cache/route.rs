@@ -1,7 +1,7 @@
 //! How the cache treats a request, decided from its method and fields
 //! before anything is looked up.
 
-use http::header::{AUTHORIZATION, COOKIE, RANGE, UPGRADE};
+use http::header::{AUTHORIZATION, COOKIE, UPGRADE};
 use http::{HeaderMap, Method, Uri};
 
 use super::config::RequestDirectives;
@@ -54,9 +54,6 @@ pub(crate) fn route(sh: &Shared, method: &Method, uri: &Uri, h: &HeaderMap) -> R
         return Route::Pass;
     }
     let authorized = h.contains_key(AUTHORIZATION);
-    if h.contains_key(RANGE) {
-        return Route::Bypass("range");
-    }
     // A protocol switch (WebSocket) is never a cached response.
     if h.contains_key(UPGRADE) {
         return Route::Bypass("upgrade");
@@ -146,7 +143,11 @@ mod tests {
         let ws = headers(&[("upgrade", "websocket"), ("connection", "upgrade")]);
         assert_eq!(at(sh, Method::GET, &ws), Route::Bypass("upgrade"));
         let range = headers(&[("range", "bytes=0-1")]);
-        assert_eq!(at(sh, Method::GET, &range), Route::Bypass("range"));
+        assert_eq!(
+            at(sh, Method::GET, &range),
+            plan(false),
+            "answered from the cache"
+        );
         let auth = headers(&[("authorization", "Bearer x")]);
         assert_eq!(at(sh, Method::GET, &auth), Route::Bypass("authorization"));
     }
