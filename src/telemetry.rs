@@ -9,6 +9,15 @@
 
 use std::time::Duration;
 
+/// The labels of one metric, owned by its handle.
+#[cfg(feature = "metrics")]
+fn owned(labels: &[(&'static str, &str)]) -> Vec<metrics::Label> {
+    labels
+        .iter()
+        .map(|(k, v)| metrics::Label::new(*k, v.to_string()))
+        .collect()
+}
+
 /// Counters for a fixed set of outcomes, registered once.
 #[derive(Clone, Default)]
 pub(crate) struct Outcomes {
@@ -34,10 +43,7 @@ impl Outcomes {
             let counters = outcomes
                 .iter()
                 .map(|o| {
-                    let mut l: Vec<metrics::Label> = labels
-                        .iter()
-                        .map(|(k, v)| metrics::Label::new(*k, v.to_string()))
-                        .collect();
+                    let mut l = owned(labels);
                     l.push(metrics::Label::new("outcome", *o));
                     metrics::counter!(name, l)
                 })
@@ -75,12 +81,8 @@ impl Count {
     pub(crate) fn new(name: &'static str, labels: &[(&'static str, &str)]) -> Self {
         #[cfg(feature = "metrics")]
         {
-            let l: Vec<metrics::Label> = labels
-                .iter()
-                .map(|(k, v)| metrics::Label::new(*k, v.to_string()))
-                .collect();
             Self {
-                counter: Some(metrics::counter!(name, l)),
+                counter: Some(metrics::counter!(name, owned(labels))),
             }
         }
         #[cfg(not(feature = "metrics"))]
@@ -113,12 +115,8 @@ impl Level {
     pub(crate) fn new(name: &'static str, labels: &[(&'static str, &str)]) -> Self {
         #[cfg(feature = "metrics")]
         {
-            let l: Vec<metrics::Label> = labels
-                .iter()
-                .map(|(k, v)| metrics::Label::new(*k, v.to_string()))
-                .collect();
             Self {
-                gauge: Some(metrics::gauge!(name, l)),
+                gauge: Some(metrics::gauge!(name, owned(labels))),
             }
         }
         #[cfg(not(feature = "metrics"))]

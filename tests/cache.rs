@@ -1359,6 +1359,11 @@ async fn failing_open_the_origin_serves_and_failing_closed_it_is_shielded() {
             "{}",
             got.cache_status()
         );
+        assert!(
+            !got.cache_status().contains("stored"),
+            "nothing was stored: {}",
+            got.cache_status()
+        );
     }
     // Fail closed: 503 with Retry-After, the origin never called.
     let origin = versioned(MAX60);

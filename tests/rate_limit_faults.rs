@@ -222,10 +222,26 @@ async fn after_an_outage_a_background_probe_closes_the_breaker_without_requests(
         pings >= 1,
         "the background probe asked the restarted server"
     );
+    let loads = support::command_calls(&server.url(), |c| c == "script|load").await;
+    assert!(
+        loads >= 1,
+        "the scripts were loaded again once Redis answered"
+    );
     let (res, _) = timed(&open, "k").await;
     assert_eq!(
         source(&res),
         DecisionSource::Store,
         "the first request after Redis answered for 1 s is decided by Redis"
+    );
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let errors: String = redis::cmd("INFO")
+        .arg("errorstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        !errors.contains("NOSCRIPT"),
+        "no decision paid a NOSCRIPT round trip: {errors}"
     );
 }

@@ -131,6 +131,11 @@ impl Capture {
         let name = self.fill.leader.shared.cfg.name.clone();
         let (body, params) = match read {
             Read::Ended => {
+                let params = if self.fill.will_store() {
+                    format!("{}{}", self.forwarded, self.stored)
+                } else {
+                    format!("{}; detail=store-error", self.forwarded)
+                };
                 let mut bytes = self.fill.finish(&self.chunks.parts);
                 let ranges = &self.ctx.cond.ranges;
                 if let Some((partial, body)) =
@@ -139,7 +144,6 @@ impl Capture {
                     parts.status = partial;
                     bytes = body;
                 }
-                let params = format!("{}{}", self.forwarded, self.stored);
                 (crate::ResponseBody::full(bytes), params)
             }
             Read::Over(over) => {

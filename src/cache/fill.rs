@@ -104,6 +104,12 @@ impl Fill {
         self.land(raw)
     }
 
+    /// Whether a write will be tried: not when the lookup failed (the
+    /// store is down), so `Cache-Status` does not say `stored` then.
+    pub(crate) fn will_store(&self) -> bool {
+        self.leader.looked.is_some()
+    }
+
     /// Not stored after all (over the size cap, trailers): followers ask the origin.
     pub(crate) fn pass(self) {
         self.leader.end(Outcome::Pass);

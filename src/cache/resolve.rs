@@ -257,10 +257,16 @@ async fn lead(
         let found = match shared.home.lookup(&q).await {
             Ok(f) => f,
             Err(e) => {
+                if e.is_timeout() {
+                    // Redis may still run the lookup (a pause, a slow
+                    // script) and take the lock for us: give it back
+                    // behind it, or readers wait for a fill nobody makes.
+                    shared.spawn_release(&slot, token, 0);
+                }
                 return Some(store_failed(shared, &e, || {
                     let l = Leader::new(shared, slot, Some(guard), None, None, Some("store-error"));
                     Resolution::Fill(l)
-                }))
+                }));
             }
         };
         if !learn(shared, &slot, &found) {

@@ -30,6 +30,11 @@ struct Inner {
     probe_timeout: Duration,
     breakers: Box<[Breaker]>,
     metrics: StoreCalls,
+    /// The scripts this lane's layer runs: loaded ahead, and again once
+    /// Redis answers after an outage (a restarted Redis has none), so no
+    /// call pays a `NOSCRIPT` round trip — one a timed-out caller would
+    /// never send.
+    scripts: std::sync::Mutex<Vec<&'static redis::Script>>,
 }
 
 impl Lane {
@@ -45,6 +50,7 @@ impl Lane {
                 name,
                 breakers: breakers(&conn, config),
                 metrics: StoreCalls::new(name),
+                scripts: std::sync::Mutex::default(),
                 conn,
                 deadline,
                 probe_timeout,
@@ -54,6 +60,12 @@ impl Lane {
 
     pub(crate) fn conn(&self) -> RedisConn {
         self.inner.conn.clone()
+    }
+
+    /// Loads `scripts` now (in the background) and after every outage.
+    pub(crate) fn preload(&self, scripts: &[&'static redis::Script]) {
+        crate::store::memory::lock(&self.inner.scripts).extend_from_slice(scripts);
+        load_scripts(&self.inner);
     }
 
     pub(crate) fn is_cluster(&self) -> bool {
@@ -82,7 +94,7 @@ impl Lane {
             Ok(Ok(v)) => {
                 inner.metrics.record(CallOutcome::Ok, started.elapsed());
                 if breaker.record_success() {
-                    inner.closed();
+                    self.inner.closed();
                 }
                 return Ok(v);
             }
@@ -114,6 +126,21 @@ impl Lane {
             spawn_probe(&self.inner, index);
         }
         result
+    }
+
+    /// Runs a clean-up call (giving back a lock) under the deadline but past
+    /// the breaker, and without counting toward it: a lock taken by a call
+    /// Redis ran late must be given back even while the breaker is open, or
+    /// readers wait for a fill that nobody makes.
+    pub(crate) async fn call_cleanup<T, F>(&self, fut: F) -> Result<T, StoreError>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        match tokio::time::timeout(self.inner.deadline, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(StoreError::redis(e)),
+            Err(_) => Err(StoreError::timeout(self.inner.deadline)),
+        }
     }
 
     fn breaker_index(&self, key: &str) -> usize {
@@ -160,9 +187,30 @@ fn spawn_probe(inner: &Arc<Inner>, index: usize) {
     });
 }
 
+/// Loads the lane's scripts in the background (best effort: a script that
+/// is still missing is loaded by the `NOSCRIPT` fallback of its call).
+fn load_scripts(inner: &Arc<Inner>) {
+    let scripts = crate::store::memory::lock(&inner.scripts).clone();
+    if scripts.is_empty() || tokio::runtime::Handle::try_current().is_err() {
+        return;
+    }
+    let mut conn = inner.conn.clone();
+    let timeout = inner.probe_timeout;
+    tokio::spawn(async move {
+        for script in scripts {
+            let invocation = script.prepare_invoke();
+            let load = invocation.load_async(&mut conn);
+            if !matches!(tokio::time::timeout(timeout, load).await, Ok(Ok(_))) {
+                return;
+            }
+        }
+    });
+}
+
 impl Inner {
     /// A breaker of this lane closed: the store answers again.
-    fn closed(&self) {
+    fn closed(self: &Arc<Self>) {
+        load_scripts(self);
         self.metrics.breakers_open.add(-1.0);
         tracing::warn!(
             lane = self.name,

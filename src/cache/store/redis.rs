@@ -47,7 +47,12 @@ impl CacheStore for RedisStore {
         Arc::new(RedisHome {
             prefix: self.prefix().to_owned(),
             channel: format!("{}:cache:inval", self.prefix()),
-            lane: self.lane("response cache", true),
+            lane: {
+                let lane = self.lane("response cache", true);
+                lane.preload(&[&*LOOKUP, &*STORE, &*RELEASE, &*PURGE]);
+                lane.preload(&tags::scripts());
+                lane
+            },
             pubsub: self.pubsub_clients().to_vec(),
         })
     }
@@ -76,11 +81,20 @@ impl RedisHome {
 /// after a lost connection (to the next node, on a cluster), until the
 /// listener is no longer wanted.
 async fn listen_loop(clients: Vec<redis::Client>, channel: String, listener: Listener) {
+    // Logged once per transition: lost, then regained.
+    let mut lost = false;
     for client in clients.iter().cycle() {
         if let Ok(mut ps) = client.get_async_pubsub().await {
             if ps.subscribe(&channel).await.is_ok() {
                 if !listener(Signal::Up) {
                     return;
+                }
+                if std::mem::take(&mut lost) {
+                    tracing::warn!(
+                        layer = "response cache",
+                        "response cache: the L1 tier's invalidation subscription is back; \
+                         in-process copies are kept again"
+                    );
                 }
                 let mut messages = ps.on_message();
                 loop {
@@ -103,6 +117,14 @@ async fn listen_loop(clients: Vec<redis::Client>, channel: String, listener: Lis
         }
         if !listener(Signal::Down) {
             return;
+        }
+        if !std::mem::replace(&mut lost, true) {
+            tracing::warn!(
+                layer = "response cache",
+                "response cache: the L1 tier lost its invalidation subscription; \
+                 in-process copies are dropped and not kept until it is back (Redis down \
+                 or unreachable: the store's other calls follow the failure policy)"
+            );
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -204,8 +226,14 @@ impl CacheHome for RedisHome {
         let [_, _, lock, pass, _] = keys(&base, slot);
         let mut inv = RELEASE.prepare_invoke();
         inv.key(lock).key(pass).arg(token.to_string()).arg(pass_ms);
-        let call = self.run::<Value>(base, inv);
-        Box::pin(async move { call.await.map(drop) })
+        // A clean-up: past the breaker (see `Lane::call_cleanup`).
+        let lane = self.lane.clone();
+        Box::pin(async move {
+            let mut conn = lane.conn();
+            lane.call_cleanup(inv.invoke_async::<Value>(&mut conn))
+                .await
+                .map(drop)
+        })
     }
 
     fn purge(&self, url: &str) -> BoxFuture<'static, Result<u64, StoreError>> {

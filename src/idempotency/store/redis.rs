@@ -37,7 +37,11 @@ impl IdempotencyStore for RedisStore {
     fn idempotency_home(&self) -> Arc<dyn IdempotencyHome> {
         Arc::new(RedisHome {
             prefix: self.prefix().to_owned(),
-            lane: self.lane("idempotency", false),
+            lane: {
+                let lane = self.lane("idempotency", false);
+                lane.preload(&[&*RESERVE, &*COMPLETE, &*RELEASE, &*RENEW]);
+                lane
+            },
         })
     }
 }

@@ -27,7 +27,11 @@ impl RateLimitStore for RedisStore {
     fn rate_limit_home(&self) -> Arc<dyn RateLimitHome> {
         Arc::new(RedisHome {
             prefix: self.prefix().to_owned(),
-            lane: self.lane("rate limit", false),
+            lane: {
+                let lane = self.lane("rate limit", false);
+                lane.preload(&[&*SCRIPT]);
+                lane
+            },
             batcher: self.batcher(&SCRIPT),
         })
     }

@@ -22,6 +22,11 @@ static PURGE_TAG: LazyLock<Script> =
 static PURGE_URLS: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../../scripts/purge_urls.lua")));
 
+/// The scripts of tags and soft purges, for the lane to load ahead.
+pub(super) fn scripts() -> [&'static Script; 3] {
+    [&*TAG, &*PURGE_TAG, &*PURGE_URLS]
+}
+
 /// URLs purged per script call: each call stays short, whatever the tag's size.
 const BATCH: usize = 256;
 
