@@ -17,7 +17,7 @@ pub(crate) mod memory;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 #[cfg(feature = "redis")]
-mod slots;
+pub(crate) mod slots;
 
 pub(crate) use any::any_store;
 pub use any::AnyStore;

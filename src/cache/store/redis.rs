@@ -12,12 +12,14 @@ use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use redis::{Script, Value};
 
-use super::{CacheHome, CacheStore, Found, LockState, Lookup, Write, FILL_MAX_MS};
+use super::{CacheHome, CacheStore, Found, LockState, Lookup, Tagging, Write, FILL_MAX_MS};
 use crate::cache::key::Slot;
 use crate::cache::l1::{Listener, Signal};
 use crate::error::StoreError;
 use crate::store::lane::Lane;
 use crate::RedisStore;
+
+mod tags;
 
 static LOOKUP: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../scripts/lookup.lua")));
@@ -31,7 +33,7 @@ static PURGE: LazyLock<Script> =
 /// The cache home of one [`RedisStore`]: the layer's own lane (own
 /// breakers and connection, so large entries never queue ahead of another
 /// layer's calls) and the clients of the invalidation channel.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct RedisHome {
     prefix: String,
     /// The pub/sub channel of the cache's invalidations.
@@ -244,6 +246,18 @@ impl CacheHome for RedisHome {
             .arg(FILL_MAX_MS);
         let call = self.run::<i64>(base, inv);
         Box::pin(async move { Ok(call.await?.max(0) as u64) })
+    }
+
+    fn soft_purge(&self, url: &str) -> BoxFuture<'static, Result<u64, StoreError>> {
+        self.purge_urls(&[url.to_owned()], true)
+    }
+
+    fn tag(&self, t: Tagging) -> BoxFuture<'static, Result<bool, StoreError>> {
+        self.tag_url(t)
+    }
+
+    fn purge_tag(&self, tag: &str, soft: bool) -> BoxFuture<'static, Result<u64, StoreError>> {
+        self.purge_tagged(tag, soft)
     }
 
     fn listen(&self, listener: Listener) -> bool {
