@@ -101,9 +101,10 @@ impl Want {
         let in_cache = now.saturating_sub(e.meta.stored_ms);
         if in_cache >= self.floor_ms {
             let age_ms = u64::from(e.meta.age_s) * 1000 + in_cache;
+            // `max-age=0` asks for a validated response whatever the age.
             let too_old = self
                 .max_age
-                .is_some_and(|m| age_ms > m.saturating_mul(1000));
+                .is_some_and(|m| m == 0 || age_ms > m.saturating_mul(1000));
             let short = self
                 .min_fresh
                 .is_some_and(|m| fresh_until.saturating_sub(now) < m.saturating_mul(1000));
@@ -303,6 +304,7 @@ mod tests {
             (none, 5_000, Fresh),
             (w(Some(6), None, None, false, 0), 5_000, Fresh),
             (w(Some(5), None, None, false, 0), 5_000, Revalidate),
+            (w(Some(0), None, None, false, 0), 1_000, Revalidate),
             (w(None, Some(6), None, false, 0), 5_000, Fresh),
             (w(None, Some(7), None, false, 0), 5_000, Revalidate),
             (w(None, None, None, true, 0), 5_000, Revalidate),
