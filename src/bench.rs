@@ -87,6 +87,7 @@ pub fn cache_encode(headers: &HeaderMap, body: &Bytes) -> Bytes {
         swr_s: 0,
         sie_s: 0,
         must_revalidate: false,
+        s_maxage: false,
     };
     encode(&meta, headers, std::slice::from_ref(body))
 }

@@ -21,6 +21,7 @@
 //! | `cluster` | no | `RedisStore::cluster_builder` and `RedisStore::from_cluster_connection` (redis-rs `cluster-async`) |
 //! | `metrics` | no | counters, histograms and gauges through the `metrics` facade (see [Metrics](#metrics)) |
 //! | `axum` | no | [`PeerIp`](key::PeerIp), the default client key, reads axum's `ConnectInfo<SocketAddr>` |
+//! | `serde` | no | typed application values in the response cache, as JSON (`CacheHandle::get_or_load_json` and friends) |
 //!
 //! With no features the crate builds with the memory store alone.
 //!

@@ -169,13 +169,31 @@ fn cached(
 
 const MAX60: &[(&str, &str)] = &[("cache-control", "max-age=60")];
 
-/// An origin with a version its PUTs advance; its first GET reads the
-/// version, then is held until [`release`](Self::release).
-#[derive(Clone, Default)]
+/// An origin with a version its PUTs advance; its GET number `hold`
+/// (the first by default) reads the version, then is held until
+/// [`release`](Self::release). GETs answer `v<version>` with `cc`.
+#[derive(Clone)]
 struct HeldOrigin {
     version: Arc<AtomicUsize>,
     gets: Arc<AtomicUsize>,
     gate: Arc<tokio::sync::Notify>,
+    hold: usize,
+    cc: &'static str,
+    /// `Surrogate-Key` of its GETs (none when empty).
+    tags: &'static str,
+}
+
+impl Default for HeldOrigin {
+    fn default() -> Self {
+        Self {
+            version: Arc::default(),
+            gets: Arc::default(),
+            gate: Arc::default(),
+            hold: 1,
+            cc: "max-age=60",
+            tags: "",
+        }
+    }
 }
 
 impl HeldOrigin {
@@ -209,10 +227,15 @@ impl Service<Request<Full<Bytes>>> for HeldOrigin {
                 return Ok(res(&[], ""));
             }
             let v = this.version.load(Ordering::SeqCst);
-            if this.gets.fetch_add(1, Ordering::SeqCst) == 0 {
+            if this.gets.fetch_add(1, Ordering::SeqCst) + 1 == this.hold {
                 this.gate.notified().await;
             }
-            Ok(res(&[("cache-control", "max-age=60")], &format!("v{v}")))
+            let mut r = res(&[("cache-control", this.cc)], &format!("v{v}"));
+            if !this.tags.is_empty() {
+                r.headers_mut()
+                    .insert("surrogate-key", http::HeaderValue::from_static(this.tags));
+            }
+            Ok(r)
         })
     }
 }
@@ -620,8 +643,8 @@ conformance! {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let other = send(&svc, get("/swr")).await;
         assert_eq!(other.body, "v1", "served stale while the refresh runs");
-        assert_eq!(refresher.await.unwrap(), "v2");
-        assert_eq!(send(&svc, get("/swr")).await.body, "v2");
+        assert_eq!(refresher.await.unwrap(), "v1", "the refresh runs in the background");
+        refreshed(&svc, "/swr", "v2").await;
         assert_eq!(origin.calls(), 2);
     }
 
@@ -1508,5 +1531,761 @@ conformance! {
             assert_eq!(res.headers()["content-type"], "application/problem+json");
             assert_eq!(calls.load(Ordering::SeqCst), n, "nothing was stored");
         }
+    }
+}
+
+// RFC 9111 conformance, section by section, on every store. The layer is
+// a pure HTTP cache here (no default TTL) unless a test says otherwise.
+
+/// An HTTP-date `secs` from now (negative: in the past).
+fn http_date(secs: i64) -> String {
+    let now = std::time::SystemTime::now();
+    let t = if secs >= 0 {
+        now + Duration::from_secs(secs as u64)
+    } else {
+        now - Duration::from_secs(secs.unsigned_abs())
+    };
+    httpdate::fmt_http_date(t)
+}
+
+/// An origin answering `status` with `headers` and the body `v<n>`.
+fn answering(status: u16, headers: Vec<(String, String)>) -> Origin {
+    Origin::new(move |_, n| {
+        let mut r = res(&[], &format!("v{n}"));
+        *r.status_mut() = StatusCode::from_u16(status).unwrap();
+        for (k, v) in &headers {
+            r.headers_mut().append(
+                http::HeaderName::try_from(k.as_str()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        r
+    })
+}
+
+fn fields(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Whether the second of two GETs of a fresh path is answered from the cache.
+async fn reused(store: impl CacheStore, scope: &str, origin: &Origin) -> bool {
+    let svc = cached(builder(store).scope(scope).build().unwrap(), origin);
+    let path = format!("/{scope}");
+    send(&svc, get(&path)).await;
+    let before = origin.calls();
+    let again = send(&svc, get(&path)).await;
+    origin.calls() == before && again.cache_status().contains("hit")
+}
+
+conformance! {
+    async fn rfc9111_3_any_final_status_with_explicit_freshness_is_stored(store) {
+        for status in [200, 201, 299, 302, 307, 400, 410, 499, 500, 503, 599] {
+            let origin = answering(status, fields(&[("cache-control", "max-age=60")]));
+            assert!(reused(store.clone(), &format!("s{status}"), &origin).await, "{status}");
+        }
+        for status in [206, 304] {
+            let origin = answering(status, fields(&[("cache-control", "max-age=60")]));
+            assert!(!reused(store.clone(), &format!("s{status}"), &origin).await, "{status}");
+        }
+    }
+
+    async fn rfc9111_4_2_2_heuristic_freshness_from_last_modified(store) {
+        // Dated when it answers: a past Date would age the response.
+        let lm = |status: u16, extra: &[(&str, &str)]| {
+            let extra = fields(extra);
+            Origin::new(move |_, n| {
+                let mut r = res(&[], &format!("v{n}"));
+                *r.status_mut() = StatusCode::from_u16(status).unwrap();
+                let mut f = fields(&[("date", &http_date(0)), ("last-modified", &http_date(-24 * 3600))]);
+                f.extend(extra.iter().cloned());
+                for (k, v) in f {
+                    r.headers_mut().append(http::HeaderName::try_from(k).unwrap(), v.parse().unwrap());
+                }
+                r
+            })
+        };
+        for status in [200, 203, 204, 404, 405, 410, 414, 501] {
+            assert!(reused(store.clone(), &format!("h{status}"), &lm(status, &[])).await, "{status}");
+        }
+        for status in [201, 403, 502, 503, 599] {
+            assert!(!reused(store.clone(), &format!("h{status}"), &lm(status, &[])).await, "{status}");
+        }
+        assert!(reused(store.clone(), "public599", &lm(599, &[("cache-control", "public")])).await);
+        // 10% of a day, and a maximum.
+        let origin = lm(200, &[]);
+        let svc = cached(builder(store.clone()).scope("ttl").build().unwrap(), &origin);
+        assert!(send(&svc, get("/t")).await.cache_status().contains("stored; ttl=86"), "8640 s");
+        let svc = cached(builder(store.clone()).scope("cap").heuristic_freshness(0.1, Duration::from_secs(60)).build().unwrap(), &origin);
+        let capped = send(&svc, get("/t")).await.cache_status();
+        assert!(capped.contains("stored; ttl=60") || capped.contains("stored; ttl=59"), "{capped}");
+        // Off where the application sets its own TTL.
+        let svc = cached(builder(store).scope("app").default_ttl(Duration::from_secs(5)).build().unwrap(), &origin);
+        let app = send(&svc, get("/t")).await.cache_status();
+        assert!(app.contains("stored; ttl=5") || app.contains("stored; ttl=4"), "{app}");
+    }
+
+    async fn rfc9111_5_2_2_3_must_understand_lifts_no_store_for_known_statuses(store) {
+        let cc = "max-age=60, must-understand, no-store";
+        assert!(reused(store.clone(), "mu200", &answering(200, fields(&[("cache-control", cc)]))).await);
+        assert!(!reused(store.clone(), "mu299", &answering(299, fields(&[("cache-control", cc)]))).await);
+        assert!(!reused(store, "ns", &answering(200, fields(&[("cache-control", "max-age=60, no-store")]))).await);
+    }
+
+    async fn rfc9111_3_5_a_response_to_authorization_is_stored_only_when_it_allows_it(store) {
+        for (cc, stored) in [
+            ("max-age=60", false),
+            ("public, max-age=60", true),
+            ("s-maxage=60", true),
+            ("max-age=60, must-revalidate", true),
+        ] {
+            let origin = versioned_with(cc);
+            let svc = cached(builder(store.clone()).scope(format!("a{}", cc.len())).cache_authorized(true).build().unwrap(), &origin);
+            send(&svc, with(Method::GET, "/doc", &[("authorization", "Bearer a")])).await;
+            let other = send(&svc, get("/doc")).await;
+            assert_eq!(other.body == "v1", stored, "{cc}");
+        }
+    }
+
+    async fn rfc9111_5_1_an_invalid_age_is_ignored_and_a_list_keeps_its_first_member(store) {
+        for (i, (age, reuse)) in [("abc", true), ("-7200", true), ("7200.0", true), ("0, 7200", true), ("7200, 0", false)].into_iter().enumerate() {
+            let origin = answering(200, fields(&[("cache-control", "max-age=3600"), ("age", age)]));
+            assert_eq!(reused(store.clone(), &format!("age{i}"), &origin).await, reuse, "Age: {age}");
+        }
+    }
+
+    async fn rfc9110_5_6_7_expires_in_every_date_format_and_invalid_ones_in_the_past(store) {
+        let future = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(3600));
+        // The same instant as RFC 850 and asctime dates.
+        let t: httpdate::HttpDate = future.parse().unwrap();
+        let imf = t.to_string();
+        let (wday, rest) = imf.split_once(", ").unwrap();
+        let long = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+            .into_iter()
+            .find(|d| d.starts_with(wday))
+            .unwrap();
+        let p: Vec<&str> = rest.split(' ').collect(); // [dd, Mon, yyyy, time, GMT]
+        let rfc850 = format!("{long}, {}-{}-{} {} GMT", p[0], p[1], &p[2][2..], p[3]);
+        let day = p[0].trim_start_matches('0');
+        let asctime = format!("{wday} {} {day:>2} {} {}", p[1], p[3], p[2]);
+        for (i, expires) in [imf.as_str(), &rfc850, &asctime].into_iter().enumerate() {
+            let origin = answering(200, fields(&[("expires", expires)]));
+            assert!(reused(store.clone(), &format!("x{i}"), &origin).await, "{expires}");
+        }
+        let upper = imf.to_uppercase();
+        for (i, expires) in ["0", "never", upper.as_str()].into_iter().enumerate() {
+            let origin = answering(200, fields(&[("expires", expires)]));
+            assert!(!reused(store.clone(), &format!("bad{i}"), &origin).await, "{expires}: in the past");
+        }
+    }
+
+    async fn rfc9111_4_2_1_duplicate_directives_keep_the_first_and_conflicts_the_most_restrictive(store) {
+        let two = fields(&[("cache-control", "max-age=3600"), ("cache-control", "max-age=0")]);
+        assert!(reused(store.clone(), "first-fresh", &answering(200, two)).await);
+        let two = fields(&[("cache-control", "max-age=0, max-age=3600")]);
+        assert!(!reused(store.clone(), "first-stale", &answering(200, two)).await);
+        let quoted = fields(&[("cache-control", "ext=\"max-age=3600\", max-age=0")]);
+        assert!(!reused(store.clone(), "quoted", &answering(200, quoted)).await);
+        let spaced = fields(&[("cache-control", "max-age =3600")]);
+        assert!(!reused(store.clone(), "spaced", &answering(200, spaced)).await);
+        for cc in ["max-age=3600, no-cache", "max-age=3600, private", "public, no-store, max-age=3600"] {
+            assert!(!reused(store.clone(), "conflict", &answering(200, fields(&[("cache-control", cc)]))).await, "{cc}");
+        }
+        // A qualified no-cache or private keeps only the fields it names out.
+        let origin = answering(200, fields(&[("cache-control", "no-cache=\"x-a\", max-age=3600"), ("x-a", "1"), ("x-b", "2")]));
+        let svc = cached(builder(store).scope("named").build().unwrap(), &origin);
+        send(&svc, get("/n")).await;
+        let hit = send(&svc, get("/n")).await;
+        assert!(hit.cache_status().contains("hit"));
+        assert!(!hit.headers.contains_key("x-a") && hit.headers["x-b"] == "2");
+    }
+}
+
+/// Waits (bounded) until `path` answers `body` from the cache.
+async fn refreshed<S>(svc: &S, path: &str, body: &str)
+where
+    S: Service<Request<Full<Bytes>>> + Clone,
+    S::Response: Into<Response<tower_redis_layers::ResponseBody<Chunks>>>,
+    S::Error: std::fmt::Debug,
+{
+    for _ in 0..200 {
+        if send(svc, get(path)).await.body == body {
+            return;
+        }
+    }
+    panic!("{path} never answered {body}");
+}
+
+fn versioned_with(cc: &'static str) -> Origin {
+    Origin::new(move |_, n| res(&[("cache-control", cc)], &format!("v{n}")))
+}
+
+/// A layer that honours request directives with no floor, as a proxy's.
+fn honouring(store: impl CacheStore, scope: &str) -> ResponseCacheLayerBuilder {
+    use tower_redis_layers::cache::RequestDirectives;
+    builder(store)
+        .scope(scope)
+        .request_directives(RequestDirectives::Honor {
+            min_age: Duration::ZERO,
+        })
+}
+
+/// The method and fields of every request an origin got.
+type Seen = Arc<std::sync::Mutex<Vec<(Method, HeaderMap)>>>;
+
+/// An origin that records the fields of the requests it gets.
+fn recording(
+    handler: impl Fn(&Request<Full<Bytes>>, usize) -> Response<Chunks> + Send + Sync + 'static,
+) -> (Origin, Seen) {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let origin = Origin::new(move |req, n| {
+        log.lock()
+            .unwrap()
+            .push((req.method().clone(), req.headers().clone()));
+        handler(req, n)
+    });
+    (origin, seen)
+}
+
+/// A `304` when the request's `If-None-Match` is `"e1"`, else `v<n>` with
+/// these fields and that ETag.
+fn validating(
+    cc: &'static str,
+) -> impl Fn(&Request<Full<Bytes>>, usize) -> Response<Chunks> + Send + Sync + 'static {
+    move |req, n| {
+        if req
+            .headers()
+            .get("if-none-match")
+            .is_some_and(|v| v == "\"e1\"")
+        {
+            let mut r = res(&[("cache-control", cc), ("etag", "\"e1\"")], "");
+            *r.status_mut() = StatusCode::NOT_MODIFIED;
+            return r;
+        }
+        res(
+            &[("cache-control", cc), ("etag", "\"e1\"")],
+            &format!("v{n}"),
+        )
+    }
+}
+
+conformance! {
+    async fn rfc9111_5_2_1_1_request_max_age_and_5_2_1_3_min_fresh(store) {
+        let origin = answering(200, fields(&[("cache-control", "max-age=3600"), ("age", "1800")]));
+        let svc = cached(honouring(store, "ma").build().unwrap(), &origin);
+        send(&svc, get("/m")).await;
+        let ask = |cc: &'static str| with(Method::GET, "/m", &[("cache-control", cc)]);
+        assert_eq!(send(&svc, ask("max-age=3600")).await.body, "v1", "old enough");
+        assert_eq!(send(&svc, ask("min-fresh=1000")).await.body, "v1", "fresh enough");
+        assert_eq!(send(&svc, ask("max-age=600")).await.body, "v2", "too old: refetched");
+        // v2 came with Age: 1800 too: 1800 s of 3600 left.
+        assert_eq!(send(&svc, ask("min-fresh=2000")).await.body, "v3", "not fresh enough");
+        assert_eq!(origin.calls(), 3);
+    }
+
+    async fn rfc9111_5_2_1_2_max_stale_takes_a_stale_entry_unless_the_response_forbids_it(store) {
+        for (cc, taken) in [("max-age=1", true), ("max-age=1, must-revalidate", false), ("s-maxage=1", false)] {
+            let origin = answering(200, fields(&[("cache-control", cc), ("etag", "\"e1\"")]));
+            let svc = cached(honouring(store.clone(), &format!("ms{}", cc.len())).build().unwrap(), &origin);
+            send(&svc, get("/s")).await;
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            let got = send(&svc, with(Method::GET, "/s", &[("cache-control", "max-stale=60")])).await;
+            assert_eq!(got.body == "v1", taken, "{cc}: {}", got.cache_status());
+            let tight = send(&svc, with(Method::GET, "/s", &[("cache-control", "max-stale=0")])).await;
+            assert_ne!(tight.body, "v1", "{cc}: stale by more than max-stale");
+        }
+    }
+
+    async fn rfc9111_5_2_1_4_request_no_cache_revalidates_with_the_stored_validator(store) {
+        let (origin, seen) = recording(validating("max-age=3600"));
+        let svc = cached(honouring(store, "nc").build().unwrap(), &origin);
+        send(&svc, get("/n")).await;
+        let got = send(&svc, with(Method::GET, "/n", &[("cache-control", "no-cache")])).await;
+        assert_eq!(got.body, "v1", "the stored body, validated");
+        assert!(got.cache_status().contains("fwd-status=304"), "{}", got.cache_status());
+        assert_eq!(seen.lock().unwrap()[1].1["if-none-match"], "\"e1\"");
+        assert_eq!(origin.calls(), 2);
+    }
+
+    async fn rfc9111_5_2_1_5_request_no_store_and_5_2_1_7_only_if_cached(store) {
+        let origin = versioned(MAX60);
+        let svc = cached(honouring(store.clone(), "ns").build().unwrap(), &origin);
+        let ns = send(&svc, with(Method::GET, "/x", &[("cache-control", "no-store")])).await;
+        assert_eq!(ns.body, "v1");
+        let oic = send(&svc, with(Method::GET, "/x", &[("cache-control", "only-if-cached")])).await;
+        assert_eq!(oic.status, StatusCode::GATEWAY_TIMEOUT, "the no-store request stored nothing");
+        send(&svc, get("/x")).await;
+        let oic = send(&svc, with(Method::GET, "/x", &[("cache-control", "only-if-cached")])).await;
+        assert_eq!((oic.status, oic.body), (StatusCode::OK, Bytes::from("v2")));
+        // A stale entry is no answer for only-if-cached, unless max-stale takes it.
+        let origin = answering(200, fields(&[("cache-control", "max-age=1"), ("etag", "\"e\"")]));
+        let svc = cached(honouring(store, "oic").build().unwrap(), &origin);
+        send(&svc, get("/o")).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let oic = send(&svc, with(Method::GET, "/o", &[("cache-control", "only-if-cached")])).await;
+        assert_eq!(oic.status, StatusCode::GATEWAY_TIMEOUT);
+        let grace = send(&svc, with(Method::GET, "/o", &[("cache-control", "only-if-cached, max-stale")])).await;
+        assert_eq!((grace.status, grace.body), (StatusCode::OK, Bytes::from("v1")));
+        assert_eq!(origin.calls(), 1);
+    }
+
+    async fn rfc9110_13_with_no_usable_entry_the_clients_validators_are_forwarded(store) {
+        let (origin, seen) = recording(validating("max-age=60"));
+        let svc = cached(builder(store).build().unwrap(), &origin);
+        let inm = [("if-none-match", "\"e1\"")];
+        let first = send(&svc, with(Method::GET, "/f", &inm)).await;
+        assert_eq!(first.status, StatusCode::NOT_MODIFIED, "the origin's answer to the client");
+        assert_eq!(seen.lock().unwrap()[0].1["if-none-match"], "\"e1\"");
+        // That 304 was this client's: the next request fills, nobody skips the lock.
+        let full = send(&svc, get("/f")).await;
+        assert_eq!((full.status, full.body.clone()), (StatusCode::OK, Bytes::from("v2")));
+        assert!(full.cache_status().contains("stored"), "{}", full.cache_status());
+        let again = send(&svc, with(Method::GET, "/f", &inm)).await;
+        assert_eq!(again.status, StatusCode::NOT_MODIFIED);
+        assert!(again.cache_status().contains("hit"));
+        assert_eq!(origin.calls(), 2);
+    }
+
+    async fn rfc9110_13_1_if_match_is_strong_and_if_none_match_weak_on_a_stored_response(store) {
+        let origin = answering(200, fields(&[("cache-control", "max-age=60"), ("etag", "W/\"w1\"")]));
+        let svc = cached(builder(store.clone()).scope("weak").build().unwrap(), &origin);
+        send(&svc, get("/c")).await;
+        let inm = send(&svc, with(Method::GET, "/c", &[("if-none-match", "\"w1\"")])).await;
+        assert_eq!(inm.status, StatusCode::NOT_MODIFIED, "weak comparison");
+        let im = send(&svc, with(Method::GET, "/c", &[("if-match", "W/\"w1\"")])).await;
+        assert_eq!(im.status, StatusCode::PRECONDITION_FAILED, "strong comparison: a weak tag never matches");
+        let origin = answering(200, fields(&[("cache-control", "max-age=60"), ("etag", "\"s1\""), ("last-modified", "Thu, 01 Jan 2026 00:00:00 GMT")]));
+        let svc = cached(builder(store).scope("strong").build().unwrap(), &origin);
+        send(&svc, get("/c")).await;
+        let ok = send(&svc, with(Method::GET, "/c", &[("if-match", "\"s0\", \"s1\"")])).await;
+        assert_eq!((ok.status, ok.body), (StatusCode::OK, Bytes::from("v1")));
+        let other = send(&svc, with(Method::GET, "/c", &[("if-match", "\"s2\"")])).await;
+        assert_eq!(other.status, StatusCode::PRECONDITION_FAILED);
+        let ius = send(&svc, with(Method::GET, "/c", &[("if-unmodified-since", "Wed, 31 Dec 2025 00:00:00 GMT")])).await;
+        assert_eq!(ius.status, StatusCode::PRECONDITION_FAILED);
+        let ims = send(&svc, with(Method::GET, "/c", &[("if-modified-since", "Thu, 01 Jan 2026 00:00:00 GMT")])).await;
+        assert_eq!(ims.status, StatusCode::NOT_MODIFIED);
+        assert_eq!(origin.calls(), 1);
+    }
+
+    async fn rfc9111_4_3_5_a_head_response_freshens_the_stored_get(store) {
+        let (origin, seen) = recording(|req, n| {
+            if req.method() == Method::HEAD {
+                return res(&[("cache-control", "max-age=60"), ("etag", "\"e1\""), ("x-v", "head")], "");
+            }
+            res(&[("cache-control", "max-age=1"), ("etag", "\"e1\""), ("x-v", "get")], &format!("v{n}"))
+        });
+        let svc = cached(builder(store.clone()).build().unwrap(), &origin);
+        // A HEAD with nothing stored goes to the origin and stores nothing.
+        let head = send(&svc, with(Method::HEAD, "/h", &[])).await;
+        assert_eq!((head.status, head.body.len()), (StatusCode::OK, 0));
+        assert_eq!(send(&svc, get("/h")).await.body, "v2");
+        // Fresh: answered from the stored GET.
+        let head = send(&svc, with(Method::HEAD, "/h", &[])).await;
+        assert!(head.cache_status().contains("hit") && head.body.is_empty());
+        assert_eq!(origin.calls(), 2);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        // Stale: the HEAD's 200 for the same representation freshens it.
+        let head = send(&svc, with(Method::HEAD, "/h", &[])).await;
+        assert_eq!((head.status, head.body.len()), (StatusCode::OK, 0));
+        assert_eq!(seen.lock().unwrap()[2].0, Method::HEAD);
+        let hit = send(&svc, get("/h")).await;
+        assert_eq!((hit.body.clone(), hit.headers["x-v"].clone()), (Bytes::from("v2"), "head".parse().unwrap()));
+        assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
+        assert_eq!(origin.calls(), 3);
+    }
+
+    async fn interim_responses_and_protocol_switches_are_never_stored(store) {
+        let origin = answering(101, fields(&[("cache-control", "max-age=60"), ("upgrade", "websocket")]));
+        let svc = cached(builder(store.clone()).scope("101").build().unwrap(), &origin);
+        let ws = [("upgrade", "websocket"), ("connection", "upgrade")];
+        let first = send(&svc, with(Method::GET, "/ws", &ws)).await;
+        assert_eq!(first.status, StatusCode::SWITCHING_PROTOCOLS);
+        assert!(first.cache_status().contains("fwd=bypass; detail=upgrade"));
+        assert!(!reused(store, "1xx", &answering(103, fields(&[("cache-control", "max-age=60")]))).await);
+    }
+}
+
+/// How an origin fails after its first answer.
+#[derive(Clone, Copy, Debug)]
+enum Failure {
+    /// The service fails (connection refused, reset).
+    Error,
+    /// A proxy's 502 marked `OriginUnreachable`.
+    Marked,
+    /// A 503 from the origin itself.
+    Unavailable,
+}
+
+/// An origin whose first answer is `v1` with `cc`, then fails.
+#[derive(Clone)]
+struct Unreachable {
+    cc: &'static str,
+    failure: Failure,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Service<Request<Full<Bytes>>> for Unreachable {
+    type Response = Response<Chunks>;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<Response<Chunks>, std::io::Error>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), std::io::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: Request<Full<Bytes>>) -> Self::Future {
+        if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            return std::future::ready(Ok(res(&[("cache-control", self.cc)], "v1")));
+        }
+        let mut r = res(&[], "down");
+        match self.failure {
+            Failure::Error => {
+                return std::future::ready(Err(std::io::ErrorKind::ConnectionRefused.into()))
+            }
+            Failure::Marked => {
+                *r.status_mut() = StatusCode::BAD_GATEWAY;
+                r.extensions_mut()
+                    .insert(tower_redis_layers::cache::OriginUnreachable);
+            }
+            Failure::Unavailable => *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE,
+        }
+        std::future::ready(Ok(r))
+    }
+}
+
+conformance! {
+    async fn rfc9111_4_2_4_stale_is_served_when_the_origin_cannot_be_reached(store) {
+        let cases = [
+            ("max-age=1", Failure::Error, true),
+            ("max-age=1", Failure::Marked, true),
+            ("max-age=1", Failure::Unavailable, false),
+            ("max-age=1, must-revalidate", Failure::Error, false),
+            ("max-age=1, proxy-revalidate", Failure::Marked, false),
+            ("s-maxage=1", Failure::Error, false),
+            ("s-maxage=1, stale-if-error=60", Failure::Error, true),
+            ("max-age=1, no-cache", Failure::Error, false),
+        ];
+        for (i, (cc, failure, stale)) in cases.into_iter().enumerate() {
+            let origin = Unreachable { cc, failure, calls: Arc::default() };
+            let layer = builder(store.clone()).scope(format!("u{i}")).stale_if_unreachable(Duration::from_secs(60)).build().unwrap();
+            let svc = ServiceBuilder::new().layer(layer).service(origin);
+            send_ok(&svc, get("/u")).await;
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            match svc.clone().oneshot(get("/u")).await {
+                Ok(r) => {
+                    let status = r.headers().get("cache-status").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+                    let served = r.status() == StatusCode::OK;
+                    assert_eq!(served, stale, "{cc} {failure:?}: {status}");
+                    if served {
+                        assert!(status.contains("fwd=stale") && status.contains("detail=unreachable") != matches!(failure, Failure::Unavailable), "{status}");
+                        assert_eq!(r.into_body().collect().await.unwrap().to_bytes(), "v1");
+                    }
+                }
+                Err(e) => assert!(!stale, "{cc}: {e}"),
+            }
+        }
+        // Bounded: past the configured staleness, the failure is the answer.
+        let origin = Unreachable { cc: "max-age=1", failure: Failure::Error, calls: Arc::default() };
+        let layer = builder(store).scope("bounded").stale_if_unreachable(Duration::from_millis(100)).build().unwrap();
+        let svc = ServiceBuilder::new().layer(layer).service(origin);
+        send_ok(&svc, get("/u")).await;
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        assert!(svc.clone().oneshot(get("/u")).await.is_err());
+    }
+
+    async fn rfc5861_3_stale_while_revalidate_answers_everyone_at_once_and_refreshes_once_fleet_wide(store) {
+        let origin = HeldOrigin {
+            hold: 2,
+            cc: "max-age=1, stale-while-revalidate=60",
+            ..HeldOrigin::default()
+        };
+        let fleet: Vec<_> = (0..3)
+            .map(|_| ServiceBuilder::new().layer(builder(store.clone()).build().unwrap()).service(origin.clone()))
+            .collect();
+        assert_eq!(body_of(&fleet[0], get("/swr")).await, "v0");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        origin.version.fetch_add(1, Ordering::SeqCst);
+        // Stale now: 30 requests across the instances, while the one
+        // refresh is held at the origin, all get the stale entry.
+        let tasks: Vec<_> = (0..30)
+            .map(|i| {
+                let svc = fleet[i % 3].clone();
+                tokio::spawn(async move { body_of(&svc, get("/swr")).await })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), "v0", "answered at once");
+        }
+        origin.reached(2).await;
+        assert_eq!(origin.gets.load(Ordering::SeqCst), 2, "one refresh across the fleet");
+        origin.release();
+        for svc in &fleet {
+            refreshed(svc, "/swr", "v1").await;
+        }
+        assert_eq!(origin.gets.load(Ordering::SeqCst), 2);
+    }
+}
+
+async fn send_ok<S>(svc: &S, req: Request<Full<Bytes>>)
+where
+    S: Service<Request<Full<Bytes>>> + Clone,
+    S::Response: Into<Response<tower_redis_layers::ResponseBody<Chunks>>>,
+    S::Error: std::fmt::Debug,
+{
+    let res: Response<_> = svc.clone().oneshot(req).await.unwrap().into();
+    res.into_body().collect().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+}
+
+/// An origin answering `<path> v<n>` fresh for an hour, with the
+/// `Surrogate-Key` its path names: `/a` "t1 t2", `/b` "t2", `/c` "t3".
+fn tagged() -> Origin {
+    Origin::new(|req, n| {
+        let path = req.uri().path().to_owned();
+        let tags = match path.as_str() {
+            "/a" => "t1 t2",
+            "/b" => "t2",
+            _ => "t3",
+        };
+        res(
+            &[("cache-control", "max-age=3600"), ("surrogate-key", tags)],
+            &format!("{path} v{n}"),
+        )
+    })
+}
+
+conformance! {
+    async fn purge_tag_drops_every_entry_that_named_the_tag_on_every_instance(store) {
+        let origin = tagged();
+        let layers: Vec<_> = (0..3).map(|_| builder(store.clone()).build().unwrap()).collect();
+        let fleet: Vec<_> = layers.iter().map(|l| cached(l.clone(), &origin)).collect();
+        for (i, path) in ["/a", "/b", "/c"].into_iter().enumerate() {
+            let got = send(&fleet[i], get(path)).await;
+            assert!(!got.headers.contains_key("surrogate-key"), "stripped before the client");
+        }
+        let hit = send(&fleet[1], get("/a")).await;
+        assert!(hit.cache_status().contains("hit") && !hit.headers.contains_key("surrogate-key"));
+        assert_eq!(layers[2].handle().purge_tag("t2").await.unwrap(), 2);
+        for svc in &fleet {
+            let a = send(svc, get("/a")).await;
+            assert!(!a.body.ends_with(b" v1"), "purged everywhere: {:?}", a.body);
+        }
+        assert_eq!(send(&fleet[0], get("/c")).await.body, "/c v3", "another tag stays");
+        let before = origin.calls();
+        send(&fleet[1], get("/b")).await;
+        assert_eq!(origin.calls(), before + 1, "/b was purged too");
+        assert_eq!(layers[0].handle().purge_tag("t9").await.unwrap(), 0);
+        // Shown to clients when configured.
+        let svc = cached(builder(store).scope("shown").strip_tag_header(false).build().unwrap(), &origin);
+        assert_eq!(send(&svc, get("/c")).await.headers["surrogate-key"], "t3");
+        assert_eq!(send(&svc, get("/c")).await.headers["surrogate-key"], "t3");
+    }
+
+    async fn a_tag_purge_wins_over_a_fill_in_flight(store) {
+        let origin = HeldOrigin { tags: "item", ..HeldOrigin::default() };
+        let layers: Vec<_> = (0..2).map(|_| builder(store.clone()).build().unwrap()).collect();
+        let [a, b] = [0, 1].map(|i| ServiceBuilder::new().layer(layers[i].clone()).service(origin.clone()));
+        let held = tokio::spawn({
+            let a = a.clone();
+            async move { body_of(&a, get("/item")).await }
+        });
+        origin.reached(1).await;
+        origin.version.fetch_add(1, Ordering::SeqCst);
+        layers[1].handle().purge_tag("item").await.unwrap();
+        origin.release();
+        assert_eq!(held.await.unwrap(), "v0");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(body_of(&b, get("/item")).await, "v1", "the fill from before the purge never landed");
+    }
+
+    async fn soft_purge_marks_entries_stale_and_one_revalidation_runs_fleet_wide(store) {
+        let (origin, seen) = recording(|req, n| {
+            let cc = "max-age=3600, stale-while-revalidate=60";
+            if req.headers().get("if-none-match").is_some_and(|v| v == "\"e1\"") {
+                let mut r = res(&[("cache-control", cc), ("etag", "\"e1\""), ("surrogate-key", "s")], "");
+                *r.status_mut() = StatusCode::NOT_MODIFIED;
+                return r;
+            }
+            res(&[("cache-control", cc), ("etag", "\"e1\""), ("surrogate-key", "s")], &format!("v{n}"))
+        });
+        let layers: Vec<_> = (0..3).map(|_| builder(store.clone()).build().unwrap()).collect();
+        let fleet: Vec<_> = layers.iter().map(|l| cached(l.clone(), &origin)).collect();
+        assert_eq!(send(&fleet[0], get("/s")).await.body, "v1");
+        assert_eq!(layers[1].handle().soft_purge_tag("s").await.unwrap(), 1);
+        // A fill that looks up within the purge's millisecond is not
+        // stored (it cannot be told from one that looked up before).
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Every request is answered with the kept entry; one revalidates it.
+        for i in 0..12 {
+            assert_eq!(send(&fleet[i % 3], get("/s")).await.body, "v1");
+        }
+        assert_eq!(origin.calls(), 2, "one revalidation across the fleet");
+        assert_eq!(seen.lock().unwrap()[1].1["if-none-match"], "\"e1\"");
+        let hit = send(&fleet[2], get("/s")).await;
+        assert!(hit.cache_status().starts_with("trl; hit; ttl=35"), "refreshed: {}", hit.cache_status());
+        // Without stale-while-revalidate the next request revalidates first.
+        let origin = Origin::new(validating("max-age=3600"));
+        let layer = builder(store).scope("url").build().unwrap();
+        let svc = cached(layer.clone(), &origin);
+        send(&svc, with(Method::GET, "/u", &[("host", "api.example")])).await;
+        layer.handle().soft_purge_url(&"http://api.example/u".parse().unwrap()).await.unwrap();
+        let reval = send(&svc, with(Method::GET, "/u", &[("host", "api.example")])).await;
+        assert_eq!(reval.body, "v1");
+        assert!(reval.cache_status().contains("fwd=stale; fwd-status=304"), "{}", reval.cache_status());
+        assert_eq!(origin.calls(), 2);
+    }
+}
+
+conformance! {
+    async fn application_values_get_put_and_a_put_wins_over_a_load_in_flight(store) {
+        use tower_redis_layers::cache::Stored;
+        let layers: Vec<_> = (0..2).map(|_| builder(store.clone()).build().unwrap()).collect();
+        let (a, b) = (layers[0].handle(), layers[1].handle());
+        assert_eq!(a.get("row:1").await.unwrap(), None);
+        assert!(a.put("row:1", Bytes::from_static(b"one"), Duration::from_secs(60)).await.unwrap());
+        assert_eq!(b.get("row:1").await.unwrap(), Some(Bytes::from_static(b"one")), "on every instance");
+        let v = b.get_or_load("row:1", Duration::from_secs(60), || async { Err::<Bytes, _>("not loaded") }).await;
+        assert_eq!(v, Ok(Bytes::from_static(b"one")));
+        // A load that read the old row is in flight when the new row is put.
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let started = Arc::new(tokio::sync::Notify::new());
+        let slow = tokio::spawn({
+            let (a, gate, started) = (a.clone(), gate.clone(), started.clone());
+            async move {
+                a.get_or_load("row:2", Stored::ttl(Duration::from_secs(60)), || async move {
+                    started.notify_one();
+                    gate.notified().await;
+                    Ok::<_, Infallible>(Bytes::from_static(b"old"))
+                })
+                .await
+            }
+        });
+        started.notified().await;
+        assert!(b.put("row:2", Bytes::from_static(b"new"), Duration::from_secs(60)).await.unwrap());
+        gate.notify_one();
+        assert_eq!(slow.await.unwrap(), Ok(Bytes::from_static(b"old")), "its own caller gets what it loaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for h in [&a, &b] {
+            assert_eq!(h.get("row:2").await.unwrap(), Some(Bytes::from_static(b"new")), "the put won");
+        }
+        // A purge after the put drops it everywhere.
+        b.invalidate_key("row:2").await.unwrap();
+        assert_eq!(a.get("row:2").await.unwrap(), None);
+    }
+
+    async fn nothing_found_is_cached_only_with_an_explicit_negative_ttl(store) {
+        use tower_redis_layers::cache::Stored;
+        let handle = builder(store).build().unwrap().handle();
+        let loads = Arc::new(AtomicUsize::new(0));
+        let none = || {
+            let loads = loads.clone();
+            move || async move {
+                loads.fetch_add(1, Ordering::SeqCst);
+                Ok::<Option<Bytes>, Infallible>(None)
+            }
+        };
+        for _ in 0..2 {
+            let v = handle.get_or_load_optional("gone", Duration::from_secs(60), none()).await;
+            assert_eq!(v, Ok(None));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 2, "no negative TTL: never stored");
+        let short = Stored::ttl(Duration::from_secs(60)).negative_ttl(Duration::from_millis(300));
+        for _ in 0..3 {
+            let v = handle.get_or_load_optional("gone", short.clone(), none()).await;
+            assert_eq!(v, Ok(None));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 3, "remembered for the negative TTL");
+        assert_eq!(handle.get("gone").await.unwrap(), None);
+        // A plain get_or_load is not answered with the stored "nothing".
+        let v = handle.get_or_load("gone", Duration::from_secs(60), || async { Ok::<_, Infallible>(Bytes::from_static(b"here")) }).await;
+        assert_eq!(v, Ok(Bytes::from_static(b"here")));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let v = handle.get_or_load_optional("gone", short, none()).await;
+        assert_eq!((v, loads.load(Ordering::SeqCst)), (Ok(None), 4), "expired: loaded again");
+    }
+
+    async fn tags_on_application_values_are_purged_with_purge_tag(store) {
+        use tower_redis_layers::cache::Stored;
+        let layer = builder(store).build().unwrap();
+        let handle = layer.handle();
+        let tagged = Stored::ttl(Duration::from_secs(60)).tag("users");
+        handle.put("user:1", Bytes::from_static(b"ann"), tagged.clone()).await.unwrap();
+        let v = handle.get_or_load("user:2", tagged.clone().tag("admins"), || async { Ok::<_, Infallible>(Bytes::from_static(b"bob")) }).await;
+        assert_eq!(v, Ok(Bytes::from_static(b"bob")));
+        handle.put("item:1", Bytes::from_static(b"pen"), Duration::from_secs(60)).await.unwrap();
+        // An HTTP response tagged the same goes too.
+        let origin = Origin::new(|_, n| res(&[("cache-control", "max-age=60"), ("surrogate-key", "users")], &format!("v{n}")));
+        let svc = cached(layer, &origin);
+        send(&svc, get("/users")).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(handle.purge_tag("users").await.unwrap(), 3);
+        assert_eq!(handle.get("user:1").await.unwrap(), None);
+        assert_eq!(handle.get("user:2").await.unwrap(), None);
+        assert_eq!(handle.get("item:1").await.unwrap(), Some(Bytes::from_static(b"pen")));
+        assert_eq!(send(&svc, get("/users")).await.body, "v2");
+    }
+
+    async fn typed_values_are_stored_as_json(store) {
+        let handle = builder(store).build().unwrap().handle();
+        let row = ("ann".to_owned(), 42u32);
+        let v = handle.get_or_load_json("user:1", Duration::from_secs(60), || async { Ok::<_, Infallible>(("ann".to_owned(), 42u32)) }).await;
+        assert_eq!(v, Ok(row.clone()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(handle.get("user:1").await.unwrap(), Some(Bytes::from_static(b"[\"ann\",42]")), "JSON in the store");
+        let v = handle.get_or_load_json("user:1", Duration::from_secs(60), || async { Err::<(String, u32), _>("not loaded") }).await;
+        assert_eq!(v, Ok(row.clone()));
+        assert_eq!(handle.get_json::<(String, u32)>("user:1").await.unwrap(), Some(row));
+        // Bytes that are no such value read as a miss and are replaced.
+        handle.put("user:2", Bytes::from_static(b"\x00not json"), Duration::from_secs(60)).await.unwrap();
+        assert_eq!(handle.get_json::<(String, u32)>("user:2").await.unwrap(), None);
+        let v = handle.get_or_load_json("user:2", Duration::from_secs(60), || async { Ok::<_, Infallible>(("bob".to_owned(), 7u32)) }).await;
+        assert_eq!(v, Ok(("bob".to_owned(), 7)));
+        assert_eq!(handle.get_json::<(String, u32)>("user:2").await.unwrap(), Some(("bob".to_owned(), 7)));
+        assert!(handle.put_json("user:3", &vec![1, 2], Duration::from_secs(60)).await.unwrap());
+        assert_eq!(handle.get_json::<Vec<u8>>("user:3").await.unwrap(), Some(vec![1, 2]));
+        let none = handle.get_or_load_json_optional::<u8, _, _, Infallible>("user:4", Duration::from_secs(60), || async { Ok(None) }).await;
+        assert_eq!(none, Ok(None));
+    }
+}
+
+conformance! {
+    async fn rfc9110_14_range_requests_are_answered_from_the_stored_response(store) {
+        let (origin, seen) = recording(|_, _| res(&[("cache-control", "max-age=60"), ("etag", "\"r1\""), ("content-type", "text/plain")], "0123456789"));
+        let svc = cached(builder(store).build().unwrap(), &origin);
+        let range = |r: &'static str| with(Method::GET, "/r", &[("range", r)]);
+        let first = send(&svc, range("bytes=2-4")).await;
+        assert_eq!((first.status, first.body.clone()), (StatusCode::PARTIAL_CONTENT, Bytes::from("234")));
+        assert_eq!(first.headers["content-range"], "bytes 2-4/10");
+        assert!(!seen.lock().unwrap()[0].1.contains_key("range"), "the fill fetched the whole response");
+        let hit = send(&svc, range("bytes=-3")).await;
+        assert_eq!((hit.status, hit.body.clone()), (StatusCode::PARTIAL_CONTENT, Bytes::from("789")));
+        assert!(hit.cache_status().contains("hit"));
+        assert_eq!(hit.headers["content-length"], "3");
+        let open = send(&svc, range("bytes=7-")).await;
+        assert_eq!(open.body, "789");
+        let many = send(&svc, range("bytes=0-0, 9-9")).await;
+        assert_eq!(many.status, StatusCode::PARTIAL_CONTENT);
+        let ct = many.headers["content-type"].to_str().unwrap().to_owned();
+        assert!(ct.starts_with("multipart/byteranges; boundary="), "{ct}");
+        let text = String::from_utf8(many.body.to_vec()).unwrap();
+        assert!(text.contains("Content-Range: bytes 0-0/10\r\n\r\n0") && text.contains("Content-Range: bytes 9-9/10\r\n\r\n9"), "{text}");
+        let none = send(&svc, range("bytes=10-")).await;
+        assert_eq!((none.status, none.headers["content-range"].clone()), (StatusCode::RANGE_NOT_SATISFIABLE, "bytes */10".parse().unwrap()));
+        let ignored = send(&svc, range("bytes=5-1")).await;
+        assert_eq!((ignored.status, ignored.body.clone()), (StatusCode::OK, Bytes::from("0123456789")), "invalid: ignored");
+        // If-Range: the range only for the representation the client has.
+        let same = send(&svc, with(Method::GET, "/r", &[("range", "bytes=0-1"), ("if-range", "\"r1\"")])).await;
+        assert_eq!((same.status, same.body.clone()), (StatusCode::PARTIAL_CONTENT, Bytes::from("01")));
+        let other = send(&svc, with(Method::GET, "/r", &[("range", "bytes=0-1"), ("if-range", "\"r0\"")])).await;
+        assert_eq!((other.status, other.body.clone()), (StatusCode::OK, Bytes::from("0123456789")));
+        let head = send(&svc, with(Method::HEAD, "/r", &[("range", "bytes=0-1")])).await;
+        assert_eq!((head.status, head.body.len()), (StatusCode::OK, 0));
+        assert_eq!(origin.calls(), 1);
     }
 }

@@ -27,6 +27,10 @@ impl Drop for Proxy {
 }
 
 fn start_proxy(upstream: SocketAddr, redis: Option<&str>) -> Proxy {
+    start_proxy_with(upstream, redis, &[])
+}
+
+fn start_proxy_with(upstream: SocketAddr, redis: Option<&str>, extra: &[&str]) -> Proxy {
     let exe = std::env::current_exe().unwrap();
     let bin = exe
         .parent()
@@ -49,6 +53,7 @@ fn start_proxy(upstream: SocketAddr, redis: Option<&str>) -> Proxy {
     if let Some(url) = redis {
         cmd.args(["--redis", url]);
     }
+    cmd.args(extra);
     let mut child = cmd.stdout(Stdio::piped()).spawn().expect("start the proxy");
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
@@ -155,6 +160,10 @@ async fn check(redis: Option<&str>) {
     // Conditional request against the stored entry.
     let (s, _, _) = call(p, "GET", "/fresh", &[("if-none-match", "W/\"v1\"")], "").await;
     assert_eq!(s, 304);
+    // A range of it (RFC 9110 §14).
+    let (s, h, body) = call(p, "GET", "/fresh", &[("range", "bytes=0-4")], "").await;
+    assert_eq!((s, body.as_str()), (206, "fresh"));
+    assert_eq!(h["content-range"], "bytes 0-4/7");
 
     // no-store is never stored.
     call(p, "GET", "/nostore", &[], "").await;
@@ -295,4 +304,207 @@ async fn caching_proxy_on_the_memory_store() {
 async fn caching_proxy_on_redis() {
     let url = support::redis_url();
     check(Some(&url)).await;
+}
+
+/// An upstream in a runtime of its own, so that stopping it closes every
+/// connection too: `/short` is fresh for a second, `/strict` too but with
+/// `must-revalidate`. Returns its address and the stop switch.
+fn killable_upstream() -> (SocketAddr, std::sync::mpsc::Sender<()>) {
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.spawn(async move {
+            let n = Arc::new(AtomicU64::new(0));
+            let app = Router::new()
+                .route(
+                    "/short",
+                    get(|State(n): State<Arc<AtomicU64>>| async move {
+                        let v = n.fetch_add(1, Ordering::SeqCst) + 1;
+                        ([("cache-control", "max-age=1")], format!("short {v}"))
+                    }),
+                )
+                .route(
+                    "/strict",
+                    get(|| async { ([("cache-control", "max-age=1, must-revalidate")], "strict") }),
+                )
+                .with_state(n);
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addr_tx.send(listener.local_addr().unwrap()).unwrap();
+            axum::serve(listener, app).await.unwrap();
+        });
+        let _ = stop_rx.recv();
+        rt.shutdown_background();
+    });
+    (addr_rx.recv().unwrap(), stop_tx)
+}
+
+/// RFC 9111 §4.2.4 and §5.2.1 through the proxy: request directives are
+/// honoured, and with the upstream gone a stale entry is served unless it
+/// forbids it.
+async fn stale_when_unreachable(redis: Option<&str>) {
+    let (up, stop) = killable_upstream();
+    let proxy = start_proxy(up, redis);
+    let p = proxy.1.as_str();
+    assert_eq!(call(p, "GET", "/short", &[], "").await.2, "short 1");
+    let (_, h, body) = call(p, "GET", "/short", &[("cache-control", "max-age=0")], "").await;
+    assert_eq!(body, "short 2", "request max-age=0 revalidates: {h:?}");
+    let (s, _, _) = call(
+        p,
+        "GET",
+        "/nothing",
+        &[("cache-control", "only-if-cached")],
+        "",
+    )
+    .await;
+    assert_eq!(s, 504);
+    call(p, "GET", "/strict", &[], "").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    stop.send(()).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let (s, h, body) = call(p, "GET", "/short", &[], "").await;
+    assert_eq!(
+        (s, body.as_str()),
+        (200, "short 2"),
+        "stale while the upstream is down"
+    );
+    let status = h["cache-status"].to_str().unwrap();
+    assert!(
+        status.contains("fwd=stale") && status.contains("detail=unreachable"),
+        "{status}"
+    );
+    let (s, _, _) = call(p, "GET", "/strict", &[], "").await;
+    assert_eq!(s, 502, "must-revalidate: never stale");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_when_unreachable_and_request_directives_on_the_memory_store() {
+    stale_when_unreachable(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_when_unreachable_and_request_directives_on_redis() {
+    let url = support::redis_url();
+    stale_when_unreachable(Some(&url)).await;
+}
+
+/// An upstream tagging its pages: `/t/<n>` is fresh for an hour with
+/// `Surrogate-Key: <tag> page-<n>`, its body counting the loads.
+async fn tagging_upstream(tag: &'static str) -> SocketAddr {
+    let loads = Arc::new(AtomicU64::new(0));
+    let app = Router::new()
+        .route(
+            "/t/{n}",
+            get(
+                move |State(l): State<Arc<AtomicU64>>,
+                      axum::extract::Path(n): axum::extract::Path<u32>| async move {
+                    let v = l.fetch_add(1, Ordering::SeqCst) + 1;
+                    let keys = format!("{tag} page-{n}");
+                    (
+                        [
+                            ("cache-control", "max-age=3600".to_owned()),
+                            ("surrogate-key", keys),
+                        ],
+                        format!("page {n} load {v}"),
+                    )
+                },
+            ),
+        )
+        .with_state(loads);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_is_refused_without_a_token_and_by_url_with_one() {
+    let up = tagging_upstream("off").await;
+    let off = start_proxy(up, None);
+    let (s, _, _) = call(&off.1, "PURGE", "/t/1", &[], "").await;
+    assert_eq!(s, 405, "PURGE is off without --purge-token");
+    let proxy = start_proxy_with(up, None, &["--purge-token", "s3cret"]);
+    let p = proxy.1.as_str();
+    let host = ("host", "shop.example");
+    let (_, h, first) = call(p, "GET", "/t/1", &[host], "").await;
+    assert!(!h.contains_key("surrogate-key"), "tags stay in the cache");
+    assert_eq!(call(p, "GET", "/t/1", &[host], "").await.2, first);
+    for auth in [None, Some("Bearer wrong"), Some("s3cret")] {
+        let mut headers = vec![host];
+        headers.extend(auth.map(|a| ("authorization", a)));
+        let (s, h, _) = call(p, "PURGE", "/t/1", &headers, "").await;
+        assert_eq!(
+            (s, h["www-authenticate"].to_str().unwrap()),
+            (401, "Bearer"),
+            "{auth:?}"
+        );
+    }
+    assert_eq!(
+        call(p, "GET", "/t/1", &[host], "").await.2,
+        first,
+        "nothing purged"
+    );
+    let (s, _, _) = call(
+        p,
+        "PURGE",
+        "/t/1",
+        &[host, ("authorization", "Bearer s3cret")],
+        "",
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_ne!(call(p, "GET", "/t/1", &[host], "").await.2, first, "purged");
+}
+
+/// Three proxies on one Redis: a PURGE with `Surrogate-Key` through one
+/// drops the tagged pages on all; a soft purge keeps them for revalidation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_by_surrogate_key_reaches_three_proxies_on_redis() {
+    let url = support::redis_url();
+    let tag = "fleet-tag";
+    let up = tagging_upstream(tag).await;
+    let fleet: Vec<Proxy> = (0..3)
+        .map(|_| start_proxy_with(up, Some(&url), &["--purge-token", "s3cret"]))
+        .collect();
+    let host = ("host", "fleet.example");
+    let mut bodies = Vec::new();
+    for (i, proxy) in fleet.iter().enumerate() {
+        bodies.push(
+            call(&proxy.1, "GET", &format!("/t/{i}"), &[host], "")
+                .await
+                .2,
+        );
+    }
+    for (i, proxy) in fleet.iter().enumerate() {
+        let (_, _, b) = call(&proxy.1, "GET", &format!("/t/{}", (i + 1) % 3), &[host], "").await;
+        assert_eq!(b, bodies[(i + 1) % 3], "shared through Redis");
+    }
+    let auth = ("authorization", "Bearer s3cret");
+    let (s, _, body) = call(
+        &fleet[1].1,
+        "PURGE",
+        "/",
+        &[host, auth, ("surrogate-key", tag)],
+        "",
+    )
+    .await;
+    assert_eq!((s, body.as_str()), (200, "purged 3 URLs\n"));
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    for (i, proxy) in fleet.iter().enumerate() {
+        let (_, _, b) = call(&proxy.1, "GET", &format!("/t/{i}"), &[host], "").await;
+        assert_ne!(b, bodies[i], "purged on every proxy");
+    }
+    // Soft: one page, by its own tag; it is kept and revalidated on next use
+    // (this upstream has no validators, so it is refetched).
+    let before = call(&fleet[0].1, "GET", "/t/0", &[host], "").await.2;
+    let soft = [host, auth, ("surrogate-key", "page-0"), ("soft-purge", "1")];
+    let (s, _, body) = call(&fleet[2].1, "PURGE", "/", &soft, "").await;
+    assert_eq!((s, body.as_str()), (200, "purged 1 URLs\n"));
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let (_, h, after) = call(&fleet[1].1, "GET", "/t/0", &[host], "").await;
+    assert_ne!(after, before, "{h:?}");
 }

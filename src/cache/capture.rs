@@ -16,7 +16,7 @@ use http::Response;
 use http_body::{Body, Frame};
 
 use super::fill::{Fill, FillCtx};
-use super::origin::serve_stale_on_error;
+use super::origin::{serve_stale_on_error, Failed};
 use super::response::{cache_status, refusal, Refusal, CACHE_STATUS};
 
 /// The chunks read so far, up to the cap.
@@ -136,7 +136,14 @@ impl Capture {
                 } else {
                     format!("{}; detail=store-error", self.forwarded)
                 };
-                let bytes = self.fill.finish(&self.chunks.parts);
+                let mut bytes = self.fill.finish(&self.chunks.parts);
+                let ranges = &self.ctx.cond.ranges;
+                if let Some((partial, body)) =
+                    ranges.apply(parts.status, &mut parts.headers, &bytes)
+                {
+                    parts.status = partial;
+                    bytes = body;
+                }
                 (crate::ResponseBody::full(bytes), params)
             }
             Read::Over(over) => {
@@ -147,7 +154,8 @@ impl Capture {
             // The origin failed mid-body, before the client saw a byte:
             // stale if allowed, else 502. Nothing is stored.
             Read::Failed(_) => {
-                let res = serve_stale_on_error(&self.fill.leader, &self.ctx, 502)
+                let failed = Failed::Unreachable(None);
+                let res = serve_stale_on_error(&self.fill.leader, &self.ctx, failed)
                     .unwrap_or_else(|| refusal(&name, Refusal::BadGateway, self.ctx.grpc));
                 return res.map(crate::ResponseBody::full);
             }

@@ -5,26 +5,31 @@ use std::time::Duration;
 
 use http::HeaderName;
 
+use super::freshness::Heuristic;
 use super::key::KeyRules;
 use super::policy::Rules;
+use super::tags::TagRules;
 use crate::error::ConfigError;
 
 /// How request `Cache-Control` directives are treated.
 ///
 /// A client must not be able to force origin load: by default they are
-/// ignored, as most CDNs do. With [`Honor`](Self::Honor), `no-cache` and
-/// `max-age=0` revalidate an entry only once it is at least `min_age` old,
-/// and concurrent forced requests still collapse into one origin call; so
-/// one key costs the origin at most one call per `min_age` however hard
-/// clients push. `no-store` then keeps the request's response out of the
-/// cache, and `only-if-cached` answers a miss with 504 without asking the origin.
+/// ignored, as most CDNs do. With [`Honor`](Self::Honor) (RFC 9111
+/// §5.2.1), `no-cache`, `max-age` and `min-fresh` revalidate an entry
+/// that does not satisfy them — but only once it is at least `min_age`
+/// old, and concurrent forced requests still collapse into one origin
+/// call; so one key costs the origin at most one call per `min_age`
+/// however hard clients push. `max-stale` takes a stale entry (unless it
+/// says `must-revalidate`, `proxy-revalidate` or `s-maxage`), `no-store`
+/// keeps the request's response out of the cache, and `only-if-cached`
+/// answers from the cache or with 504, without asking the origin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum RequestDirectives {
     /// Request directives change nothing (default).
     #[default]
     Ignore,
-    /// Honour `no-cache`, `max-age=0` and `no-store`, with a floor on revalidation.
+    /// Honour the request directives, with a floor on revalidation.
     Honor {
         /// Entries younger than this are served even to a `no-cache` request.
         min_age: Duration,
@@ -91,6 +96,7 @@ pub(crate) struct Config {
     pub(crate) l1: Option<L1Config>,
     /// Bytes the in-process tier holds at most.
     pub(crate) l1_bytes: usize,
+    pub(crate) tags: TagRules,
 }
 
 impl Default for Config {
@@ -104,6 +110,8 @@ impl Default for Config {
                 strip_set_cookie: false,
                 cache_authorized: false,
                 share_cookie_requests: false,
+                heuristic: Some(Heuristic::default()),
+                stale_if_unreachable: Duration::ZERO,
             },
             key: KeyRules {
                 scope: "default".into(),
@@ -121,6 +129,7 @@ impl Default for Config {
             on_failure: FailurePolicy::default(),
             l1: None,
             l1_bytes: 16 << 20,
+            tags: TagRules::default(),
         }
     }
 }
@@ -148,6 +157,12 @@ impl Config {
             within("negative_ttl", ttl, ms, MAX_TTL)?;
         }
         within("keep_stale", r.keep_stale, Duration::ZERO, MAX_TTL)?;
+        within(
+            "stale_if_unreachable",
+            r.stale_if_unreachable,
+            Duration::ZERO,
+            MAX_TTL,
+        )?;
         within("lock_ttl", self.lock_ttl, ms, MAX_WAIT)?;
         within("max_wait", self.wait, Duration::ZERO, MAX_WAIT)?;
         if let RequestDirectives::Honor { min_age } = self.directives {
@@ -157,6 +172,14 @@ impl Config {
                 Duration::ZERO,
                 MAX_TTL,
             )?;
+        }
+        if let Some(h) = r.heuristic {
+            within("heuristic_freshness max", h.max, Duration::ZERO, MAX_TTL)?;
+            if !(0.0..=1.0).contains(&h.fraction) {
+                return Err(ConfigError::new(
+                    "heuristic_freshness fraction must be within 0 and 1",
+                ));
+            }
         }
         if let Some(l1) = self.l1 {
             within("l1 max_age", l1.max_age, Duration::ZERO, MAX_TTL)?;
@@ -179,6 +202,10 @@ impl Config {
                 self.name
             )));
         }
+        self.rules.heuristic = self
+            .rules
+            .heuristic
+            .filter(|h| h.fraction > 0.0 && !h.max.is_zero());
         self.key.headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         self.key.headers.dedup();
         let bytes = self.l1_bytes;
@@ -231,6 +258,10 @@ mod tests {
             ),
             ("keep_stale", Box::new(move |c| c.rules.keep_stale = max)),
             (
+                "stale_if_unreachable",
+                Box::new(move |c| c.rules.stale_if_unreachable = max),
+            ),
+            (
                 "min_age",
                 Box::new(move |c| c.directives = RequestDirectives::Honor { min_age: max }),
             ),
@@ -244,6 +275,19 @@ mod tests {
                 }),
             ),
             ("jitter", Box::new(|c| c.rules.jitter = f64::NAN)),
+            (
+                "heuristic_freshness fraction",
+                Box::new(|c| {
+                    c.rules.heuristic = Some(Heuristic {
+                        fraction: 1.5,
+                        max: Duration::ZERO,
+                    })
+                }),
+            ),
+            (
+                "heuristic_freshness max",
+                Box::new(move |c| c.rules.heuristic = Some(Heuristic { fraction: 0.1, max })),
+            ),
             ("jitter", Box::new(|c| c.rules.jitter = 1.0)),
             ("max_body_size", Box::new(|c| c.max_body = usize::MAX)),
             ("max_variants", Box::new(|c| c.max_variants = 0)),

@@ -2,7 +2,7 @@
 //! with bounds checks only (never a general-purpose deserialiser).
 //!
 //! ```text
-//! magic "TRLC" | version u8 | flags u8 | status u16
+//! magic "TRLC" | version u8 | flags u8 (1 must-revalidate, 2 s-maxage) | status u16
 //! key_tag u64 | stored_ms u64 | fresh_ms u64 | age_s u32 | swr_s u32 | sie_s u32
 //! header count u16 | { name_len u16 | name | value_len u32 | value } …
 //! body_len u32 | body
@@ -18,6 +18,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 const MAGIC: &[u8; 4] = b"TRLC";
 const VERSION: u8 = 1;
 const FLAG_MUST_REVALIDATE: u8 = 1;
+const FLAG_S_MAXAGE: u8 = 2;
 const FIXED: usize = 4 + 1 + 1 + 2 + 8 * 3 + 4 * 3 + 2;
 /// Most header fields an entry holds; a response with more is not stored.
 pub(crate) const MAX_HEADERS: usize = 512;
@@ -40,6 +41,8 @@ pub(crate) struct Meta {
     pub(crate) sie_s: u32,
     /// `must-revalidate` / `proxy-revalidate`: never served stale.
     pub(crate) must_revalidate: bool,
+    /// `s-maxage`: stale only where the origin explicitly allows it.
+    pub(crate) s_maxage: bool,
 }
 
 impl Meta {
@@ -103,11 +106,10 @@ pub(crate) fn encode(meta: &Meta, headers: &HeaderMap, body: &[Bytes]) -> Bytes 
     let mut buf = BytesMut::with_capacity(FIXED + head_len + 4 + body_len + 8);
     buf.put_slice(MAGIC);
     buf.put_u8(VERSION);
-    buf.put_u8(if meta.must_revalidate {
-        FLAG_MUST_REVALIDATE
-    } else {
-        0
-    });
+    let flag = |on, f| if on { f } else { 0 };
+    buf.put_u8(
+        flag(meta.must_revalidate, FLAG_MUST_REVALIDATE) | flag(meta.s_maxage, FLAG_S_MAXAGE),
+    );
     buf.put_u16(meta.status);
     buf.put_u64(meta.key_tag);
     buf.put_u64(meta.stored_ms);
@@ -210,6 +212,7 @@ pub(crate) fn decode(raw: Bytes) -> Result<Entry, DecodeError> {
         swr_s: r.u32()?,
         sie_s: r.u32()?,
         must_revalidate: flags & FLAG_MUST_REVALIDATE != 0,
+        s_maxage: flags & FLAG_S_MAXAGE != 0,
     };
     let count = usize::from(r.u16()?);
     if count > MAX_HEADERS {
@@ -254,6 +257,7 @@ mod tests {
             swr_s: 10,
             sie_s: 0,
             must_revalidate: true,
+            s_maxage: true,
         };
         let mut h = HeaderMap::new();
         h.insert("content-type", HeaderValue::from_static("text/plain"));

@@ -8,7 +8,6 @@ use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use http::header::{ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED};
 use http::response::Parts;
 use http::{HeaderValue, Request, Response};
 use http_body::Body;
@@ -16,12 +15,14 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::capture::Capture;
+use super::conditional::revalidating;
 use super::decide::HitKind;
 use super::fill::FillCtx;
 use super::invalidate::Targets;
 use super::leader::Leader;
-use super::origin::{on_origin, serve_stale_on_error, Answer};
+use super::origin::{on_origin, serve_stale_on_error, Answer, Failed};
 use super::purges::Invalidated;
+use super::refresh::spawn_refresh;
 use super::resolve::Resolution;
 use super::response::{cache_status, refusal, serve, Refusal, CACHE_STATUS};
 use super::shared::Shared;
@@ -74,7 +75,6 @@ pub(crate) struct Pending<S, B> {
     pub(crate) inner: S,
     pub(crate) shared: Arc<Shared>,
     pub(crate) ctx: FillCtx,
-    pub(crate) head: bool,
 }
 
 /// What to do with the inner service's response.
@@ -131,14 +131,17 @@ where
 /// The state after the cache resolved a request.
 fn resolved<S, B, R>(p: Pending<S, B>, r: Resolution) -> State<S, B, R>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<B>, Response = Response<R>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    R: Body<Data = Bytes> + Send + 'static,
+    R::Error: Send,
 {
     let Pending {
         mut req,
         mut inner,
         shared,
         ctx,
-        head,
     } = p;
     let name = &shared.cfg.name;
     let res = match r {
@@ -148,26 +151,27 @@ where
                 HitKind::Local => "hit; detail=l1",
                 HitKind::Collapsed => "fwd=miss; collapsed",
             };
-            serve(name, &e, shared.now_ms(), head, &ctx.cond, params)
+            serve(
+                &shared.cfg,
+                &e,
+                shared.now_ms(),
+                ctx.head,
+                &ctx.cond,
+                params,
+            )
         }
         Resolution::Fill(leader) => {
-            // The cache fills with a full response: the client's own
-            // conditions are answered from the entry, not forwarded.
-            let h = req.headers_mut();
-            h.remove(IF_NONE_MATCH);
-            h.remove(IF_MODIFIED_SINCE);
-            if let Some(stale) = &leader.stale {
-                if let Some(etag) = stale.headers.get(ETAG) {
-                    h.insert(IF_NONE_MATCH, etag.clone());
-                }
-                if let Some(lm) = stale.headers.get(LAST_MODIFIED) {
-                    h.insert(IF_MODIFIED_SINCE, lm.clone());
-                }
-            }
+            revalidating(req.headers_mut(), &leader);
             return State::Calling {
                 fut: inner.call(req),
                 after: Some(After::Fill(Box::new((leader, ctx)))),
             };
+        }
+        Resolution::Refresh(e, leader) => {
+            let res = serve(&shared.cfg, &e, shared.now_ms(), ctx.head, &ctx.cond, "hit");
+            revalidating(req.headers_mut(), &leader);
+            spawn_refresh(inner.call(req), leader, ctx);
+            res
         }
         // RFC 9111 §5.2.1.7: nothing stored, so 504 without asking the origin.
         Resolution::Pass(_) if ctx.only_if_cached => refusal(name, Refusal::OnlyIfCached, ctx.grpc),
@@ -186,7 +190,11 @@ where
 impl<S, B, R> Future for ResponseFuture<S, B, R>
 where
     S: Service<Request<B>, Response = Response<R>>,
-    R: Body<Data = Bytes>,
+    // A background refresh (stale-while-revalidate) runs in a task.
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    R: Body<Data = Bytes> + Send + 'static,
+    R::Error: Send,
 {
     type Output = Result<Response<crate::ResponseBody<R>>, S::Error>;
 
@@ -207,7 +215,10 @@ fn poll_state<S, B, R>(
 ) -> Poll<Result<Response<crate::ResponseBody<R>>, S::Error>>
 where
     S: Service<Request<B>, Response = Response<R>>,
-    R: Body<Data = Bytes>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    R: Body<Data = Bytes> + Send + 'static,
+    R::Error: Send,
 {
     {
         const DONE: &str = "ResponseFuture polled after completion";
@@ -231,7 +242,8 @@ where
                         }
                         (After::Fill(fill), Err(e)) => {
                             let (leader, ctx) = &*fill;
-                            let stale = serve_stale_on_error(leader, ctx, 500);
+                            let stale =
+                                serve_stale_on_error(leader, ctx, Failed::Unreachable(None));
                             return Poll::Ready(
                                 stale.map(|r| r.map(crate::ResponseBody::full)).ok_or(e),
                             );

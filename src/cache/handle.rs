@@ -1,19 +1,14 @@
-//! [`CacheHandle`]: the cache for application code — `get_or_load` (the
-//! cache-aside of a database row) and invalidation by URI or key.
+//! [`CacheHandle`]: the cache for application code — invalidation by URI,
+//! key or tag, hard or soft; its application values are in [`app`](super::app).
 
-use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::Bytes;
 use http::{HeaderMap, Uri};
 
-use super::fill::store_value;
-use super::flight::Outcome;
 use super::key::app_url;
 use super::purges::{purge_urls, retry_later};
-use super::resolve::{resolve, Ask, Resolution};
 use super::shared::Shared;
+use super::tags::tag_key;
 use crate::error::{ConfigError, StoreError};
 
 /// Application access to a [`ResponseCacheLayer`](super::ResponseCacheLayer)'s
@@ -21,55 +16,12 @@ use crate::error::{ConfigError, StoreError};
 /// Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct CacheHandle {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
 }
 
 impl CacheHandle {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         Self { shared }
-    }
-
-    /// The value stored under `key`, or the one `loader` produces, stored
-    /// for `ttl` (shortened by the layer's jitter; clamped to 1 ms – ten
-    /// years, so no value can overflow).
-    ///
-    /// Concurrent calls for one key, in this process and on every instance
-    /// sharing the store, run `loader` once; the others wait (bounded by the
-    /// layer's `max_wait`) and get its value. If the store fails, `loader`
-    /// runs and a warning is logged. A loader error is returned to its
-    /// caller and nothing is stored; waiting callers then load themselves.
-    pub async fn get_or_load<F, Fut, E>(
-        &self,
-        key: &str,
-        ttl: Duration,
-        loader: F,
-    ) -> Result<Bytes, E>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Bytes, E>>,
-    {
-        let ask = Ask {
-            url: app_url(&self.shared.cfg.key.scope, key),
-            headers: Arc::new(HeaderMap::new()),
-            lookup_only: false,
-            force_older_than: None,
-        };
-        match resolve(self.shared.clone(), ask).await {
-            Resolution::Hit(e, _) => Ok(e.body),
-            // The loader is the application's own origin: it runs even
-            // when the layer fails closed.
-            Resolution::Pass(_) | Resolution::Unavailable => loader().await,
-            Resolution::Fill(leader) => match loader().await {
-                Ok(v) => {
-                    store_value(leader, &v, ttl);
-                    Ok(v)
-                }
-                Err(e) => {
-                    leader.end(Outcome::Abandoned);
-                    Err(e)
-                }
-            },
-        }
     }
 
     /// Drops the value of `key` (from [`get_or_load`](Self::get_or_load)) on
@@ -79,7 +31,7 @@ impl CacheHandle {
         self.purge(url).await
     }
 
-    async fn purge(&self, url: Arc<str>) -> Result<(), StoreError> {
+    pub(super) async fn purge(&self, url: Arc<str>) -> Result<(), StoreError> {
         let result = self.shared.purge(&url).await.map(drop);
         if result.is_err() {
             retry_later(&self.shared, &url);
@@ -109,6 +61,33 @@ impl CacheHandle {
         super::shared::spawn(async move {
             fut.await;
         });
+    }
+
+    /// Drops every entry whose response named `tag` in the layer's tag
+    /// header (`Surrogate-Key` by default), on every instance; the number
+    /// of URLs purged. Responses fetched before the purge are not stored
+    /// after it, as with any purge. On Redis the tag's URLs are read from
+    /// its own key, then purged in batches (per cluster slot).
+    pub async fn purge_tag(&self, tag: &str) -> Result<u64, StoreError> {
+        let key = tag_key(&self.shared.cfg.key.scope, tag);
+        self.shared.home.purge_tag(&key, false).await
+    }
+
+    /// Marks every entry whose response named `tag` stale, on every
+    /// instance, keeping them: the next request for each revalidates it
+    /// (one request across the fleet; within `stale-while-revalidate` the
+    /// others are served the stale entry meanwhile). The number of URLs.
+    pub async fn soft_purge_tag(&self, tag: &str) -> Result<u64, StoreError> {
+        let key = tag_key(&self.shared.cfg.key.scope, tag);
+        self.shared.home.purge_tag(&key, true).await
+    }
+
+    /// Marks every variant of a GET of `uri` stale on every instance (see
+    /// [`soft_purge_tag`](Self::soft_purge_tag)); `uri` as for
+    /// [`invalidate`](Self::invalidate).
+    pub async fn soft_purge_url(&self, uri: &Uri) -> Result<(), StoreError> {
+        let url = self.url_of(uri)?;
+        self.shared.soft_purge(&url).await.map(drop)
     }
 
     fn url_of(&self, uri: &Uri) -> Result<Arc<str>, StoreError> {

@@ -211,11 +211,12 @@ pub(crate) fn variant(spec: &str, request: &HeaderMap) -> Arc<str> {
 
 /// The URL digest of an application key (`get_or_load`).
 pub(crate) fn app_url(scope: &str, key: &str) -> Arc<str> {
-    let mut s = String::with_capacity(scope.len() + key.len() + 6);
-    s.push_str(scope);
-    s.push_str("\0app\0");
-    s.push_str(key);
-    digest(s.as_bytes()).into()
+    scoped(scope, "app", key)
+}
+
+/// Digest of a name of some `kind` within a layer's scope.
+pub(crate) fn scoped(scope: &str, kind: &str, name: &str) -> Arc<str> {
+    digest([scope, kind, name].join("\0").as_bytes()).into()
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use http::HeaderName;
 use tower_layer::Layer;
 
 use super::config::{Config, FailurePolicy, L1Config, RequestDirectives};
+use super::freshness::Heuristic;
 use super::handle::CacheHandle;
 use super::service::ResponseCache;
 use super::shared::Shared;
@@ -69,8 +70,10 @@ impl ResponseCacheLayerBuilder {
         self
     }
 
-    /// Store 404, 405, 410, 414 and 501 for at most this long, 1 ms to ten
-    /// years (default: never).
+    /// Store errors for at most this long, 1 ms to ten years. With a
+    /// [`default_ttl`](Self::default_ttl) every 4xx and 5xx is stored only
+    /// with one (default: never); in a pure HTTP cache it caps 404, 405,
+    /// 410, 414 and 501 and is their lifetime when the origin states none.
     pub fn negative_ttl(mut self, ttl: Duration) -> Self {
         self.cfg.rules.negative_ttl = Some(ttl);
         self
@@ -88,6 +91,32 @@ impl ResponseCacheLayerBuilder {
     /// once stale, to be revalidated with a conditional request (default 60 s).
     pub fn keep_stale(mut self, d: Duration) -> Self {
         self.cfg.rules.keep_stale = d;
+        self
+    }
+
+    /// Heuristic freshness (RFC 9111 §4.2.2) for a response without an
+    /// explicit lifetime but with `Last-Modified`: `fraction` of the time
+    /// since that date, at most `max` (default 10%, at most a day). Only
+    /// for heuristically cacheable statuses (200, 203, 204, 300, 301, 308,
+    /// 404, 405, 410, 414, 501) or responses marked `public`, and only
+    /// without a [`default_ttl`](Self::default_ttl), which takes its
+    /// place. A fraction or maximum of zero turns it off; `fraction` is
+    /// within 0 and 1, `max` at most ten years.
+    pub fn heuristic_freshness(mut self, fraction: f64, max: Duration) -> Self {
+        self.cfg.rules.heuristic = Some(Heuristic { fraction, max });
+        self
+    }
+
+    /// Serve a stored response up to `max` past its freshness when the
+    /// origin cannot be reached (RFC 9111 §4.2.4): the inner service
+    /// fails, its response carries [`OriginUnreachable`](super::OriginUnreachable)
+    /// (a proxy's 502 or 504 for a refused, reset or timed-out connection),
+    /// or the body fails midway. Never for a response that says
+    /// `must-revalidate`, `proxy-revalidate`, `no-cache` or `s-maxage`
+    /// (unless its `stale-if-error` allows it). Entries are kept in the
+    /// store that much longer. Default: zero (off); at most ten years.
+    pub fn stale_if_unreachable(mut self, max: Duration) -> Self {
+        self.cfg.rules.stale_if_unreachable = max;
         self
     }
 
@@ -247,6 +276,22 @@ impl ResponseCacheLayerBuilder {
     /// see [`l1`](Self::l1)).
     pub fn l1_capacity(mut self, bytes: usize) -> Self {
         self.cfg.l1_bytes = bytes;
+        self
+    }
+
+    /// The response header that names a response's tags (surrogate keys),
+    /// separated by spaces or commas (default `Surrogate-Key`; `Cache-Tag`
+    /// is the other common name). [`CacheHandle::purge_tag`] drops every
+    /// entry that named a tag, on every instance.
+    pub fn tag_header(mut self, name: HeaderName) -> Self {
+        self.cfg.tags.header = name;
+        self
+    }
+
+    /// Remove the tag header from what clients get (default on: tags are
+    /// for the cache, as at a CDN).
+    pub fn strip_tag_header(mut self, on: bool) -> Self {
+        self.cfg.tags.strip = on;
         self
     }
 

@@ -27,11 +27,11 @@
 //!
 //! Customised: an application TTL for handlers that state none, short
 //! negative caching, a normalised query, a header in the key, and a handle
-//! for application values:
+//! for application values (read-through, write-through, tags):
 //!
 //! ```
 //! use std::time::Duration;
-//! use tower_redis_layers::cache::{RequestDirectives, ResponseCacheLayer};
+//! use tower_redis_layers::cache::{RequestDirectives, ResponseCacheLayer, Stored};
 //! use tower_redis_layers::MemoryStore;
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -52,30 +52,62 @@
 //!     })
 //!     .await?;
 //! assert_eq!(row, "{\"id\":42}");
+//! // Write-through after the row changed, tagged for a later purge_tag("items").
+//! let tagged = Stored::ttl(Duration::from_secs(30)).tag("items");
+//! cache.put("item:42", bytes::Bytes::from_static(b"{\"id\":42,\"v\":2}"), tagged).await?;
 //! cache.invalidate(&"http://api.example/api/items/42".parse()?).await?;
+//! cache.purge_tag("items").await?;
 //! # Ok(()) }
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run()).unwrap();
 //! ```
 //!
 //! # What is stored
 //!
-//! GET responses (HEAD is answered from them) with status 200, 203, 204,
-//! 300, 301 or 308, unless the response says `no-store` or `private`,
-//! carries `Set-Cookie`, or the request carried `Authorization` (RFC 9111
-//! §3.5: then only a response that says `public`, `s-maxage` or
-//! `must-revalidate`), or the request carried `Cookie` (then only a response
-//! that explicitly shares itself with `public` or `s-maxage`, never one on
-//! the default TTL: it may be about the client whose cookies it saw) — each
-//! lifted only by configuration
+//! GET responses (HEAD is answered from them) with a final status (not
+//! 206 or 304) and a freshness lifetime (RFC 9111 §3, §4.2): `s-maxage`,
+//! else `max-age`, else `Expires` minus `Date` (any status); without
+//! those, for the heuristically cacheable statuses (200, 203, 204, 300,
+//! 301, 308, 404, 405, 410, 414, 501) or a response marked `public`, the
+//! layer's [`default_ttl`](ResponseCacheLayerBuilder::default_ttl) (with
+//! jitter) or, without one, heuristic freshness: 10% of the time since
+//! `Last-Modified`, at most a day
+//! ([`heuristic_freshness`](ResponseCacheLayerBuilder::heuristic_freshness)).
+//! A response with an `ETag` and no lifetime is stored stale, to be
+//! revalidated. Not stored: `no-store` (unless `must-understand` and a
+//! status this cache knows, §5.2.2.3), `private`, `Set-Cookie`, a response
+//! to a request with `Authorization` (§3.5: then only a response that says
+//! `public`, `s-maxage` or `must-revalidate`), or to one with `Cookie`
+//! (then only a response that explicitly shares itself with `public` or
+//! `s-maxage`, never one on the default TTL: it may be about the client
+//! whose cookies it saw) — each lifted only by configuration
 //! ([`store_set_cookie_responses`](ResponseCacheLayerBuilder::store_set_cookie_responses),
 //! [`cache_authorized`](ResponseCacheLayerBuilder::cache_authorized),
 //! [`share_cookie_requests`](ResponseCacheLayerBuilder::share_cookie_requests)).
-//! 404, 405, 410, 414 and 501 are stored only with a
-//! [`negative_ttl`](ResponseCacheLayerBuilder::negative_ttl). Freshness
-//! comes from `s-maxage`, else `max-age`, else `Expires`, else the layer's
-//! [`default_ttl`](ResponseCacheLayerBuilder::default_ttl) (with jitter);
-//! without any, nothing is stored. `Vary: *` is never stored. Requests with
-//! `Range` bypass the cache.
+//! A qualified `private="..."` or `no-cache="..."` keeps only the fields it
+//! names out of the entry.
+//!
+//! With a `default_ttl` (application mode) errors (4xx, 5xx) are stored
+//! only with a [`negative_ttl`](ResponseCacheLayerBuilder::negative_ttl),
+//! and for at most that long; in a pure HTTP cache the `negative_ttl`, if
+//! set, caps 404, 405, 410, 414 and 501 and serves as their lifetime when
+//! the origin states none.
+//!
+//! Parsing follows the grammar, on the safe side where a field is broken:
+//! a `Cache-Control` directive given twice keeps its first value, an
+//! invalid delta-seconds is 0 (stale), one past 2^31 is 2^31; conflicting
+//! directives honour the most restrictive (§4.2.1). `Expires` is read in
+//! the three HTTP-date formats (RFC 9110 §5.6.7; a two-digit year more
+//! than 50 years ahead is in the past century), anything else is a time in
+//! the past (§5.3). An `Age` that is a list keeps its first member, an
+//! invalid one is ignored (§5.1); the age on arrival also counts how long
+//! ago the response's `Date` was (§4.2.3). `Vary: *` is never stored.
+//!
+//! A `Range` request is answered from a stored complete `200` (RFC 9110
+//! §14): `206` with the byte range, suffix ranges included, several as
+//! `multipart/byteranges`, `416` when none is satisfiable, the whole
+//! response when `If-Range` does not match (strong comparison) or the
+//! field is invalid. A fill fetches the whole response without `Range` and
+//! cuts the range from it; `206` responses themselves are never stored.
 //!
 //! A request carrying an *unkeyed input* — a header the key ignores but an
 //! app may act on (`Forwarded`, `X-Forwarded-Host`/`-Proto`/`-Scheme`/
@@ -98,7 +130,8 @@
 //! `{prefix}:cache:{<url digest>}:i` (index: the Vary spec and each
 //! variant's freshness), `…:e:<variant>` (entry), `…:l:<variant>` (fill
 //! lock), `…:p:<variant>` (hit-for-miss) and `…:g` (the URL's generation),
-//! all with a TTL, one hash tag per URL. The path is the one the layer
+//! all with a TTL, one hash tag per URL; a tag's URLs and last purge time
+//! are `{prefix}:cache:{t:<tag digest>}:m` and `…:p`. The path is the one the layer
 //! sees: inside axum's `Router::nest` the nest prefix is stripped, so caches
 //! in different nests sharing a store need [`scope`](ResponseCacheLayerBuilder::scope)s
 //! of their own.
@@ -107,13 +140,37 @@
 //!
 //! Hits carry `Age` and `Cache-Status` (RFC 9211): `trl; hit; ttl=12`,
 //! `trl; fwd=miss; fwd-status=200; stored; ttl=30` for the request that
-//! filled, `trl; fwd=miss; collapsed` for those that waited for it. A
-//! request whose `If-None-Match` (weak comparison) or `If-Modified-Since`
-//! matches an entry gets `304` with the fields RFC 9110 §15.4.5 requires.
-//! A stale entry with a validator is revalidated with a conditional request;
-//! a `304` refreshes it. `stale-while-revalidate` serves the stale entry to
-//! everyone but the one request revalidating it; `stale-if-error` serves it
-//! when the origin answers 5xx or fails.
+//! filled, `trl; fwd=miss; collapsed` for those that waited for it.
+//! Conditional requests are answered from an entry in the order of RFC
+//! 9110 §13.2.2: `If-Match` (strong comparison) and `If-Unmodified-Since`
+//! with `412`, `If-None-Match` (weak comparison) and `If-Modified-Since`
+//! (against `Last-Modified`, else `Date`) with `304` and the fields §15.4.5
+//! requires. With no usable entry the client's conditions go to the
+//! origin, and its `304` or `412` is that client's alone (the next request
+//! fills). A stale entry with a validator is revalidated with a conditional
+//! request of the cache's own; a `304` refreshes it (§4.3.4). HEAD is
+//! answered from the stored GET; a HEAD that reaches the origin stores
+//! nothing, but its `200` for the stored representation (same strong
+//! `ETag`, else same `Last-Modified`, and length) freshens the entry
+//! (§4.3.5). Interim (1xx) responses are never stored, and requests with
+//! `Upgrade` bypass the cache.
+//!
+//! # Stale responses
+//!
+//! Within `stale-while-revalidate` (RFC 5861) every request gets the stale
+//! entry at once, the one that takes the fill lock included: its
+//! revalidation runs in a task of its own (the inner service's future and
+//! response body are `Send + 'static` for that), once across the fleet.
+//! `stale-if-error` serves the entry when the origin answers 5xx or fails.
+//! When the origin cannot be reached (RFC 9111 §4.2.4) — the inner service
+//! fails, a body breaks off, or the service answers with a response marked
+//! [`OriginUnreachable`] (a proxy's 502 or 504) — an entry up to
+//! [`stale_if_unreachable`](ResponseCacheLayerBuilder::stale_if_unreachable)
+//! past its freshness is served (off by default; entries are kept that
+//! much longer), unless it said `must-revalidate`, `proxy-revalidate`,
+//! `no-cache` or `s-maxage`. `s-maxage` implies `proxy-revalidate`
+//! (§5.2.2.10), but an explicit `stale-while-revalidate` or
+//! `stale-if-error` beside it still applies: the origin asked for both.
 //!
 //! # One origin call per key
 //!
@@ -131,7 +188,9 @@
 //! behind the lock, and a response that is storable again is stored.
 //!
 //! Request `Cache-Control` is ignored by default so that clients cannot
-//! force origin load; see [`RequestDirectives`].
+//! force origin load; honoured (`max-age`, `max-stale`, `min-fresh`,
+//! `no-cache`, `no-store`, `only-if-cached`; RFC 9111 §5.2.1) with a floor
+//! on revalidation under [`RequestDirectives::Honor`].
 //!
 //! # Invalidation
 //!
@@ -141,6 +200,25 @@
 //! are on the same origin, before the response is returned — on every
 //! instance, since entries live in the store. [`CacheHandle`] invalidates by
 //! URI or by application key.
+//!
+//! Tags (surrogate keys): a response names its tags in `Surrogate-Key`
+//! (space- or comma-separated; [`tag_header`](ResponseCacheLayerBuilder::tag_header)
+//! to read `Cache-Tag` or another; removed before clients see it unless
+//! [`strip_tag_header`](ResponseCacheLayerBuilder::strip_tag_header)`(false)`),
+//! and [`CacheHandle::purge_tag`] drops every entry that named one, on
+//! every instance. The store keeps per tag the URLs of its live entries
+//! (on Redis a sorted set with a TTL, in a cluster slot of its own; the
+//! URLs are then purged per slot, 256 per call) and the time of its last
+//! purge: a fill tags itself before it writes, and stands down if the tag
+//! was purged since its lookup, so writes win for tags too (a fill that
+//! looked up within the purge's millisecond stands down as well).
+//!
+//! Soft purge ([`soft_purge_url`](CacheHandle::soft_purge_url),
+//! [`soft_purge_tag`](CacheHandle::soft_purge_tag)) keeps the entries but
+//! marks them stale from that instant (the URL's generation advances, and
+//! entries stored before it read as stale): the next request revalidates
+//! with their validators, one request across the fleet, and within
+//! `stale-while-revalidate` everyone is served the kept entry meanwhile.
 //!
 //! Writes win: a purge also advances the URL's generation, and a fill
 //! writes only under the generation its lookup saw, so a response fetched
@@ -152,6 +230,20 @@
 //! fwd=method; detail=purge-pending`, and until it lands this instance
 //! answers that URL from the origin. Other instances may serve the old
 //! entry until the retry lands.
+//!
+//! # Application values
+//!
+//! [`CacheHandle`] keeps application values in the same store, under keys
+//! of their own: [`get_or_load`](CacheHandle::get_or_load) (read-through,
+//! one loader per key across the fleet), [`get`](CacheHandle::get),
+//! [`put`](CacheHandle::put) (write-through: it purges the key first, so a
+//! load that began before cannot land its older value after it),
+//! [`get_or_load_optional`](CacheHandle::get_or_load_optional) (a loader
+//! that finds nothing is remembered only with an explicit
+//! [`negative_ttl`](Stored::negative_ttl)), tags on values
+//! ([`Stored::tag`], purged with `purge_tag` like responses), and with the
+//! `serde` feature typed values as JSON (`get_or_load_json`, `get_json`,
+//! `put_json`; bytes that are no such value read as a miss and are replaced).
 //!
 //! # Entries, bodies, failures
 //!
@@ -208,15 +300,21 @@
 //!   refuse them.
 //! - The fill of a client that disconnects before the origin's body is
 //!   read is dropped: the next request fills again.
-//! - Purge by tag (`Surrogate-Key`) and soft purge are not implemented.
+//! - A tag purge that fails is returned as an error, not retried (a URL
+//!   purge is); the entries of a tag are found through the store, so an
+//!   entry whose tagging failed is not stored at all.
 
+mod app;
 mod cache_control;
 mod capture;
+mod conditional;
 mod config;
+mod date;
 mod decide;
 pub(crate) mod entry;
 mod fill;
 mod flight;
+mod freshness;
 mod future;
 mod handle;
 mod invalidate;
@@ -227,16 +325,21 @@ mod leader;
 mod origin;
 mod policy;
 mod purges;
+mod range;
+mod refresh;
 mod resolve;
 mod response;
 mod route;
 mod service;
 mod shared;
 mod store;
+mod tags;
 
+pub use app::Stored;
 pub use config::{FailurePolicy, RequestDirectives};
 pub use future::ResponseFuture;
 pub use handle::CacheHandle;
 pub use layer::{ResponseCacheLayer, ResponseCacheLayerBuilder};
+pub use origin::OriginUnreachable;
 pub use service::ResponseCache;
 pub use store::CacheStore;

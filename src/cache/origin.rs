@@ -1,20 +1,22 @@
 //! After the origin answered a request that leads a fill: refresh a
-//! revalidated entry on `304`, serve stale on errors within
+//! revalidated entry on `304` (or a HEAD's `200`), serve stale on errors within
 //! `stale-if-error`, pass what may not be stored, and start capturing what may.
 
 use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, ETAG, LAST_MODIFIED};
 use http::response::Parts;
 use http::{HeaderMap, Response, StatusCode};
 use http_body::Body;
 
 use super::capture::Capture;
+use super::conditional::Tag;
 use super::decide::sie_ok;
 use super::entry::Entry;
-use super::fill::{meta, Fill, FillCtx};
+use super::fill::{Fill, FillCtx};
 use super::flight::Outcome;
 use super::key;
 use super::leader::Leader;
-use super::policy::{request_specific, verdict, Verdict};
+use super::policy::{has_validator, request_specific, verdict, Verdict};
 use super::response::{cache_status, merge_304, serve, to_store, CACHE_STATUS};
 
 /// What the origin's response becomes.
@@ -25,25 +27,50 @@ pub(crate) enum Answer<B> {
     Capture(Box<Capture>, Parts, B),
 }
 
-/// A stale entry served because the origin failed.
+/// Marks a response the service generated because the origin could not be
+/// reached — a proxy's 502 or 504 for a refused, reset or timed-out
+/// connection: insert it in the response's extensions, and the cache
+/// serves a stale entry where
+/// [`stale_if_unreachable`](super::ResponseCacheLayerBuilder::stale_if_unreachable)
+/// allows it, as it does when the inner service fails (RFC 9111 §4.2.4).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OriginUnreachable;
+
+/// How the origin failed to answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failed {
+    /// It answered with this 5xx.
+    Status(u16),
+    /// It could not be reached (or its body broke off), with the status
+    /// the service answered in its place, if any.
+    Unreachable(Option<u16>),
+}
+
+/// A stale entry served because the origin failed: within its
+/// `stale-if-error`, or, unreachable, within `stale_if_unreachable`.
 pub(crate) fn serve_stale_on_error(
     leader: &Leader,
     ctx: &FillCtx,
-    status: u16,
+    failed: Failed,
 ) -> Option<Response<Bytes>> {
     let stale = leader.stale.as_ref()?;
     let now = leader.shared.now_ms();
-    sie_ok(stale, now).then(|| {
-        let params = format!("fwd=stale; fwd-status={status}");
-        serve(
-            &leader.shared.cfg.name,
-            stale,
-            now,
-            false,
-            &ctx.cond,
-            &params,
-        )
-    })
+    let (params, unreachable) = match failed {
+        Failed::Status(s) => (format!("fwd=stale; fwd-status={s}"), false),
+        Failed::Unreachable(Some(s)) => (
+            format!("fwd=stale; fwd-status={s}; detail=unreachable"),
+            true,
+        ),
+        Failed::Unreachable(None) => ("fwd=stale; detail=unreachable".to_owned(), true),
+    };
+    let max = leader.shared.cfg.rules.stale_if_unreachable.as_millis() as u64;
+    let m = &stale.meta;
+    let grace = unreachable
+        && !m.must_revalidate
+        && !m.s_maxage
+        && now <= m.fresh_until_ms().saturating_add(max);
+    (sie_ok(stale, now) || grace)
+        .then(|| serve(&leader.shared.cfg, stale, now, ctx.head, &ctx.cond, &params))
 }
 
 pub(crate) fn on_origin<B: Body>(mut leader: Leader, res: Response<B>, ctx: FillCtx) -> Answer<B> {
@@ -51,13 +78,22 @@ pub(crate) fn on_origin<B: Body>(mut leader: Leader, res: Response<B>, ctx: Fill
     let name = &shared.cfg.name;
     let now = shared.now_ms();
     let status = res.status();
-    if status == StatusCode::NOT_MODIFIED {
-        if let Some(stale) = leader.stale.take() {
-            return Answer::Done(refreshed(leader, stale, res.headers(), &ctx, now));
-        }
+    // A 304 to our validators, or a HEAD's 200 for the stored
+    // representation (§4.3.5), refreshes the entry.
+    let refreshes = |stale: &Entry| match status {
+        StatusCode::NOT_MODIFIED => has_validator(&stale.headers),
+        StatusCode::OK if ctx.head => same_representation(stale, res.headers()),
+        _ => false,
+    };
+    if let Some(stale) = leader.stale.take_if(|s| refreshes(s)) {
+        return Answer::Done(refreshed(leader, stale, res.headers(), &ctx, now));
     }
     if status.is_server_error() {
-        if let Some(r) = serve_stale_on_error(&leader, &ctx, status.as_u16()) {
+        let failed = match res.extensions().get::<OriginUnreachable>() {
+            Some(_) => Failed::Unreachable(Some(status.as_u16())),
+            None => Failed::Status(status.as_u16()),
+        };
+        if let Some(r) = serve_stale_on_error(&leader, &ctx, failed) {
             return Answer::Done(r.map(crate::ResponseBody::full));
         }
     }
@@ -69,6 +105,8 @@ pub(crate) fn on_origin<B: Body>(mut leader: Leader, res: Response<B>, ctx: Fill
     let forwarded = format!("fwd={fwd}; fwd-status={}", status.as_u16());
     let spec = shared.cfg.key.spec_for(res.headers());
     let v = match &spec {
+        // A HEAD response has no body to store.
+        _ if ctx.head => Verdict::Pass("head"),
         None => Verdict::Pass("vary-star"),
         Some(_) if res.headers().len() > super::entry::MAX_HEADERS => {
             Verdict::Pass("too-many-fields")
@@ -76,20 +114,23 @@ pub(crate) fn on_origin<B: Body>(mut leader: Leader, res: Response<B>, ctx: Fill
         Some(_) if res.body().size_hint().lower() > shared.cfg.max_body as u64 => {
             Verdict::Pass("too-large")
         }
-        Some(_) => verdict(&shared.cfg.rules, ctx.asked, status, res.headers()),
+        Some(_) => verdict(&shared.cfg.rules, ctx.asked, status, res.headers(), now),
     };
     let (Verdict::Store(l), Some(spec)) = (v, spec) else {
         let why = match v {
             Verdict::Pass(why) => why,
             Verdict::Store(_) => "vary-star",
         };
-        // A pass caused by this request's fields lets the others fill.
-        leader.end(if request_specific(why) {
+        // A pass caused by this request (its fields, its method, the
+        // origin's answer to its own conditions) lets the others fill.
+        let answered = !ctx.cond.is_empty() && matches!(status.as_u16(), 304 | 412);
+        leader.end(if request_specific(why) || why == "head" || answered {
             Outcome::Abandoned
         } else {
             Outcome::Pass
         });
         let mut res = res.map(crate::ResponseBody::inner);
+        shared.cfg.tags.strip(res.headers_mut());
         let params = format!("{forwarded}; detail={why}");
         res.headers_mut()
             .append(CACHE_STATUS.clone(), cache_status(name, &params));
@@ -106,14 +147,9 @@ pub(crate) fn on_origin<B: Body>(mut leader: Leader, res: Response<B>, ctx: Fill
         .map(|d| format!("; detail={d}"))
         .unwrap_or_default();
     let stored = format!("; stored; ttl={}{detail}", l.fresh_ms / 1000);
-    let fill = Fill {
-        meta: meta(&slot, status, now, &l),
-        headers: to_store(res.headers()),
-        keep_ms: l.keep_ms,
-        slot,
-        leader,
-    };
-    let (parts, body) = res.into_parts();
+    let fill = Fill::new(leader, slot, status, now, &l, to_store(res.headers()));
+    let (mut parts, body) = res.into_parts();
+    shared.cfg.tags.strip(&mut parts.headers);
     let capture = Capture::new(fill, ctx, forwarded, stored, shared.cfg.max_body);
     Answer::Capture(Box::new(capture), parts, body)
 }
@@ -130,19 +166,13 @@ fn refreshed<B>(
     let headers = merge_304(&stale.headers, fields);
     let status = StatusCode::from_u16(stale.meta.status).unwrap_or(StatusCode::OK);
     let slot = leader.slot.clone();
-    let (entry, params) = match verdict(&shared.cfg.rules, ctx.asked, status, &headers) {
+    let (entry, params) = match verdict(&shared.cfg.rules, ctx.asked, status, &headers, now) {
         Verdict::Store(l) => {
+            let fill = Fill::new(leader, slot, status, now, &l, headers);
             let entry = Entry {
-                meta: meta(&slot, status, now, &l),
-                headers,
+                meta: fill.meta,
+                headers: fill.headers.clone(),
                 body: stale.body.clone(),
-            };
-            let fill = Fill {
-                leader,
-                slot,
-                meta: entry.meta,
-                headers: entry.headers.clone(),
-                keep_ms: l.keep_ms,
             };
             fill.finish(std::slice::from_ref(&stale.body));
             (entry, "fwd=stale; fwd-status=304; stored")
@@ -152,5 +182,28 @@ fn refreshed<B>(
             (Entry { headers, ..stale }, "fwd=stale; fwd-status=304")
         }
     };
-    serve(&shared.cfg.name, &entry, now, false, &ctx.cond, params).map(crate::ResponseBody::full)
+    serve(&shared.cfg, &entry, now, ctx.head, &ctx.cond, params).map(crate::ResponseBody::full)
+}
+
+/// A HEAD response describes the stored representation: the same strong
+/// `ETag` (or, without one, the same `Last-Modified`), and the same length.
+fn same_representation(stale: &Entry, fields: &HeaderMap) -> bool {
+    let same = |name| stale.headers.get(&name) == fields.get(&name);
+    let strong = stale
+        .headers
+        .get(ETAG)
+        .and_then(|v| Tag::parse(v.as_bytes()))
+        .is_some_and(|t| !t.weak);
+    let validated = if strong {
+        same(ETAG)
+    } else {
+        !stale.headers.contains_key(ETAG)
+            && !fields.contains_key(ETAG)
+            && stale.headers.contains_key(LAST_MODIFIED)
+            && same(LAST_MODIFIED)
+    };
+    let length = fields
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    validated && length.is_none_or(|n| n == stale.body.len())
 }

@@ -11,13 +11,15 @@ use http::HeaderMap;
 use tokio::time::Instant;
 
 use super::config::FailurePolicy;
-use super::decide::{after_lookup, decode_for, fresh, swr_ok, HitKind, Polling, Step};
+use super::decide::{
+    after_lookup, decode_for, fresh, swr_ok, HitKind, Judged, Polling, Step, Want,
+};
 use super::entry::Entry;
 use super::flight::{FlightGuard, Follower, Joined, Outcome};
 use super::key::{self, Slot};
 use super::leader::Leader;
 use super::shared::{token, Shared};
-use super::store::{Found, Lookup};
+use super::store::{Found, LockState, Lookup};
 use crate::error::StoreError;
 
 /// What a cacheable request needs to be resolved.
@@ -28,13 +30,15 @@ pub(crate) struct Ask {
     /// Look up only: take no lock and store nothing (HEAD, unkeyed inputs,
     /// a request `no-store`).
     pub(crate) lookup_only: bool,
-    /// The request asks for a revalidation of entries at least this old.
-    pub(crate) force_older_than: Option<Duration>,
+    /// What the request accepts from a stored response.
+    pub(crate) want: Want,
 }
 
 pub(crate) enum Resolution {
     Hit(Entry, HitKind),
     Fill(Leader),
+    /// Serve the stale entry now; the leader revalidates it in the background.
+    Refresh(Entry, Leader),
     Pass(&'static str),
     /// The store failed and the layer fails closed.
     Unavailable,
@@ -49,20 +53,20 @@ pub(crate) async fn resolve(shared: Arc<Shared>, ask: Ask) -> Resolution {
     for _ in 0..4 {
         let spec = shared.spec_of(&ask.url);
         let slot = key::slot(ask.url.clone(), spec, &ask.headers);
-        if ask.force_older_than.is_none() {
-            if let Some(e) = local(&shared, &slot) {
+        if let Some(e) = local(&shared, &slot) {
+            if ask.want.judge(&e, shared.now_ms()) == Judged::Fresh {
                 return Resolution::Hit(e, HitKind::Local);
             }
         }
         if ask.lookup_only {
-            match look(&shared, slot, false).await {
+            match look(&shared, slot, &ask.want, false).await {
                 Some(r) => return r,
                 None => continue,
             }
         }
         // In process, a fresh hit is one map read: serve it without a flight.
-        if shared.home.is_local() && ask.force_older_than.is_none() {
-            match look(&shared, slot.clone(), false).await {
+        if shared.home.is_local() {
+            match look(&shared, slot.clone(), &ask.want, false).await {
                 Some(hit @ Resolution::Hit(..)) => return hit,
                 Some(_) => {}
                 None => continue,
@@ -70,7 +74,7 @@ pub(crate) async fn resolve(shared: Arc<Shared>, ask: Ask) -> Resolution {
         }
         let guard = match shared.flights.join(&slot) {
             Joined::Leader(g) => g,
-            Joined::Follower(f) => match follow(&shared, f, &slot, deadline).await {
+            Joined::Follower(f) => match follow(&shared, f, &slot, &ask.want, deadline).await {
                 Followed::Resolved(r) => return r,
                 Followed::Lead(guard) => guard,
                 Followed::Again => continue,
@@ -86,7 +90,7 @@ pub(crate) async fn resolve(shared: Arc<Shared>, ask: Ask) -> Resolution {
 /// A fresh copy from the in-process tier.
 fn local(shared: &Shared, slot: &Slot) -> Option<Entry> {
     let raw = shared.l1.as_ref()?.get(slot, shared.now_ms())?;
-    decode_for(slot, raw)
+    decode_for(slot, raw, 0)
 }
 
 /// Records what a store answer teaches; `false` when the URL's spec
@@ -114,10 +118,10 @@ fn store_failed(
     r
 }
 
-/// A lookup that takes no lock: a fresh entry (or, with `stale_ok`, one
-/// within `stale-while-revalidate`) is a hit. `None`: the URL's spec
-/// changed, ask again.
-async fn look(shared: &Arc<Shared>, slot: Slot, stale_ok: bool) -> Option<Resolution> {
+/// A lookup that takes no lock: a fresh entry the request accepts (or,
+/// with `stale_ok`, one within `stale-while-revalidate`) is a hit. `None`:
+/// the URL's spec changed, ask again.
+async fn look(shared: &Arc<Shared>, slot: Slot, want: &Want, stale_ok: bool) -> Option<Resolution> {
     let q = Lookup {
         slot: slot.clone(),
         lock: None,
@@ -133,15 +137,19 @@ async fn look(shared: &Arc<Shared>, slot: Slot, stale_ok: bool) -> Option<Resolu
     }
     let now = found.now_ms;
     let hit = found.entry.and_then(|raw| {
-        let e = decode_for(&slot, raw.clone())?;
+        let e = decode_for(&slot, raw.clone(), found.gen)?;
         Some((e, raw))
     });
-    Some(match hit {
-        Some((e, raw)) if fresh(&e, now) => {
+    let Some((e, raw)) = hit else {
+        return Some(Resolution::Pass("miss"));
+    };
+    Some(match want.judge(&e, now) {
+        Judged::Fresh => {
             shared.l1_put(&slot, &raw, e.meta.fresh_until_ms(), epoch);
             Resolution::Hit(e, HitKind::Fresh)
         }
-        Some((e, _)) if stale_ok && swr_ok(&e, now) => Resolution::Hit(e, HitKind::Stale),
+        Judged::Grace => Resolution::Hit(e, HitKind::Stale),
+        Judged::Stale if stale_ok && swr_ok(&e, now) => Resolution::Hit(e, HitKind::Stale),
         _ => Resolution::Pass("miss"),
     })
 }
@@ -160,15 +168,24 @@ enum Followed {
 /// Waits for the local leader's outcome, taking only what comes from a
 /// store operation sent after this request joined; when the flight needs
 /// a leader, takes it over.
-async fn follow(shared: &Arc<Shared>, mut f: Follower, slot: &Slot, deadline: Instant) -> Followed {
+async fn follow(
+    shared: &Arc<Shared>,
+    mut f: Follower,
+    slot: &Slot,
+    want: &Want,
+    deadline: Instant,
+) -> Followed {
     let mut looked_stale = false;
+    let joined_ms = shared.now_ms();
     loop {
         let t = f.rx.borrow_and_update().clone();
         let fresh = f.accepts(&t);
         match t.outcome {
             Outcome::Pending => {}
+            // A request that wants a validated response waits for it.
+            Outcome::Stale(_) if want.demands() => {}
             Outcome::Stale(raw) if fresh => {
-                if let Some(e) = decode_for(slot, raw).filter(|e| swr_ok(e, shared.now_ms())) {
+                if let Some(e) = decode_for(slot, raw, 0).filter(|e| swr_ok(e, shared.now_ms())) {
                     return Followed::Resolved(Resolution::Hit(e, HitKind::Stale));
                 }
             }
@@ -176,7 +193,7 @@ async fn follow(shared: &Arc<Shared>, mut f: Follower, slot: &Slot, deadline: In
             // stale entry may still be served, only the store can tell.
             Outcome::Stale(_) if !looked_stale => {
                 looked_stale = true;
-                match look(shared, slot.clone(), true).await {
+                match look(shared, slot.clone(), want, true).await {
                     Some(hit @ Resolution::Hit(..)) => return Followed::Resolved(hit),
                     Some(_) => {}
                     None => return Followed::Again,
@@ -184,8 +201,16 @@ async fn follow(shared: &Arc<Shared>, mut f: Follower, slot: &Slot, deadline: In
             }
             Outcome::Stale(_) => {}
             Outcome::Done(raw) if fresh => {
-                // Another variant (the response's Vary differed): ask again.
-                return match decode_for(slot, raw) {
+                // Another variant (the response's Vary differed): ask again;
+                // and so does a request that wants a validated response,
+                // unless this one was stored after it came.
+                return match decode_for(slot, raw, 0) {
+                    Some(e)
+                        if want.judge(&e, shared.now_ms()) == Judged::Revalidate
+                            && e.meta.stored_ms < joined_ms =>
+                    {
+                        Followed::Again
+                    }
                     Some(e) => Followed::Resolved(Resolution::Hit(e, HitKind::Collapsed)),
                     None => Followed::Again,
                 };
@@ -250,14 +275,10 @@ async fn lead(
         }
         let now = found.now_ms;
         let raw = found.entry.clone();
-        let entry = raw.clone().and_then(|raw| decode_for(&slot, raw));
-        let step = after_lookup(
-            found.lock,
-            entry.as_ref(),
-            now,
-            ask.force_older_than,
-            polling,
-        );
+        let entry = raw
+            .clone()
+            .and_then(|raw| decode_for(&slot, raw, found.gen));
+        let step = after_lookup(found.lock, entry.as_ref(), now, &ask.want, polling);
         let fill = |guard, token, stale, why| {
             let looked = Some((&found, token));
             Some(Resolution::Fill(Leader::new(
@@ -271,6 +292,10 @@ async fn lead(
         };
         match step {
             Step::Hit(kind) => {
+                if found.lock == LockState::Acquired {
+                    // Served stale by the request's max-stale: no fill.
+                    shared.spawn_release(&slot, token, 0);
+                }
                 let (e, raw) = (entry?, raw.unwrap_or_default());
                 shared.l1_put(&slot, &raw, e.meta.fresh_until_ms(), epoch);
                 guard.finish(round, Outcome::Done(raw));
@@ -280,6 +305,16 @@ async fn lead(
             Step::Fill => {
                 if let (Some(raw), Some(_)) = (raw, &entry) {
                     guard.stale(round, raw);
+                }
+                // Within stale-while-revalidate: this request too is
+                // answered stale at once, the refresh runs in the background.
+                let background = entry
+                    .as_ref()
+                    .is_some_and(|e| !fresh(e, now) && swr_ok(e, now) && !ask.want.demands());
+                if let (true, Some(e)) = (background, entry.clone()) {
+                    let looked = Some((&found, Some(token)));
+                    let l = Leader::new(shared, slot, Some(guard), looked, entry, None);
+                    return Some(Resolution::Refresh(e, l));
                 }
                 return fill(Some(guard), Some(token), entry, None);
             }

@@ -1,63 +1,23 @@
 //! Responses built from entries: hits with `Age` and `Cache-Status`
-//! (RFC 9211), `304 Not Modified` for matching conditional requests
-//! (RFC 9110 §13), and the header hygiene of what is stored.
+//! (RFC 9211), `304 Not Modified` and `412 Precondition Failed` for
+//! conditional requests (RFC 9110 §13, see [`conditional`](super::conditional)),
+//! and the header hygiene of what is stored.
 
 use bytes::Bytes;
 use http::header::{
     HeaderName, AGE, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_LOCATION, DATE, ETAG,
-    EXPIRES, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, RETRY_AFTER, SET_COOKIE, TE, TRAILER,
-    TRANSFER_ENCODING, UPGRADE, VARY,
+    EXPIRES, LAST_MODIFIED, RETRY_AFTER, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, VARY,
 };
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
+use super::cache_control::CacheControl;
+use super::conditional::{Cond, Evaluated};
+use super::config::Config;
 use super::entry::Entry;
 use crate::problem::Problem;
 
 /// The `Cache-Status` field name.
 pub(crate) static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
-
-/// The request's conditional fields, kept to answer from an entry.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Cond {
-    if_none_match: Vec<HeaderValue>,
-    if_modified_since: Option<HeaderValue>,
-}
-
-impl Cond {
-    pub(crate) fn of(h: &HeaderMap) -> Self {
-        Self {
-            if_none_match: h.get_all(IF_NONE_MATCH).iter().cloned().collect(),
-            if_modified_since: h.get(IF_MODIFIED_SINCE).cloned(),
-        }
-    }
-
-    /// RFC 9110 §13.2.2: `If-None-Match` (weak comparison) wins over
-    /// `If-Modified-Since`.
-    pub(crate) fn not_modified(&self, stored: &HeaderMap) -> bool {
-        if !self.if_none_match.is_empty() {
-            let Some(etag) = stored.get(ETAG).and_then(|v| v.to_str().ok()) else {
-                return false;
-            };
-            let etag = weak(etag);
-            return self
-                .if_none_match
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .map(str::trim)
-                .any(|t| t == "*" || weak(t) == etag);
-        }
-        let (Some(ims), Some(lm)) = (&self.if_modified_since, stored.get(LAST_MODIFIED)) else {
-            return false;
-        };
-        let date = |v: &HeaderValue| httpdate::parse_http_date(v.to_str().ok()?).ok();
-        matches!((date(ims), date(lm)), (Some(ims), Some(lm)) if lm <= ims)
-    }
-}
-
-fn weak(tag: &str) -> &str {
-    tag.trim().strip_prefix("W/").unwrap_or(tag.trim())
-}
 
 /// `<name>; <params>` as a `Cache-Status` member.
 pub(crate) fn cache_status(name: &str, params: &str) -> HeaderValue {
@@ -67,7 +27,7 @@ pub(crate) fn cache_status(name: &str, params: &str) -> HeaderValue {
 
 /// The response to a request answered from `e` at store time `now`.
 pub(crate) fn serve(
-    name: &str,
+    cfg: &Config,
     e: &Entry,
     now: u64,
     head: bool,
@@ -77,9 +37,16 @@ pub(crate) fn serve(
     let elapsed_s = now.saturating_sub(e.meta.stored_ms) / 1000;
     let age = u64::from(e.meta.age_s) + elapsed_s;
     let ttl = (e.meta.fresh_until_ms() as i64 - now as i64).div_euclid(1000);
-    let status = cache_status(name, &format!("{params}; ttl={ttl}"));
+    let status = cache_status(&cfg.name, &format!("{params}; ttl={ttl}"));
     let code = StatusCode::from_u16(e.meta.status).unwrap_or(StatusCode::OK);
-    if code == StatusCode::OK && cond.not_modified(&e.headers) {
+    let evaluated = cond.evaluate(e.meta.status, &e.headers, e.meta.stored_ms);
+    if evaluated == Evaluated::Failed {
+        let mut res = Response::new(Bytes::new());
+        *res.status_mut() = StatusCode::PRECONDITION_FAILED;
+        res.headers_mut().append(CACHE_STATUS.clone(), status);
+        return res;
+    }
+    if evaluated == Evaluated::NotModified {
         let mut res = Response::new(Bytes::new());
         *res.status_mut() = StatusCode::NOT_MODIFIED;
         let h = res.headers_mut();
@@ -103,7 +70,14 @@ pub(crate) fn serve(
     let mut res = Response::new(if head { Bytes::new() } else { e.body.clone() });
     *res.status_mut() = code;
     *res.headers_mut() = e.headers.clone();
+    if !head {
+        if let Some((partial, body)) = cond.ranges.apply(code, res.headers_mut(), &e.body) {
+            *res.status_mut() = partial;
+            *res.body_mut() = body;
+        }
+    }
     let h = res.headers_mut();
+    cfg.tags.strip(h);
     h.insert(AGE, HeaderValue::from(age));
     h.append(CACHE_STATUS.clone(), status);
     res
@@ -169,12 +143,18 @@ fn hop_by_hop(h: &HeaderMap) -> Vec<HeaderName> {
 }
 
 /// The header fields of a response worth storing: no hop-by-hop fields, no
-/// `Age` (recomputed), no `Set-Cookie` (never replayed to another client).
+/// `Age` (recomputed), no `Set-Cookie` (never replayed to another client),
+/// none a qualified `private` or `no-cache` names (RFC 9111 §5.2.2.4, §5.2.2.7).
 pub(crate) fn to_store(h: &HeaderMap) -> HeaderMap {
     let skip = hop_by_hop(h);
     let mut out = h.clone();
     for name in skip.iter().chain([&SET_COOKIE]) {
         out.remove(name);
+    }
+    for name in CacheControl::parse(h).unshared_fields {
+        if let Ok(name) = HeaderName::try_from(name) {
+            out.remove(name);
+        }
     }
     out
 }
@@ -207,22 +187,6 @@ mod tests {
             HeaderValue::from_static("Thu, 01 Jan 2026 00:00:00 GMT"),
         );
         h
-    }
-
-    fn cond(name: HeaderName, v: &'static str) -> Cond {
-        let mut h = HeaderMap::new();
-        h.insert(name, HeaderValue::from_static(v));
-        Cond::of(&h)
-    }
-
-    #[test]
-    fn conditionals() {
-        assert!(cond(IF_NONE_MATCH, "\"v0\", \"v1\"").not_modified(&stored()));
-        assert!(cond(IF_NONE_MATCH, "*").not_modified(&stored()));
-        assert!(!cond(IF_NONE_MATCH, "\"v2\"").not_modified(&stored()));
-        assert!(cond(IF_MODIFIED_SINCE, "Thu, 01 Jan 2026 00:00:00 GMT").not_modified(&stored()));
-        assert!(!cond(IF_MODIFIED_SINCE, "Wed, 31 Dec 2025 00:00:00 GMT").not_modified(&stored()));
-        assert!(!Cond::default().not_modified(&stored()));
     }
 
     #[test]

@@ -1,12 +1,11 @@
 //! How the cache treats a request, decided from its method and fields
 //! before anything is looked up.
 
-use std::time::Duration;
-
-use http::header::{AUTHORIZATION, COOKIE, RANGE};
+use http::header::{AUTHORIZATION, COOKIE, UPGRADE};
 use http::{HeaderMap, Method, Uri};
 
 use super::config::RequestDirectives;
+use super::decide::Want;
 use super::key::authorities_differ;
 use super::policy::Asked;
 use super::policy::CacheControl;
@@ -31,8 +30,8 @@ pub(crate) struct Plan {
     pub(crate) head: bool,
     /// Served from the cache if there, but fills nothing.
     pub(crate) lookup_only: bool,
-    /// Revalidate entries at least this old (`no-cache`, honoured by policy).
-    pub(crate) force_older_than: Option<Duration>,
+    /// What the request accepts from a stored response (honoured by policy).
+    pub(crate) want: Want,
     /// A miss is answered 504 (`only-if-cached`, honoured by policy).
     pub(crate) only_if_cached: bool,
     pub(crate) asked: Asked,
@@ -55,8 +54,9 @@ pub(crate) fn route(sh: &Shared, method: &Method, uri: &Uri, h: &HeaderMap) -> R
         return Route::Pass;
     }
     let authorized = h.contains_key(AUTHORIZATION);
-    if h.contains_key(RANGE) {
-        return Route::Bypass("range");
+    // A protocol switch (WebSocket) is never a cached response.
+    if h.contains_key(UPGRADE) {
+        return Route::Bypass("upgrade");
     }
     if authorized && !sh.cfg.rules.cache_authorized {
         return Route::Bypass("authorization");
@@ -72,8 +72,8 @@ pub(crate) fn route(sh: &Shared, method: &Method, uri: &Uri, h: &HeaderMap) -> R
         || (sh.cfg.key.host && authorities_differ(uri, h));
     let mut plan = Plan {
         head,
-        lookup_only: head || unkeyed,
-        force_older_than: None,
+        lookup_only: unkeyed,
+        want: Want::default(),
         only_if_cached: false,
         asked: Asked {
             authorized,
@@ -84,8 +84,15 @@ pub(crate) fn route(sh: &Shared, method: &Method, uri: &Uri, h: &HeaderMap) -> R
         let cc = CacheControl::parse(h);
         plan.only_if_cached = cc.only_if_cached;
         plan.lookup_only |= cc.no_store || cc.only_if_cached;
-        if cc.no_cache || cc.max_age == Some(0) {
-            plan.force_older_than = Some(min_age);
+        let want = Want {
+            max_age: cc.max_age,
+            min_fresh: cc.min_fresh,
+            max_stale: cc.max_stale,
+            no_cache: cc.no_cache,
+            floor_ms: min_age.as_millis() as u64,
+        };
+        if want.demands() || want.max_stale.is_some() {
+            plan.want = want;
         }
     }
     Route::Cache(plan)
@@ -109,7 +116,7 @@ mod tests {
         Route::Cache(Plan {
             head: false,
             lookup_only,
-            force_older_than: None,
+            want: Want::default(),
             only_if_cached: false,
             asked: Asked::default(),
         })
@@ -132,9 +139,15 @@ mod tests {
         assert_eq!(at(sh, Method::OPTIONS, &none), Route::Pass);
         assert_eq!(at(sh, Method::GET, &none), plan(false));
         let head = at(sh, Method::HEAD, &none);
-        assert!(matches!(head, Route::Cache(p) if p.head && p.lookup_only));
+        assert!(matches!(head, Route::Cache(p) if p.head && !p.lookup_only));
+        let ws = headers(&[("upgrade", "websocket"), ("connection", "upgrade")]);
+        assert_eq!(at(sh, Method::GET, &ws), Route::Bypass("upgrade"));
         let range = headers(&[("range", "bytes=0-1")]);
-        assert_eq!(at(sh, Method::GET, &range), Route::Bypass("range"));
+        assert_eq!(
+            at(sh, Method::GET, &range),
+            plan(false),
+            "answered from the cache"
+        );
         let auth = headers(&[("authorization", "Bearer x")]);
         assert_eq!(at(sh, Method::GET, &auth), Route::Bypass("authorization"));
     }
@@ -157,7 +170,7 @@ mod tests {
             "ignored by default"
         );
         let honor = RequestDirectives::Honor {
-            min_age: Duration::from_secs(1),
+            min_age: std::time::Duration::from_secs(1),
         };
         let layer = ResponseCacheLayer::builder(MemoryStore::new())
             .request_directives(honor)
@@ -170,7 +183,7 @@ mod tests {
         let Route::Cache(p) = at(sh, Method::GET, &no_cache) else {
             panic!()
         };
-        assert!(p.lookup_only && p.force_older_than == Some(Duration::from_secs(1)));
+        assert!(p.lookup_only && p.want.no_cache && p.want.floor_ms == 1_000);
     }
 
     #[test]

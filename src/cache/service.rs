@@ -7,11 +7,12 @@ use http::{Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
+use super::conditional::Cond;
 use super::fill::FillCtx;
 use super::future::{After, Pending, ResponseFuture};
 use super::invalidate::Targets;
 use super::resolve::{resolve, Ask};
-use super::response::{cache_status, Cond};
+use super::response::cache_status;
 use super::route::{route, Route};
 use super::shared::Shared;
 
@@ -34,7 +35,11 @@ impl<S> ResponseCache<S> {
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ResponseCache<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
-    ResBody: Body<Data = bytes::Bytes>,
+    // A background refresh (stale-while-revalidate) runs in a task.
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Body<Data = bytes::Bytes> + Send + 'static,
+    ResBody::Error: Send,
 {
     type Response = Response<crate::ResponseBody<ResBody>>;
     type Error = S::Error;
@@ -74,7 +79,7 @@ where
             url: sh.cfg.key.url(req.uri(), h),
             headers: request.clone(),
             lookup_only: plan.lookup_only,
-            force_older_than: plan.force_older_than,
+            want: plan.want,
         };
         let ctx = FillCtx {
             cond: Cond::of(h),
@@ -82,6 +87,7 @@ where
             asked: plan.asked,
             only_if_cached: plan.only_if_cached,
             grpc: crate::problem::is_grpc(h),
+            head: plan.head,
         };
         let fut = Box::pin(resolve(sh.clone(), ask));
         let pending = Pending {
@@ -89,7 +95,6 @@ where
             inner,
             shared: sh.clone(),
             ctx,
-            head: plan.head,
         };
         ResponseFuture::resolve(fut, pending)
     }

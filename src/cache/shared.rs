@@ -176,6 +176,18 @@ impl Shared {
         self.home.purge(url)
     }
 
+    /// Marks every variant of a URL stale here at once and, through the
+    /// store, everywhere.
+    pub(crate) fn soft_purge(
+        &self,
+        url: &str,
+    ) -> futures_util::future::BoxFuture<'static, Result<u64, StoreError>> {
+        if let Some(l1) = &self.l1 {
+            l1.remove_url(url);
+        }
+        self.home.soft_purge(url)
+    }
+
     pub(crate) fn spawn_release(self: &Arc<Self>, slot: &Slot, token: u64, pass_ms: u64) {
         let fut = self.home.release(slot, token, pass_ms);
         spawn(async move {

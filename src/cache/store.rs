@@ -55,6 +55,16 @@ pub trait CacheHome: Send + Sync + std::fmt::Debug {
     /// Drops every variant of a URL and advances its generation, so that
     /// no fill that looked up before lands; the number of entries dropped.
     fn purge(&self, url: &str) -> BoxFuture<'static, Result<u64, StoreError>>;
+    /// Marks every variant of a URL stale (kept for revalidation) and
+    /// advances its generation; the number of variants marked.
+    fn soft_purge(&self, url: &str) -> BoxFuture<'static, Result<u64, StoreError>>;
+    /// Records a URL under its tags, unless one was purged at or after the
+    /// fill's lookup: then `false`, and the fill writes nothing.
+    fn tag(&self, t: Tagging) -> BoxFuture<'static, Result<bool, StoreError>>;
+    /// Purges (or, `soft`, marks stale) every URL recorded under `tag`,
+    /// after recording the purge so that no fill that looked up before it
+    /// can tag itself with it; the number of URLs.
+    fn purge_tag(&self, tag: &str, soft: bool) -> BoxFuture<'static, Result<u64, StoreError>>;
     /// Starts delivering the fleet's invalidations to `listener`; `false`
     /// when this home cannot (then no in-process tier is kept).
     fn listen(&self, listener: Listener) -> bool;
@@ -92,6 +102,20 @@ pub struct Found {
     /// The URL's generation: advanced by every purge (0: never purged
     /// within [`FILL_MAX_MS`]). A fill writes only under the one it saw.
     pub(crate) gen: u64,
+}
+
+/// A URL to record under its tags before its entry is written.
+#[doc(hidden)]
+#[derive(Debug, Clone)]
+#[allow(unreachable_pub)]
+pub struct Tagging {
+    pub(crate) url: Arc<str>,
+    /// The tags' store names.
+    pub(crate) tags: Vec<Arc<str>>,
+    /// How long the entry may live.
+    pub(crate) keep_ms: u64,
+    /// The store time of the fill's lookup.
+    pub(crate) seen_ms: u64,
 }
 
 /// A fill whose lookup is older than this is not stored: the generation

@@ -11,7 +11,7 @@ use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use redis::{Script, Value};
 
-use super::{CacheHome, CacheStore, Found, Lookup, Write, FILL_MAX_MS};
+use super::{CacheHome, CacheStore, Found, Lookup, Tagging, Write, FILL_MAX_MS};
 use crate::cache::key::Slot;
 use crate::cache::l1::{Listener, Signal};
 use crate::error::StoreError;
@@ -20,6 +20,7 @@ use crate::store::lane::Lane;
 use crate::RedisStore;
 
 mod lookups;
+mod tags;
 
 use lookups::{Lookups, LOOKUP};
 
@@ -33,7 +34,7 @@ static PURGE: LazyLock<Script> =
 /// The cache home of one [`RedisStore`]: the layer's own lane (own
 /// breakers and connection, so large entries never queue ahead of another
 /// layer's calls) and the clients of the invalidation channel.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct RedisHome {
     prefix: String,
     /// The pub/sub channel of the cache's invalidations.
@@ -51,6 +52,7 @@ impl CacheStore for RedisStore {
             lane: {
                 let lane = self.lane("response cache", true);
                 lane.preload(&[&*LOOKUP, &*STORE, &*RELEASE, &*PURGE]);
+                lane.preload(&tags::scripts());
                 lane
             },
             pubsub: self.pubsub_clients().to_vec(),
@@ -204,6 +206,18 @@ impl CacheHome for RedisHome {
             .arg(FILL_MAX_MS);
         let call = self.run::<i64>(base, inv);
         Box::pin(async move { Ok(call.await?.max(0) as u64) })
+    }
+
+    fn soft_purge(&self, url: &str) -> BoxFuture<'static, Result<u64, StoreError>> {
+        self.purge_urls(&[url.to_owned()], true)
+    }
+
+    fn tag(&self, t: Tagging) -> BoxFuture<'static, Result<bool, StoreError>> {
+        self.tag_url(t)
+    }
+
+    fn purge_tag(&self, tag: &str, soft: bool) -> BoxFuture<'static, Result<u64, StoreError>> {
+        self.purge_tagged(tag, soft)
     }
 
     fn listen(&self, listener: Listener) -> bool {
