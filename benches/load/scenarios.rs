@@ -156,13 +156,13 @@ fn rate_limit(store: impl RateLimitStore, limit: u64, scope: &str) -> RateLimitL
         .unwrap()
 }
 
-/// The same, taking local leases of 100 units for up to 50 ms.
+/// The same, taking local leases of 1000 units for up to 50 ms.
 fn rate_limit_leased(store: impl RateLimitStore, limit: u64, scope: &str) -> RateLimitLayer {
     RateLimitLayer::builder(store)
         .policy(Policy::gcra(limit, Duration::from_secs(3600)))
         .key(Header::new("x-api-key"))
         .scope(scope)
-        .lease(100, Duration::from_millis(50))
+        .lease(1000, Duration::from_millis(50))
         .build()
         .unwrap()
 }

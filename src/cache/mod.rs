@@ -177,9 +177,10 @@
 //! Concurrent misses for one slot collapse in process (one leader, the
 //! others follow its outcome — but only outcomes of store calls sent after
 //! they came, so none is answered with what the store held before a write
-//! it has seen complete), and across instances: the lookup script takes
-//! a short fill lock ([`lock_ttl`](ResponseCacheLayerBuilder::lock_ttl)) in
-//! the same round trip; instances that find it held poll with back-off (5 to
+//! it has seen complete), and across instances: a lookup that finds no
+//! fresh entry goes on to the lookup script, which takes a short fill lock
+//! ([`lock_ttl`](ResponseCacheLayerBuilder::lock_ttl)) as it reads the slot
+//! again; instances that find it held poll with back-off (5 to
 //! 50 ms) until the entry appears, and after
 //! [`max_wait`](ResponseCacheLayerBuilder::max_wait) go to the origin
 //! themselves. A response that turns out not storable releases the lock and
@@ -257,8 +258,10 @@
 //! lock; it then gets the bytes from the entry. Past the cap, what was read
 //! is sent first and the rest streams through unstored. A body that fails
 //! midway is a 502 (or the stale entry, within `stale-if-error`). A hit on
-//! Redis is one round trip (one script that also reads the store's clock),
-//! and its body is a slice of the reply, not a copy. On a
+//! Redis is one round trip of plain reads (the store's clock, the URL's
+//! index, the entry), batched with the lookups in flight into one pipeline
+//! per hash slot, and its body is a slice of the reply, not a copy; a miss
+//! takes a second round trip, to the lookup script. On a
 //! [`MemoryStore`](crate::MemoryStore) entries take at most its
 //! [`cache_capacity`](crate::MemoryStoreBuilder::cache_capacity) (64 MiB by
 //! default), the least recently used evicted first.

@@ -281,8 +281,10 @@ impl RateLimitLayerBuilder {
     /// The price: while one instance holds units another needs, that one
     /// denies early, at most the units held elsewhere (one slice per other
     /// instance and client) and for at most `max_age`. Keep slices small
-    /// against the limit: `units` of 1–5% of it and a `max_age` of tens of
-    /// milliseconds lose little. Each instance holds at most 65 536 leases.
+    /// against the limit (`units` of 1–5% of it, a `max_age` of tens of
+    /// milliseconds) but large enough to last several store round trips at
+    /// the client's rate: the requests that arrive while a slice is being
+    /// taken wait for it. Each instance holds at most 65 536 leases.
     ///
     /// ```
     /// use std::time::Duration;
