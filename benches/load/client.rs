@@ -155,3 +155,79 @@ pub async fn drive(
         served,
     }
 }
+
+/// The same load as [`drive`], without sockets: `conns` tasks on the
+/// server's runtime call the router directly (`--inproc`), so that a profile
+/// or the CPU per request shows the layers' own cost without HTTP's.
+pub async fn drive_inproc(
+    router: axum::Router,
+    spec: &RequestSpec,
+    conns: usize,
+    duration: Duration,
+) -> Run {
+    let end_at = Instant::now() + duration;
+    let tasks: Vec<_> = (0..conns)
+        .map(|idx| {
+            let (router, spec) = (router.clone(), spec.clone());
+            tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(100_000);
+                let mut statuses = std::collections::BTreeMap::new();
+                let (mut seq, mut served) = (0u64, 0u64);
+                while Instant::now() < end_at {
+                    let now = Instant::now();
+                    let res = call(&router, &spec, idx, seq).await;
+                    seq += 1;
+                    served += u64::from(from_store(res.headers()));
+                    *statuses.entry(res.status().as_u16()).or_insert(0) += 1;
+                    let _ = res.into_body().collect().await;
+                    lat.push(now.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                }
+                (lat, statuses, served)
+            })
+        })
+        .collect();
+    let mut run = Run {
+        requests: 0,
+        elapsed: duration,
+        latencies: Vec::new(),
+        statuses: std::collections::BTreeMap::new(),
+        served: 0,
+    };
+    for t in tasks {
+        let (l, s, h) = t.await.expect("in-process task");
+        run.served += h;
+        run.latencies.extend(l);
+        for (k, v) in s {
+            *run.statuses.entry(k).or_insert(0) += v;
+        }
+    }
+    run.latencies.sort_unstable();
+    run.requests = run.latencies.len() as u64;
+    run
+}
+
+/// [`prime`] without sockets.
+pub async fn prime_inproc(router: &axum::Router, spec: &RequestSpec, n: u64) {
+    for seq in 0..n {
+        let _ = call(router, spec, 0, seq).await.into_body().collect().await;
+    }
+}
+
+async fn call(
+    router: &axum::Router,
+    spec: &RequestSpec,
+    idx: usize,
+    seq: u64,
+) -> http::Response<axum::body::Body> {
+    use tower::ServiceExt as _;
+    let mut req = spec(idx, seq).map(axum::body::Body::new);
+    req.headers_mut()
+        .insert(http::header::HOST, http::HeaderValue::from_static("bench"));
+    let peer: SocketAddr = ([127, 0, 0, 1], 40000 + idx as u16).into();
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(peer));
+    match router.clone().oneshot(req).await {
+        Ok(res) => res,
+        Err(e) => match e {},
+    }
+}

@@ -20,6 +20,15 @@ impl Threads {
         }
     }
 
+    /// Pins the calling thread to `core` (`--pin`).
+    pub fn pin_self(core: usize) {
+        if let Ok(path) = std::fs::read_link("/proc/thread-self") {
+            if let Some(tid) = path.to_string_lossy().rsplit('/').next() {
+                pin(tid, core, false);
+            }
+        }
+    }
+
     /// User + system CPU of the registered threads so far.
     pub fn cpu(&self) -> Duration {
         let tick = 100.0; // USER_HZ on Linux
@@ -96,5 +105,18 @@ pub async fn redis_counters(conn: &mut redis::aio::MultiplexedConnection) -> Red
         reads: field("total_reads_processed")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
+    }
+}
+
+/// `taskset`: pins a thread (or, `all`, every thread of a process) to `core`.
+pub fn pin(id: &str, core: usize, all: bool) {
+    let flags = if all { "-apc" } else { "-pc" };
+    let ok = std::process::Command::new("taskset")
+        .args([flags, &core.to_string(), id])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("--pin: taskset {flags} {core} {id} failed; running unpinned");
     }
 }

@@ -5,6 +5,8 @@
 //! cargo bench --bench load                       # 32 connections, 5 s per scenario, 3 rounds
 //! cargo bench --bench load -- --conns 64 --secs 10 --filter rate
 //! cargo bench --bench load -- --smoke            # a quick run that only proves it works
+//! cargo bench --bench load -- --pin              # client on core 0, server + Redis on core 1
+//! cargo bench --bench load -- --inproc           # the router called in process: the layers' own cost
 //! ```
 //!
 //! It starts its own `redis-server` on a free port, serves each scenario from
@@ -41,6 +43,10 @@ struct Args {
     rounds: usize,
     /// Skip the bare baseline (for profiling one scenario).
     only: bool,
+    /// Call the router in process instead of over sockets.
+    inproc: bool,
+    /// The load generator on core 0, the server and Redis on core 1.
+    pin: bool,
 }
 
 fn args() -> Args {
@@ -52,6 +58,8 @@ fn args() -> Args {
         filter: None,
         rounds: 3,
         only: false,
+        inproc: false,
+        pin: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -67,6 +75,8 @@ fn args() -> Args {
                 a.filter = it.next();
                 a.only = true;
             }
+            "--inproc" => a.inproc = true,
+            "--pin" => a.pin = true,
             "--smoke" => {
                 a.rounds = 1;
                 a.secs = 0.3;
@@ -96,9 +106,23 @@ fn main() {
     let redis = server::RedisServer::start();
     let threads = cpu::Threads::default();
     let t = threads.clone();
+    let pin = args.pin;
+    if pin {
+        // The load generator (this thread's runtime) alone on core 0; the
+        // server's threads and Redis share core 1.
+        cpu::Threads::pin_self(0);
+        if let Some(pid) = redis.pid() {
+            cpu::pin(&pid.to_string(), 1, true);
+        }
+    }
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.server_threads)
-        .on_thread_start(move || t.register())
+        .on_thread_start(move || {
+            if pin {
+                cpu::Threads::pin_self(1);
+            }
+            t.register()
+        })
         .enable_all()
         .build()
         .unwrap();
@@ -132,6 +156,16 @@ fn main() {
             let Scenario {
                 name, router, spec, ..
             } = sc;
+            if args.inproc {
+                let row = inproc_row(&args, sc, &server_rt, &client_rt, &mut admin, &threads);
+                eprintln!(
+                    "round {round}: {:<42} {:>9.0} req/s (in process)",
+                    row.name,
+                    row.run.rps()
+                );
+                runs[i].push(row);
+                continue;
+            }
             let listener = server_rt
                 .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
                 .unwrap();
@@ -205,6 +239,45 @@ fn main() {
     drop(redis);
 }
 
+/// One in-process run of `sc` (`--inproc`): the same measurements, with the
+/// load driven from the server's runtime and no sockets.
+fn inproc_row(
+    args: &Args,
+    sc: &Scenario,
+    server_rt: &tokio::runtime::Runtime,
+    client_rt: &tokio::runtime::Runtime,
+    admin: &mut redis::aio::MultiplexedConnection,
+    threads: &cpu::Threads,
+) -> Row {
+    let warmup = Duration::from_secs_f64(args.warmup);
+    let secs = Duration::from_secs_f64(args.secs);
+    server_rt.block_on(async {
+        client::prime_inproc(&sc.router, &sc.spec, sc.warm).await;
+        client::drive_inproc(sc.router.clone(), &sc.spec, args.conns, warmup).await;
+    });
+    let r0 = client_rt.block_on(cpu::redis_counters(admin));
+    let s_cpu0 = threads.cpu();
+    let run = server_rt.block_on(client::drive_inproc(
+        sc.router.clone(),
+        &sc.spec,
+        args.conns,
+        secs,
+    ));
+    let s_cpu1 = threads.cpu();
+    let r1 = client_rt.block_on(cpu::redis_counters(admin));
+    Row {
+        name: sc.name.clone(),
+        target: sc.target,
+        run,
+        reads: r1.reads.saturating_sub(r0.reads).saturating_sub(1),
+        scripts: r1.scripts.saturating_sub(r0.scripts),
+        commands: r1.commands.saturating_sub(r0.commands),
+        server_cpu: s_cpu1.saturating_sub(s_cpu0),
+        redis_cpu: r1.cpu.saturating_sub(r0.cpu),
+        script_time: r1.script_time.saturating_sub(r0.script_time),
+    }
+}
+
 fn per_req(count: u64, n: u64) -> String {
     if n == 0 {
         return "-".into();
@@ -222,8 +295,18 @@ fn us_per_req(d: Duration, n: u64) -> String {
 fn report(args: &Args, rows: &[Row]) -> String {
     let bare = rows.iter().find(|r| r.name == "bare").map(|r| r.run.rps());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mode = match (args.inproc, args.pin) {
+        (true, _) => ", in process (no sockets)",
+        (false, true) => ", load generator pinned to core 0, server and Redis to core 1",
+        (false, false) => "",
+    };
+    let flags = format!(
+        "{}{}",
+        if args.inproc { " --inproc" } else { "" },
+        if args.pin { " --pin" } else { "" }
+    );
     let mut out = format!(
-        "{} connections, {} s per scenario, median of {} interleaved rounds, {} server thread(s), {} cores; `cargo bench --bench load -- --conns {} --secs {} --rounds {}`\n\n",
+        "{} connections, {} s per scenario, median of {} interleaved rounds, {} server thread(s), {} cores{mode}; `cargo bench --bench load -- --conns {} --secs {} --rounds {}{flags}`\n\n",
         args.conns, args.secs, args.rounds, args.server_threads, cores, args.conns, args.secs, args.rounds
     );
     out.push_str("| scenario | req/s | × bare | target | p50 | p99 | Redis round trips/req | scripts/req | cmds/req (incl. in scripts) | server CPU µs/req | Redis CPU µs/req | of which in scripts | hit or replay | statuses |\n");
