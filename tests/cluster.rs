@@ -332,3 +332,77 @@ async fn idempotency_wait_replicas_asks_the_master_of_the_record_slot() {
     let res = svc.clone().oneshot(pay()).await.unwrap();
     assert_eq!(res.headers()["idempotent-replayed"], "true");
 }
+
+/// Reservations are batched per hash slot: 3 instances on a cluster, many
+/// keys (spread over the slots) each sent 5 times at once across the
+/// instances: every key's handler runs exactly once and every request that
+/// is answered gets that run's response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idempotency_batches_across_slots_run_each_key_once_fleet_wide() {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use tower_redis_layers::idempotency::{IdempotencyLayer, RequestBody};
+    let urls = support::cluster::shared_cluster_urls();
+    let stores = cluster_fleet(urls, "idb", 3, Duration::from_secs(2)).await;
+    let runs: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let services: Vec<_> = stores
+        .into_iter()
+        .map(|store| {
+            let runs = runs.clone();
+            ServiceBuilder::new()
+                .layer(IdempotencyLayer::builder(store).build().unwrap())
+                .service(tower::service_fn(
+                    move |r: Request<RequestBody<Full<Bytes>>>| {
+                        let key = r.headers()["idempotency-key"].to_str().unwrap().to_owned();
+                        let n = {
+                            let mut runs = runs.lock().unwrap();
+                            let n = runs.entry(key.clone()).or_insert(0);
+                            *n += 1;
+                            *n
+                        };
+                        async move {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            let body = format!("{key} run {n}");
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+                        }
+                    },
+                ))
+        })
+        .collect();
+    let keys: Vec<String> = (0..60).map(|i| format!("\"order-{i}\"")).collect();
+    let mut calls = Vec::new();
+    for round in 0..5 {
+        for (i, key) in keys.iter().enumerate() {
+            let svc = services[(i + round) % 3].clone();
+            let req = Request::post("/orders")
+                .header("idempotency-key", key.as_str())
+                .body(Full::default())
+                .unwrap();
+            let key = key.clone();
+            calls.push(tokio::spawn(async move {
+                let res = svc.oneshot(req).await.unwrap();
+                let status = res.status();
+                let body = http_body_util::BodyExt::collect(res.into_body())
+                    .await
+                    .unwrap()
+                    .to_bytes();
+                (key, status, body)
+            }));
+        }
+    }
+    let mut answered = 0;
+    for call in calls {
+        let (key, status, body) = call.await.unwrap();
+        if status == StatusCode::OK {
+            answered += 1;
+            assert_eq!(body, format!("{key} run 1"), "the one run's response");
+        } else {
+            // A concurrent duplicate while the first runs: a conflict.
+            assert_eq!(status, StatusCode::CONFLICT, "{key}: {body:?}");
+        }
+    }
+    let runs = runs.lock().unwrap();
+    assert_eq!(runs.len(), keys.len(), "every key ran");
+    assert!(runs.values().all(|&n| n == 1), "a key ran twice: {runs:?}");
+    assert!(answered >= keys.len(), "at least each first run answered");
+}

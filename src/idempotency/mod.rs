@@ -174,7 +174,11 @@
 //! **Round trips.** On Redis, a replay, a conflict or a mismatch is ONE
 //! script call; a first execution is two (reserve, then complete or
 //! release; a `WAIT` more with `wait_replicas`), plus one renewal per third
-//! of the lease for slow handlers.
+//! of the lease for slow handlers. Reservations and completions in flight
+//! are batched like the rate limiter's decisions: those that arrive while
+//! one call is on the wire go out together as one script call (per hash
+//! slot on a cluster), decided in order, so a retry racing its original in
+//! the same batch still finds it in progress.
 //! Each step is one Lua script on one key, `{prefix}:idem:{<sha256>}`, with
 //! a TTL (the lease, then the record TTL, from Redis's clock); keys,
 //! principals and paths are hashed before they enter it. The stored

@@ -1,14 +1,20 @@
--- Store the response of a reservation, only while its lease token still
--- holds it (fencing): a holder whose lease lapsed cannot overwrite.
+-- Stores the responses of a batch of reservations, each only while its
+-- lease token still holds the record (fencing): a holder whose lease
+-- lapsed cannot overwrite.
 --
--- KEYS[1]: the record. ARGV[1]: lease token; ARGV[2]: the encoded
--- response; ARGV[3]: record TTL (ms).
--- Returns 1 stored, 0 the lease was lost.
-
-if redis.call('HGET', KEYS[1], 't') ~= ARGV[1] then
-  return 0
+-- KEYS: the records. ARGV, per record: lease token, the encoded response,
+-- record TTL (ms).
+-- Returns per record 1 stored, 0 the lease was lost.
+local out = {}
+for i = 1, #KEYS do
+  local k, a = KEYS[i], 3 * (i - 1)
+  if redis.call('HGET', k, 't') ~= ARGV[a + 1] then
+    out[i] = 0
+  else
+    redis.call('HSET', k, 's', 'c', 'r', ARGV[a + 2])
+    redis.call('HDEL', k, 't')
+    redis.call('PEXPIRE', k, ARGV[a + 3])
+    out[i] = 1
+  end
 end
-redis.call('HSET', KEYS[1], 's', 'c', 'r', ARGV[2])
-redis.call('HDEL', KEYS[1], 't')
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return 1
+return out

@@ -1,25 +1,30 @@
--- Reserve an idempotency record, or report its state: ONE round trip
--- decides a first execution, a conflict, a mismatch or a replay.
+-- Reserves a batch of idempotency records, or reports each one's state:
+-- ONE round trip decides, for every request in the batch, a first
+-- execution, a conflict, a mismatch or a replay.
 --
--- KEYS[1]: the record (a hash: s = state 'p'|'c', f = fingerprint,
---          t = lease token while in progress, r = stored response).
--- ARGV[1]: lease token; ARGV[2]: request fingerprint; ARGV[3]: lease (ms).
--- Returns {0} reserved, {1, pttl} in progress, {2} fingerprint mismatch,
--- {3, record} completed, {4} unknown state.
-
-local v = redis.call('HMGET', KEYS[1], 's', 'f', 'r')
-if not v[1] then
-  redis.call('HSET', KEYS[1], 's', 'p', 'f', ARGV[2], 't', ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-  return {0}
+-- KEYS: the records (each a hash: s = state 'p'|'c', f = fingerprint,
+--       t = lease token while in progress, r = stored response).
+-- ARGV, per record: lease token, request fingerprint, lease (ms).
+-- Returns two values per record: 0, false reserved; 1, pttl in progress;
+-- 2, false fingerprint mismatch; 3, record completed; 4, false unknown state.
+-- The records of a batch are decided in order: a later request for the
+-- same record sees the reservation of an earlier one.
+local out = {}
+for i = 1, #KEYS do
+  local k, a = KEYS[i], 3 * (i - 1)
+  local v = redis.call('HMGET', k, 's', 'f', 'r')
+  local code, extra = 4, false
+  if not v[1] then
+    redis.call('HSET', k, 's', 'p', 'f', ARGV[a + 2], 't', ARGV[a + 1])
+    redis.call('PEXPIRE', k, ARGV[a + 3])
+    code = 0
+  elseif v[2] ~= ARGV[a + 2] then
+    code = 2
+  elseif v[1] == 'p' then
+    code, extra = 1, redis.call('PTTL', k)
+  elseif v[1] == 'c' and v[3] then
+    code, extra = 3, v[3]
+  end
+  out[2 * i - 1], out[2 * i] = code, extra
 end
-if v[2] ~= ARGV[2] then
-  return {2}
-end
-if v[1] == 'p' then
-  return {1, redis.call('PTTL', KEYS[1])}
-end
-if v[1] == 'c' and v[3] then
-  return {3, v[3]}
-end
-return {4}
+return out

@@ -1,5 +1,8 @@
 //! The Redis home of the idempotency records: one Lua script per step, on
-//! one key per record.
+//! one key per record; reservations and completions are batched
+//! ([`batches`]).
+
+mod batches;
 
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -13,13 +16,11 @@ use super::{
 };
 use crate::error::StoreError;
 use crate::idempotency::fingerprint::RecordKey;
+use crate::store::batch::Batcher;
 use crate::store::lane::Lane;
 use crate::RedisStore;
+use batches::{Completes, Completion, Reserves, COMPLETE, RESERVE};
 
-static RESERVE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("../scripts/reserve.lua")));
-static COMPLETE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("../scripts/complete.lua")));
 static RELEASE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../scripts/release.lua")));
 static RENEW: LazyLock<Script> =
@@ -31,6 +32,8 @@ static RENEW: LazyLock<Script> =
 pub(crate) struct RedisHome {
     prefix: String,
     lane: Lane,
+    reserves: Arc<Batcher<Reserves>>,
+    completes: Arc<Batcher<Completes>>,
 }
 
 impl IdempotencyStore for RedisStore {
@@ -42,6 +45,12 @@ impl IdempotencyStore for RedisStore {
                 lane.preload(&[&*RESERVE, &*COMPLETE, &*RELEASE, &*RENEW]);
                 lane
             },
+            reserves: self.batcher(|| Reserves {
+                prefix: self.prefix().to_owned(),
+            }),
+            completes: self.batcher(|| Completes {
+                prefix: self.prefix().to_owned(),
+            }),
         })
     }
 }
@@ -50,11 +59,15 @@ fn millis(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
 }
 
+/// `{prefix}:idem:{digest}`: one hash per record (state, fingerprint,
+/// lease token, response), so the hash tag puts all of it in one slot.
+fn key(prefix: &str, key: &RecordKey) -> String {
+    format!("{prefix}:idem:{{{}}}", key.0)
+}
+
 impl RedisHome {
-    /// `{prefix}:idem:{digest}`: one hash per record (state, fingerprint,
-    /// lease token, response), so the hash tag puts all of it in one slot.
-    fn key(&self, key: &RecordKey) -> String {
-        format!("{}:idem:{{{}}}", self.prefix, key.0)
+    fn key(&self, record: &RecordKey) -> String {
+        key(&self.prefix, record)
     }
 
     /// Runs `script` on one record with `args`, under the breaker and deadline.
@@ -121,36 +134,10 @@ impl RedisHome {
     }
 }
 
-fn parse_reserve(value: Value) -> Result<Reservation, StoreError> {
-    let bad = |v: &dyn std::fmt::Debug| {
-        StoreError::protocol(format!("idempotency reserve script returned {v:?}"))
-    };
-    let Value::Array(items) = value else {
-        return Err(bad(&value));
-    };
-    let mut it = items.into_iter();
-    match (it.next(), it.next()) {
-        (Some(Value::Int(0)), None) => Ok(Reservation::Reserved),
-        (Some(Value::Int(1)), Some(Value::Int(pttl))) => Ok(Reservation::InProgress {
-            lease_left: Duration::from_millis(pttl.max(0) as u64),
-        }),
-        (Some(Value::Int(2)), None) => Ok(Reservation::Mismatch),
-        (Some(Value::Int(3)), Some(Value::BulkString(record))) => {
-            Ok(Reservation::Completed(Bytes::from(record)))
-        }
-        (first, second) => Err(bad(&(first, second))),
-    }
-}
-
 impl IdempotencyHome for RedisHome {
     fn reserve(&self, r: &Reserve) -> BoxFuture<'static, Result<Reservation, StoreError>> {
-        let args = vec![
-            Bytes::copy_from_slice(&r.hold.token.0),
-            Bytes::copy_from_slice(&r.fingerprint.0),
-            millis(r.lease).to_string().into(),
-        ];
-        let call = self.call(&RESERVE, &r.hold.key, args);
-        Box::pin(async move { parse_reserve(call.await?) })
+        let (lane, batcher, r) = (self.lane.clone(), self.reserves.clone(), r.clone());
+        Box::pin(async move { batcher.submit(&lane, r).await })
     }
 
     fn complete(
@@ -160,11 +147,16 @@ impl IdempotencyHome for RedisHome {
         ttl: Duration,
         replicas: Option<Replicas>,
     ) -> BoxFuture<'static, Result<Written, StoreError>> {
-        let args = vec![record, millis(ttl).to_string().into()];
-        let stored = self.flag(&COMPLETE, hold, args);
+        let (lane, batcher) = (self.lane.clone(), self.completes.clone());
+        let completion = Completion {
+            key: hold.key.clone(),
+            token: hold.token.clone(),
+            record,
+            ttl,
+        };
         let confirm = replicas.map(|r| self.wait(&hold.key, r));
         Box::pin(async move {
-            if !stored.await? {
+            if !batcher.submit(&lane, completion).await? {
                 return Ok(Written::Lost);
             }
             Ok(match confirm {

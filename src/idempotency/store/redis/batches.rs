@@ -1,0 +1,193 @@
+//! Reservations and completions, batched like rate-limit decisions: those
+//! in flight go out as ONE call of `scripts/reserve.lua` (or
+//! `complete.lua`) per batch and hash slot, so a replay or a first
+//! execution costs Redis a share of one script run instead of one each.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use redis::{Script, Value};
+
+use crate::error::StoreError;
+use crate::idempotency::fingerprint::{RecordKey, Token};
+use crate::idempotency::store::{Reservation, Reserve};
+use crate::store::batch::{call_script, evalsha, Protocol};
+use crate::store::lane::Lane;
+
+pub(super) static RESERVE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../../scripts/reserve.lua")));
+pub(super) static COMPLETE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../../scripts/complete.lua")));
+
+/// The reservations' protocol, for the store with key prefix `prefix`.
+pub(crate) struct Reserves {
+    pub(super) prefix: String,
+}
+
+impl Protocol for Reserves {
+    type Item = Reserve;
+    type Reply = Reservation;
+
+    fn slot(&self, r: &Reserve) -> u16 {
+        crate::store::slots::slot::of_parts(&[r.hold.key.0.as_bytes()])
+    }
+
+    fn run<'a>(
+        &'a self,
+        lane: &'a Lane,
+        slot: u16,
+        items: &'a [Reserve],
+    ) -> BoxFuture<'a, Vec<Result<Reservation, StoreError>>> {
+        let mut cmd = evalsha(&RESERVE);
+        cmd.arg(items.len());
+        for r in items {
+            cmd.arg(super::key(&self.prefix, &r.hold.key));
+        }
+        for r in items {
+            cmd.arg(&r.hold.token.0[..])
+                .arg(&r.fingerprint.0[..])
+                .arg(super::millis(r.lease));
+        }
+        Box::pin(async move {
+            match call_script(lane, slot, &RESERVE, &cmd)
+                .await
+                .and_then(|reply| parse(items.len(), reply))
+            {
+                Ok(answers) => answers.into_iter().map(Ok).collect(),
+                Err(e) => items.iter().map(|_| Err(e.duplicate())).collect(),
+            }
+        })
+    }
+}
+
+/// One completion: the record, the holder's token, the encoded response
+/// and how long the record is kept.
+pub(crate) struct Completion {
+    pub(super) key: RecordKey,
+    pub(super) token: Token,
+    pub(super) record: Bytes,
+    pub(super) ttl: Duration,
+}
+
+/// The completions' protocol, for the store with key prefix `prefix`.
+pub(crate) struct Completes {
+    pub(super) prefix: String,
+}
+
+impl Protocol for Completes {
+    type Item = Completion;
+    /// Stored (`false`: the lease was lost).
+    type Reply = bool;
+
+    fn slot(&self, c: &Completion) -> u16 {
+        crate::store::slots::slot::of_parts(&[c.key.0.as_bytes()])
+    }
+
+    fn run<'a>(
+        &'a self,
+        lane: &'a Lane,
+        slot: u16,
+        items: &'a [Completion],
+    ) -> BoxFuture<'a, Vec<Result<bool, StoreError>>> {
+        let mut cmd = evalsha(&COMPLETE);
+        cmd.arg(items.len());
+        for c in items {
+            cmd.arg(super::key(&self.prefix, &c.key));
+        }
+        for c in items {
+            cmd.arg(&c.token.0[..])
+                .arg(&c.record[..])
+                .arg(super::millis(c.ttl));
+        }
+        Box::pin(async move {
+            let reply = call_script(lane, slot, &COMPLETE, &cmd).await;
+            match reply {
+                Ok(Value::Array(v)) if v.len() == items.len() => v
+                    .into_iter()
+                    .map(|f| match f {
+                        Value::Int(n) => Ok(n == 1),
+                        other => Err(bad_complete(&other)),
+                    })
+                    .collect(),
+                Ok(other) => items.iter().map(|_| Err(bad_complete(&other))).collect(),
+                Err(e) => items.iter().map(|_| Err(e.duplicate())).collect(),
+            }
+        })
+    }
+}
+
+fn bad_complete(what: &dyn std::fmt::Debug) -> StoreError {
+    StoreError::protocol(format!("idempotency complete script returned {what:?}"))
+}
+
+fn bad(what: &dyn std::fmt::Debug) -> StoreError {
+    StoreError::protocol(format!("idempotency reserve script returned {what:?}"))
+}
+
+/// Two values per record: its code and what goes with it.
+fn parse(n: usize, reply: Value) -> Result<Vec<Reservation>, StoreError> {
+    let Value::Array(values) = reply else {
+        return Err(bad(&reply));
+    };
+    if values.len() != 2 * n {
+        return Err(bad(&format_args!(
+            "{} values for {n} records",
+            values.len()
+        )));
+    }
+    let mut it = values.into_iter();
+    let mut out = Vec::with_capacity(n);
+    while let (Some(code), Some(extra)) = (it.next(), it.next()) {
+        out.push(match (code, extra) {
+            (Value::Int(0), _) => Reservation::Reserved,
+            (Value::Int(1), Value::Int(pttl)) => Reservation::InProgress {
+                lease_left: Duration::from_millis(pttl.max(0) as u64),
+            },
+            (Value::Int(2), _) => Reservation::Mismatch,
+            (Value::Int(3), Value::BulkString(record)) => {
+                Reservation::Completed(Bytes::from(record))
+            }
+            other => return Err(bad(&other)),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_reply_is_split_per_record() {
+        let reply = Value::Array(vec![
+            Value::Int(0),
+            Value::Nil,
+            Value::Int(1),
+            Value::Int(1500),
+            Value::Int(2),
+            Value::Nil,
+            Value::Int(3),
+            Value::BulkString(b"rec".to_vec()),
+        ]);
+        assert_eq!(
+            parse(4, reply).unwrap(),
+            vec![
+                Reservation::Reserved,
+                Reservation::InProgress {
+                    lease_left: Duration::from_millis(1500)
+                },
+                Reservation::Mismatch,
+                Reservation::Completed(Bytes::from_static(b"rec")),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unknown_state_or_a_short_reply_is_a_protocol_error() {
+        let unknown = Value::Array(vec![Value::Int(4), Value::Nil]);
+        assert!(parse(1, unknown).is_err());
+        assert!(parse(2, Value::Array(vec![Value::Int(0), Value::Nil])).is_err());
+    }
+}
