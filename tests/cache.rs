@@ -2262,7 +2262,9 @@ conformance! {
         let first = send(&svc, range("bytes=2-4")).await;
         assert_eq!((first.status, first.body.clone()), (StatusCode::PARTIAL_CONTENT, Bytes::from("234")));
         assert_eq!(first.headers["content-range"], "bytes 2-4/10");
-        assert!(!seen.lock().unwrap()[0].1.contains_key("range"), "the fill fetched the whole response");
+        // The range was asked for; this origin answered with the whole
+        // response, which is stored and cut.
+        assert_eq!(seen.lock().unwrap()[0].1["range"], "bytes=2-4");
         let hit = send(&svc, range("bytes=-3")).await;
         assert_eq!((hit.status, hit.body.clone()), (StatusCode::PARTIAL_CONTENT, Bytes::from("789")));
         assert!(hit.cache_status().contains("hit"));
@@ -2287,5 +2289,112 @@ conformance! {
         let head = send(&svc, with(Method::HEAD, "/r", &[("range", "bytes=0-1")])).await;
         assert_eq!((head.status, head.body.len()), (StatusCode::OK, 0));
         assert_eq!(origin.calls(), 1);
+    }
+}
+
+/// An origin serving `0123456789` with ETag `"p<version>"` that answers a
+/// single `Range` with `206` (the version advances when `changes`).
+fn ranged(changes: bool) -> (Origin, Seen) {
+    recording(move |req, n| {
+        let full = "0123456789";
+        let etag = format!("\"p{}\"", if changes { n } else { 1 });
+        let range = req.headers().get("range").and_then(|v| {
+            let (a, b) = v.to_str().ok()?.strip_prefix("bytes=")?.split_once('-')?;
+            Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?))
+        });
+        let cc = ("cache-control", "max-age=60");
+        let mut r = match range {
+            Some((a, b)) => {
+                let cr = format!("bytes {a}-{b}/10");
+                let mut r = res(&[cc, ("content-range", &cr)], &full[a..=b]);
+                *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+                r
+            }
+            None => res(&[cc], full),
+        };
+        r.headers_mut().insert("etag", etag.parse().unwrap());
+        r
+    })
+}
+
+conformance! {
+    async fn rfc9111_3_3_and_3_4_partial_responses_are_stored_and_combined(store) {
+        let (origin, seen) = ranged(false);
+        let svc = cached(builder(store.clone()).build().unwrap(), &origin);
+        let range = |r: &'static str| with(Method::GET, "/p", &[("range", r)]);
+        let last_range = |seen: &Seen| seen.lock().unwrap().last().unwrap().1.get("range").cloned();
+        // A miss asks the origin for the range; its 206 is stored.
+        let first = send(&svc, range("bytes=0-4")).await;
+        assert_eq!((first.status, first.body.clone()), (StatusCode::PARTIAL_CONTENT, Bytes::from("01234")));
+        assert_eq!(last_range(&seen).unwrap(), "bytes=0-4");
+        assert!(first.cache_status().contains("stored"), "{}", first.cache_status());
+        // Ranges within the part are answered from it, several at once too.
+        let within = send(&svc, range("bytes=1-3")).await;
+        assert_eq!((within.status, within.body.clone()), (StatusCode::PARTIAL_CONTENT, Bytes::from("123")));
+        assert_eq!(within.headers["content-range"], "bytes 1-3/10");
+        assert!(within.cache_status().contains("hit"), "{}", within.cache_status());
+        let many = send(&svc, range("bytes=0-0,4-4")).await;
+        assert_eq!(many.status, StatusCode::PARTIAL_CONTENT);
+        assert!(many.headers["content-type"].to_str().unwrap().starts_with("multipart/byteranges"));
+        assert_eq!(origin.calls(), 1);
+        // One past it goes to the origin with its Range, and the parts combine.
+        let rest = send(&svc, range("bytes=5-9")).await;
+        assert_eq!((rest.status, rest.body.clone()), (StatusCode::PARTIAL_CONTENT, Bytes::from("56789")));
+        assert_eq!(last_range(&seen).unwrap(), "bytes=5-9");
+        assert_eq!(origin.calls(), 2);
+        // Complete now: a 200 for a request without Range, and any range.
+        let whole = send(&svc, get("/p")).await;
+        assert_eq!((whole.status, whole.body.clone()), (StatusCode::OK, Bytes::from("0123456789")));
+        assert_eq!(whole.headers["content-length"], "10");
+        assert!(!whole.headers.contains_key("content-range"));
+        assert!(whole.cache_status().contains("hit"), "{}", whole.cache_status());
+        let across = send(&svc, range("bytes=3-6")).await;
+        assert_eq!(across.body, "3456");
+        let head = send(&svc, with(Method::HEAD, "/p", &[])).await;
+        assert_eq!((head.status, head.headers["content-length"].clone()), (StatusCode::OK, "10".parse().unwrap()));
+        assert_eq!(origin.calls(), 2);
+    }
+
+    async fn rfc9111_3_3_a_part_never_answers_a_request_without_range(store) {
+        let (origin, seen) = ranged(false);
+        let svc = cached(builder(store.clone()).build().unwrap(), &origin);
+        send(&svc, with(Method::GET, "/q", &[("range", "bytes=0-4")])).await;
+        let head = send(&svc, with(Method::HEAD, "/q", &[])).await;
+        assert_eq!(head.status, StatusCode::OK);
+        assert!(!head.cache_status().contains("hit"), "{}", head.cache_status());
+        let whole = send(&svc, get("/q")).await;
+        assert_eq!((whole.status, whole.body.clone()), (StatusCode::OK, Bytes::from("0123456789")));
+        assert!(!seen.lock().unwrap().last().unwrap().1.contains_key("range"));
+        assert_eq!(origin.calls(), 3);
+        // That 200 replaced the part: everything is answered from it now.
+        assert_eq!(send(&svc, get("/q")).await.body, "0123456789");
+        assert_eq!(send(&svc, with(Method::GET, "/q", &[("range", "bytes=8-")])).await.body, "89");
+        // A range the part does not cover, an unsatisfiable one, or one
+        // whose If-Range does not match goes to the origin.
+        let (origin, _) = ranged(false);
+        let svc = cached(builder(store).scope("u").build().unwrap(), &origin);
+        send(&svc, with(Method::GET, "/q", &[("range", "bytes=0-4")])).await;
+        for (range, if_range) in [("bytes=0-1", "\"p0\""), ("bytes=4-5", "\"p1\""), ("bytes=20-", "\"p1\"")] {
+            let before = origin.calls();
+            send(&svc, with(Method::GET, "/q", &[("range", range), ("if-range", if_range)])).await;
+            assert_eq!(origin.calls(), before + 1, "{range} {if_range}");
+        }
+    }
+
+    async fn rfc9111_3_4_parts_of_another_representation_are_not_combined(store) {
+        // Every answer has a new ETag: no two parts are of one representation.
+        let (origin, _) = ranged(true);
+        let svc = cached(builder(store).build().unwrap(), &origin);
+        let range = |r: &'static str| with(Method::GET, "/v", &[("range", r)]);
+        send(&svc, range("bytes=0-4")).await;
+        let second = send(&svc, range("bytes=5-9")).await;
+        assert_eq!((second.body.clone(), second.headers["etag"].clone()), (Bytes::from("56789"), "\"p2\"".parse().unwrap()));
+        // The newer part replaced the older one; nothing was made complete.
+        let hit = send(&svc, range("bytes=6-7")).await;
+        assert!(hit.cache_status().contains("hit") && hit.body == "67", "{}", hit.cache_status());
+        send(&svc, range("bytes=0-1")).await;
+        let whole = send(&svc, get("/v")).await;
+        assert_eq!((whole.status, whole.body), (StatusCode::OK, Bytes::from("0123456789")));
+        assert_eq!(origin.calls(), 4);
     }
 }

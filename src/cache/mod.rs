@@ -64,10 +64,10 @@
 //! # What is stored
 //!
 //! GET responses (HEAD is answered from them) with a final status (not
-//! 206 or 304) and a freshness lifetime (RFC 9111 §3, §4.2): `s-maxage`,
+//! 304) and a freshness lifetime (RFC 9111 §3, §4.2): `s-maxage`,
 //! else `max-age`, else `Expires` minus `Date` (any status); without
-//! those, for the heuristically cacheable statuses (200, 203, 204, 300,
-//! 301, 308, 404, 405, 410, 414, 501) or a response marked `public`, the
+//! those, for the heuristically cacheable statuses (200, 203, 204, 206,
+//! 300, 301, 308, 404, 405, 410, 414, 501) or a response marked `public`, the
 //! layer's [`default_ttl`](ResponseCacheLayerBuilder::default_ttl) (with
 //! jitter) or, without one, heuristic freshness: 10% of the time since
 //! `Last-Modified`, at most a day
@@ -106,8 +106,17 @@
 //! §14): `206` with the byte range, suffix ranges included, several as
 //! `multipart/byteranges`, `416` when none is satisfiable, the whole
 //! response when `If-Range` does not match (strong comparison) or the
-//! field is invalid. A fill fetches the whole response without `Range` and
-//! cuts the range from it; `206` responses themselves are never stored.
+//! field is invalid. Refilling a stored complete response fetches the
+//! whole of it and cuts the range; otherwise the `Range` goes to the
+//! origin, and its `206` — one byte range of a known length — is stored
+//! as an incomplete entry (RFC 9111 §3.3). A later `206` with the same
+//! strong `ETag` and length is combined with it (§3.4: the newer fields
+//! win, parts up to 16 and within `max_body_size`), and once the parts
+//! cover the representation the entry is a complete `200`. An incomplete
+//! entry answers only `Range` requests wholly within its parts (never a
+//! request without `Range`, a HEAD, or one whose `If-Range` does not
+//! match); the others go to the origin. Instances of earlier versions
+//! read incomplete entries as misses.
 //!
 //! A request carrying an *unkeyed input* — a header the key ignores but an
 //! app may act on (`Forwarded`, `X-Forwarded-Host`/`-Proto`/`-Scheme`/
@@ -326,6 +335,7 @@ mod l1;
 mod layer;
 mod leader;
 mod origin;
+mod partial;
 mod policy;
 mod purges;
 mod range;

@@ -17,7 +17,7 @@ use super::flight::Outcome;
 use super::key;
 use super::leader::Leader;
 use super::policy::{has_validator, request_specific, verdict, Verdict};
-use super::response::{cache_status, merge_304, serve, to_store, CACHE_STATUS};
+use super::response::{cache_status, merge_fields, serve, to_store, CACHE_STATUS};
 
 /// What the origin's response becomes.
 pub(crate) enum Answer<B> {
@@ -163,7 +163,7 @@ fn refreshed<B>(
     now: u64,
 ) -> Response<crate::ResponseBody<B>> {
     let shared = leader.shared.clone();
-    let headers = merge_304(&stale.headers, fields);
+    let headers = merge_fields(&stale.headers, fields);
     let status = StatusCode::from_u16(stale.meta.status).unwrap_or(StatusCode::OK);
     let slot = leader.slot.clone();
     let (entry, params) = match verdict(&shared.cfg.rules, ctx.asked, status, &headers, now) {

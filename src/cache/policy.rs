@@ -37,15 +37,14 @@ pub(crate) struct Asked {
 /// A pass caused by the request, not the response: another request for the
 /// same slot may get a storable response (no hit-for-miss).
 pub(crate) fn request_specific(why: &str) -> bool {
-    matches!(why, "authorization" | "cookie")
+    matches!(why, "authorization" | "cookie" | "partial")
 }
 
-/// Heuristically cacheable statuses (RFC 9110 §15.1), but 206: ranges are
-/// not stored.
+/// Heuristically cacheable statuses (RFC 9110 §15.1).
 fn heuristic_status(s: u16) -> bool {
     matches!(
         s,
-        200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+        200 | 203 | 204 | 206 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
     )
 }
 
@@ -60,10 +59,10 @@ fn negative(s: u16, app: bool) -> bool {
 }
 
 /// Statuses whose caching requirements this cache knows (`must-understand`,
-/// RFC 9111 §5.2.2.3): those RFC 9110 defines, but 206 (ranges are not
-/// stored) and 304 (never stored as such).
+/// RFC 9111 §5.2.2.3): those RFC 9110 defines, but 304 (never stored as
+/// such).
 fn understood(s: u16) -> bool {
-    matches!(s, 200..=205 | 300..=305 | 307 | 308 | 400..=417 | 421 | 422 | 426 | 500..=505)
+    matches!(s, 200..=206 | 300..=305 | 307 | 308 | 400..=417 | 421 | 422 | 426 | 500..=505)
 }
 
 /// Whether and how long to store a response.
@@ -105,8 +104,12 @@ pub(crate) fn verdict(
 ) -> Verdict {
     let s = status.as_u16();
     // Final responses only; a 304 refreshes an entry, it is none itself.
-    if s < 200 || s == 206 || s == 304 {
+    if s < 200 || s == 304 {
         return Verdict::Pass("status");
+    }
+    // A part is stored when it is one byte range of a known length (§3.3).
+    if s == 206 && !super::partial::storable(headers) {
+        return Verdict::Pass("partial");
     }
     let cc = CacheControl::parse(headers);
     if cc.must_understand && !understood(s) {

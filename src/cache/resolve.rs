@@ -18,6 +18,7 @@ use super::entry::Entry;
 use super::flight::{FlightGuard, Follower, Joined, Outcome};
 use super::key::{self, Slot};
 use super::leader::Leader;
+use super::range::Ranges;
 use super::shared::{token, Shared};
 use super::store::{Found, LockState, Lookup};
 use crate::error::StoreError;
@@ -32,6 +33,16 @@ pub(crate) struct Ask {
     pub(crate) lookup_only: bool,
     /// What the request accepts from a stored response.
     pub(crate) want: Want,
+    /// Its `Range` (an incomplete entry answers only ranges within it).
+    pub(crate) ranges: Ranges,
+    pub(crate) head: bool,
+}
+
+impl Ask {
+    /// Whether `e` can answer this request (an incomplete entry may not).
+    fn served_by(&self, e: &Entry) -> bool {
+        self.ranges.served_by(e, self.head)
+    }
 }
 
 pub(crate) enum Resolution {
@@ -53,20 +64,20 @@ pub(crate) async fn resolve(shared: Arc<Shared>, ask: Ask) -> Resolution {
     for _ in 0..4 {
         let spec = shared.spec_of(&ask.url);
         let slot = key::slot(ask.url.clone(), spec, &ask.headers);
-        if let Some(e) = local(&shared, &slot) {
+        if let Some(e) = local(&shared, &slot).filter(|e| ask.served_by(e)) {
             if ask.want.judge(&e, shared.now_ms()) == Judged::Fresh {
                 return Resolution::Hit(e, HitKind::Local);
             }
         }
         if ask.lookup_only {
-            match look(&shared, slot, &ask.want, false).await {
+            match look(&shared, slot, &ask, false).await {
                 Some(r) => return r,
                 None => continue,
             }
         }
         // In process, a fresh hit is one map read: serve it without a flight.
         if shared.home.is_local() {
-            match look(&shared, slot.clone(), &ask.want, false).await {
+            match look(&shared, slot.clone(), &ask, false).await {
                 Some(hit @ Resolution::Hit(..)) => return hit,
                 Some(_) => {}
                 None => continue,
@@ -74,7 +85,7 @@ pub(crate) async fn resolve(shared: Arc<Shared>, ask: Ask) -> Resolution {
         }
         let guard = match shared.flights.join(&slot) {
             Joined::Leader(g) => g,
-            Joined::Follower(f) => match follow(&shared, f, &slot, &ask.want, deadline).await {
+            Joined::Follower(f) => match follow(&shared, f, &slot, &ask, deadline).await {
                 Followed::Resolved(r) => return r,
                 Followed::Lead(guard) => guard,
                 Followed::Again => continue,
@@ -121,7 +132,8 @@ fn store_failed(
 /// A lookup that takes no lock: a fresh entry the request accepts (or,
 /// with `stale_ok`, one within `stale-while-revalidate`) is a hit. `None`:
 /// the URL's spec changed, ask again.
-async fn look(shared: &Arc<Shared>, slot: Slot, want: &Want, stale_ok: bool) -> Option<Resolution> {
+async fn look(shared: &Arc<Shared>, slot: Slot, ask: &Ask, stale_ok: bool) -> Option<Resolution> {
+    let want = &ask.want;
     let q = Lookup {
         slot: slot.clone(),
         lock: None,
@@ -137,7 +149,7 @@ async fn look(shared: &Arc<Shared>, slot: Slot, want: &Want, stale_ok: bool) -> 
     }
     let now = found.now_ms;
     let hit = found.entry.and_then(|raw| {
-        let e = decode_for(&slot, raw.clone(), found.gen)?;
+        let e = decode_for(&slot, raw.clone(), found.gen).filter(|e| ask.served_by(e))?;
         Some((e, raw))
     });
     let Some((e, raw)) = hit else {
@@ -172,9 +184,10 @@ async fn follow(
     shared: &Arc<Shared>,
     mut f: Follower,
     slot: &Slot,
-    want: &Want,
+    ask: &Ask,
     deadline: Instant,
 ) -> Followed {
+    let want = &ask.want;
     let mut looked_stale = false;
     let joined_ms = shared.now_ms();
     loop {
@@ -185,7 +198,8 @@ async fn follow(
             // A request that wants a validated response waits for it.
             Outcome::Stale(_) if want.demands() => {}
             Outcome::Stale(raw) if fresh => {
-                if let Some(e) = decode_for(slot, raw, 0).filter(|e| swr_ok(e, shared.now_ms())) {
+                let ok = |e: &Entry| swr_ok(e, shared.now_ms()) && ask.served_by(e);
+                if let Some(e) = decode_for(slot, raw, 0).filter(ok) {
                     return Followed::Resolved(Resolution::Hit(e, HitKind::Stale));
                 }
             }
@@ -193,7 +207,7 @@ async fn follow(
             // stale entry may still be served, only the store can tell.
             Outcome::Stale(_) if !looked_stale => {
                 looked_stale = true;
-                match look(shared, slot.clone(), want, true).await {
+                match look(shared, slot.clone(), ask, true).await {
                     Some(hit @ Resolution::Hit(..)) => return Followed::Resolved(hit),
                     Some(_) => {}
                     None => return Followed::Again,
@@ -204,7 +218,7 @@ async fn follow(
                 // Another variant (the response's Vary differed): ask again;
                 // and so does a request that wants a validated response,
                 // unless this one was stored after it came.
-                return match decode_for(slot, raw, 0) {
+                return match decode_for(slot, raw, 0).filter(|e| ask.served_by(e)) {
                     Some(e)
                         if want.judge(&e, shared.now_ms()) == Judged::Revalidate
                             && e.meta.stored_ms < joined_ms =>
@@ -275,20 +289,21 @@ async fn lead(
         }
         let now = found.now_ms;
         let raw = found.entry.clone();
-        let entry = raw
+        let stored = raw
             .clone()
             .and_then(|raw| decode_for(&slot, raw, found.gen));
+        // An incomplete entry that cannot answer is no entry to this
+        // request, but the part a fill may combine its own with.
+        let (entry, partial) = match stored {
+            Some(e) if !ask.served_by(&e) => (None, Some(e)),
+            e => (e, None),
+        };
         let step = after_lookup(found.lock, entry.as_ref(), now, &ask.want, polling);
         let fill = |guard, token, stale, why| {
             let looked = Some((&found, token));
-            Some(Resolution::Fill(Leader::new(
-                shared,
-                slot.clone(),
-                guard,
-                looked,
-                stale,
-                why,
-            )))
+            let mut l = Leader::new(shared, slot.clone(), guard, looked, stale, why);
+            l.partial = partial.clone();
+            Some(Resolution::Fill(l))
         };
         match step {
             Step::Hit(kind) => {

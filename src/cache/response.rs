@@ -5,8 +5,9 @@
 
 use bytes::Bytes;
 use http::header::{
-    HeaderName, AGE, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_LOCATION, DATE, ETAG,
-    EXPIRES, LAST_MODIFIED, RETRY_AFTER, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, VARY,
+    HeaderName, AGE, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_RANGE,
+    DATE, ETAG, EXPIRES, LAST_MODIFIED, RETRY_AFTER, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING,
+    UPGRADE, VARY,
 };
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
@@ -159,12 +160,14 @@ pub(crate) fn to_store(h: &HeaderMap) -> HeaderMap {
     out
 }
 
-/// RFC 9111 §3.2: a 304's fields replace the stored ones of the same name.
-pub(crate) fn merge_304(stored: &HeaderMap, fresh: &HeaderMap) -> HeaderMap {
+/// RFC 9111 §3.2: a newer response's fields (a 304's, a HEAD's, a
+/// combined part's) replace the stored ones of the same name; the length
+/// and ranges stay those of the stored content.
+pub(crate) fn merge_fields(stored: &HeaderMap, fresh: &HeaderMap) -> HeaderMap {
     let mut out = stored.clone();
     let fresh = to_store(fresh);
     for name in fresh.keys() {
-        if *name == CONTENT_LENGTH {
+        if *name == CONTENT_LENGTH || *name == CONTENT_RANGE {
             continue;
         }
         out.remove(name);

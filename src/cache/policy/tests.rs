@@ -91,9 +91,20 @@ fn rfc9111_3_any_final_status_with_explicit_freshness_is_stored() {
     ] {
         assert_eq!(fresh(v(&pure(), s, &[MAX60])), 60_000, "{s}");
     }
-    for s in [100, 103, 206, 304] {
+    for s in [100, 103, 304] {
         assert_eq!(v(&pure(), s, &[MAX60]), Verdict::Pass("status"), "{s}");
     }
+}
+
+#[test]
+fn rfc9111_3_3_a_206_is_stored_when_it_is_one_range_of_a_known_length() {
+    let one = ("content-range", "bytes 0-4/10");
+    assert_eq!(fresh(v(&pure(), 206, &[MAX60, one])), 60_000);
+    let unknown = ("content-range", "bytes 0-4/*");
+    assert_eq!(v(&pure(), 206, &[MAX60, unknown]), Verdict::Pass("partial"));
+    assert_eq!(v(&pure(), 206, &[MAX60]), Verdict::Pass("partial"));
+    let multi = ("content-type", "multipart/byteranges; boundary=x");
+    assert_eq!(v(&pure(), 206, &[MAX60, multi]), Verdict::Pass("partial"));
 }
 
 #[test]
