@@ -2398,3 +2398,47 @@ conformance! {
         assert_eq!(origin.calls(), 4);
     }
 }
+
+fn cdn(store: impl CacheStore, scope: &str) -> ResponseCacheLayerBuilder {
+    builder(store)
+        .scope(scope)
+        .targeted_cache_control([http::HeaderName::from_static("cdn-cache-control")])
+}
+
+/// Whether the second of two GETs through `layer` is answered from the cache.
+async fn reused_by(layer: ResponseCacheLayer, origin: &Origin) -> bool {
+    let svc = cached(layer, origin);
+    send(&svc, get("/t")).await;
+    let before = origin.calls();
+    let again = send(&svc, get("/t")).await;
+    origin.calls() == before && again.cache_status().contains("hit")
+}
+
+conformance! {
+    async fn rfc9213_2_1_a_valid_targeted_field_replaces_cache_control_and_expires(store) {
+        let expires = http_date(3600);
+        for (i, (pairs, stored)) in [
+            (vec![("cache-control", "no-store"), ("cdn-cache-control", "max-age=60")], true),
+            (vec![("cache-control", "max-age=60"), ("cdn-cache-control", "no-store")], false),
+            (vec![("cache-control", "max-age=60"), ("cdn-cache-control", "private")], false),
+            (vec![("cache-control", "max-age=60"), ("cdn-cache-control", "max-age=0")], false),
+            (vec![("expires", expires.as_str()), ("cdn-cache-control", "max-age=0")], false),
+            (vec![("expires", "0"), ("cdn-cache-control", "max-age=60")], true),
+            (vec![("cdn-cache-control", "foobar, max-age=60")], true),
+            // Invalid (not a dictionary, a wrong type, upper case): ignored.
+            (vec![("cache-control", "no-store"), ("cdn-cache-control", "max-age=60, &&&")], false),
+            (vec![("cache-control", "no-store"), ("cdn-cache-control", "max-age=\"60\"")], false),
+            (vec![("cache-control", "max-age=60"), ("cdn-cache-control", "MAX-AGE=0")], true),
+        ].into_iter().enumerate() {
+            let origin = answering(200, fields(&pairs));
+            let layer = cdn(store.clone(), &format!("t{i}")).build().unwrap();
+            assert_eq!(reused_by(layer, &origin).await, stored, "{pairs:?}");
+        }
+        // The field is passed on; without a target list it is not obeyed.
+        let origin = answering(200, fields(&[("cache-control", "no-store"), ("cdn-cache-control", "max-age=60")]));
+        let svc = cached(cdn(store.clone(), "fwd").build().unwrap(), &origin);
+        assert_eq!(send(&svc, get("/t")).await.headers["cdn-cache-control"], "max-age=60");
+        let plain = builder(store).scope("plain").build().unwrap();
+        assert!(!reused_by(plain, &origin).await, "off by default");
+    }
+}

@@ -32,6 +32,8 @@ pub(crate) struct CacheControl {
     /// `max-stale` (without a value: any staleness).
     pub(crate) max_stale: Option<u64>,
     pub(crate) min_fresh: Option<u64>,
+    /// Read from a targeted field (RFC 9213): `Expires` is ignored too.
+    pub(crate) targeted: bool,
 }
 
 /// Delta-seconds above this are read as this (RFC 9111 §1.2.2).

@@ -110,7 +110,8 @@ impl Fill {
             many => Bytes::from(many.concat()),
         };
         let older = self.leader.partial.take().or(self.leader.stale.take());
-        let cap = self.leader.shared.cfg.max_body;
+        let shared = self.leader.shared.clone();
+        let (cap, targets) = (shared.cfg.max_body, &shared.cfg.rules.targeted);
         let mut status = StatusCode::PARTIAL_CONTENT;
         let combined = combine(
             &mut status,
@@ -118,6 +119,7 @@ impl Fill {
             body.clone(),
             older.as_ref(),
             cap,
+            targets,
         );
         match combined {
             Some(stored) => {

@@ -347,6 +347,7 @@ mod service;
 mod shared;
 mod store;
 mod tags;
+mod targeted;
 
 pub use app::Stored;
 pub use config::{FailurePolicy, RequestDirectives};

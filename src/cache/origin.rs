@@ -147,7 +147,8 @@ pub(crate) fn on_origin<B: Body>(mut leader: Leader, res: Response<B>, ctx: Fill
         .map(|d| format!("; detail={d}"))
         .unwrap_or_default();
     let stored = format!("; stored; ttl={}{detail}", l.fresh_ms / 1000);
-    let fill = Fill::new(leader, slot, status, now, &l, to_store(res.headers()));
+    let fields = to_store(res.headers(), &shared.cfg.rules.targeted);
+    let fill = Fill::new(leader, slot, status, now, &l, fields);
     let (mut parts, body) = res.into_parts();
     shared.cfg.tags.strip(&mut parts.headers);
     let capture = Capture::new(fill, ctx, forwarded, stored, shared.cfg.max_body);
@@ -163,7 +164,7 @@ fn refreshed<B>(
     now: u64,
 ) -> Response<crate::ResponseBody<B>> {
     let shared = leader.shared.clone();
-    let headers = merge_fields(&stale.headers, fields);
+    let headers = merge_fields(&stale.headers, fields, &shared.cfg.rules.targeted);
     let status = StatusCode::from_u16(stale.meta.status).unwrap_or(StatusCode::OK);
     let slot = leader.slot.clone();
     let (entry, params) = match verdict(&shared.cfg.rules, ctx.asked, status, &headers, now) {

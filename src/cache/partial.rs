@@ -11,7 +11,7 @@
 
 use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG};
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use super::conditional::Tag;
 use super::entry::Entry;
@@ -182,6 +182,7 @@ pub(crate) fn combine(
     body: Bytes,
     older: Option<&Entry>,
     cap: usize,
+    targets: &[HeaderName],
 ) -> Option<Bytes> {
     let new = Parts::of(206, headers, &body)?;
     let older = older
@@ -192,7 +193,7 @@ pub(crate) fn combine(
     let parts = match older.map(|(o, p)| (o, p.merge(&new))) {
         Some((o, m)) if m.stored_len() <= cap && m.parts.len() <= MAX_PARTS => {
             // The new response's fields update the stored ones (§3.2).
-            *headers = merge_fields(&o.headers, headers);
+            *headers = merge_fields(&o.headers, headers, targets);
             m
         }
         _ => new,
@@ -298,6 +299,7 @@ mod tests {
                 Bytes::from_static(body),
                 Some(&older),
                 cap,
+                &[],
             );
             (status, headers, body)
         };

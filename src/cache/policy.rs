@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use http::header::{ETAG, LAST_MODIFIED, SET_COOKIE};
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderName, StatusCode};
 
 pub(crate) use super::cache_control::CacheControl;
 use super::freshness::{Heuristic, Received};
@@ -25,6 +25,8 @@ pub(crate) struct Rules {
     pub(crate) heuristic: Option<Heuristic>,
     /// How stale an entry may be served when the origin cannot be reached.
     pub(crate) stale_if_unreachable: Duration,
+    /// Targeted cache-control fields (RFC 9213), highest priority first.
+    pub(crate) targeted: Vec<HeaderName>,
 }
 
 /// What of the request decides whether its response may be shared.
@@ -111,7 +113,7 @@ pub(crate) fn verdict(
     if s == 206 && !super::partial::storable(headers) {
         return Verdict::Pass("partial");
     }
-    let cc = CacheControl::parse(headers);
+    let cc = CacheControl::of_response(headers, &rules.targeted);
     if cc.must_understand && !understood(s) {
         return Verdict::Pass("must-understand");
     }

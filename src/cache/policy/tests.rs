@@ -14,6 +14,7 @@ fn app() -> Rules {
         share_cookie_requests: false,
         heuristic: Some(Heuristic::default()),
         stale_if_unreachable: Duration::ZERO,
+        targeted: Vec::new(),
     }
 }
 
