@@ -2442,3 +2442,59 @@ conformance! {
         assert!(!reused_by(plain, &origin).await, "off by default");
     }
 }
+
+conformance! {
+    async fn rfc9111_5_4_a_request_pragma_no_cache_without_cache_control_revalidates(store) {
+        let (origin, seen) = recording(validating("max-age=3600"));
+        let svc = cached(honouring(store.clone(), "pragma").build().unwrap(), &origin);
+        send(&svc, get("/n")).await;
+        let got = send(&svc, with(Method::GET, "/n", &[("pragma", "no-cache")])).await;
+        assert_eq!(got.body, "v1", "the stored body, validated");
+        assert!(got.cache_status().contains("fwd-status=304"), "{}", got.cache_status());
+        assert_eq!(seen.lock().unwrap()[1].1["if-none-match"], "\"e1\"");
+        // With Cache-Control it is read alone; other pragmas mean nothing.
+        for pairs in [[("pragma", "no-cache"), ("cache-control", "max-stale=0")], [("pragma", "x-other"), ("x-none", "1")]] {
+            let hit = send(&svc, with(Method::GET, "/n", &pairs)).await;
+            assert!(hit.cache_status().contains("hit"), "{pairs:?}: {}", hit.cache_status());
+        }
+        assert_eq!(origin.calls(), 2);
+        // Request directives ignored (the default): Pragma too.
+        let svc = cached(builder(store).scope("ignored").build().unwrap(), &origin);
+        send(&svc, get("/n")).await;
+        let hit = send(&svc, with(Method::GET, "/n", &[("pragma", "no-cache")])).await;
+        assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
+    }
+
+    async fn rfc9111_5_4_a_response_pragma_is_not_cache_control(store) {
+        let origin = answering(200, fields(&[("cache-control", "max-age=60"), ("pragma", "no-cache")]));
+        assert!(reused(store.clone(), "rp", &origin).await, "explicit freshness wins");
+        let lm = http_date(-24 * 3600);
+        let origin = answering(200, fields(&[("last-modified", lm.as_str()), ("pragma", "no-cache")]));
+        assert!(!reused(store, "rph", &origin).await, "no heuristic lifetime for an HTTP/1.0 no-cache");
+    }
+
+    async fn rfc9111_5_5_no_answer_carries_a_generated_warning(store) {
+        // Stale within max-stale, within stale-while-revalidate, on an
+        // origin error within stale-if-error, and a 304 refresh.
+        let origin = answering(200, fields(&[("cache-control", "max-age=1, stale-while-revalidate=60"), ("etag", "\"e1\"")]));
+        let svc = cached(honouring(store.clone(), "w").build().unwrap(), &origin);
+        send(&svc, get("/w")).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let stale = send(&svc, with(Method::GET, "/w", &[("cache-control", "max-stale=60")])).await;
+        let swr = send(&svc, get("/w")).await;
+        for got in [&stale, &swr] {
+            assert_eq!(got.body, "v1");
+            assert!(!got.headers.contains_key("warning"), "{:?}", got.headers);
+        }
+        let calls = Arc::new(AtomicUsize::new(0));
+        let failing = Unreachable { cc: "max-age=1, stale-if-error=60", failure: Failure::Unavailable, calls };
+        let svc = ServiceBuilder::new().layer(builder(store).scope("w5").build().unwrap()).service(failing);
+        let first = svc.clone().oneshot(get("/w")).await.unwrap();
+        assert!(!first.headers().contains_key("warning"));
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let stale = svc.clone().oneshot(get("/w")).await.unwrap();
+        assert_eq!(stale.status(), StatusCode::OK);
+        assert!(stale.headers()["cache-status"].to_str().unwrap().contains("fwd=stale"));
+        assert!(!stale.headers().contains_key("warning"));
+    }
+}

@@ -7,6 +7,7 @@ use std::time::Duration;
 use http::header::{ETAG, LAST_MODIFIED, SET_COOKIE};
 use http::{HeaderMap, HeaderName, StatusCode};
 
+use super::cache_control::pragma_no_cache;
 pub(crate) use super::cache_control::CacheControl;
 use super::freshness::{Heuristic, Received};
 
@@ -152,7 +153,11 @@ pub(crate) fn verdict(
             (Some(n), _) => jittered(n, rules.jitter),
             (None, Some(d)) => jittered(ms(Some(d)), rules.jitter),
             (None, None) => {
-                let h = rules.heuristic.and_then(|h| got.heuristic_ms(&h, headers));
+                // `Pragma: no-cache` with no `Cache-Control` (an HTTP/1.0
+                // origin, RFC 9111 §5.4): no heuristic lifetime.
+                let pragma = pragma_no_cache(headers);
+                let heuristic = rules.heuristic.filter(|_| !pragma);
+                let h = heuristic.and_then(|h| got.heuristic_ms(&h, headers));
                 match h {
                     Some(h) => h,
                     // Stored stale, to be revalidated.

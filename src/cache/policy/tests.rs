@@ -346,3 +346,15 @@ fn jitter_only_shortens() {
         assert!((9_000..=10_000).contains(&j), "{j}");
     }
 }
+
+#[test]
+fn rfc9111_5_4_a_response_pragma_is_ignored_but_blocks_heuristics_without_cache_control() {
+    let pragma = ("pragma", "no-cache");
+    assert_eq!(fresh(v(&pure(), 200, &[MAX60, pragma])), 60_000);
+    let heuristic = [LM_DAY[0], LM_DAY[1], pragma];
+    assert_eq!(v(&pure(), 200, &heuristic), Verdict::Pass("no-freshness"));
+    let public = [LM_DAY[0], LM_DAY[1], pragma, ("cache-control", "public")];
+    assert_eq!(fresh(v(&pure(), 200, &public)), 8_640_000);
+    let other = [LM_DAY[0], LM_DAY[1], ("pragma", "x-extension")];
+    assert_eq!(fresh(v(&pure(), 200, &other)), 8_640_000);
+}
