@@ -2498,3 +2498,45 @@ conformance! {
         assert!(!stale.headers().contains_key("warning"));
     }
 }
+
+conformance! {
+    async fn rfc9111_4_3_5_a_head_response_for_another_representation_makes_the_stored_get_stale(store) {
+        // GETs answer v<n>; every answer carries the ETag "e<version>".
+        let version = Arc::new(AtomicUsize::new(1));
+        let v = version.clone();
+        let origin = Origin::new(move |req, n| {
+            let body = if req.method() == Method::HEAD { String::new() } else { format!("v{n}") };
+            let mut r = res(&[("cache-control", "max-age=60")], &body);
+            let etag = format!("\"e{}\"", v.load(Ordering::SeqCst));
+            r.headers_mut().insert("etag", etag.parse().unwrap());
+            if req.headers().contains_key("x-long") {
+                r.headers_mut().insert("content-length", "99".parse().unwrap());
+            }
+            r
+        });
+        let svc = cached(honouring(store, "hd").build().unwrap(), &origin);
+        assert_eq!(send(&svc, get("/h")).await.body, "v1");
+        let head = |extra: &'static [(&'static str, &'static str)]| {
+            let mut h = vec![("cache-control", "no-cache")];
+            h.extend_from_slice(extra);
+            with(Method::HEAD, "/h", &h)
+        };
+        // The same representation: the stored GET is freshened, still served.
+        send(&svc, head(&[])).await;
+        let hit = send(&svc, get("/h")).await;
+        assert!(hit.cache_status().contains("hit") && hit.body == "v1", "{}", hit.cache_status());
+        assert_eq!(origin.calls(), 2);
+        // Another ETag: the stored GET is stale; the next GET asks the origin.
+        version.store(2, Ordering::SeqCst);
+        let changed = send(&svc, head(&[])).await;
+        assert_eq!((changed.status, changed.body.len()), (StatusCode::OK, 0));
+        assert!(changed.cache_status().contains("detail=head-changed"), "{}", changed.cache_status());
+        let fetched = send(&svc, get("/h")).await;
+        assert_eq!((fetched.body.clone(), origin.calls()), (Bytes::from("v4"), 4), "{}", fetched.cache_status());
+        assert_eq!(send(&svc, get("/h")).await.body, "v4", "stored again");
+        // Another length, same ETag: stale too.
+        send(&svc, head(&[("x-long", "1")])).await;
+        assert_eq!(send(&svc, get("/h")).await.body, "v6");
+        assert_eq!(origin.calls(), 6);
+    }
+}

@@ -5,11 +5,10 @@
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, ETAG, LAST_MODIFIED};
 use http::response::Parts;
-use http::{HeaderMap, Response, StatusCode};
+use http::{HeaderMap, HeaderName, Response, StatusCode};
 use http_body::Body;
 
 use super::capture::Capture;
-use super::conditional::Tag;
 use super::decide::sie_ok;
 use super::entry::Entry;
 use super::fill::{Fill, FillCtx};
@@ -18,6 +17,7 @@ use super::key;
 use super::leader::Leader;
 use super::policy::{has_validator, request_specific, verdict, Verdict};
 use super::response::{cache_status, merge_fields, serve, to_store, CACHE_STATUS};
+use super::shared::spawn;
 
 /// What the origin's response becomes.
 pub(crate) enum Answer<B> {
@@ -87,6 +87,22 @@ pub(crate) fn on_origin<B: Body>(mut leader: Leader, res: Response<B>, ctx: Fill
     };
     if let Some(stale) = leader.stale.take_if(|s| refreshes(s)) {
         return Answer::Done(refreshed(leader, stale, res.headers(), &ctx, now));
+    }
+    // A HEAD's 200 for another representation (validators or length
+    // differ): the stored GET is stale from now on (§4.3.5), on every
+    // instance, before the lock is given back.
+    if ctx.head && status == StatusCode::OK && leader.stale.take().is_some() {
+        let purge = shared.soft_purge(&leader.slot.url);
+        spawn(async move {
+            let _ = purge.await;
+            leader.end(Outcome::Abandoned);
+        });
+        let mut res = res.map(crate::ResponseBody::inner);
+        shared.cfg.tags.strip(res.headers_mut());
+        let params = "fwd=stale; fwd-status=200; detail=head-changed";
+        res.headers_mut()
+            .append(CACHE_STATUS.clone(), cache_status(name, params));
+        return Answer::Done(res);
     }
     if status.is_server_error() {
         let failed = match res.extensions().get::<OriginUnreachable>() {
@@ -186,25 +202,25 @@ fn refreshed<B>(
     serve(&shared.cfg, &entry, now, ctx.head, &ctx.cond, params).map(crate::ResponseBody::full)
 }
 
-/// A HEAD response describes the stored representation: the same strong
-/// `ETag` (or, without one, the same `Last-Modified`), and the same length.
+/// A HEAD response describes the stored representation (§4.3.5): it has
+/// a validator (`ETag`, `Last-Modified`), every one it has matches the
+/// stored response's, and its `Content-Length`, if any, is the stored
+/// length.
 fn same_representation(stale: &Entry, fields: &HeaderMap) -> bool {
-    let same = |name| stale.headers.get(&name) == fields.get(&name);
-    let strong = stale
-        .headers
-        .get(ETAG)
-        .and_then(|v| Tag::parse(v.as_bytes()))
-        .is_some_and(|t| !t.weak);
-    let validated = if strong {
-        same(ETAG)
-    } else {
-        !stale.headers.contains_key(ETAG)
-            && !fields.contains_key(ETAG)
-            && stale.headers.contains_key(LAST_MODIFIED)
-            && same(LAST_MODIFIED)
-    };
+    fn value(h: &HeaderMap, name: &HeaderName) -> Option<Vec<u8>> {
+        h.get(name).map(|v| v.as_bytes().trim_ascii().to_vec())
+    }
+    let mut received = 0;
+    for name in [ETAG, LAST_MODIFIED] {
+        if let Some(v) = value(fields, &name) {
+            received += 1;
+            if value(&stale.headers, &name) != Some(v) {
+                return false;
+            }
+        }
+    }
     let length = fields
         .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    validated && length.is_none_or(|n| n == stale.body.len())
+        .map(|v| v.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()));
+    received > 0 && length.is_none_or(|n| n == Some(stale.body.len()))
 }
