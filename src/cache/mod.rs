@@ -102,6 +102,16 @@
 //! invalid one is ignored (§5.1); the age on arrival also counts how long
 //! ago the response's `Date` was (§4.2.3). `Vary: *` is never stored.
 //!
+//! With [`targeted_cache_control`](ResponseCacheLayerBuilder::targeted_cache_control)
+//! (RFC 9213, e.g. `CDN-Cache-Control`; none by default, since this layer
+//! runs inside the application, behind any CDN) the first listed field a
+//! response carries with a valid structured-field dictionary replaces its
+//! `Cache-Control` and `Expires`; an invalid one is ignored. `Pragma`
+//! (§5.4, deprecated) is not `Cache-Control`: without `Cache-Control`, a
+//! response's `no-cache` only withholds heuristic freshness, and a
+//! request's counts as `Cache-Control: no-cache` where request directives
+//! are honoured. `Warning` (§5.5, obsolete) is never generated.
+//!
 //! A `Range` request is answered from a stored complete `200` (RFC 9110
 //! §14): `206` with the byte range, suffix ranges included, several as
 //! `multipart/byteranges`, `416` when none is satisfiable, the whole
@@ -159,9 +169,10 @@
 //! fills). A stale entry with a validator is revalidated with a conditional
 //! request of the cache's own; a `304` refreshes it (§4.3.4). HEAD is
 //! answered from the stored GET; a HEAD that reaches the origin stores
-//! nothing, but its `200` for the stored representation (same strong
-//! `ETag`, else same `Last-Modified`, and length) freshens the entry
-//! (§4.3.5). Interim (1xx) responses are never stored, and requests with
+//! nothing, but its `200` freshens the entry when it describes the stored
+//! representation (a validator, every one it carries equal to the stored
+//! one, the same length), and otherwise makes the URL's entries stale on
+//! every instance (§4.3.5). Interim (1xx) responses are never stored, and requests with
 //! `Upgrade` bypass the cache.
 //!
 //! # Stale responses
