@@ -2540,3 +2540,21 @@ conformance! {
         assert_eq!(origin.calls(), 6);
     }
 }
+
+conformance! {
+    async fn rfc9111_3_4_parts_not_stored_are_fetched_side_by_side(store) {
+        let (mut origin, _) = ranged(false);
+        origin.delay = Duration::from_millis(100);
+        let svc = cached(builder(store).build().unwrap(), &origin);
+        let range = |r: &'static str| with(Method::GET, "/s", &[("range", r)]);
+        assert_eq!(send(&svc, range("bytes=0-1")).await.body, "01");
+        let parts = ["bytes=2-3", "bytes=4-5", "bytes=6-7", "bytes=8-9"];
+        let got = futures_util::future::join_all(parts.map(|r| send(&svc, range(r)))).await;
+        for (g, want) in got.iter().zip(["23", "45", "67", "89"]) {
+            assert_eq!((g.status, g.body.clone()), (StatusCode::PARTIAL_CONTENT, Bytes::from(want)));
+        }
+        // No request for one part waited for another's: none holds the others'.
+        assert!(origin.max_in_flight.load(Ordering::SeqCst) >= 3, "{}", origin.max_in_flight.load(Ordering::SeqCst));
+        assert_eq!(origin.calls(), 5);
+    }
+}

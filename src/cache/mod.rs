@@ -345,6 +345,7 @@ mod key;
 mod l1;
 mod layer;
 mod leader;
+mod look;
 mod origin;
 mod partial;
 mod policy;

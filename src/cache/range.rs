@@ -76,6 +76,11 @@ fn parse(v: &[u8], len: u64) -> Option<Vec<(u64, u64)>> {
 }
 
 impl Ranges {
+    /// Whether the request has a `Range` field.
+    pub(crate) fn asked(&self) -> bool {
+        self.range.is_some()
+    }
+
     pub(crate) fn of(h: &HeaderMap) -> Self {
         Self {
             range: h.get(http::header::RANGE).cloned(),

@@ -10,7 +10,6 @@ use std::time::Duration;
 use http::HeaderMap;
 use tokio::time::Instant;
 
-use super::config::FailurePolicy;
 use super::decide::{
     after_lookup, decode_for, fresh, swr_ok, HitKind, Judged, Polling, Step, Want,
 };
@@ -18,10 +17,10 @@ use super::entry::Entry;
 use super::flight::{FlightGuard, Follower, Joined, Outcome};
 use super::key::{self, Slot};
 use super::leader::Leader;
+use super::look::{alone, learn, local, look, store_failed};
 use super::range::Ranges;
 use super::shared::{token, Shared};
-use super::store::{Found, LockState, Lookup};
-use crate::error::StoreError;
+use super::store::{LockState, Lookup};
 
 /// What a cacheable request needs to be resolved.
 #[derive(Debug)]
@@ -40,8 +39,13 @@ pub(crate) struct Ask {
 
 impl Ask {
     /// Whether `e` can answer this request (an incomplete entry may not).
-    fn served_by(&self, e: &Entry) -> bool {
+    pub(super) fn served_by(&self, e: &Entry) -> bool {
         self.ranges.served_by(e, self.head)
+    }
+
+    /// A GET with `Range`: a part of the representation is enough.
+    pub(super) fn ranged(&self) -> bool {
+        !self.head && self.ranges.asked()
     }
 }
 
@@ -98,74 +102,6 @@ pub(crate) async fn resolve(shared: Arc<Shared>, ask: Ask) -> Resolution {
     Resolution::Pass("unsettled")
 }
 
-/// A fresh copy from the in-process tier.
-fn local(shared: &Shared, slot: &Slot) -> Option<Entry> {
-    let raw = shared.l1.as_ref()?.get(slot, shared.now_ms())?;
-    decode_for(slot, raw, 0)
-}
-
-/// Records what a store answer teaches; `false` when the URL's spec
-/// changed (nothing else was read: ask again).
-fn learn(shared: &Shared, slot: &Slot, found: &Found) -> bool {
-    shared.observe(found.now_ms);
-    if found.spec != slot.spec {
-        shared.learn(&slot.url, &found.spec);
-        return false;
-    }
-    true
-}
-
-/// What a failed lookup means under the layer's failure policy.
-fn store_failed(
-    shared: &Arc<Shared>,
-    e: &StoreError,
-    open: impl FnOnce() -> Resolution,
-) -> Resolution {
-    let (then, r) = match shared.cfg.on_failure {
-        FailurePolicy::Closed => ("answered 503 (fail closed)", Resolution::Unavailable),
-        FailurePolicy::Open => ("the origin serves (fail open)", open()),
-    };
-    shared.store_failed("a lookup", then, e);
-    r
-}
-
-/// A lookup that takes no lock: a fresh entry the request accepts (or,
-/// with `stale_ok`, one within `stale-while-revalidate`) is a hit. `None`:
-/// the URL's spec changed, ask again.
-async fn look(shared: &Arc<Shared>, slot: Slot, ask: &Ask, stale_ok: bool) -> Option<Resolution> {
-    let want = &ask.want;
-    let q = Lookup {
-        slot: slot.clone(),
-        lock: None,
-        force: false,
-    };
-    let epoch = shared.l1_epoch(&slot.url);
-    let found = match shared.home.lookup(&q).await {
-        Ok(found) => found,
-        Err(e) => return Some(store_failed(shared, &e, || Resolution::Pass("store-error"))),
-    };
-    if !learn(shared, &slot, &found) {
-        return None;
-    }
-    let now = found.now_ms;
-    let hit = found.entry.and_then(|raw| {
-        let e = decode_for(&slot, raw.clone(), found.gen).filter(|e| ask.served_by(e))?;
-        Some((e, raw))
-    });
-    let Some((e, raw)) = hit else {
-        return Some(Resolution::Pass("miss"));
-    };
-    Some(match want.judge(&e, now) {
-        Judged::Fresh => {
-            shared.l1_put(&slot, &raw, e.meta.fresh_until_ms(), epoch);
-            Resolution::Hit(e, HitKind::Fresh)
-        }
-        Judged::Grace => Resolution::Hit(e, HitKind::Stale),
-        Judged::Stale if stale_ok && swr_ok(&e, now) => Resolution::Hit(e, HitKind::Stale),
-        _ => Resolution::Pass("miss"),
-    })
-}
-
 /// How following a local leader ended.
 // Returned once per follower, straight into a match: not worth a box.
 #[allow(clippy::large_enum_variant)]
@@ -218,7 +154,16 @@ async fn follow(
                 // Another variant (the response's Vary differed): ask again;
                 // and so does a request that wants a validated response,
                 // unless this one was stored after it came.
-                return match decode_for(slot, raw, 0).filter(|e| ask.served_by(e)) {
+                let e = decode_for(slot, raw, 0);
+                // A part that does not hold this range: to the origin at
+                // once, not after the next request for another range.
+                if e.as_ref().is_some_and(|e| !ask.served_by(e)) && ask.ranged() {
+                    return match alone(shared, ask, slot.clone()).await {
+                        Some(r) => Followed::Resolved(r),
+                        None => Followed::Again,
+                    };
+                }
+                return match e.filter(|e| ask.served_by(e)) {
                     Some(e)
                         if want.judge(&e, shared.now_ms()) == Judged::Revalidate
                             && e.meta.stored_ms < joined_ms =>
@@ -315,6 +260,11 @@ async fn lead(
                 shared.l1_put(&slot, &raw, e.meta.fresh_until_ms(), epoch);
                 guard.finish(round, Outcome::Done(raw));
                 return Some(Resolution::Hit(e, kind));
+            }
+            // The other parts of a representation are fetched side by
+            // side: no lock to wait for (parts combine as they land).
+            Step::Force | Step::Wait if partial.is_some() && ask.ranged() => {
+                return fill(Some(guard), None, None, Some("range"));
             }
             Step::Force => polling.force = true,
             Step::Fill => {
