@@ -2300,10 +2300,18 @@ fn ranged(changes: bool) -> (Origin, Seen) {
         let etag = format!("\"p{}\"", if changes { n } else { 1 });
         let range = req.headers().get("range").and_then(|v| {
             let (a, b) = v.to_str().ok()?.strip_prefix("bytes=")?.split_once('-')?;
-            Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?))
+            Some((
+                a.parse::<usize>().ok()?,
+                b.parse::<usize>().unwrap_or(9).min(9),
+            ))
         });
         let cc = ("cache-control", "max-age=60");
         let mut r = match range {
+            Some((a, _)) if a > 9 => {
+                let mut r = res(&[cc, ("content-range", "bytes */10")], "");
+                *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+                r
+            }
             Some((a, b)) => {
                 let cr = format!("bytes {a}-{b}/10");
                 let mut r = res(&[cc, ("content-range", &cr)], &full[a..=b]);
@@ -2369,6 +2377,13 @@ conformance! {
         // That 200 replaced the part: everything is answered from it now.
         assert_eq!(send(&svc, get("/q")).await.body, "0123456789");
         assert_eq!(send(&svc, with(Method::GET, "/q", &[("range", "bytes=8-")])).await.body, "89");
+        // A 416 answers its request alone: it is not stored.
+        let (origin, _) = ranged(false);
+        let svc = cached(builder(store.clone()).scope("416").build().unwrap(), &origin);
+        let none = send(&svc, with(Method::GET, "/q", &[("range", "bytes=20-")])).await;
+        assert_eq!(none.status, StatusCode::RANGE_NOT_SATISFIABLE);
+        let whole = send(&svc, get("/q")).await;
+        assert_eq!((whole.status, whole.body.clone(), origin.calls()), (StatusCode::OK, Bytes::from("0123456789"), 2));
         // A range the part does not cover, an unsatisfiable one, or one
         // whose If-Range does not match goes to the origin.
         let (origin, _) = ranged(false);

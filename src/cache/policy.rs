@@ -40,7 +40,10 @@ pub(crate) struct Asked {
 /// A pass caused by the request, not the response: another request for the
 /// same slot may get a storable response (no hit-for-miss).
 pub(crate) fn request_specific(why: &str) -> bool {
-    matches!(why, "authorization" | "cookie" | "partial")
+    matches!(
+        why,
+        "authorization" | "cookie" | "partial" | "unsatisfiable"
+    )
 }
 
 /// Heuristically cacheable statuses (RFC 9110 §15.1).
@@ -109,6 +112,10 @@ pub(crate) fn verdict(
     // Final responses only; a 304 refreshes an entry, it is none itself.
     if s < 200 || s == 304 {
         return Verdict::Pass("status");
+    }
+    // A 416 is about the request's range, not the representation.
+    if s == 416 {
+        return Verdict::Pass("unsatisfiable");
     }
     // A part is stored when it is one byte range of a known length (§3.3).
     if s == 206 && !super::partial::storable(headers) {

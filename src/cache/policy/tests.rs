@@ -95,6 +95,12 @@ fn rfc9111_3_any_final_status_with_explicit_freshness_is_stored() {
     for s in [100, 103, 304] {
         assert_eq!(v(&pure(), s, &[MAX60]), Verdict::Pass("status"), "{s}");
     }
+    let unsatisfiable = v(&pure(), 416, &[MAX60]);
+    assert_eq!(
+        unsatisfiable,
+        Verdict::Pass("unsatisfiable"),
+        "about its request"
+    );
 }
 
 #[test]
