@@ -224,3 +224,57 @@ fn same_representation(stale: &Entry, fields: &HeaderMap) -> bool {
         .map(|v| v.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()));
     received > 0 && length.is_none_or(|n| n == Some(stale.body.len()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::entry::Meta;
+
+    fn stored(pairs: &[(&'static str, &'static str)]) -> Entry {
+        let mut headers = HeaderMap::new();
+        for (k, v) in pairs {
+            headers.insert(*k, http::HeaderValue::from_static(v));
+        }
+        let meta = Meta {
+            status: 200,
+            key_tag: 0,
+            stored_ms: 0,
+            fresh_ms: 0,
+            age_s: 0,
+            swr_s: 0,
+            sie_s: 0,
+            must_revalidate: false,
+            s_maxage: false,
+        };
+        Entry {
+            meta,
+            headers,
+            body: Bytes::from_static(b"hello"),
+        }
+    }
+
+    #[test]
+    fn rfc9111_4_3_5_a_head_response_matches_when_every_validator_it_carries_does() {
+        const LM: &str = "Thu, 01 Jan 2026 00:00:00 GMT";
+        let e = stored(&[("etag", "W/\"a\""), ("last-modified", LM)]);
+        let same = |pairs: &[(&'static str, &'static str)]| {
+            same_representation(&e, &stored(pairs).headers)
+        };
+        assert!(same(&[("etag", "W/\"a\"")]), "a weak ETag that is equal");
+        assert!(same(&[("last-modified", LM), ("content-length", "5")]));
+        assert!(same(&[("etag", "W/\"a\""), ("last-modified", LM)]));
+        assert!(!same(&[]), "no validator: nothing to match");
+        assert!(!same(&[("etag", "W/\"b\"")]));
+        assert!(!same(&[
+            ("etag", "W/\"a\""),
+            ("last-modified", "Fri, 02 Jan 2026 00:00:00 GMT")
+        ]));
+        assert!(!same(&[("etag", "W/\"a\""), ("content-length", "6")]));
+        assert!(!same(&[("etag", "W/\"a\""), ("content-length", "five")]));
+        let no_lm = stored(&[("etag", "\"a\"")]);
+        assert!(!same_representation(
+            &no_lm,
+            &stored(&[("last-modified", LM)]).headers
+        ));
+    }
+}
