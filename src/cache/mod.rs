@@ -170,9 +170,9 @@
 //! request of the cache's own; a `304` refreshes it (§4.3.4). HEAD is
 //! answered from the stored GET; a HEAD that reaches the origin stores
 //! nothing, but its `200` freshens the entry when it describes the stored
-//! representation (a validator, every one it carries equal to the stored
-//! one, the same length), and otherwise makes the URL's entries stale on
-//! every instance (§4.3.5). Interim (1xx) responses are never stored, and requests with
+//! representation (every validator it carries equal to the stored one,
+//! and the same length if it states one), and otherwise makes the URL's
+//! entries stale on every instance (§4.3.5). Interim (1xx) responses are never stored, and requests with
 //! `Upgrade` bypass the cache.
 //!
 //! # Stale responses
