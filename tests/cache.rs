@@ -2573,3 +2573,32 @@ conformance! {
         assert_eq!(origin.calls(), 5);
     }
 }
+
+conformance! {
+    async fn rfc9111_4_3_4_a_stored_part_is_revalidated_and_freshened(store) {
+        let (origin, seen) = recording(|req, _| {
+            if req.headers().get("if-none-match").is_some_and(|v| v == "\"p1\"") {
+                let mut r = res(&[("cache-control", "max-age=60"), ("etag", "\"p1\"")], "");
+                *r.status_mut() = StatusCode::NOT_MODIFIED;
+                return r;
+            }
+            let mut r = res(&[("cache-control", "max-age=1"), ("etag", "\"p1\""), ("content-range", "bytes 0-4/10")], "01234");
+            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+            r
+        });
+        let svc = cached(builder(store).build().unwrap(), &origin);
+        let range = |r: &'static str| with(Method::GET, "/r", &[("range", r)]);
+        send(&svc, range("bytes=0-4")).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        // Stale: revalidated for its range with the stored validator.
+        let got = send(&svc, range("bytes=1-3")).await;
+        assert_eq!((got.status, got.body.clone()), (StatusCode::PARTIAL_CONTENT, Bytes::from("123")));
+        assert!(got.cache_status().contains("fwd-status=304"), "{}", got.cache_status());
+        let asked = seen.lock().unwrap()[1].1.clone();
+        assert_eq!((asked["range"].clone(), asked["if-none-match"].clone()), ("bytes=1-3".parse().unwrap(), "\"p1\"".parse().unwrap()));
+        // Freshened for a minute.
+        let hit = send(&svc, range("bytes=2-4")).await;
+        assert!(hit.cache_status().contains("hit") && hit.body == "234", "{}", hit.cache_status());
+        assert_eq!(origin.calls(), 2);
+    }
+}
