@@ -335,6 +335,45 @@ mod tests {
         assert_eq!(combine("bytes 5-9/10", "\"a\"", b"567", 100).2, None);
     }
 
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_parts_decode_and_combine_without_panicking(
+            older in proptest::collection::vec((0u64..40, 0u64..12), 0..5),
+            newer in (0u64..40, 0u64..12),
+            total in 1u64..48,
+            cap in 0usize..64,
+        ) {
+            // Bodies as long as the ranges they name (when valid).
+            let ranges: Vec<String> = older.iter().map(|(a, n)| format!("bytes {a}-{}/{total}", a + n)).collect();
+            let refs: Vec<&str> = ranges.iter().map(String::as_str).collect();
+            let len: u64 = older.iter().map(|(_, n)| n + 1).sum();
+            let body = Bytes::from(vec![b'o'; len as usize]);
+            let parts = Parts::of(206, &h(&refs, None), &body);
+            if let Some(p) = &parts {
+                prop_assert_eq!(p.stored_len(), body.len());
+                for w in p.parts.windows(2) {
+                    prop_assert!(w[0].0 + (w[0].1.len() as u64) < w[1].0);
+                }
+            }
+            let stored = Entry { headers: h(&refs, Some("\"a\"")), body, ..entry(&[], "\"a\"", b"") };
+            let (a, n) = newer;
+            let mut headers = h(&[&format!("bytes {a}-{}/{total}", a + n)], Some("\"a\""));
+            let mut status = StatusCode::PARTIAL_CONTENT;
+            let new = Bytes::from(vec![b'n'; n as usize + 1]);
+            if let Some(b) = combine(&mut status, &mut headers, new, Some(&stored), cap, &[]) {
+                // What is stored reads back as the parts it names.
+                let again = Parts::of(status.as_u16(), &headers, &b);
+                prop_assert!(again.is_some());
+                if status == StatusCode::PARTIAL_CONTENT {
+                    let p = again.unwrap();
+                    prop_assert!(p.parts.iter().any(|(f, _)| *f <= a) && p.slice(a, a + n).is_some_and(|s| s.iter().all(|c| *c == b'n')));
+                }
+            }
+        }
+    }
+
     #[test]
     fn only_single_byte_ranges_of_a_known_length_are_storable() {
         assert!(storable(&h(&["bytes 0-4/10"], None)));
