@@ -189,6 +189,17 @@ mod tests {
             panic!()
         };
         assert!(p.lookup_only && p.want.no_cache && p.want.floor_ms == 1_000);
+        // RFC 9111 §5.4: an HTTP/1.0 client's Pragma, only without Cache-Control.
+        let pragma = headers(&[("pragma", "no-cache")]);
+        let Route::Cache(p) = at(sh, Method::GET, &pragma) else {
+            panic!()
+        };
+        assert!(p.want.no_cache && !p.lookup_only);
+        let both = headers(&[("pragma", "no-cache"), ("cache-control", "max-stale=5")]);
+        let Route::Cache(p) = at(sh, Method::GET, &both) else {
+            panic!()
+        };
+        assert!(!p.want.no_cache && p.want.max_stale == Some(5));
     }
 
     #[test]
