@@ -2602,3 +2602,23 @@ conformance! {
         assert_eq!(origin.calls(), 2);
     }
 }
+
+conformance! {
+    async fn rfc9111_3_3_parts_obey_the_body_cap(store) {
+        let (origin, _) = ranged(false);
+        let svc = cached(builder(store).max_body_size(4).build().unwrap(), &origin);
+        let range = |r: &'static str| with(Method::GET, "/c", &[("range", r)]);
+        // Five bytes: past the cap, passed on unstored.
+        for _ in 0..2 {
+            let big = send(&svc, range("bytes=0-4")).await;
+            assert_eq!(big.body, "01234");
+            assert!(big.cache_status().contains("detail=too-large"), "{}", big.cache_status());
+        }
+        assert_eq!(origin.calls(), 2);
+        // Two parts of three bytes: each stored, never both together.
+        send(&svc, range("bytes=0-2")).await;
+        send(&svc, range("bytes=3-5")).await;
+        assert!(send(&svc, range("bytes=4-5")).await.cache_status().contains("hit"));
+        assert!(!send(&svc, range("bytes=0-1")).await.cache_status().contains("hit"));
+    }
+}
