@@ -158,7 +158,7 @@ fn strong_tag(h: &HeaderMap) -> Option<&[u8]> {
 /// stored entry being refreshed may name several).
 pub(crate) fn storable(h: &HeaderMap) -> bool {
     let mut ranges = h.get_all(CONTENT_RANGE).iter().peekable();
-    let single = ranges.peek().is_some() && ranges.all(|v| content_range(v.as_bytes()).is_some());
+    let valid = ranges.peek().is_some() && ranges.all(|v| content_range(v.as_bytes()).is_some());
     let multipart = h
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -167,7 +167,7 @@ pub(crate) fn storable(h: &HeaderMap) -> bool {
                 .to_ascii_lowercase()
                 .starts_with("multipart/byteranges")
         });
-    single && !multipart
+    valid && !multipart
 }
 
 /// What a `206` fill stores: its part combined with the stored incomplete
