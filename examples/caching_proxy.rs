@@ -24,6 +24,9 @@
 //! They need `Authorization: Bearer TOKEN`; without the flag PURGE is 405.
 //! Upstream `Surrogate-Key` headers are not passed to clients.
 //!
+//! `CDN-Cache-Control` (RFC 9213), when the upstream sends a valid one,
+//! is obeyed in place of `Cache-Control` and `Expires`, and passed on.
+//!
 //! Several hosts may share one proxy: the cache keys on the request's
 //! authority (`Host`, or an absolute-form target), so their entries never
 //! mix; a request whose `Forwarded` / `X-Forwarded-*` / override headers
@@ -258,9 +261,12 @@ async fn serve(store: impl CacheStore, args: Args) -> Result<(), BoxError> {
     // lifetime); keyed per host by default. Responses to requests with
     // Authorization are stored where they allow it (RFC 9111 §3.5), and
     // clients' Cache-Control (no-cache, max-age, max-stale, min-fresh,
-    // no-store, only-if-cached) is honoured, as a proxy's should be.
+    // no-store, only-if-cached) is honoured, as a proxy's should be. As a
+    // shared cache in front of the upstream, it obeys CDN-Cache-Control
+    // (RFC 9213) in place of Cache-Control when the upstream sends it.
     let cache = ResponseCacheLayer::builder(store)
         .cache_authorized(true)
+        .targeted_cache_control([HeaderName::from_static("cdn-cache-control")])
         .request_directives(RequestDirectives::Honor {
             min_age: Duration::ZERO,
         })

@@ -2262,7 +2262,9 @@ conformance! {
         let first = send(&svc, range("bytes=2-4")).await;
         assert_eq!((first.status, first.body.clone()), (StatusCode::PARTIAL_CONTENT, Bytes::from("234")));
         assert_eq!(first.headers["content-range"], "bytes 2-4/10");
-        assert!(!seen.lock().unwrap()[0].1.contains_key("range"), "the fill fetched the whole response");
+        // The range was asked for; this origin answered with the whole
+        // response, which is stored and cut.
+        assert_eq!(seen.lock().unwrap()[0].1["range"], "bytes=2-4");
         let hit = send(&svc, range("bytes=-3")).await;
         assert_eq!((hit.status, hit.body.clone()), (StatusCode::PARTIAL_CONTENT, Bytes::from("789")));
         assert!(hit.cache_status().contains("hit"));
@@ -2287,5 +2289,336 @@ conformance! {
         let head = send(&svc, with(Method::HEAD, "/r", &[("range", "bytes=0-1")])).await;
         assert_eq!((head.status, head.body.len()), (StatusCode::OK, 0));
         assert_eq!(origin.calls(), 1);
+    }
+}
+
+/// An origin serving `0123456789` with ETag `"p<version>"` that answers a
+/// single `Range` with `206` (the version advances when `changes`).
+fn ranged(changes: bool) -> (Origin, Seen) {
+    recording(move |req, n| {
+        let full = "0123456789";
+        let etag = format!("\"p{}\"", if changes { n } else { 1 });
+        let range = req.headers().get("range").and_then(|v| {
+            let (a, b) = v.to_str().ok()?.strip_prefix("bytes=")?.split_once('-')?;
+            Some((
+                a.parse::<usize>().ok()?,
+                b.parse::<usize>().unwrap_or(9).min(9),
+            ))
+        });
+        let cc = ("cache-control", "max-age=60");
+        let mut r = match range {
+            Some((a, _)) if a > 9 => {
+                let mut r = res(&[cc, ("content-range", "bytes */10")], "");
+                *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+                r
+            }
+            Some((a, b)) => {
+                let cr = format!("bytes {a}-{b}/10");
+                let mut r = res(&[cc, ("content-range", &cr)], &full[a..=b]);
+                *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+                r
+            }
+            None => res(&[cc], full),
+        };
+        r.headers_mut().insert("etag", etag.parse().unwrap());
+        r
+    })
+}
+
+conformance! {
+    async fn rfc9111_3_3_and_3_4_partial_responses_are_stored_and_combined(store) {
+        let (origin, seen) = ranged(false);
+        let svc = cached(builder(store.clone()).build().unwrap(), &origin);
+        let range = |r: &'static str| with(Method::GET, "/p", &[("range", r)]);
+        let last_range = |seen: &Seen| seen.lock().unwrap().last().unwrap().1.get("range").cloned();
+        // A miss asks the origin for the range; its 206 is stored.
+        let first = send(&svc, range("bytes=0-4")).await;
+        assert_eq!((first.status, first.body.clone()), (StatusCode::PARTIAL_CONTENT, Bytes::from("01234")));
+        assert_eq!(last_range(&seen).unwrap(), "bytes=0-4");
+        assert!(first.cache_status().contains("stored"), "{}", first.cache_status());
+        // Ranges within the part are answered from it, several at once too.
+        let within = send(&svc, range("bytes=1-3")).await;
+        assert_eq!((within.status, within.body.clone()), (StatusCode::PARTIAL_CONTENT, Bytes::from("123")));
+        assert_eq!(within.headers["content-range"], "bytes 1-3/10");
+        assert!(within.cache_status().contains("hit"), "{}", within.cache_status());
+        let many = send(&svc, range("bytes=0-0,4-4")).await;
+        assert_eq!(many.status, StatusCode::PARTIAL_CONTENT);
+        assert!(many.headers["content-type"].to_str().unwrap().starts_with("multipart/byteranges"));
+        assert_eq!(origin.calls(), 1);
+        // One past it goes to the origin with its Range, and the parts combine.
+        let rest = send(&svc, range("bytes=5-9")).await;
+        assert_eq!((rest.status, rest.body.clone()), (StatusCode::PARTIAL_CONTENT, Bytes::from("56789")));
+        assert_eq!(last_range(&seen).unwrap(), "bytes=5-9");
+        assert_eq!(origin.calls(), 2);
+        // Complete now: a 200 for a request without Range, and any range.
+        let whole = send(&svc, get("/p")).await;
+        assert_eq!((whole.status, whole.body.clone()), (StatusCode::OK, Bytes::from("0123456789")));
+        assert_eq!(whole.headers["content-length"], "10");
+        assert!(!whole.headers.contains_key("content-range"));
+        assert!(whole.cache_status().contains("hit"), "{}", whole.cache_status());
+        let across = send(&svc, range("bytes=3-6")).await;
+        assert_eq!(across.body, "3456");
+        let head = send(&svc, with(Method::HEAD, "/p", &[])).await;
+        assert_eq!((head.status, head.headers["content-length"].clone()), (StatusCode::OK, "10".parse().unwrap()));
+        assert_eq!(origin.calls(), 2);
+    }
+
+    async fn rfc9111_3_3_a_part_never_answers_a_request_without_range(store) {
+        let (origin, seen) = ranged(false);
+        let svc = cached(builder(store.clone()).build().unwrap(), &origin);
+        send(&svc, with(Method::GET, "/q", &[("range", "bytes=0-4")])).await;
+        let head = send(&svc, with(Method::HEAD, "/q", &[])).await;
+        assert_eq!(head.status, StatusCode::OK);
+        assert!(!head.cache_status().contains("hit"), "{}", head.cache_status());
+        let whole = send(&svc, get("/q")).await;
+        assert_eq!((whole.status, whole.body.clone()), (StatusCode::OK, Bytes::from("0123456789")));
+        assert!(!seen.lock().unwrap().last().unwrap().1.contains_key("range"));
+        assert_eq!(origin.calls(), 3);
+        // That 200 replaced the part: everything is answered from it now.
+        assert_eq!(send(&svc, get("/q")).await.body, "0123456789");
+        assert_eq!(send(&svc, with(Method::GET, "/q", &[("range", "bytes=8-")])).await.body, "89");
+        // A 416 answers its request alone: it is not stored.
+        let (origin, _) = ranged(false);
+        let svc = cached(builder(store.clone()).scope("416").build().unwrap(), &origin);
+        let none = send(&svc, with(Method::GET, "/q", &[("range", "bytes=20-")])).await;
+        assert_eq!(none.status, StatusCode::RANGE_NOT_SATISFIABLE);
+        let whole = send(&svc, get("/q")).await;
+        assert_eq!((whole.status, whole.body.clone(), origin.calls()), (StatusCode::OK, Bytes::from("0123456789"), 2));
+        // A range the part does not cover, an unsatisfiable one, or one
+        // whose If-Range does not match goes to the origin.
+        let (origin, _) = ranged(false);
+        let svc = cached(builder(store).scope("u").build().unwrap(), &origin);
+        send(&svc, with(Method::GET, "/q", &[("range", "bytes=0-4")])).await;
+        for (range, if_range) in [("bytes=0-1", "\"p0\""), ("bytes=4-5", "\"p1\""), ("bytes=20-", "\"p1\"")] {
+            let before = origin.calls();
+            send(&svc, with(Method::GET, "/q", &[("range", range), ("if-range", if_range)])).await;
+            assert_eq!(origin.calls(), before + 1, "{range} {if_range}");
+        }
+    }
+
+    async fn rfc9111_3_4_parts_of_another_representation_are_not_combined(store) {
+        // Every answer has a new ETag: no two parts are of one representation.
+        let (origin, _) = ranged(true);
+        let svc = cached(builder(store).build().unwrap(), &origin);
+        let range = |r: &'static str| with(Method::GET, "/v", &[("range", r)]);
+        send(&svc, range("bytes=0-4")).await;
+        let second = send(&svc, range("bytes=5-9")).await;
+        assert_eq!((second.body.clone(), second.headers["etag"].clone()), (Bytes::from("56789"), "\"p2\"".parse().unwrap()));
+        // The newer part replaced the older one; nothing was made complete.
+        let hit = send(&svc, range("bytes=6-7")).await;
+        assert!(hit.cache_status().contains("hit") && hit.body == "67", "{}", hit.cache_status());
+        send(&svc, range("bytes=0-1")).await;
+        let whole = send(&svc, get("/v")).await;
+        assert_eq!((whole.status, whole.body), (StatusCode::OK, Bytes::from("0123456789")));
+        assert_eq!(origin.calls(), 4);
+    }
+}
+
+fn cdn(store: impl CacheStore, scope: &str) -> ResponseCacheLayerBuilder {
+    builder(store)
+        .scope(scope)
+        .targeted_cache_control([http::HeaderName::from_static("cdn-cache-control")])
+}
+
+/// Whether the second of two GETs through `layer` is answered from the cache.
+async fn reused_by(layer: ResponseCacheLayer, origin: &Origin) -> bool {
+    let svc = cached(layer, origin);
+    send(&svc, get("/t")).await;
+    let before = origin.calls();
+    let again = send(&svc, get("/t")).await;
+    origin.calls() == before && again.cache_status().contains("hit")
+}
+
+conformance! {
+    async fn rfc9213_2_1_a_valid_targeted_field_replaces_cache_control_and_expires(store) {
+        let expires = http_date(3600);
+        for (i, (pairs, stored)) in [
+            (vec![("cache-control", "no-store"), ("cdn-cache-control", "max-age=60")], true),
+            (vec![("cache-control", "max-age=60"), ("cdn-cache-control", "no-store")], false),
+            (vec![("cache-control", "max-age=60"), ("cdn-cache-control", "private")], false),
+            (vec![("cache-control", "max-age=60"), ("cdn-cache-control", "max-age=0")], false),
+            (vec![("expires", expires.as_str()), ("cdn-cache-control", "max-age=0")], false),
+            (vec![("expires", "0"), ("cdn-cache-control", "max-age=60")], true),
+            (vec![("cdn-cache-control", "foobar, max-age=60")], true),
+            // Invalid (not a dictionary, a wrong type, upper case): ignored.
+            (vec![("cache-control", "no-store"), ("cdn-cache-control", "max-age=60, &&&")], false),
+            (vec![("cache-control", "no-store"), ("cdn-cache-control", "max-age=\"60\"")], false),
+            (vec![("cache-control", "max-age=60"), ("cdn-cache-control", "MAX-AGE=0")], true),
+        ].into_iter().enumerate() {
+            let origin = answering(200, fields(&pairs));
+            let layer = cdn(store.clone(), &format!("t{i}")).build().unwrap();
+            assert_eq!(reused_by(layer, &origin).await, stored, "{pairs:?}");
+        }
+        // The field is passed on; without a target list it is not obeyed.
+        let origin = answering(200, fields(&[("cache-control", "no-store"), ("cdn-cache-control", "max-age=60")]));
+        let svc = cached(cdn(store.clone(), "fwd").build().unwrap(), &origin);
+        assert_eq!(send(&svc, get("/t")).await.headers["cdn-cache-control"], "max-age=60");
+        let plain = builder(store).scope("plain").build().unwrap();
+        assert!(!reused_by(plain, &origin).await, "off by default");
+    }
+}
+
+conformance! {
+    async fn rfc9111_5_4_a_request_pragma_no_cache_without_cache_control_revalidates(store) {
+        let (origin, seen) = recording(validating("max-age=3600"));
+        let svc = cached(honouring(store.clone(), "pragma").build().unwrap(), &origin);
+        send(&svc, get("/n")).await;
+        let got = send(&svc, with(Method::GET, "/n", &[("pragma", "no-cache")])).await;
+        assert_eq!(got.body, "v1", "the stored body, validated");
+        assert!(got.cache_status().contains("fwd-status=304"), "{}", got.cache_status());
+        assert_eq!(seen.lock().unwrap()[1].1["if-none-match"], "\"e1\"");
+        // With Cache-Control it is read alone; other pragmas mean nothing.
+        for pairs in [[("pragma", "no-cache"), ("cache-control", "max-stale=0")], [("pragma", "x-other"), ("x-none", "1")]] {
+            let hit = send(&svc, with(Method::GET, "/n", &pairs)).await;
+            assert!(hit.cache_status().contains("hit"), "{pairs:?}: {}", hit.cache_status());
+        }
+        assert_eq!(origin.calls(), 2);
+        // Request directives ignored (the default): Pragma too.
+        let svc = cached(builder(store).scope("ignored").build().unwrap(), &origin);
+        send(&svc, get("/n")).await;
+        let hit = send(&svc, with(Method::GET, "/n", &[("pragma", "no-cache")])).await;
+        assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
+    }
+
+    async fn rfc9111_5_4_a_response_pragma_is_not_cache_control(store) {
+        let origin = answering(200, fields(&[("cache-control", "max-age=60"), ("pragma", "no-cache")]));
+        assert!(reused(store.clone(), "rp", &origin).await, "explicit freshness wins");
+        let lm = http_date(-24 * 3600);
+        let origin = answering(200, fields(&[("last-modified", lm.as_str()), ("pragma", "no-cache")]));
+        assert!(!reused(store, "rph", &origin).await, "no heuristic lifetime for an HTTP/1.0 no-cache");
+    }
+
+    async fn rfc9111_5_5_no_answer_carries_a_generated_warning(store) {
+        // Stale within max-stale, within stale-while-revalidate, on an
+        // origin error within stale-if-error, and a 304 refresh.
+        let origin = answering(200, fields(&[("cache-control", "max-age=1, stale-while-revalidate=60"), ("etag", "\"e1\"")]));
+        let svc = cached(honouring(store.clone(), "w").build().unwrap(), &origin);
+        send(&svc, get("/w")).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let stale = send(&svc, with(Method::GET, "/w", &[("cache-control", "max-stale=60")])).await;
+        let swr = send(&svc, get("/w")).await;
+        for got in [&stale, &swr] {
+            assert_eq!(got.body, "v1");
+            assert!(!got.headers.contains_key("warning"), "{:?}", got.headers);
+        }
+        let calls = Arc::new(AtomicUsize::new(0));
+        let failing = Unreachable { cc: "max-age=1, stale-if-error=60", failure: Failure::Unavailable, calls };
+        let svc = ServiceBuilder::new().layer(builder(store).scope("w5").build().unwrap()).service(failing);
+        let first = svc.clone().oneshot(get("/w")).await.unwrap();
+        assert!(!first.headers().contains_key("warning"));
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let stale = svc.clone().oneshot(get("/w")).await.unwrap();
+        assert_eq!(stale.status(), StatusCode::OK);
+        assert!(stale.headers()["cache-status"].to_str().unwrap().contains("fwd=stale"));
+        assert!(!stale.headers().contains_key("warning"));
+    }
+}
+
+conformance! {
+    async fn rfc9111_4_3_5_a_head_response_for_another_representation_makes_the_stored_get_stale(store) {
+        // GETs answer v<n>; every answer carries the ETag "e<version>".
+        let version = Arc::new(AtomicUsize::new(1));
+        let v = version.clone();
+        let origin = Origin::new(move |req, n| {
+            let body = if req.method() == Method::HEAD { String::new() } else { format!("v{n}") };
+            let mut r = res(&[("cache-control", "max-age=60")], &body);
+            let etag = format!("\"e{}\"", v.load(Ordering::SeqCst));
+            r.headers_mut().insert("etag", etag.parse().unwrap());
+            if req.headers().contains_key("x-long") {
+                r.headers_mut().insert("content-length", "99".parse().unwrap());
+            }
+            r
+        });
+        let svc = cached(honouring(store, "hd").build().unwrap(), &origin);
+        assert_eq!(send(&svc, get("/h")).await.body, "v1");
+        let head = |extra: &'static [(&'static str, &'static str)]| {
+            let mut h = vec![("cache-control", "no-cache")];
+            h.extend_from_slice(extra);
+            with(Method::HEAD, "/h", &h)
+        };
+        // The same representation: the stored GET is freshened, still served.
+        send(&svc, head(&[])).await;
+        let hit = send(&svc, get("/h")).await;
+        assert!(hit.cache_status().contains("hit") && hit.body == "v1", "{}", hit.cache_status());
+        assert_eq!(origin.calls(), 2);
+        // Another ETag: the stored GET is stale; the next GET asks the origin.
+        version.store(2, Ordering::SeqCst);
+        let changed = send(&svc, head(&[])).await;
+        assert_eq!((changed.status, changed.body.len()), (StatusCode::OK, 0));
+        assert!(changed.cache_status().contains("detail=head-changed"), "{}", changed.cache_status());
+        let fetched = send(&svc, get("/h")).await;
+        assert_eq!((fetched.body.clone(), origin.calls()), (Bytes::from("v4"), 4), "{}", fetched.cache_status());
+        assert_eq!(send(&svc, get("/h")).await.body, "v4", "stored again");
+        // Another length, same ETag: stale too.
+        send(&svc, head(&[("x-long", "1")])).await;
+        assert_eq!(send(&svc, get("/h")).await.body, "v6");
+        assert_eq!(origin.calls(), 6);
+    }
+}
+
+conformance! {
+    async fn rfc9111_3_4_parts_not_stored_are_fetched_side_by_side(store) {
+        let (mut origin, _) = ranged(false);
+        origin.delay = Duration::from_millis(100);
+        let svc = cached(builder(store).build().unwrap(), &origin);
+        let range = |r: &'static str| with(Method::GET, "/s", &[("range", r)]);
+        assert_eq!(send(&svc, range("bytes=0-1")).await.body, "01");
+        let parts = ["bytes=2-3", "bytes=4-5", "bytes=6-7", "bytes=8-9"];
+        let got = futures_util::future::join_all(parts.map(|r| send(&svc, range(r)))).await;
+        for (g, want) in got.iter().zip(["23", "45", "67", "89"]) {
+            assert_eq!((g.status, g.body.clone()), (StatusCode::PARTIAL_CONTENT, Bytes::from(want)));
+        }
+        // No request for one part waited for another's: none holds the others'.
+        assert!(origin.max_in_flight.load(Ordering::SeqCst) >= 3, "{}", origin.max_in_flight.load(Ordering::SeqCst));
+        assert_eq!(origin.calls(), 5);
+    }
+}
+
+conformance! {
+    async fn rfc9111_4_3_4_a_stored_part_is_revalidated_and_freshened(store) {
+        let (origin, seen) = recording(|req, _| {
+            if req.headers().get("if-none-match").is_some_and(|v| v == "\"p1\"") {
+                let mut r = res(&[("cache-control", "max-age=60"), ("etag", "\"p1\"")], "");
+                *r.status_mut() = StatusCode::NOT_MODIFIED;
+                return r;
+            }
+            let mut r = res(&[("cache-control", "max-age=1"), ("etag", "\"p1\""), ("content-range", "bytes 0-4/10")], "01234");
+            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+            r
+        });
+        let svc = cached(builder(store).build().unwrap(), &origin);
+        let range = |r: &'static str| with(Method::GET, "/r", &[("range", r)]);
+        send(&svc, range("bytes=0-4")).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        // Stale: revalidated for its range with the stored validator.
+        let got = send(&svc, range("bytes=1-3")).await;
+        assert_eq!((got.status, got.body.clone()), (StatusCode::PARTIAL_CONTENT, Bytes::from("123")));
+        assert!(got.cache_status().contains("fwd-status=304"), "{}", got.cache_status());
+        let asked = seen.lock().unwrap()[1].1.clone();
+        assert_eq!((asked["range"].clone(), asked["if-none-match"].clone()), ("bytes=1-3".parse().unwrap(), "\"p1\"".parse().unwrap()));
+        // Freshened for a minute.
+        let hit = send(&svc, range("bytes=2-4")).await;
+        assert!(hit.cache_status().contains("hit") && hit.body == "234", "{}", hit.cache_status());
+        assert_eq!(origin.calls(), 2);
+    }
+}
+
+conformance! {
+    async fn rfc9111_3_3_parts_obey_the_body_cap(store) {
+        let (origin, _) = ranged(false);
+        let svc = cached(builder(store).max_body_size(4).build().unwrap(), &origin);
+        let range = |r: &'static str| with(Method::GET, "/c", &[("range", r)]);
+        // Five bytes: past the cap, passed on unstored.
+        for _ in 0..2 {
+            let big = send(&svc, range("bytes=0-4")).await;
+            assert_eq!(big.body, "01234");
+            assert!(big.cache_status().contains("detail=too-large"), "{}", big.cache_status());
+        }
+        assert_eq!(origin.calls(), 2);
+        // Two parts of three bytes: each stored, never both together.
+        send(&svc, range("bytes=0-2")).await;
+        send(&svc, range("bytes=3-5")).await;
+        assert!(send(&svc, range("bytes=4-5")).await.cache_status().contains("hit"));
+        assert!(!send(&svc, range("bytes=0-1")).await.cache_status().contains("hit"));
     }
 }

@@ -508,3 +508,105 @@ async fn purge_by_surrogate_key_reaches_three_proxies_on_redis() {
     let (_, h, after) = call(&fleet[1].1, "GET", "/t/0", &[host], "").await;
     assert_ne!(after, before, "{h:?}");
 }
+
+/// An upstream for the proxy's own RFC behaviours: `/file` serves
+/// `0123456789` (ETag `"f1"`), a single `Range` with `206`; `/cdn` says
+/// `no-store` to every cache but `max-age=60` to CDNs; `/plain` is fresh
+/// for a minute with an ETag. Each body counts the upstream's calls.
+async fn rfc_upstream() -> (SocketAddr, Arc<AtomicU64>) {
+    let calls = Arc::new(AtomicU64::new(0));
+    let app = Router::new()
+        .route(
+            "/file",
+            get(|State(c): State<Arc<AtomicU64>>, h: HeaderMap| async move {
+                c.fetch_add(1, Ordering::SeqCst);
+                let full = "0123456789";
+                let range = h.get("range").and_then(|v| {
+                    let (a, b) = v.to_str().ok()?.strip_prefix("bytes=")?.split_once('-')?;
+                    Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?))
+                });
+                let cc = ("cache-control", "max-age=60".to_owned());
+                let etag = ("etag", "\"f1\"".to_owned());
+                match range {
+                    Some((a, b)) => {
+                        let cr = ("content-range", format!("bytes {a}-{b}/10"));
+                        let part = full[a..=b].to_owned();
+                        (StatusCode::PARTIAL_CONTENT, [cc, etag, cr], part).into_response()
+                    }
+                    None => ([cc, etag], full).into_response(),
+                }
+            }),
+        )
+        .route(
+            "/cdn",
+            get(|State(c): State<Arc<AtomicU64>>| async move {
+                let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+                let cc = [
+                    ("cache-control", "no-store"),
+                    ("cdn-cache-control", "max-age=60"),
+                ];
+                (cc, format!("cdn {n}"))
+            }),
+        )
+        .route(
+            "/plain",
+            get(|State(c): State<Arc<AtomicU64>>| async move {
+                let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+                (
+                    [("cache-control", "max-age=60"), ("etag", "\"p1\"")],
+                    format!("plain {n}"),
+                )
+            }),
+        )
+        .with_state(calls.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, calls)
+}
+
+/// RFC 9111 §3.3 / §3.4 (parts stored and combined), RFC 9213
+/// (`CDN-Cache-Control` obeyed), §5.4 (`Pragma: no-cache` from an
+/// HTTP/1.0 client revalidates) and §5.5 (no `Warning`) through the proxy.
+async fn rfc_behaviours(redis: Option<&str>) {
+    let (up, calls) = rfc_upstream().await;
+    let proxy = start_proxy(up, redis);
+    let p = proxy.1.as_str();
+    let n = || calls.load(Ordering::SeqCst);
+    let (s, h, body) = call(p, "GET", "/file", &[("range", "bytes=0-4")], "").await;
+    assert_eq!((s, body.as_str()), (206, "01234"));
+    assert_eq!(h["content-range"], "bytes 0-4/10");
+    let (s, h, body) = call(p, "GET", "/file", &[("range", "bytes=1-2")], "").await;
+    assert_eq!((s, body.as_str(), n()), (206, "12", 1), "{h:?}");
+    assert_eq!(h["content-length"], "2");
+    let (s, _, body) = call(p, "GET", "/file", &[("range", "bytes=5-9")], "").await;
+    assert_eq!((s, body.as_str(), n()), (206, "56789", 2));
+    let (s, h, body) = call(p, "GET", "/file", &[], "").await;
+    assert_eq!(
+        (s, body.as_str(), n()),
+        (200, "0123456789", 2),
+        "combined: {h:?}"
+    );
+    assert_eq!(h["content-length"], "10");
+
+    call(p, "GET", "/cdn", &[], "").await;
+    let (_, h, body) = call(p, "GET", "/cdn", &[], "").await;
+    assert_eq!(body, "cdn 3", "stored for CDN-Cache-Control's minute");
+    assert_eq!(h["cdn-cache-control"], "max-age=60", "passed on");
+
+    call(p, "GET", "/plain", &[], "").await;
+    let (_, h, body) = call(p, "GET", "/plain", &[("pragma", "no-cache")], "").await;
+    assert_eq!(body, "plain 5", "revalidated: {h:?}");
+    assert!(!h.contains_key("warning"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc_behaviours_through_the_proxy_on_the_memory_store() {
+    rfc_behaviours(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc_behaviours_through_the_proxy_on_redis() {
+    let url = support::redis_url();
+    rfc_behaviours(Some(&url)).await;
+}

@@ -199,6 +199,8 @@ impl CacheHandle {
             headers: Arc::new(HeaderMap::new()),
             lookup_only: false,
             want: Want::default(),
+            ranges: Default::default(),
+            head: false,
         };
         match resolve(self.shared.clone(), ask).await {
             Resolution::Hit(e, _) | Resolution::Refresh(e, _) if e.meta.status == 404 => {

@@ -32,6 +32,8 @@ pub(crate) struct CacheControl {
     /// `max-stale` (without a value: any staleness).
     pub(crate) max_stale: Option<u64>,
     pub(crate) min_fresh: Option<u64>,
+    /// Read from a targeted field (RFC 9213): `Expires` is ignored too.
+    pub(crate) targeted: bool,
 }
 
 /// Delta-seconds above this are read as this (RFC 9111 §1.2.2).
@@ -166,6 +168,18 @@ impl CacheControl {
     }
 }
 
+/// `Pragma: no-cache` (RFC 9111 §5.4, deprecated): the field's only
+/// defined directive, read only where `Cache-Control` is absent.
+pub(crate) fn pragma_no_cache(headers: &HeaderMap) -> bool {
+    !headers.contains_key(CACHE_CONTROL)
+        && headers
+            .get_all(http::header::PRAGMA)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|d| d.trim().eq_ignore_ascii_case("no-cache"))
+}
+
 fn split_outside_quotes(s: &str) -> impl Iterator<Item = &str> {
     let mut quoted = false;
     let mut escaped = false;
@@ -249,6 +263,15 @@ mod tests {
             ("cache-control", "max-age=1800"),
         ]));
         assert_eq!(two.max_age, Some(1));
+    }
+
+    #[test]
+    fn rfc9111_5_4_pragma_no_cache_counts_only_without_cache_control() {
+        assert!(pragma_no_cache(&h(&[("pragma", "x=1, No-Cache")])));
+        assert!(!pragma_no_cache(&h(&[("pragma", "no-cache=1")])));
+        assert!(!pragma_no_cache(&h(&[("pragma", "extension")])));
+        let both = h(&[("pragma", "no-cache"), ("cache-control", "max-age=60")]);
+        assert!(!pragma_no_cache(&both));
     }
 
     #[test]

@@ -137,9 +137,13 @@ impl Capture {
                     format!("{}; detail=store-error", self.forwarded)
                 };
                 let mut bytes = self.fill.finish(&self.chunks.parts);
+                // The whole response for a client that asked for a range:
+                // cut it (a 206 is already the origin's answer to it).
                 let ranges = &self.ctx.cond.ranges;
-                if let Some((partial, body)) =
-                    ranges.apply(parts.status, &mut parts.headers, &bytes)
+                let whole = parts.status == http::StatusCode::OK;
+                if let Some((partial, body)) = whole
+                    .then(|| ranges.apply(parts.status, &mut parts.headers, &bytes))
+                    .flatten()
                 {
                     parts.status = partial;
                     bytes = body;

@@ -50,8 +50,11 @@ const CONDITIONS: [HeaderName; 5] = [
 /// (whose are answered from the refreshed entry, RFC 9111 §4.3.1); with no
 /// usable entry the client's conditions go to the origin as they are.
 pub(crate) fn revalidating(h: &mut HeaderMap, leader: &Leader) {
-    // A fill fetches the whole response; ranges are cut from the entry.
-    if leader.looked.is_some() {
+    // Refilling a complete entry fetches the whole response, and ranges
+    // are cut from it; otherwise the client's `Range` goes to the origin
+    // and a `206` is stored as a part (RFC 9111 §3.3).
+    let complete = leader.stale.as_ref().is_some_and(|s| s.meta.status != 206);
+    if leader.looked.is_some() && complete {
         h.remove(RANGE);
         h.remove(IF_RANGE);
     }

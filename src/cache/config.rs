@@ -112,6 +112,7 @@ impl Default for Config {
                 share_cookie_requests: false,
                 heuristic: Some(Heuristic::default()),
                 stale_if_unreachable: Duration::ZERO,
+                targeted: Vec::new(),
             },
             key: KeyRules {
                 scope: "default".into(),

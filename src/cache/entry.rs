@@ -2,7 +2,7 @@
 //! with bounds checks only (never a general-purpose deserialiser).
 //!
 //! ```text
-//! magic "TRLC" | version u8 | flags u8 (1 must-revalidate, 2 s-maxage) | status u16
+//! magic "TRLC" | version u8 (1; 2 for incomplete entries) | flags u8 (1 must-revalidate, 2 s-maxage) | status u16
 //! key_tag u64 | stored_ms u64 | fresh_ms u64 | age_s u32 | swr_s u32 | sie_s u32
 //! header count u16 | { name_len u16 | name | value_len u32 | value } …
 //! body_len u32 | body
@@ -17,6 +17,10 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 const MAGIC: &[u8; 4] = b"TRLC";
 const VERSION: u8 = 1;
+/// The version of incomplete entries (status 206, see
+/// [`partial`](super::partial)): instances that predate them read these
+/// as misses instead of serving a part as the whole.
+const VERSION_PARTIAL: u8 = 2;
 const FLAG_MUST_REVALIDATE: u8 = 1;
 const FLAG_S_MAXAGE: u8 = 2;
 const FIXED: usize = 4 + 1 + 1 + 2 + 8 * 3 + 4 * 3 + 2;
@@ -105,7 +109,11 @@ pub(crate) fn encode(meta: &Meta, headers: &HeaderMap, body: &[Bytes]) -> Bytes 
         .sum();
     let mut buf = BytesMut::with_capacity(FIXED + head_len + 4 + body_len + 8);
     buf.put_slice(MAGIC);
-    buf.put_u8(VERSION);
+    buf.put_u8(if meta.status == 206 {
+        VERSION_PARTIAL
+    } else {
+        VERSION
+    });
     let flag = |on, f| if on { f } else { 0 };
     buf.put_u8(
         flag(meta.must_revalidate, FLAG_MUST_REVALIDATE) | flag(meta.s_maxage, FLAG_S_MAXAGE),
@@ -197,7 +205,7 @@ pub(crate) fn decode(raw: Bytes) -> Result<Entry, DecodeError> {
         pos: 4,
     };
     let version = r.u8()?;
-    if version != VERSION {
+    if version != VERSION && version != VERSION_PARTIAL {
         return Err(DecodeError::Version(version));
     }
     let flags = r.u8()?;
@@ -235,10 +243,17 @@ pub(crate) fn decode(raw: Bytes) -> Result<Entry, DecodeError> {
     if r.pos != content.len() {
         return Err(DecodeError::Invalid("trailing bytes"));
     }
+    let body = content.slice(body);
+    // An incomplete entry's parts must be the body it holds.
+    if (status == 206) != (version == VERSION_PARTIAL)
+        || super::partial::Parts::of(status, &headers, &body).is_none()
+    {
+        return Err(DecodeError::Invalid("partial content"));
+    }
     Ok(Entry {
         meta,
         headers,
-        body: content.slice(body),
+        body,
     })
 }
 
@@ -295,6 +310,30 @@ mod tests {
         }
     }
 
+    #[test]
+    fn incomplete_entries_have_a_version_of_their_own_and_valid_parts() {
+        let (mut meta, mut h, _) = sample();
+        meta.status = 206;
+        h.insert("content-range", HeaderValue::from_static("bytes 2-6/20"));
+        let body = [Bytes::from_static(b"hello")];
+        let raw = encode(&meta, &h, &body);
+        assert_eq!(raw[4], VERSION_PARTIAL);
+        assert_eq!(decode(raw).unwrap().body, "hello");
+        h.insert("content-range", HeaderValue::from_static("bytes 2-7/20"));
+        let wrong = encode(&meta, &h, &body);
+        assert_eq!(
+            decode(wrong).unwrap_err(),
+            DecodeError::Invalid("partial content")
+        );
+        // A version 1 entry never holds a part.
+        let mut v1 = encode(&meta, &h, &body).to_vec();
+        v1[4] = VERSION;
+        let n = v1.len() - 8;
+        let sum = checksum(&[&v1[..n]]);
+        v1[n..].copy_from_slice(&sum.to_be_bytes());
+        assert!(decode(Bytes::from(v1)).is_err());
+    }
+
     proptest! {
         #[test]
         fn random_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512)) {
@@ -302,9 +341,10 @@ mod tests {
         }
 
         #[test]
-        fn random_content_with_a_valid_checksum_never_panics(data in proptest::collection::vec(any::<u8>(), 0..512)) {
-            // Past the checksum, so the field parsing itself is exercised.
-            let mut v = b"TRLC\x01".to_vec();
+        fn random_content_with_a_valid_checksum_never_panics(data in proptest::collection::vec(any::<u8>(), 0..512), partial in any::<bool>()) {
+            // Past the checksum, so the field parsing itself is exercised
+            // (a version 2 entry's parts too).
+            let mut v = if partial { b"TRLC\x02".to_vec() } else { b"TRLC\x01".to_vec() };
             v.extend(data);
             let sum = checksum(&[&v]);
             v.extend(sum.to_be_bytes());

@@ -14,6 +14,7 @@ use super::entry::{body_of, encode, Meta};
 use super::flight::Outcome;
 use super::key::Slot;
 use super::leader::Leader;
+use super::partial::combine;
 use super::policy::{Asked, Lifetime};
 use super::shared::spawn;
 use super::store::{Tagging, Write};
@@ -90,10 +91,45 @@ impl Fill {
     /// The body is complete: write the entry. Returns the body, a slice of
     /// the entry.
     pub(crate) fn finish(self, chunks: &[Bytes]) -> Bytes {
+        if self.meta.status == 206 {
+            return self.finish_part(chunks);
+        }
         let raw = encode(&self.meta, &self.headers, chunks);
         let body = body_of(&raw, chunks.iter().map(Bytes::len).sum());
         // The write runs to its end whether or not its outcome is awaited.
         drop(self.land(raw));
+        body
+    }
+
+    /// A `206` is complete: combine it with the stored part, if any, and
+    /// write the entry (complete `200` once the parts cover the whole
+    /// representation). Returns the response's own body.
+    fn finish_part(mut self, chunks: &[Bytes]) -> Bytes {
+        let body = match chunks {
+            [one] => one.clone(),
+            many => Bytes::from(many.concat()),
+        };
+        let older = self.leader.partial.take().or(self.leader.stale.take());
+        let shared = self.leader.shared.clone();
+        let (cap, targets) = (shared.cfg.max_body, &shared.cfg.rules.targeted);
+        let mut status = StatusCode::PARTIAL_CONTENT;
+        let combined = combine(
+            &mut status,
+            &mut self.headers,
+            body.clone(),
+            older.as_ref(),
+            cap,
+            targets,
+        );
+        match combined {
+            Some(stored) => {
+                self.meta.status = status.as_u16();
+                let raw = encode(&self.meta, &self.headers, &[stored]);
+                drop(self.land(raw));
+            }
+            // Not the part it names: passed on, not stored.
+            None => self.pass(),
+        }
         body
     }
 

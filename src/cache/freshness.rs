@@ -56,6 +56,10 @@ impl Received {
         if let Some(s) = cc.s_maxage.or(cc.max_age) {
             return Some(s * 1000);
         }
+        // A targeted field stands in for `Expires` too (RFC 9213 §2.1).
+        if cc.targeted {
+            return None;
+        }
         // Several lines: the first (§4.2.1).
         let expires = headers.get(EXPIRES)?;
         Some(match date::parse(expires.as_bytes(), self.now_s) {

@@ -120,6 +120,20 @@ impl ResponseCacheLayerBuilder {
         self
     }
 
+    /// Targeted cache-control fields (RFC 9213) this cache obeys, highest
+    /// priority first, e.g. `CDN-Cache-Control`: the first one a response
+    /// carries with a valid, non-empty value (a structured-field
+    /// dictionary) is used in place of its `Cache-Control` and `Expires`;
+    /// an invalid one is ignored. Default: none. This layer runs inside
+    /// the application, behind any CDN, so a field addressed to CDNs is
+    /// not addressed to it; a layer deployed as a CDN-like shared proxy
+    /// (as `examples/caching_proxy` is) names `CDN-Cache-Control`. The
+    /// fields are passed on to clients and downstream caches.
+    pub fn targeted_cache_control(mut self, fields: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.cfg.rules.targeted = fields.into_iter().collect();
+        self
+    }
+
     /// Store responses carrying `Set-Cookie`, without that field (default:
     /// such responses are not stored). The client that caused the fill still
     /// gets its cookie; no other client ever does.

@@ -46,6 +46,9 @@ pub(crate) struct Leader {
     pub(crate) looked: Option<Looked>,
     /// The in-process tier's invalidations when the fill began.
     pub(crate) epoch: Option<Epoch>,
+    /// The stored incomplete entry that could not answer this request:
+    /// a `206` with the same strong validator is combined with it.
+    pub(crate) partial: Option<Entry>,
     /// The response could not be stored: mark the slot hit-for-miss.
     pass: bool,
 }
@@ -68,6 +71,7 @@ impl Leader {
             stale,
             detail,
             looked: looked.map(|(found, _)| Looked::of(found)),
+            partial: None,
             pass: false,
         }
     }

@@ -64,10 +64,10 @@
 //! # What is stored
 //!
 //! GET responses (HEAD is answered from them) with a final status (not
-//! 206 or 304) and a freshness lifetime (RFC 9111 §3, §4.2): `s-maxage`,
+//! 304) and a freshness lifetime (RFC 9111 §3, §4.2): `s-maxage`,
 //! else `max-age`, else `Expires` minus `Date` (any status); without
-//! those, for the heuristically cacheable statuses (200, 203, 204, 300,
-//! 301, 308, 404, 405, 410, 414, 501) or a response marked `public`, the
+//! those, for the heuristically cacheable statuses (200, 203, 204, 206,
+//! 300, 301, 308, 404, 405, 410, 414, 501) or a response marked `public`, the
 //! layer's [`default_ttl`](ResponseCacheLayerBuilder::default_ttl) (with
 //! jitter) or, without one, heuristic freshness: 10% of the time since
 //! `Last-Modified`, at most a day
@@ -102,12 +102,31 @@
 //! invalid one is ignored (§5.1); the age on arrival also counts how long
 //! ago the response's `Date` was (§4.2.3). `Vary: *` is never stored.
 //!
+//! With [`targeted_cache_control`](ResponseCacheLayerBuilder::targeted_cache_control)
+//! (RFC 9213, e.g. `CDN-Cache-Control`; none by default, since this layer
+//! runs inside the application, behind any CDN) the first listed field a
+//! response carries with a valid structured-field dictionary replaces its
+//! `Cache-Control` and `Expires`; an invalid one is ignored. `Pragma`
+//! (§5.4, deprecated) is not `Cache-Control`: without `Cache-Control`, a
+//! response's `no-cache` only withholds heuristic freshness, and a
+//! request's counts as `Cache-Control: no-cache` where request directives
+//! are honoured. `Warning` (§5.5, obsolete) is never generated.
+//!
 //! A `Range` request is answered from a stored complete `200` (RFC 9110
 //! §14): `206` with the byte range, suffix ranges included, several as
 //! `multipart/byteranges`, `416` when none is satisfiable, the whole
 //! response when `If-Range` does not match (strong comparison) or the
-//! field is invalid. A fill fetches the whole response without `Range` and
-//! cuts the range from it; `206` responses themselves are never stored.
+//! field is invalid. Refilling a stored complete response fetches the
+//! whole of it and cuts the range; otherwise the `Range` goes to the
+//! origin, and its `206` — one byte range of a known length — is stored
+//! as an incomplete entry (RFC 9111 §3.3). A later `206` with the same
+//! strong `ETag` and length is combined with it (§3.4: the newer fields
+//! win, parts up to 16 and within `max_body_size`), and once the parts
+//! cover the representation the entry is a complete `200`. An incomplete
+//! entry answers only `Range` requests wholly within its parts (never a
+//! request without `Range`, a HEAD, or one whose `If-Range` does not
+//! match); the others go to the origin. Instances of earlier versions
+//! read incomplete entries as misses.
 //!
 //! A request carrying an *unkeyed input* — a header the key ignores but an
 //! app may act on (`Forwarded`, `X-Forwarded-Host`/`-Proto`/`-Scheme`/
@@ -150,9 +169,10 @@
 //! fills). A stale entry with a validator is revalidated with a conditional
 //! request of the cache's own; a `304` refreshes it (§4.3.4). HEAD is
 //! answered from the stored GET; a HEAD that reaches the origin stores
-//! nothing, but its `200` for the stored representation (same strong
-//! `ETag`, else same `Last-Modified`, and length) freshens the entry
-//! (§4.3.5). Interim (1xx) responses are never stored, and requests with
+//! nothing, but its `200` freshens the entry when it describes the stored
+//! representation (every validator it carries equal to the stored one,
+//! and the same length if it states one), and otherwise makes the URL's
+//! entries stale on every instance (§4.3.5). Interim (1xx) responses are never stored, and requests with
 //! `Upgrade` bypass the cache.
 //!
 //! # Stale responses
@@ -325,7 +345,9 @@ mod key;
 mod l1;
 mod layer;
 mod leader;
+mod look;
 mod origin;
+mod partial;
 mod policy;
 mod purges;
 mod range;
@@ -337,6 +359,7 @@ mod service;
 mod shared;
 mod store;
 mod tags;
+mod targeted;
 
 pub use app::Stored;
 pub use config::{FailurePolicy, RequestDirectives};

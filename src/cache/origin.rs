@@ -5,11 +5,10 @@
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, ETAG, LAST_MODIFIED};
 use http::response::Parts;
-use http::{HeaderMap, Response, StatusCode};
+use http::{HeaderMap, HeaderName, Response, StatusCode};
 use http_body::Body;
 
 use super::capture::Capture;
-use super::conditional::Tag;
 use super::decide::sie_ok;
 use super::entry::Entry;
 use super::fill::{Fill, FillCtx};
@@ -17,7 +16,8 @@ use super::flight::Outcome;
 use super::key;
 use super::leader::Leader;
 use super::policy::{has_validator, request_specific, verdict, Verdict};
-use super::response::{cache_status, merge_304, serve, to_store, CACHE_STATUS};
+use super::response::{cache_status, merge_fields, serve, to_store, CACHE_STATUS};
+use super::shared::spawn;
 
 /// What the origin's response becomes.
 pub(crate) enum Answer<B> {
@@ -88,6 +88,22 @@ pub(crate) fn on_origin<B: Body>(mut leader: Leader, res: Response<B>, ctx: Fill
     if let Some(stale) = leader.stale.take_if(|s| refreshes(s)) {
         return Answer::Done(refreshed(leader, stale, res.headers(), &ctx, now));
     }
+    // A HEAD's 200 for another representation (validators or length
+    // differ): the stored GET is stale from now on (§4.3.5), on every
+    // instance, before the lock is given back.
+    if ctx.head && status == StatusCode::OK && leader.stale.take().is_some() {
+        let purge = shared.soft_purge(&leader.slot.url);
+        spawn(async move {
+            let _ = purge.await;
+            leader.end(Outcome::Abandoned);
+        });
+        let mut res = res.map(crate::ResponseBody::inner);
+        shared.cfg.tags.strip(res.headers_mut());
+        let params = "fwd=stale; fwd-status=200; detail=head-changed";
+        res.headers_mut()
+            .append(CACHE_STATUS.clone(), cache_status(name, params));
+        return Answer::Done(res);
+    }
     if status.is_server_error() {
         let failed = match res.extensions().get::<OriginUnreachable>() {
             Some(_) => Failed::Unreachable(Some(status.as_u16())),
@@ -147,7 +163,8 @@ pub(crate) fn on_origin<B: Body>(mut leader: Leader, res: Response<B>, ctx: Fill
         .map(|d| format!("; detail={d}"))
         .unwrap_or_default();
     let stored = format!("; stored; ttl={}{detail}", l.fresh_ms / 1000);
-    let fill = Fill::new(leader, slot, status, now, &l, to_store(res.headers()));
+    let fields = to_store(res.headers(), &shared.cfg.rules.targeted);
+    let fill = Fill::new(leader, slot, status, now, &l, fields);
     let (mut parts, body) = res.into_parts();
     shared.cfg.tags.strip(&mut parts.headers);
     let capture = Capture::new(fill, ctx, forwarded, stored, shared.cfg.max_body);
@@ -163,7 +180,7 @@ fn refreshed<B>(
     now: u64,
 ) -> Response<crate::ResponseBody<B>> {
     let shared = leader.shared.clone();
-    let headers = merge_304(&stale.headers, fields);
+    let headers = merge_fields(&stale.headers, fields, &shared.cfg.rules.targeted);
     let status = StatusCode::from_u16(stale.meta.status).unwrap_or(StatusCode::OK);
     let slot = leader.slot.clone();
     let (entry, params) = match verdict(&shared.cfg.rules, ctx.asked, status, &headers, now) {
@@ -185,25 +202,77 @@ fn refreshed<B>(
     serve(&shared.cfg, &entry, now, ctx.head, &ctx.cond, params).map(crate::ResponseBody::full)
 }
 
-/// A HEAD response describes the stored representation: the same strong
-/// `ETag` (or, without one, the same `Last-Modified`), and the same length.
+/// A HEAD response describes the stored representation (§4.3.5): every
+/// validator field it carries (`ETag`, `Last-Modified`) matches the
+/// stored response's, and its `Content-Length`, if any, is the stored
+/// length.
 fn same_representation(stale: &Entry, fields: &HeaderMap) -> bool {
-    let same = |name| stale.headers.get(&name) == fields.get(&name);
-    let strong = stale
-        .headers
-        .get(ETAG)
-        .and_then(|v| Tag::parse(v.as_bytes()))
-        .is_some_and(|t| !t.weak);
-    let validated = if strong {
-        same(ETAG)
-    } else {
-        !stale.headers.contains_key(ETAG)
-            && !fields.contains_key(ETAG)
-            && stale.headers.contains_key(LAST_MODIFIED)
-            && same(LAST_MODIFIED)
-    };
+    fn value(h: &HeaderMap, name: &HeaderName) -> Option<Vec<u8>> {
+        h.get(name).map(|v| v.as_bytes().trim_ascii().to_vec())
+    }
+    for name in [ETAG, LAST_MODIFIED] {
+        if let Some(v) = value(fields, &name) {
+            if value(&stale.headers, &name) != Some(v) {
+                return false;
+            }
+        }
+    }
     let length = fields
         .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    validated && length.is_none_or(|n| n == stale.body.len())
+        .map(|v| v.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()));
+    length.is_none_or(|n| n == Some(stale.body.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::entry::Meta;
+
+    fn stored(pairs: &[(&'static str, &'static str)]) -> Entry {
+        let mut headers = HeaderMap::new();
+        for (k, v) in pairs {
+            headers.insert(*k, http::HeaderValue::from_static(v));
+        }
+        let meta = Meta {
+            status: 200,
+            key_tag: 0,
+            stored_ms: 0,
+            fresh_ms: 0,
+            age_s: 0,
+            swr_s: 0,
+            sie_s: 0,
+            must_revalidate: false,
+            s_maxage: false,
+        };
+        Entry {
+            meta,
+            headers,
+            body: Bytes::from_static(b"hello"),
+        }
+    }
+
+    #[test]
+    fn rfc9111_4_3_5_a_head_response_matches_when_every_validator_it_carries_does() {
+        const LM: &str = "Thu, 01 Jan 2026 00:00:00 GMT";
+        let e = stored(&[("etag", "W/\"a\""), ("last-modified", LM)]);
+        let same = |pairs: &[(&'static str, &'static str)]| {
+            same_representation(&e, &stored(pairs).headers)
+        };
+        assert!(same(&[("etag", "W/\"a\"")]), "a weak ETag that is equal");
+        assert!(same(&[("last-modified", LM), ("content-length", "5")]));
+        assert!(same(&[("etag", "W/\"a\""), ("last-modified", LM)]));
+        assert!(same(&[("x-other", "1")]), "no validator: none contradicts");
+        assert!(!same(&[("etag", "W/\"b\"")]));
+        assert!(!same(&[
+            ("etag", "W/\"a\""),
+            ("last-modified", "Fri, 02 Jan 2026 00:00:00 GMT")
+        ]));
+        assert!(!same(&[("etag", "W/\"a\""), ("content-length", "6")]));
+        assert!(!same(&[("etag", "W/\"a\""), ("content-length", "five")]));
+        let no_lm = stored(&[("etag", "\"a\"")]);
+        assert!(!same_representation(
+            &no_lm,
+            &stored(&[("last-modified", LM)]).headers
+        ));
+    }
 }

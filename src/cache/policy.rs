@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use http::header::{ETAG, LAST_MODIFIED, SET_COOKIE};
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderName, StatusCode};
 
+use super::cache_control::pragma_no_cache;
 pub(crate) use super::cache_control::CacheControl;
 use super::freshness::{Heuristic, Received};
 
@@ -25,6 +26,8 @@ pub(crate) struct Rules {
     pub(crate) heuristic: Option<Heuristic>,
     /// How stale an entry may be served when the origin cannot be reached.
     pub(crate) stale_if_unreachable: Duration,
+    /// Targeted cache-control fields (RFC 9213), highest priority first.
+    pub(crate) targeted: Vec<HeaderName>,
 }
 
 /// What of the request decides whether its response may be shared.
@@ -37,15 +40,17 @@ pub(crate) struct Asked {
 /// A pass caused by the request, not the response: another request for the
 /// same slot may get a storable response (no hit-for-miss).
 pub(crate) fn request_specific(why: &str) -> bool {
-    matches!(why, "authorization" | "cookie")
+    matches!(
+        why,
+        "authorization" | "cookie" | "partial" | "unsatisfiable"
+    )
 }
 
-/// Heuristically cacheable statuses (RFC 9110 §15.1), but 206: ranges are
-/// not stored.
+/// Heuristically cacheable statuses (RFC 9110 §15.1).
 fn heuristic_status(s: u16) -> bool {
     matches!(
         s,
-        200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+        200 | 203 | 204 | 206 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
     )
 }
 
@@ -60,10 +65,10 @@ fn negative(s: u16, app: bool) -> bool {
 }
 
 /// Statuses whose caching requirements this cache knows (`must-understand`,
-/// RFC 9111 §5.2.2.3): those RFC 9110 defines, but 206 (ranges are not
-/// stored) and 304 (never stored as such).
+/// RFC 9111 §5.2.2.3): those RFC 9110 defines, but 304 (never stored as
+/// such).
 fn understood(s: u16) -> bool {
-    matches!(s, 200..=205 | 300..=305 | 307 | 308 | 400..=417 | 421 | 422 | 426 | 500..=505)
+    matches!(s, 200..=206 | 300..=305 | 307 | 308 | 400..=417 | 421 | 422 | 426 | 500..=505)
 }
 
 /// Whether and how long to store a response.
@@ -105,10 +110,18 @@ pub(crate) fn verdict(
 ) -> Verdict {
     let s = status.as_u16();
     // Final responses only; a 304 refreshes an entry, it is none itself.
-    if s < 200 || s == 206 || s == 304 {
+    if s < 200 || s == 304 {
         return Verdict::Pass("status");
     }
-    let cc = CacheControl::parse(headers);
+    // A 416 is about the request's range, not the representation.
+    if s == 416 {
+        return Verdict::Pass("unsatisfiable");
+    }
+    // A part is stored when it is one byte range of a known length (§3.3).
+    if s == 206 && !super::partial::storable(headers) {
+        return Verdict::Pass("partial");
+    }
+    let cc = CacheControl::of_response(headers, &rules.targeted);
     if cc.must_understand && !understood(s) {
         return Verdict::Pass("must-understand");
     }
@@ -147,7 +160,11 @@ pub(crate) fn verdict(
             (Some(n), _) => jittered(n, rules.jitter),
             (None, Some(d)) => jittered(ms(Some(d)), rules.jitter),
             (None, None) => {
-                let h = rules.heuristic.and_then(|h| got.heuristic_ms(&h, headers));
+                // `Pragma: no-cache` with no `Cache-Control` (an HTTP/1.0
+                // origin, RFC 9111 §5.4): no heuristic lifetime.
+                let pragma = pragma_no_cache(headers);
+                let heuristic = rules.heuristic.filter(|_| !pragma);
+                let h = heuristic.and_then(|h| got.heuristic_ms(&h, headers));
                 match h {
                     Some(h) => h,
                     // Stored stale, to be revalidated.

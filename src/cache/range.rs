@@ -4,7 +4,8 @@
 //! `multipart/byteranges`), or `416` when none is satisfiable. A `Range`
 //! that is not `bytes`, is invalid or asks for too many ranges is ignored
 //! (the whole response), and so is one whose `If-Range` does not match
-//! (§13.1.5). Partial responses are never stored.
+//! (§13.1.5). An incomplete entry (a stored `206`, see
+//! [`partial`](super::partial)) answers only ranges wholly within its parts.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, LAST_MODIFIED};
@@ -12,6 +13,8 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 
 use super::conditional::Tag;
 use super::date;
+use super::entry::Entry;
+use super::partial::Parts;
 
 /// More ranges than this in one request: the whole response instead.
 const MAX_RANGES: usize = 32;
@@ -73,6 +76,11 @@ fn parse(v: &[u8], len: u64) -> Option<Vec<(u64, u64)>> {
 }
 
 impl Ranges {
+    /// Whether the request has a `Range` field.
+    pub(crate) fn asked(&self) -> bool {
+        self.range.is_some()
+    }
+
     pub(crate) fn of(h: &HeaderMap) -> Self {
         Self {
             range: h.get(http::header::RANGE).cloned(),
@@ -95,19 +103,18 @@ impl Ranges {
     }
 
     /// The partial answer to give from a stored `status` response with
-    /// `headers` (changed to match) and `body`; `None`: the whole response.
+    /// `headers` (changed to match) and `body`: a complete `200`, or an
+    /// incomplete `206` entry (answered only when every range is wholly
+    /// within its parts); `None`: the whole response.
     pub(crate) fn apply(
         &self,
         status: StatusCode,
         headers: &mut HeaderMap,
         body: &Bytes,
     ) -> Option<(StatusCode, Bytes)> {
-        let range = self.range.as_ref()?;
-        if status != StatusCode::OK || !self.if_range_holds(headers) {
-            return None;
-        }
-        let len = body.len() as u64;
-        let ranges = parse(range.as_bytes(), len)?;
+        let (parts, ranges) = self.answerable(status, headers, body)?;
+        let len = parts.len;
+        headers.remove(CONTENT_RANGE);
         let (status, out) = match ranges.as_slice() {
             [] => {
                 let unsatisfied = HeaderValue::try_from(format!("bytes */{len}")).ok()?;
@@ -117,10 +124,7 @@ impl Ranges {
             [(a, b)] => {
                 let content_range = HeaderValue::try_from(format!("bytes {a}-{b}/{len}")).ok()?;
                 headers.insert(CONTENT_RANGE, content_range);
-                (
-                    StatusCode::PARTIAL_CONTENT,
-                    body.slice(*a as usize..=*b as usize),
-                )
+                (StatusCode::PARTIAL_CONTENT, parts.slice(*a, *b)?)
             }
             many => {
                 let boundary = format!("{:016x}", super::shared::token());
@@ -134,7 +138,7 @@ impl Ranges {
                         out.put_slice(b"\r\n");
                     }
                     out.put_slice(format!("Content-Range: bytes {a}-{b}/{len}\r\n\r\n").as_bytes());
-                    out.put_slice(&body[*a as usize..=*b as usize]);
+                    out.put_slice(&parts.slice(*a, *b)?);
                 }
                 out.put_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
                 let multipart = format!("multipart/byteranges; boundary={boundary}");
@@ -144,6 +148,40 @@ impl Ranges {
         };
         headers.insert(CONTENT_LENGTH, HeaderValue::from(out.len()));
         Some((status, out))
+    }
+
+    /// The stored bytes and the ranges to answer from them; for an
+    /// incomplete entry only when every range is satisfiable and within
+    /// one of its parts (RFC 9111 §3.3).
+    fn answerable(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &Bytes,
+    ) -> Option<(Parts, Vec<(u64, u64)>)> {
+        let range = self.range.as_ref()?;
+        let parts = match status {
+            StatusCode::OK => Parts::complete(body),
+            StatusCode::PARTIAL_CONTENT => Parts::of(206, headers, body)?,
+            _ => return None,
+        };
+        if !self.if_range_holds(headers) {
+            return None;
+        }
+        let ranges = parse(range.as_bytes(), parts.len)?;
+        let within = |(a, b): &(u64, u64)| parts.slice(*a, *b).is_some();
+        let whole = parts.is_complete() || (!ranges.is_empty() && ranges.iter().all(within));
+        whole.then_some((parts, ranges))
+    }
+
+    /// Whether a stored response can answer this request: a complete one
+    /// always, an incomplete one only a `Range` wholly within its parts.
+    pub(crate) fn served_by(&self, e: &Entry, head: bool) -> bool {
+        e.meta.status != 206
+            || (!head
+                && self
+                    .answerable(StatusCode::PARTIAL_CONTENT, &e.headers, &e.body)
+                    .is_some())
     }
 }
 

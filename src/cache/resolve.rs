@@ -10,7 +10,6 @@ use std::time::Duration;
 use http::HeaderMap;
 use tokio::time::Instant;
 
-use super::config::FailurePolicy;
 use super::decide::{
     after_lookup, decode_for, fresh, swr_ok, HitKind, Judged, Polling, Step, Want,
 };
@@ -18,9 +17,10 @@ use super::entry::Entry;
 use super::flight::{FlightGuard, Follower, Joined, Outcome};
 use super::key::{self, Slot};
 use super::leader::Leader;
+use super::look::{alone, learn, local, look, store_failed};
+use super::range::Ranges;
 use super::shared::{token, Shared};
-use super::store::{Found, LockState, Lookup};
-use crate::error::StoreError;
+use super::store::{LockState, Lookup};
 
 /// What a cacheable request needs to be resolved.
 #[derive(Debug)]
@@ -32,6 +32,21 @@ pub(crate) struct Ask {
     pub(crate) lookup_only: bool,
     /// What the request accepts from a stored response.
     pub(crate) want: Want,
+    /// Its `Range` (an incomplete entry answers only ranges within it).
+    pub(crate) ranges: Ranges,
+    pub(crate) head: bool,
+}
+
+impl Ask {
+    /// Whether `e` can answer this request (an incomplete entry may not).
+    pub(super) fn served_by(&self, e: &Entry) -> bool {
+        self.ranges.served_by(e, self.head)
+    }
+
+    /// A GET with `Range`: a part of the representation is enough.
+    pub(super) fn ranged(&self) -> bool {
+        !self.head && self.ranges.asked()
+    }
 }
 
 pub(crate) enum Resolution {
@@ -53,20 +68,20 @@ pub(crate) async fn resolve(shared: Arc<Shared>, ask: Ask) -> Resolution {
     for _ in 0..4 {
         let spec = shared.spec_of(&ask.url);
         let slot = key::slot(ask.url.clone(), spec, &ask.headers);
-        if let Some(e) = local(&shared, &slot) {
+        if let Some(e) = local(&shared, &slot).filter(|e| ask.served_by(e)) {
             if ask.want.judge(&e, shared.now_ms()) == Judged::Fresh {
                 return Resolution::Hit(e, HitKind::Local);
             }
         }
         if ask.lookup_only {
-            match look(&shared, slot, &ask.want, false).await {
+            match look(&shared, slot, &ask, false).await {
                 Some(r) => return r,
                 None => continue,
             }
         }
         // In process, a fresh hit is one map read: serve it without a flight.
         if shared.home.is_local() {
-            match look(&shared, slot.clone(), &ask.want, false).await {
+            match look(&shared, slot.clone(), &ask, false).await {
                 Some(hit @ Resolution::Hit(..)) => return hit,
                 Some(_) => {}
                 None => continue,
@@ -74,7 +89,7 @@ pub(crate) async fn resolve(shared: Arc<Shared>, ask: Ask) -> Resolution {
         }
         let guard = match shared.flights.join(&slot) {
             Joined::Leader(g) => g,
-            Joined::Follower(f) => match follow(&shared, f, &slot, &ask.want, deadline).await {
+            Joined::Follower(f) => match follow(&shared, f, &slot, &ask, deadline).await {
                 Followed::Resolved(r) => return r,
                 Followed::Lead(guard) => guard,
                 Followed::Again => continue,
@@ -85,73 +100,6 @@ pub(crate) async fn resolve(shared: Arc<Shared>, ask: Ask) -> Resolution {
         }
     }
     Resolution::Pass("unsettled")
-}
-
-/// A fresh copy from the in-process tier.
-fn local(shared: &Shared, slot: &Slot) -> Option<Entry> {
-    let raw = shared.l1.as_ref()?.get(slot, shared.now_ms())?;
-    decode_for(slot, raw, 0)
-}
-
-/// Records what a store answer teaches; `false` when the URL's spec
-/// changed (nothing else was read: ask again).
-fn learn(shared: &Shared, slot: &Slot, found: &Found) -> bool {
-    shared.observe(found.now_ms);
-    if found.spec != slot.spec {
-        shared.learn(&slot.url, &found.spec);
-        return false;
-    }
-    true
-}
-
-/// What a failed lookup means under the layer's failure policy.
-fn store_failed(
-    shared: &Arc<Shared>,
-    e: &StoreError,
-    open: impl FnOnce() -> Resolution,
-) -> Resolution {
-    let (then, r) = match shared.cfg.on_failure {
-        FailurePolicy::Closed => ("answered 503 (fail closed)", Resolution::Unavailable),
-        FailurePolicy::Open => ("the origin serves (fail open)", open()),
-    };
-    shared.store_failed("a lookup", then, e);
-    r
-}
-
-/// A lookup that takes no lock: a fresh entry the request accepts (or,
-/// with `stale_ok`, one within `stale-while-revalidate`) is a hit. `None`:
-/// the URL's spec changed, ask again.
-async fn look(shared: &Arc<Shared>, slot: Slot, want: &Want, stale_ok: bool) -> Option<Resolution> {
-    let q = Lookup {
-        slot: slot.clone(),
-        lock: None,
-        force: false,
-    };
-    let epoch = shared.l1_epoch(&slot.url);
-    let found = match shared.home.lookup(&q).await {
-        Ok(found) => found,
-        Err(e) => return Some(store_failed(shared, &e, || Resolution::Pass("store-error"))),
-    };
-    if !learn(shared, &slot, &found) {
-        return None;
-    }
-    let now = found.now_ms;
-    let hit = found.entry.and_then(|raw| {
-        let e = decode_for(&slot, raw.clone(), found.gen)?;
-        Some((e, raw))
-    });
-    let Some((e, raw)) = hit else {
-        return Some(Resolution::Pass("miss"));
-    };
-    Some(match want.judge(&e, now) {
-        Judged::Fresh => {
-            shared.l1_put(&slot, &raw, e.meta.fresh_until_ms(), epoch);
-            Resolution::Hit(e, HitKind::Fresh)
-        }
-        Judged::Grace => Resolution::Hit(e, HitKind::Stale),
-        Judged::Stale if stale_ok && swr_ok(&e, now) => Resolution::Hit(e, HitKind::Stale),
-        _ => Resolution::Pass("miss"),
-    })
 }
 
 /// How following a local leader ended.
@@ -172,9 +120,10 @@ async fn follow(
     shared: &Arc<Shared>,
     mut f: Follower,
     slot: &Slot,
-    want: &Want,
+    ask: &Ask,
     deadline: Instant,
 ) -> Followed {
+    let want = &ask.want;
     let mut looked_stale = false;
     let joined_ms = shared.now_ms();
     loop {
@@ -185,7 +134,8 @@ async fn follow(
             // A request that wants a validated response waits for it.
             Outcome::Stale(_) if want.demands() => {}
             Outcome::Stale(raw) if fresh => {
-                if let Some(e) = decode_for(slot, raw, 0).filter(|e| swr_ok(e, shared.now_ms())) {
+                let ok = |e: &Entry| swr_ok(e, shared.now_ms()) && ask.served_by(e);
+                if let Some(e) = decode_for(slot, raw, 0).filter(ok) {
                     return Followed::Resolved(Resolution::Hit(e, HitKind::Stale));
                 }
             }
@@ -193,7 +143,7 @@ async fn follow(
             // stale entry may still be served, only the store can tell.
             Outcome::Stale(_) if !looked_stale => {
                 looked_stale = true;
-                match look(shared, slot.clone(), want, true).await {
+                match look(shared, slot.clone(), ask, true).await {
                     Some(hit @ Resolution::Hit(..)) => return Followed::Resolved(hit),
                     Some(_) => {}
                     None => return Followed::Again,
@@ -204,7 +154,16 @@ async fn follow(
                 // Another variant (the response's Vary differed): ask again;
                 // and so does a request that wants a validated response,
                 // unless this one was stored after it came.
-                return match decode_for(slot, raw, 0) {
+                let e = decode_for(slot, raw, 0);
+                // A part that does not hold this range: to the origin at
+                // once, not after the next request for another range.
+                if e.as_ref().is_some_and(|e| !ask.served_by(e)) && ask.ranged() {
+                    return match alone(shared, ask, slot.clone()).await {
+                        Some(r) => Followed::Resolved(r),
+                        None => Followed::Again,
+                    };
+                }
+                return match e.filter(|e| ask.served_by(e)) {
                     Some(e)
                         if want.judge(&e, shared.now_ms()) == Judged::Revalidate
                             && e.meta.stored_ms < joined_ms =>
@@ -275,20 +234,21 @@ async fn lead(
         }
         let now = found.now_ms;
         let raw = found.entry.clone();
-        let entry = raw
+        let stored = raw
             .clone()
             .and_then(|raw| decode_for(&slot, raw, found.gen));
+        // An incomplete entry that cannot answer is no entry to this
+        // request, but the part a fill may combine its own with.
+        let (entry, partial) = match stored {
+            Some(e) if !ask.served_by(&e) => (None, Some(e)),
+            e => (e, None),
+        };
         let step = after_lookup(found.lock, entry.as_ref(), now, &ask.want, polling);
         let fill = |guard, token, stale, why| {
             let looked = Some((&found, token));
-            Some(Resolution::Fill(Leader::new(
-                shared,
-                slot.clone(),
-                guard,
-                looked,
-                stale,
-                why,
-            )))
+            let mut l = Leader::new(shared, slot.clone(), guard, looked, stale, why);
+            l.partial = partial.clone();
+            Some(Resolution::Fill(l))
         };
         match step {
             Step::Hit(kind) => {
@@ -300,6 +260,11 @@ async fn lead(
                 shared.l1_put(&slot, &raw, e.meta.fresh_until_ms(), epoch);
                 guard.finish(round, Outcome::Done(raw));
                 return Some(Resolution::Hit(e, kind));
+            }
+            // The other parts of a representation are fetched side by
+            // side: no lock to wait for (parts combine as they land).
+            Step::Force | Step::Wait if partial.is_some() && ask.ranged() => {
+                return fill(Some(guard), None, None, Some("range"));
             }
             Step::Force => polling.force = true,
             Step::Fill => {

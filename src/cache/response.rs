@@ -5,8 +5,9 @@
 
 use bytes::Bytes;
 use http::header::{
-    HeaderName, AGE, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_LOCATION, DATE, ETAG,
-    EXPIRES, LAST_MODIFIED, RETRY_AFTER, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, VARY,
+    HeaderName, AGE, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_RANGE,
+    DATE, ETAG, EXPIRES, LAST_MODIFIED, RETRY_AFTER, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING,
+    UPGRADE, VARY,
 };
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
@@ -144,14 +145,15 @@ fn hop_by_hop(h: &HeaderMap) -> Vec<HeaderName> {
 
 /// The header fields of a response worth storing: no hop-by-hop fields, no
 /// `Age` (recomputed), no `Set-Cookie` (never replayed to another client),
-/// none a qualified `private` or `no-cache` names (RFC 9111 §5.2.2.4, §5.2.2.7).
-pub(crate) fn to_store(h: &HeaderMap) -> HeaderMap {
+/// none a qualified `private` or `no-cache` names (RFC 9111 §5.2.2.4,
+/// §5.2.2.7; in the targeted field obeyed, if any, RFC 9213).
+pub(crate) fn to_store(h: &HeaderMap, targets: &[HeaderName]) -> HeaderMap {
     let skip = hop_by_hop(h);
     let mut out = h.clone();
     for name in skip.iter().chain([&SET_COOKIE]) {
         out.remove(name);
     }
-    for name in CacheControl::parse(h).unshared_fields {
+    for name in CacheControl::of_response(h, targets).unshared_fields {
         if let Ok(name) = HeaderName::try_from(name) {
             out.remove(name);
         }
@@ -159,12 +161,18 @@ pub(crate) fn to_store(h: &HeaderMap) -> HeaderMap {
     out
 }
 
-/// RFC 9111 §3.2: a 304's fields replace the stored ones of the same name.
-pub(crate) fn merge_304(stored: &HeaderMap, fresh: &HeaderMap) -> HeaderMap {
+/// RFC 9111 §3.2: a newer response's fields (a 304's, a HEAD's, a
+/// combined part's) replace the stored ones of the same name; the length
+/// and ranges stay those of the stored content.
+pub(crate) fn merge_fields(
+    stored: &HeaderMap,
+    fresh: &HeaderMap,
+    targets: &[HeaderName],
+) -> HeaderMap {
     let mut out = stored.clone();
-    let fresh = to_store(fresh);
+    let fresh = to_store(fresh, targets);
     for name in fresh.keys() {
-        if *name == CONTENT_LENGTH {
+        if *name == CONTENT_LENGTH || *name == CONTENT_RANGE {
             continue;
         }
         out.remove(name);
@@ -196,7 +204,7 @@ mod tests {
         h.insert("x-private-hop", HeaderValue::from_static("1"));
         h.insert(SET_COOKIE, HeaderValue::from_static("a=b"));
         h.insert(AGE, HeaderValue::from_static("3"));
-        let s = to_store(&h);
+        let s = to_store(&h, &[]);
         assert_eq!(s.len(), 2, "{s:?}");
     }
 }

@@ -4,6 +4,7 @@
 use http::header::{AUTHORIZATION, COOKIE, UPGRADE};
 use http::{HeaderMap, Method, Uri};
 
+use super::cache_control::pragma_no_cache;
 use super::config::RequestDirectives;
 use super::decide::Want;
 use super::key::authorities_differ;
@@ -81,7 +82,11 @@ pub(crate) fn route(sh: &Shared, method: &Method, uri: &Uri, h: &HeaderMap) -> R
         },
     };
     if let RequestDirectives::Honor { min_age } = sh.cfg.directives {
-        let cc = CacheControl::parse(h);
+        let mut cc = CacheControl::parse(h);
+        // An HTTP/1.0 client's `Pragma: no-cache` (RFC 9111 §5.4,
+        // deprecated) asks what `Cache-Control: no-cache` does (RFC 7234
+        // §5.4); a request with `Cache-Control` is read by that alone.
+        cc.no_cache |= pragma_no_cache(h);
         plan.only_if_cached = cc.only_if_cached;
         plan.lookup_only |= cc.no_store || cc.only_if_cached;
         let want = Want {
@@ -184,6 +189,17 @@ mod tests {
             panic!()
         };
         assert!(p.lookup_only && p.want.no_cache && p.want.floor_ms == 1_000);
+        // RFC 9111 §5.4: an HTTP/1.0 client's Pragma, only without Cache-Control.
+        let pragma = headers(&[("pragma", "no-cache")]);
+        let Route::Cache(p) = at(sh, Method::GET, &pragma) else {
+            panic!()
+        };
+        assert!(p.want.no_cache && !p.lookup_only);
+        let both = headers(&[("pragma", "no-cache"), ("cache-control", "max-stale=5")]);
+        let Route::Cache(p) = at(sh, Method::GET, &both) else {
+            panic!()
+        };
+        assert!(!p.want.no_cache && p.want.max_stale == Some(5));
     }
 
     #[test]

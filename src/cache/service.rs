@@ -11,6 +11,7 @@ use super::conditional::Cond;
 use super::fill::FillCtx;
 use super::future::{After, Pending, ResponseFuture};
 use super::invalidate::Targets;
+use super::range::Ranges;
 use super::resolve::{resolve, Ask};
 use super::response::cache_status;
 use super::route::{route, Route};
@@ -80,6 +81,8 @@ where
             headers: request.clone(),
             lookup_only: plan.lookup_only,
             want: plan.want,
+            ranges: Ranges::of(h),
+            head: plan.head,
         };
         let ctx = FillCtx {
             cond: Cond::of(h),

@@ -14,6 +14,7 @@ fn app() -> Rules {
         share_cookie_requests: false,
         heuristic: Some(Heuristic::default()),
         stale_if_unreachable: Duration::ZERO,
+        targeted: Vec::new(),
     }
 }
 
@@ -91,9 +92,26 @@ fn rfc9111_3_any_final_status_with_explicit_freshness_is_stored() {
     ] {
         assert_eq!(fresh(v(&pure(), s, &[MAX60])), 60_000, "{s}");
     }
-    for s in [100, 103, 206, 304] {
+    for s in [100, 103, 304] {
         assert_eq!(v(&pure(), s, &[MAX60]), Verdict::Pass("status"), "{s}");
     }
+    let unsatisfiable = v(&pure(), 416, &[MAX60]);
+    assert_eq!(
+        unsatisfiable,
+        Verdict::Pass("unsatisfiable"),
+        "about its request"
+    );
+}
+
+#[test]
+fn rfc9111_3_3_a_206_is_stored_when_it_is_one_range_of_a_known_length() {
+    let one = ("content-range", "bytes 0-4/10");
+    assert_eq!(fresh(v(&pure(), 206, &[MAX60, one])), 60_000);
+    let unknown = ("content-range", "bytes 0-4/*");
+    assert_eq!(v(&pure(), 206, &[MAX60, unknown]), Verdict::Pass("partial"));
+    assert_eq!(v(&pure(), 206, &[MAX60]), Verdict::Pass("partial"));
+    let multi = ("content-type", "multipart/byteranges; boundary=x");
+    assert_eq!(v(&pure(), 206, &[MAX60, multi]), Verdict::Pass("partial"));
 }
 
 #[test]
@@ -333,4 +351,16 @@ fn jitter_only_shortens() {
         let j = jittered(10_000, 0.1);
         assert!((9_000..=10_000).contains(&j), "{j}");
     }
+}
+
+#[test]
+fn rfc9111_5_4_a_response_pragma_is_ignored_but_blocks_heuristics_without_cache_control() {
+    let pragma = ("pragma", "no-cache");
+    assert_eq!(fresh(v(&pure(), 200, &[MAX60, pragma])), 60_000);
+    let heuristic = [LM_DAY[0], LM_DAY[1], pragma];
+    assert_eq!(v(&pure(), 200, &heuristic), Verdict::Pass("no-freshness"));
+    let public = [LM_DAY[0], LM_DAY[1], pragma, ("cache-control", "public")];
+    assert_eq!(fresh(v(&pure(), 200, &public)), 8_640_000);
+    let other = [LM_DAY[0], LM_DAY[1], ("pragma", "x-extension")];
+    assert_eq!(fresh(v(&pure(), 200, &other)), 8_640_000);
 }
