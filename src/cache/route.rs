@@ -65,12 +65,17 @@ pub(crate) fn route(sh: &Shared, method: &Method, uri: &Uri, h: &HeaderMap) -> R
     let head = *method == Method::HEAD;
     // A header the key ignores must not shape a stored response, nor a
     // `Host` other than the authority keyed on.
-    let unkeyed = sh
-        .cfg
-        .unkeyed
-        .iter()
-        .any(|n| h.contains_key(n) && !sh.cfg.key.headers.contains(n))
-        || (sh.cfg.key.host && authorities_differ(uri, h));
+    // Whichever is shorter is walked: a request's few fields against the
+    // list, or the list's names looked up in the request.
+    let shapes = |n: &http::HeaderName| !sh.cfg.key.headers.contains(n);
+    let unkeyed = if h.keys_len() <= sh.cfg.unkeyed.len() {
+        h.keys().any(|n| sh.cfg.unkeyed.contains(n) && shapes(n))
+    } else {
+        sh.cfg
+            .unkeyed
+            .iter()
+            .any(|n| h.contains_key(n) && shapes(n))
+    } || (sh.cfg.key.host && authorities_differ(uri, h));
     let mut plan = Plan {
         head,
         lookup_only: unkeyed,
