@@ -297,10 +297,12 @@
 //! - An instance learns a URL's `Vary` from the store: its first lookup of a
 //!   varying URL takes a second round trip; later ones take one.
 //! - Redis Cluster: the keys of one URL share a hash tag, so each script
-//!   runs on one slot of a cluster store. The scripts also touch a URL's
-//!   other variant keys (same slot) that are not passed in `KEYS`: Redis and
-//!   Redis Cluster run them, servers or proxies that enforce declared keys
-//!   refuse them.
+//!   runs on one slot of a cluster store. All variants of a URL live in
+//!   one hash with its Vary spec and generation, so every key a script
+//!   touches is declared in its `KEYS`. Hash fields have no TTL of their own
+//!   (before Redis 7.4): a variant past its expiry reads as absent and is
+//!   dropped by the next lookup or write of the URL; the hash lives as long
+//!   as its longest-lived variant, and the variant cap bounds it.
 //! - The fill of a client that disconnects before the origin's body is
 //!   read is dropped: the next request fills again.
 //! - A tag purge that fails is returned as an error, not retried (a URL

@@ -1,8 +1,11 @@
 //! The cache's Redis home: one script per step (`scripts/*.lua`), keys
-//! `{prefix}:cache:{<url digest>}:i|e:<variant>|l:<variant>|p:<variant>` —
-//! the hash tag keeps a URL's index, entries, locks and markers in one
-//! cluster slot. Invalidations are published on `{prefix}:cache:inval` for
-//! the in-process tiers of the fleet.
+//! `{prefix}:cache:{<url digest>}:i|l:<variant>|p:<variant>` — the hash
+//! tag keeps a URL's index, locks and markers in one cluster slot. The
+//! index is a hash holding every variant of the URL (`e:<variant>` entry,
+//! `f:<variant>` fresh-until, `x:<variant>` expiry), its Vary spec and its
+//! generation, so each script touches only the keys it declares in `KEYS`.
+//! Invalidations are published on `{prefix}:cache:inval` for the
+//! in-process tiers of the fleet.
 
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -28,8 +31,6 @@ static STORE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../scripts/store.lua")));
 static RELEASE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../scripts/release.lua")));
-static PURGE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("../scripts/purge.lua")));
 
 /// The cache home of one [`RedisStore`]: the layer's own lane (own
 /// breakers and connection, so large entries never queue ahead of another
@@ -51,7 +52,7 @@ impl CacheStore for RedisStore {
             channel: format!("{}:cache:inval", self.prefix()),
             lane: {
                 let lane = self.lane("response cache", true);
-                lane.preload(&[&*LOOKUP, &*STORE, &*RELEASE, &*PURGE]);
+                lane.preload(&[&*LOOKUP, &*STORE, &*RELEASE]);
                 lane.preload(&tags::scripts());
                 lane
             },
@@ -135,14 +136,12 @@ async fn listen_loop(clients: Vec<redis::Client>, channel: String, listener: Lis
     }
 }
 
-/// The keys of a slot: index, entry, lock, hit-for-miss marker, generation.
-fn keys(base: &str, s: &Slot) -> [String; 5] {
+/// The keys of a slot: the URL's index, the variant's lock and hit-for-miss marker.
+fn keys(base: &str, s: &Slot) -> [String; 3] {
     [
         format!("{base}i"),
-        format!("{base}e:{}", s.variant),
         format!("{base}l:{}", s.variant),
         format!("{base}p:{}", s.variant),
-        format!("{base}g"),
     ]
 }
 
@@ -155,9 +154,9 @@ impl CacheHome for RedisHome {
 
     fn write(&self, w: Write) -> BoxFuture<'static, Result<bool, StoreError>> {
         let base = self.base(&w.slot.url);
-        let [index, entry, lock, _, gen] = keys(&base, &w.slot);
+        let [index, lock, _] = keys(&base, &w.slot);
         let mut inv = STORE.prepare_invoke();
-        inv.key(index).key(entry).key(lock).key(gen);
+        inv.key(index).key(lock);
         inv.arg(&*w.slot.spec)
             .arg(&*w.slot.variant)
             .arg(&w.entry[..])
@@ -165,7 +164,6 @@ impl CacheHome for RedisHome {
             .arg(w.keep_ms.max(1))
             .arg(w.token.map(|t| t.to_string()).unwrap_or_default())
             .arg(w.max_variants)
-            .arg(&base)
             .arg(&self.channel)
             .arg(format!("{}|{}", w.writer, w.slot.url))
             .arg(w.gen.to_string())
@@ -182,7 +180,7 @@ impl CacheHome for RedisHome {
         pass_ms: u64,
     ) -> BoxFuture<'static, Result<(), StoreError>> {
         let base = self.base(&slot.url);
-        let [_, _, lock, pass, _] = keys(&base, slot);
+        let [_, lock, pass] = keys(&base, slot);
         let mut inv = RELEASE.prepare_invoke();
         inv.key(lock).key(pass).arg(token.to_string()).arg(pass_ms);
         // A clean-up: past the breaker (see `Lane::call_cleanup`).
@@ -196,16 +194,7 @@ impl CacheHome for RedisHome {
     }
 
     fn purge(&self, url: &str) -> BoxFuture<'static, Result<u64, StoreError>> {
-        let base = self.base(url);
-        let mut inv = PURGE.prepare_invoke();
-        inv.key(format!("{base}i"))
-            .key(format!("{base}g"))
-            .arg(&base)
-            .arg(&self.channel)
-            .arg(format!("-|{url}"))
-            .arg(FILL_MAX_MS);
-        let call = self.run::<i64>(base, inv);
-        Box::pin(async move { Ok(call.await?.max(0) as u64) })
+        self.purge_urls(&[url.to_owned()], false)
     }
 
     fn soft_purge(&self, url: &str) -> BoxFuture<'static, Result<u64, StoreError>> {

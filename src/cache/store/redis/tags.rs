@@ -78,9 +78,7 @@ impl RedisHome {
                     .arg(&self.channel)
                     .arg(FILL_MAX_MS);
                 for url in chunk {
-                    let base = self.base(url);
-                    inv.key(format!("{base}i")).key(format!("{base}g"));
-                    inv.arg(base).arg(url.as_str());
+                    inv.key(format!("{}i", self.base(url))).arg(url.as_str());
                 }
                 calls.push(self.run::<i64>(self.base(chunk[0]), inv));
             }
