@@ -1928,6 +1928,54 @@ conformance! {
         assert_eq!(origin.calls(), 3);
     }
 
+    async fn rfc9111_4_3_4_a_304_freshens_every_variant_its_strong_etag_selects(store) {
+        // `/v` varies on Accept, with the strong ETag "e2" for text/plain and
+        // "e1" for the others; `/w` has the weak W/"w1". Fresh for 1 s; a
+        // 304 (to a matching If-None-Match) says fresh for a minute.
+        let origin = Origin::new(|req, n| {
+            let plain = req.headers().get("accept").is_some_and(|a| a == "text/plain");
+            let etag = match (req.uri().path(), plain) {
+                ("/w", _) => "W/\"w1\"",
+                (_, true) => "\"e2\"",
+                _ => "\"e1\"",
+            };
+            if req.headers().get("if-none-match").is_some_and(|v| v == etag) {
+                let fields = [("cache-control", "max-age=60"), ("etag", etag), ("vary", "accept"), ("x-v", "304")];
+                let mut r = res(&fields, "");
+                *r.status_mut() = StatusCode::NOT_MODIFIED;
+                return r;
+            }
+            let fields = [("cache-control", "max-age=1"), ("etag", etag), ("vary", "accept"), ("x-v", "200")];
+            res(&fields, &format!("v{n}"))
+        });
+        let svc = cached(builder(store).build().unwrap(), &origin);
+        let ask = |path: &str, accept: &str| with(Method::GET, path, &[("accept", accept)]);
+        for (path, accept) in [("/v", "text/html"), ("/v", "application/json"), ("/v", "text/plain"), ("/w", "text/html"), ("/w", "application/json")] {
+            send(&svc, ask(path, accept)).await;
+        }
+        assert_eq!(origin.calls(), 5);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let revalidated = send(&svc, ask("/v", "text/html")).await;
+        assert!(revalidated.cache_status().contains("fwd-status=304"), "{}", revalidated.cache_status());
+        assert_eq!((revalidated.body, origin.calls()), (Bytes::from("v1"), 6));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The other variant with "e1" was freshened by that 304: a hit, with its fields.
+        let json = send(&svc, ask("/v", "application/json")).await;
+        assert!(json.cache_status().contains("hit"), "{}", json.cache_status());
+        assert_eq!((json.body, json.headers["x-v"].clone()), (Bytes::from("v2"), "304".parse().unwrap()));
+        assert_eq!(origin.calls(), 6);
+        // "e2" was not selected: still stale, revalidated on its own.
+        let plain = send(&svc, ask("/v", "text/plain")).await;
+        assert!(plain.cache_status().contains("fwd=stale; fwd-status=304"), "{}", plain.cache_status());
+        assert_eq!((plain.body, origin.calls()), (Bytes::from("v3"), 7));
+        // A weak validator freshens only the response the request selected.
+        assert!(send(&svc, ask("/w", "text/html")).await.cache_status().contains("fwd-status=304"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let other = send(&svc, ask("/w", "application/json")).await;
+        assert!(other.cache_status().contains("fwd=stale; fwd-status=304"), "{}", other.cache_status());
+        assert_eq!((other.body, origin.calls()), (Bytes::from("v5"), 9));
+    }
+
     async fn interim_responses_and_protocol_switches_are_never_stored(store) {
         let origin = answering(101, fields(&[("cache-control", "max-age=60"), ("upgrade", "websocket")]));
         let svc = cached(builder(store.clone()).scope("101").build().unwrap(), &origin);

@@ -72,7 +72,7 @@ impl Fill {
     }
 }
 
-fn meta(slot: &Slot, status: StatusCode, now: u64, l: &Lifetime) -> Meta {
+pub(crate) fn meta(slot: &Slot, status: StatusCode, now: u64, l: &Lifetime) -> Meta {
     Meta {
         status: status.as_u16(),
         key_tag: slot.tag(),

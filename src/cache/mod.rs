@@ -148,7 +148,10 @@
 //! requires. With no usable entry the client's conditions go to the
 //! origin, and its `304` or `412` is that client's alone (the next request
 //! fills). A stale entry with a validator is revalidated with a conditional
-//! request of the cache's own; a `304` refreshes it (§4.3.4). HEAD is
+//! request of the cache's own; a `304` refreshes it and, when it carries a
+//! strong `ETag`, every other variant of the URL stored with that `ETag`
+//! (§4.3.4; a weak validator cannot tell variants apart, so it freshens
+//! only the one revalidated). HEAD is
 //! answered from the stored GET; a HEAD that reaches the origin stores
 //! nothing, but its `200` for the stored representation (same strong
 //! `ETag`, else same `Last-Modified`, and length) freshens the entry
@@ -319,6 +322,7 @@ mod decide;
 pub(crate) mod entry;
 mod fill;
 mod flight;
+mod freshen;
 mod freshness;
 mod future;
 mod handle;

@@ -65,6 +65,9 @@ pub trait CacheHome: Send + Sync + std::fmt::Debug {
     /// after recording the purge so that no fill that looked up before it
     /// can tag itself with it; the number of URLs.
     fn purge_tag(&self, tag: &str, soft: bool) -> BoxFuture<'static, Result<u64, StoreError>>;
+    /// Every live variant of a URL (RFC 9111 §4.3.4: a `304` freshens
+    /// those its strong validator selects).
+    fn variants(&self, url: &str) -> BoxFuture<'static, Result<Variants, StoreError>>;
     /// Starts delivering the fleet's invalidations to `listener`; `false`
     /// when this home cannot (then no in-process tier is kept).
     fn listen(&self, listener: Listener) -> bool;
@@ -102,6 +105,21 @@ pub struct Found {
     /// The URL's generation: advanced by every purge (0: never purged
     /// within [`FILL_MAX_MS`]). A fill writes only under the one it saw.
     pub(crate) gen: u64,
+}
+
+/// The live variants of a URL, as the store holds them.
+#[doc(hidden)]
+#[derive(Debug, Clone, Default)]
+#[allow(unreachable_pub)]
+pub struct Variants {
+    /// The store's clock, ms since the epoch.
+    pub(crate) now_ms: u64,
+    /// The spec the URL's variants are keyed on (`None`: nothing stored).
+    pub(crate) spec: Option<Arc<str>>,
+    /// The URL's generation, as in [`Found::gen`].
+    pub(crate) gen: u64,
+    /// Each variant and its entry's bytes.
+    pub(crate) entries: Vec<(Arc<str>, Bytes)>,
 }
 
 /// A URL to record under its tags before its entry is written.

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
-use super::{CacheHome, CacheStore, Found, LockState, Lookup, Tagging, Write, FILL_MAX_MS};
+use super::{
+    CacheHome, CacheStore, Found, LockState, Lookup, Tagging, Variants, Write, FILL_MAX_MS,
+};
 use crate::cache::key::Slot;
 use crate::cache::l1::Listener;
 use crate::error::StoreError;
@@ -204,6 +206,31 @@ impl State {
         true
     }
 
+    fn variants(&mut self, url: &str, now_us: u64) -> Variants {
+        let url: Arc<str> = url.into();
+        let gen = self.gen(&url, now_us);
+        let (spec, names) = match self.index.get_mut(&url, now_us) {
+            Some(idx) => (
+                Some(idx.spec.clone()),
+                idx.variants.keys().cloned().collect(),
+            ),
+            None => (None, Vec::new()),
+        };
+        let entries = names
+            .into_iter()
+            .filter_map(|v| {
+                let e = self.entries.get(&(url.clone(), v.clone()), now_us)?;
+                Some((v, e.clone()))
+            })
+            .collect();
+        Variants {
+            now_ms: now_us / 1000,
+            spec,
+            gen,
+            entries,
+        }
+    }
+
     /// Drops an evicted variant from its URL's index.
     fn forget(&mut self, url: &Arc<str>, variant: &Arc<str>, now_us: u64) {
         if let Some(idx) = self.index.get_mut(url, now_us) {
@@ -316,6 +343,10 @@ impl CacheHome for MemoryHome {
 
     fn purge_tag(&self, tag: &str, soft: bool) -> BoxFuture<'static, Result<u64, StoreError>> {
         ready(self.with(|st, now| st.purge_tag(tag, soft, now)))
+    }
+
+    fn variants(&self, url: &str) -> BoxFuture<'static, Result<Variants, StoreError>> {
+        ready(self.with(|st, now| st.variants(url, now)))
     }
 
     /// In process already: an in-process tier would add nothing.

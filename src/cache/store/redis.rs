@@ -7,14 +7,16 @@
 //! Invalidations are published on `{prefix}:cache:inval` for the
 //! in-process tiers of the fleet.
 
+use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use redis::{Script, Value};
 
-use super::{CacheHome, CacheStore, Found, Lookup, Tagging, Write, FILL_MAX_MS};
+use super::{CacheHome, CacheStore, Found, Lookup, Tagging, Variants, Write, FILL_MAX_MS};
 use crate::cache::key::Slot;
 use crate::cache::l1::{Listener, Signal};
 use crate::error::StoreError;
@@ -136,6 +138,27 @@ async fn listen_loop(clients: Vec<redis::Client>, channel: String, listener: Lis
     }
 }
 
+/// The live variants of a URL's index hash read at `now_ms`.
+fn variants_of(now_ms: u64, index: HashMap<Vec<u8>, Vec<u8>>) -> Variants {
+    let num =
+        |field: &[u8]| -> Option<u64> { std::str::from_utf8(index.get(field)?).ok()?.parse().ok() };
+    let text = |b: &[u8]| -> Arc<str> { String::from_utf8_lossy(b).into() };
+    let entries = index
+        .iter()
+        .filter_map(|(field, entry)| {
+            let variant = field.strip_prefix(b"e:")?;
+            let expires = num(&[b"x:", variant].concat())?;
+            (now_ms < expires).then(|| (text(variant), Bytes::copy_from_slice(entry)))
+        })
+        .collect();
+    Variants {
+        now_ms,
+        spec: index.get(&b"vary"[..]).map(|s| text(s)),
+        gen: num(b"g").unwrap_or(0),
+        entries,
+    }
+}
+
 /// The keys of a slot: the URL's index, the variant's lock and hit-for-miss marker.
 fn keys(base: &str, s: &Slot) -> [String; 3] {
     [
@@ -207,6 +230,20 @@ impl CacheHome for RedisHome {
 
     fn purge_tag(&self, tag: &str, soft: bool) -> BoxFuture<'static, Result<u64, StoreError>> {
         self.purge_tagged(tag, soft)
+    }
+
+    fn variants(&self, url: &str) -> BoxFuture<'static, Result<Variants, StoreError>> {
+        // Plain reads, no script: the store's time and the URL's index.
+        let base = self.base(url);
+        let mut pipe = redis::pipe();
+        pipe.cmd("TIME").cmd("HGETALL").arg(format!("{base}i"));
+        let lane = self.lane.clone();
+        Box::pin(async move {
+            let mut conn = lane.conn();
+            let (time, index): ((u64, u64), HashMap<Vec<u8>, Vec<u8>>) =
+                lane.call(&base, pipe.query_async(&mut conn)).await?;
+            Ok(variants_of(time.0 * 1000 + time.1 / 1000, index))
+        })
     }
 
     fn listen(&self, listener: Listener) -> bool {
