@@ -1526,6 +1526,53 @@ async fn a_purge_during_an_open_breaker_is_retried_and_lands() {
     );
 }
 
+/// Redis stops answering during a tag purge: the purge returns an error
+/// and is retried in the background; once Redis answers again, the tagged
+/// entries are gone on every instance and the others stay.
+#[tokio::test]
+async fn a_tag_purge_that_fails_is_retried_and_lands() {
+    let server = support::RedisServer::start();
+    let store = || {
+        tower_redis_layers::RedisStore::builder(server.url())
+            .prefix("tagretry")
+            .deadline(Duration::from_millis(100))
+            .breaker(
+                tower_redis_layers::BreakerConfig::default()
+                    .failures(1)
+                    .probe_every(Duration::from_millis(50)),
+            )
+            .connect()
+    };
+    let origin = tagged();
+    let layer = builder(store().await.unwrap()).build().unwrap();
+    let a = cached(layer.clone(), &origin);
+    let b = cached(builder(store().await.unwrap()).build().unwrap(), &origin);
+    for path in ["/a", "/b", "/c"] {
+        send(&a, get(path)).await;
+        assert!(send(&b, get(path)).await.cache_status().contains("hit"));
+    }
+    server.suspend();
+    let purged = layer.handle().purge_tag("t2").await;
+    assert!(purged.is_err(), "{purged:?}");
+    server.resume();
+    // The retry lands: B no longer finds /a nor /b (tagged t2).
+    let started = std::time::Instant::now();
+    while send(&b, get("/a")).await.cache_status().contains("hit") {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the tag purge never landed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let calls = origin.calls();
+    assert!(!send(&b, get("/b")).await.cache_status().contains("hit"));
+    assert_eq!(origin.calls(), calls + 1, "/b was purged too");
+    assert!(
+        send(&b, get("/c")).await.cache_status().contains("hit"),
+        "another tag stays"
+    );
+}
+
 /// An origin body that fails after its first chunk.
 struct Failing(bool);
 

@@ -308,9 +308,12 @@
 //!   as its longest-lived variant, and the variant cap bounds it.
 //! - The fill of a client that disconnects before the origin's body is
 //!   read is dropped: the next request fills again.
-//! - A tag purge that fails is returned as an error, not retried (a URL
-//!   purge is); the entries of a tag are found through the store, so an
-//!   entry whose tagging failed is not stored at all.
+//! - A purge that fails (by URL, key or tag, hard or soft) is returned as an
+//!   error and retried in the background until it lands or its entries
+//!   have expired, within a bound of 10 000 pending purges; a tag purge
+//!   that read its URLs but failed to purge some retries those URLs. The
+//!   entries of a tag are found through the store, so an entry whose
+//!   tagging failed is not stored at all.
 
 mod app;
 mod cache_control;

@@ -61,10 +61,18 @@ pub trait CacheHome: Send + Sync + std::fmt::Debug {
     /// Records a URL under its tags, unless one was purged at or after the
     /// fill's lookup: then `false`, and the fill writes nothing.
     fn tag(&self, t: Tagging) -> BoxFuture<'static, Result<bool, StoreError>>;
-    /// Purges (or, `soft`, marks stale) every URL recorded under `tag`,
-    /// after recording the purge so that no fill that looked up before it
-    /// can tag itself with it; the number of URLs.
-    fn purge_tag(&self, tag: &str, soft: bool) -> BoxFuture<'static, Result<u64, StoreError>>;
+    /// Starts the purge of `tag`: records it, so that no fill that looked
+    /// up before can tag itself with it, and returns the URLs recorded
+    /// under it, to purge next. They stay recorded until their entries
+    /// would have expired, so a retry after a lost reply finds them again.
+    fn tag_urls(&self, tag: &str) -> BoxFuture<'static, Result<Vec<Arc<str>>, StoreError>>;
+    /// Purges (or, `soft`, marks stale) `urls`, in batches; the number of
+    /// entries, or the URLs whose batch failed.
+    fn purge_many(
+        &self,
+        urls: &[Arc<str>],
+        soft: bool,
+    ) -> BoxFuture<'static, Result<u64, Unpurged>>;
     /// Every live variant of a URL (RFC 9111 §4.3.4: a `304` freshens
     /// those its strong validator selects).
     fn variants(&self, url: &str) -> BoxFuture<'static, Result<Variants, StoreError>>;
@@ -105,6 +113,17 @@ pub struct Found {
     /// The URL's generation: advanced by every purge (0: never purged
     /// within [`FILL_MAX_MS`]). A fill writes only under the one it saw.
     pub(crate) gen: u64,
+}
+
+/// A purge of many URLs that did not all land.
+#[doc(hidden)]
+#[derive(Debug)]
+#[allow(unreachable_pub)]
+pub struct Unpurged {
+    /// The first failure.
+    pub(crate) error: StoreError,
+    /// The URLs whose purge may not have landed.
+    pub(crate) urls: Vec<Arc<str>>,
 }
 
 /// The live variants of a URL, as the store holds them.

@@ -10,7 +10,8 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
 use super::{
-    CacheHome, CacheStore, Found, LockState, Lookup, Tagging, Variants, Write, FILL_MAX_MS,
+    CacheHome, CacheStore, Found, LockState, Lookup, Tagging, Unpurged, Variants, Write,
+    FILL_MAX_MS,
 };
 use crate::cache::key::Slot;
 use crate::cache::l1::Listener;
@@ -341,8 +342,17 @@ impl CacheHome for MemoryHome {
         ready(self.with(|st, now| st.tag(&t, now)))
     }
 
-    fn purge_tag(&self, tag: &str, soft: bool) -> BoxFuture<'static, Result<u64, StoreError>> {
-        ready(self.with(|st, now| st.purge_tag(tag, soft, now)))
+    fn tag_urls(&self, tag: &str) -> BoxFuture<'static, Result<Vec<Arc<str>>, StoreError>> {
+        ready(self.with(|st, now| st.tag_urls(tag, now)))
+    }
+
+    fn purge_many(
+        &self,
+        urls: &[Arc<str>],
+        soft: bool,
+    ) -> BoxFuture<'static, Result<u64, Unpurged>> {
+        let n = self.with(|st, now| urls.iter().map(|u| st.purge(u, now, soft)).sum());
+        Box::pin(std::future::ready(Ok(n)))
     }
 
     fn variants(&self, url: &str) -> BoxFuture<'static, Result<Variants, StoreError>> {

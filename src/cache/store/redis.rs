@@ -16,7 +16,9 @@ use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use redis::{Script, Value};
 
-use super::{CacheHome, CacheStore, Found, Lookup, Tagging, Variants, Write, FILL_MAX_MS};
+use super::{
+    CacheHome, CacheStore, Found, Lookup, Tagging, Unpurged, Variants, Write, FILL_MAX_MS,
+};
 use crate::cache::key::Slot;
 use crate::cache::l1::{Listener, Signal};
 use crate::error::StoreError;
@@ -217,19 +219,27 @@ impl CacheHome for RedisHome {
     }
 
     fn purge(&self, url: &str) -> BoxFuture<'static, Result<u64, StoreError>> {
-        self.purge_urls(&[url.to_owned()], false)
+        self.purge_one(url, false)
     }
 
     fn soft_purge(&self, url: &str) -> BoxFuture<'static, Result<u64, StoreError>> {
-        self.purge_urls(&[url.to_owned()], true)
+        self.purge_one(url, true)
     }
 
     fn tag(&self, t: Tagging) -> BoxFuture<'static, Result<bool, StoreError>> {
         self.tag_url(t)
     }
 
-    fn purge_tag(&self, tag: &str, soft: bool) -> BoxFuture<'static, Result<u64, StoreError>> {
-        self.purge_tagged(tag, soft)
+    fn tag_urls(&self, tag: &str) -> BoxFuture<'static, Result<Vec<Arc<str>>, StoreError>> {
+        self.tagged_urls(tag)
+    }
+
+    fn purge_many(
+        &self,
+        urls: &[Arc<str>],
+        soft: bool,
+    ) -> BoxFuture<'static, Result<u64, Unpurged>> {
+        self.purge_urls(urls, soft)
     }
 
     fn variants(&self, url: &str) -> BoxFuture<'static, Result<Variants, StoreError>> {
