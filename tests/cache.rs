@@ -1573,6 +1573,87 @@ async fn a_tag_purge_that_fails_is_retried_and_lands() {
     );
 }
 
+/// On a cluster, a master that holds some of a tag's URLs (not the tag)
+/// refuses scripts during the tag purge (an ACL, so nothing it was sent
+/// runs later): the URLs it holds are retried one by one, and once it takes
+/// scripts again every entry of the tag is gone on every instance.
+#[cfg(feature = "cluster")]
+#[tokio::test]
+async fn a_tag_purge_that_fails_on_one_master_retries_its_urls() {
+    let cluster = support::cluster::RedisCluster::start(3, 0);
+    let store = || {
+        tower_redis_layers::RedisStore::cluster_builder(cluster.urls())
+            .prefix("tagslots")
+            .deadline(Duration::from_millis(100))
+            .breaker(
+                tower_redis_layers::BreakerConfig::default()
+                    .failures(1)
+                    .probe_every(Duration::from_millis(50)),
+            )
+            .connect()
+    };
+    let origin = Origin::new(|_, n| {
+        res(
+            &[("cache-control", "max-age=3600"), ("surrogate-key", "t")],
+            &format!("v{n}"),
+        )
+    });
+    let layer = builder(store().await.unwrap()).build().unwrap();
+    let a = cached(layer.clone(), &origin);
+    let b = cached(builder(store().await.unwrap()).build().unwrap(), &origin);
+    let paths: Vec<String> = (0..30).map(|i| format!("/u{i}")).collect();
+    for path in &paths {
+        send(&a, get(path)).await;
+    }
+    // A master with some of the URLs' entries but not the tag's keys.
+    let mut victim = None;
+    for url in cluster.urls() {
+        let mut conn = redis_conn(&url).await;
+        let keys = |pattern: &str| {
+            let mut cmd = redis::cmd("KEYS");
+            cmd.arg(pattern);
+            cmd
+        };
+        let urls: Vec<String> = keys("tagslots:cache:*:i")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let tag: Vec<String> = keys("tagslots:cache:{t:*")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if !urls.is_empty() && tag.is_empty() {
+            victim = Some(url);
+            break;
+        }
+    }
+    let victim = victim.expect("a master with entries and without the tag");
+    let mut conn = redis_conn(&victim).await;
+    let scripts = |rule: &'static str| {
+        let mut cmd = redis::cmd("ACL");
+        cmd.arg("SETUSER")
+            .arg("default")
+            .arg(rule)
+            .arg(rule.replace("evalsha", "eval"));
+        cmd
+    };
+    let _: () = scripts("-evalsha").query_async(&mut conn).await.unwrap();
+    let purged = layer.handle().purge_tag("t").await;
+    assert!(purged.is_err(), "{purged:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _: () = scripts("+evalsha").query_async(&mut conn).await.unwrap();
+    let started = std::time::Instant::now();
+    for path in &paths {
+        while send(&b, get(path)).await.cache_status().contains("hit") {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{path} was never purged"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 /// An origin body that fails after its first chunk.
 struct Failing(bool);
 
