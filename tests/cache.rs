@@ -1440,6 +1440,25 @@ conformance! {
     }
 }
 
+/// A store under `prefix` whose calls give up after 50 ms and whose breaker
+/// opens at the first failure and probes every 50 ms.
+fn quick_to_fail(
+    builder: tower_redis_layers::RedisStoreBuilder,
+    prefix: &str,
+) -> impl std::future::Future<
+    Output = Result<tower_redis_layers::RedisStore, tower_redis_layers::StoreError>,
+> {
+    builder
+        .prefix(prefix)
+        .deadline(Duration::from_millis(50))
+        .breaker(
+            tower_redis_layers::BreakerConfig::default()
+                .failures(1)
+                .probe_every(Duration::from_millis(50)),
+        )
+        .connect()
+}
+
 /// The writer's instance has its breaker open when it writes: the purge is
 /// retried in the background until it lands, the write's response says so,
 /// and meanwhile that instance does not serve the URL from the cache.
@@ -1447,15 +1466,10 @@ conformance! {
 async fn a_purge_during_an_open_breaker_is_retried_and_lands() {
     let server = support::RedisServer::start();
     let store = || {
-        tower_redis_layers::RedisStore::builder(server.url())
-            .prefix("retry")
-            .deadline(Duration::from_millis(50))
-            .breaker(
-                tower_redis_layers::BreakerConfig::default()
-                    .failures(1)
-                    .probe_every(Duration::from_millis(50)),
-            )
-            .connect()
+        quick_to_fail(
+            tower_redis_layers::RedisStore::builder(server.url()),
+            "retry",
+        )
     };
     let origin = Origin::new(|req, n| {
         if req.method() == Method::PUT {
@@ -1533,15 +1547,10 @@ async fn a_purge_during_an_open_breaker_is_retried_and_lands() {
 async fn a_tag_purge_that_fails_is_retried_and_lands() {
     let server = support::RedisServer::start();
     let store = || {
-        tower_redis_layers::RedisStore::builder(server.url())
-            .prefix("tagretry")
-            .deadline(Duration::from_millis(100))
-            .breaker(
-                tower_redis_layers::BreakerConfig::default()
-                    .failures(1)
-                    .probe_every(Duration::from_millis(50)),
-            )
-            .connect()
+        quick_to_fail(
+            tower_redis_layers::RedisStore::builder(server.url()),
+            "tagretry",
+        )
     };
     let origin = tagged();
     let layer = builder(store().await.unwrap()).build().unwrap();
@@ -1582,15 +1591,10 @@ async fn a_tag_purge_that_fails_is_retried_and_lands() {
 async fn a_tag_purge_that_fails_on_one_master_retries_its_urls() {
     let cluster = support::cluster::RedisCluster::start(3, 0);
     let store = || {
-        tower_redis_layers::RedisStore::cluster_builder(cluster.urls())
-            .prefix("tagslots")
-            .deadline(Duration::from_millis(100))
-            .breaker(
-                tower_redis_layers::BreakerConfig::default()
-                    .failures(1)
-                    .probe_every(Duration::from_millis(50)),
-            )
-            .connect()
+        quick_to_fail(
+            tower_redis_layers::RedisStore::cluster_builder(cluster.urls()),
+            "tagslots",
+        )
     };
     let origin = Origin::new(|_, n| {
         res(
