@@ -15,6 +15,7 @@ for i = 1, #KEYS do
   local index = KEYS[i]
   local keep = tonumber(ARGV[3])
   local old = tonumber(redis.call('HGET', index, 'g') or '0') or 0
+  local gen = string.format('%.0f', math.max(now_us, old + 1))
   -- Each variant's fresh-until and expiry, read in bounded batches.
   local names = {}
   for _, f in ipairs(redis.call('HKEYS', index)) do
@@ -24,7 +25,8 @@ for i = 1, #KEYS do
       table.insert(names, f)
     end
   end
-  local marks = {}
+  -- Soft: the new generation and each fresh variant marked stale, in one HSET.
+  local marks = {'g', gen}
   for first = 1, #names, 1000 do
     local last = math.min(first + 999, #names)
     local vals = redis.call('HMGET', index, unpack(names, first, last))
@@ -44,12 +46,12 @@ for i = 1, #KEYS do
       redis.call('HSET', index, unpack(marks, first, math.min(first + 999, #marks)))
     end
     -- Kept while a marked entry lives: it reads stale by the generation.
-    keep = math.max(keep, redis.call('PTTL', index))
+    if redis.call('PTTL', index) < keep then
+      redis.call('PEXPIRE', index, keep)
+    end
   else
     redis.call('DEL', index)
-  end
-  redis.call('HSET', index, 'g', string.format('%.0f', math.max(now_us, old + 1)))
-  if redis.call('PTTL', index) < keep then
+    redis.call('HSET', index, 'g', gen)
     redis.call('PEXPIRE', index, keep)
   end
   redis.call('PUBLISH', ARGV[2], '-|' .. ARGV[3 + i])
