@@ -37,6 +37,10 @@ fn scripts() -> HashMap<String, &'static str> {
         ),
         ("tag", include_str!("../src/cache/scripts/tag.lua")),
         (
+            "variants",
+            include_str!("../src/cache/scripts/variants.lua"),
+        ),
+        (
             "purge_tag",
             include_str!("../src/cache/scripts/purge_tag.lua"),
         ),
@@ -150,7 +154,8 @@ where
     body
 }
 
-/// The origin's `n`th answer: `/vary` varies on `Accept`, `/rekey` on
+/// The origin's `n`th answer: `/vary` varies on `Accept`, `/etag` too with
+/// a strong ETag, fresh for 1 s and a 304 to a conditional request, `/rekey` on
 /// `Accept-Language` when the request has one, else on `Accept`; `/nostore` is
 /// never stored; all tagged `t`; PUTs succeed.
 fn answer(req: &Request<Full<Bytes>>, n: usize) -> Response<Full<Bytes>> {
@@ -164,6 +169,14 @@ fn answer(req: &Request<Full<Bytes>>, n: usize) -> Response<Full<Bytes>> {
             .header("vary", "accept-language"),
         "/rekey" => res
             .header("cache-control", "max-age=60")
+            .header("vary", "accept"),
+        "/etag" if req.headers().contains_key("if-none-match") => {
+            let res = res.status(304).header("cache-control", "max-age=60");
+            res.header("etag", "\"e1\"").header("vary", "accept")
+        }
+        "/etag" => res
+            .header("cache-control", "max-age=1")
+            .header("etag", "\"e1\"")
             .header("vary", "accept"),
         "/nostore" => res.header("cache-control", "no-store"),
         _ => res.header("cache-control", "max-age=60"),
@@ -223,6 +236,13 @@ async fn every_key_a_cache_script_touches_is_declared() {
     .await;
     send(&svc, Method::GET, &url("/nostore"), &[]).await;
     send(&svc, Method::GET, &url("/nostore"), &[]).await;
+    // A 304 freshens the other variants with its ETag.
+    for accept in ["text/html", "application/json", "text/html"] {
+        send(&svc, Method::GET, &url("/etag"), &[("accept", accept)]).await;
+        if accept == "application/json" {
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
+    }
     // Purges: a write, a soft purge, by tag (soft and hard).
     send(&svc, Method::PUT, &url("/plain"), &[]).await;
     send(&svc, Method::GET, &url("/plain"), &[]).await;
@@ -368,12 +388,12 @@ async fn a_variant_past_its_expiry_reads_as_absent_while_its_url_lives() {
     let index = only_index(&mut conn, &prefix).await;
     assert_eq!(
         hlen(&mut conn, &index).await,
-        1 + 2 * 3,
-        "vary, and e:/f:/x: per variant"
+        1 + 2 * 4,
+        "vary, and e:/f:/x:/t: per variant"
     );
     tokio::time::sleep(Duration::from_millis(1400)).await;
     // The hash lives on (the other variant), the short one's fields too.
-    assert_eq!(hlen(&mut conn, &index).await, 7);
+    assert_eq!(hlen(&mut conn, &index).await, 9);
     let (m, u, h) = page("text/html");
     send(&svc, m, u, &h).await;
     assert_eq!(
@@ -383,7 +403,7 @@ async fn a_variant_past_its_expiry_reads_as_absent_while_its_url_lives() {
     );
     assert_eq!(
         hlen(&mut conn, &index).await,
-        7,
+        9,
         "dropped, then stored again"
     );
     let (m, u, h) = page("application/json");
@@ -433,6 +453,8 @@ async fn rotating_vary_values_keep_a_url_bounded() {
     let bytes: usize = redis::cmd("MEMORY")
         .arg("USAGE")
         .arg(&index)
+        .arg("SAMPLES")
+        .arg(0)
         .query_async(&mut conn)
         .await
         .unwrap();

@@ -122,6 +122,7 @@ impl Fill {
             meta,
             keep_ms,
             tags,
+            headers,
             ..
         } = self;
         let shared = leader.shared.clone();
@@ -144,6 +145,7 @@ impl Fill {
             max_variants: shared.cfg.max_variants,
             gen: looked.gen,
             seen_ms: looked.at_ms,
+            etag: super::freshen::strong_etag(&headers).map(Bytes::copy_from_slice),
             writer: shared.l1.as_ref().map_or(0, |l1| l1.id),
         };
         let round = leader.sent();

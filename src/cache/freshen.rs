@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::header::ETAG;
 use http::{HeaderMap, StatusCode};
 
@@ -22,7 +23,7 @@ use super::shared::{spawn, Shared};
 use super::store::{Tagging, Write};
 
 /// The strong `ETag` of `headers`, if it has one.
-fn strong_etag(headers: &HeaderMap) -> Option<&[u8]> {
+pub(crate) fn strong_etag(headers: &HeaderMap) -> Option<&[u8]> {
     let tag = Tag::parse(headers.get(ETAG)?.as_bytes())?;
     (!tag.weak).then_some(tag.opaque)
 }
@@ -30,19 +31,19 @@ fn strong_etag(headers: &HeaderMap) -> Option<&[u8]> {
 /// After a `304` (`fields`) revalidated `slot`'s entry: freshens, in the
 /// background, the URL's other variants stored with the same strong `ETag`.
 pub(crate) fn other_variants(shared: &Arc<Shared>, slot: &Slot, fields: &HeaderMap, asked: Asked) {
-    if slot.spec.is_empty() || strong_etag(fields).is_none() {
+    let Some(etag) = strong_etag(fields).filter(|_| !slot.spec.is_empty()) else {
         return;
-    }
+    };
+    let etag = Bytes::copy_from_slice(etag);
     let (shared, slot, fields) = (shared.clone(), slot.clone(), fields.clone());
     spawn(async move {
         let home = shared.home.clone();
-        let Ok(stored) = home.variants(&slot.url).await else {
+        let Ok(stored) = home.variants(&slot.url, &etag).await else {
             return;
         };
         if stored.spec.as_deref() != Some(&*slot.spec) {
             return;
         }
-        let etag = strong_etag(&fields);
         for (variant, raw) in stored.entries {
             if variant == slot.variant {
                 continue;
@@ -55,7 +56,7 @@ pub(crate) fn other_variants(shared: &Arc<Shared>, slot: &Slot, fields: &HeaderM
             let Some(entry) = decode_for(&other, raw, stored.gen) else {
                 continue;
             };
-            if strong_etag(&entry.headers) != etag {
+            if strong_etag(&entry.headers) != Some(&etag[..]) {
                 continue;
             }
             let headers = merge_304(&entry.headers, &fields);
@@ -85,6 +86,7 @@ pub(crate) fn other_variants(shared: &Arc<Shared>, slot: &Slot, fields: &HeaderM
                 max_variants: shared.cfg.max_variants,
                 gen: stored.gen,
                 seen_ms: stored.now_ms,
+                etag: Some(etag.clone()),
                 // Every in-process tier drops its copies of the URL.
                 writer: 0,
                 slot: other,

@@ -73,9 +73,10 @@ pub trait CacheHome: Send + Sync + std::fmt::Debug {
         urls: &[Arc<str>],
         soft: bool,
     ) -> BoxFuture<'static, Result<u64, Unpurged>>;
-    /// Every live variant of a URL (RFC 9111 §4.3.4: a `304` freshens
-    /// those its strong validator selects).
-    fn variants(&self, url: &str) -> BoxFuture<'static, Result<Variants, StoreError>>;
+    /// The live variants of a URL stored with the strong `ETag` `etag`
+    /// (RFC 9111 §4.3.4: a `304` freshens those its validator selects); a
+    /// store may return more, the caller checks.
+    fn variants(&self, url: &str, etag: &[u8]) -> BoxFuture<'static, Result<Variants, StoreError>>;
     /// Starts delivering the fleet's invalidations to `listener`; `false`
     /// when this home cannot (then no in-process tier is kept).
     fn listen(&self, listener: Listener) -> bool;
@@ -182,6 +183,9 @@ pub struct Write {
     /// The URL's generation at the writer's lookup, and that lookup's store time.
     pub(crate) gen: u64,
     pub(crate) seen_ms: u64,
+    /// The entry's strong `ETag`, if it has one (to find the variants a
+    /// `304` freshens).
+    pub(crate) etag: Option<Bytes>,
     /// The writer's in-process tier (0: none), so it keeps its own copy.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) writer: u64,

@@ -3,7 +3,8 @@
 -- KEYS, per lookup: the URL's index, fill lock, hit-for-miss marker. The
 -- index is a hash holding all of the URL's state: vary = spec, g = the
 -- URL's generation, and per variant e:<variant> = entry, f:<variant> =
--- fresh-until ms, x:<variant> = expires ms (fields have no TTL of their
+-- fresh-until ms, x:<variant> = expires ms, t:<variant> = the entry's
+-- strong ETag, if it has one (fields have no TTL of their
 -- own: an entry past its x: time is absent, and its fields are dropped).
 -- ARGV, per lookup: spec, variant, lock token ('' = take no lock), lock ttl
 -- ms, '1' = take the lock even if fresh.
@@ -28,7 +29,7 @@ for i = 1, #KEYS / 3 do
     out[o], out[o + 1], out[o + 2], out[o + 3] = 0, gen, stored, false
   else
     if entry and now >= (tonumber(idx[4] or '0') or 0) then
-      redis.call('HDEL', index, e, f, x)
+      redis.call('HDEL', index, e, f, x, 't:' .. variant)
       entry = false
     end
     local lock = 0

@@ -6,7 +6,8 @@
 -- ARGV[5] keep ms, ARGV[6] lock token ('' = none), ARGV[7] max variants,
 -- ARGV[8] invalidation channel, ARGV[9] '<writer>|<URL digest>' (published: in-process copies are dropped),
 -- ARGV[10] generation seen by the writer's lookup, ARGV[11] that lookup's time ms,
--- ARGV[12] the oldest lookup a fill may come from, ms
+-- ARGV[12] the oldest lookup a fill may come from, ms,
+-- ARGV[13] the entry's strong ETag ('' = none; kept as t:<variant>)
 -- Returns 1 when written, 0 when not.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -42,6 +43,11 @@ end
 local keep = tonumber(ARGV[5])
 redis.call('HSET', index, 'vary', ARGV[1], 'e:' .. variant, ARGV[3],
   'f:' .. variant, ARGV[4], 'x:' .. variant, now + keep)
+if ARGV[13] ~= '' then
+  redis.call('HSET', index, 't:' .. variant, ARGV[13])
+else
+  table.insert(gone, 't:' .. variant)
+end
 -- The other variants: expired ones go, then past the cap those that expire first.
 local others = {}
 for _, f in ipairs(names) do
@@ -58,6 +64,7 @@ for first = 1, #others, 1000 do
     if exp <= now then
       table.insert(gone, 'e:' .. v)
       table.insert(gone, 'f:' .. v)
+      table.insert(gone, 't:' .. v)
       table.insert(gone, others[j])
     else
       table.insert(live, {exp, v})
@@ -71,6 +78,7 @@ if over > 0 then
     local v = live[i][2]
     table.insert(gone, 'e:' .. v)
     table.insert(gone, 'f:' .. v)
+    table.insert(gone, 't:' .. v)
     table.insert(gone, 'x:' .. v)
   end
 end

@@ -355,7 +355,12 @@ impl CacheHome for MemoryHome {
         Box::pin(std::future::ready(Ok(n)))
     }
 
-    fn variants(&self, url: &str) -> BoxFuture<'static, Result<Variants, StoreError>> {
+    /// Every live variant: entries are in process, the caller checks their `ETag`.
+    fn variants(
+        &self,
+        url: &str,
+        _etag: &[u8],
+    ) -> BoxFuture<'static, Result<Variants, StoreError>> {
         ready(self.with(|st, now| st.variants(url, now)))
     }
 

@@ -2,12 +2,12 @@
 //! `{prefix}:cache:{<url digest>}:i|l:<variant>|p:<variant>` — the hash
 //! tag keeps a URL's index, locks and markers in one cluster slot. The
 //! index is a hash holding every variant of the URL (`e:<variant>` entry,
-//! `f:<variant>` fresh-until, `x:<variant>` expiry), its Vary spec and its
-//! generation, so each script touches only the keys it declares in `KEYS`.
+//! `f:<variant>` fresh-until, `x:<variant>` expiry, `t:<variant>` strong
+//! `ETag`), its Vary spec and its generation, so each script touches only
+//! the keys it declares in `KEYS`.
 //! Invalidations are published on `{prefix}:cache:inval` for the
 //! in-process tiers of the fleet.
 
-use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -33,6 +33,8 @@ use lookups::{Lookups, LOOKUP};
 
 static STORE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../scripts/store.lua")));
+static VARIANTS: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../scripts/variants.lua")));
 static RELEASE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../scripts/release.lua")));
 
@@ -140,25 +142,32 @@ async fn listen_loop(clients: Vec<redis::Client>, channel: String, listener: Lis
     }
 }
 
-/// The live variants of a URL's index hash read at `now_ms`.
-fn variants_of(now_ms: u64, index: HashMap<Vec<u8>, Vec<u8>>) -> Variants {
-    let num =
-        |field: &[u8]| -> Option<u64> { std::str::from_utf8(index.get(field)?).ok()?.parse().ok() };
-    let text = |b: &[u8]| -> Arc<str> { String::from_utf8_lossy(b).into() };
-    let entries = index
-        .iter()
-        .filter_map(|(field, entry)| {
-            let variant = field.strip_prefix(b"e:")?;
-            let expires = num(&[b"x:", variant].concat())?;
-            (now_ms < expires).then(|| (text(variant), Bytes::copy_from_slice(entry)))
-        })
-        .collect();
-    Variants {
-        now_ms,
-        spec: index.get(&b"vary"[..]).map(|s| text(s)),
-        gen: num(b"g").unwrap_or(0),
-        entries,
+/// `scripts/variants.lua`'s reply: `{now, spec or nil, generation, then
+/// variant, entry for each}`.
+fn variants_of(reply: Value) -> Result<Variants, StoreError> {
+    let bad = || StoreError::protocol("cache variants: unexpected reply");
+    let Value::Array(values) = reply else {
+        return Err(bad());
+    };
+    let mut it = values.into_iter();
+    let (Some(Value::Int(now)), Some(spec), Some(gen)) = (it.next(), it.next(), it.next()) else {
+        return Err(bad());
+    };
+    let text =
+        |v: Value| lookups::bytes_of(v).map(|b| Arc::<str>::from(String::from_utf8_lossy(&b)));
+    let mut entries = Vec::new();
+    while let (Some(variant), Some(entry)) = (it.next(), it.next()) {
+        let (Some(variant), Some(entry)) = (text(variant), lookups::bytes_of(entry)) else {
+            return Err(bad());
+        };
+        entries.push((variant, Bytes::from(entry)));
     }
+    Ok(Variants {
+        now_ms: now.max(0) as u64,
+        spec: text(spec),
+        gen: lookups::int_of(gen).unwrap_or(0),
+        entries,
+    })
 }
 
 /// The keys of a slot: the URL's index, the variant's lock and hit-for-miss marker.
@@ -193,7 +202,8 @@ impl CacheHome for RedisHome {
             .arg(format!("{}|{}", w.writer, w.slot.url))
             .arg(w.gen.to_string())
             .arg(w.seen_ms)
-            .arg(FILL_MAX_MS);
+            .arg(FILL_MAX_MS)
+            .arg(w.etag.as_deref().unwrap_or_default());
         let call = self.run::<i64>(base, inv);
         Box::pin(async move { Ok(call.await? == 1) })
     }
@@ -242,18 +252,12 @@ impl CacheHome for RedisHome {
         self.purge_urls(urls, soft)
     }
 
-    fn variants(&self, url: &str) -> BoxFuture<'static, Result<Variants, StoreError>> {
-        // Plain reads, no script: the store's time and the URL's index.
+    fn variants(&self, url: &str, etag: &[u8]) -> BoxFuture<'static, Result<Variants, StoreError>> {
         let base = self.base(url);
-        let mut pipe = redis::pipe();
-        pipe.cmd("TIME").cmd("HGETALL").arg(format!("{base}i"));
-        let lane = self.lane.clone();
-        Box::pin(async move {
-            let mut conn = lane.conn();
-            let (time, index): ((u64, u64), HashMap<Vec<u8>, Vec<u8>>) =
-                lane.call(&base, pipe.query_async(&mut conn)).await?;
-            Ok(variants_of(time.0 * 1000 + time.1 / 1000, index))
-        })
+        let mut inv = VARIANTS.prepare_invoke();
+        inv.key(format!("{base}i")).arg(etag);
+        let call = self.run::<Value>(base, inv);
+        Box::pin(async move { variants_of(call.await?) })
     }
 
     fn listen(&self, listener: Listener) -> bool {

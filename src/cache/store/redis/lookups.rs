@@ -241,7 +241,7 @@ fn found(items: &[&Lookup], reply: Value) -> Result<Vec<Found>, StoreError> {
     Ok(out)
 }
 
-fn bytes_of(v: Value) -> Option<Vec<u8>> {
+pub(super) fn bytes_of(v: Value) -> Option<Vec<u8>> {
     match v {
         Value::BulkString(b) => Some(b),
         Value::SimpleString(s) => Some(s.into_bytes()),
@@ -250,7 +250,7 @@ fn bytes_of(v: Value) -> Option<Vec<u8>> {
 }
 
 /// A decimal number sent as a string (or an integer).
-fn int_of(v: Value) -> Option<u64> {
+pub(super) fn int_of(v: Value) -> Option<u64> {
     match v {
         Value::Int(i) => u64::try_from(i).ok(),
         v => std::str::from_utf8(&bytes_of(v)?).ok()?.parse().ok(),
