@@ -3,8 +3,8 @@
 //! the background until it lands, or until the entries it targets have
 //! expired. Meanwhile this instance answers the URLs of a failed hard purge
 //! from the origin, and a write's response says so in `Cache-Status`. A tag
-//! purge whose URLs were read but not all purged is retried URL by URL: the
-//! tag no longer lists them.
+//! purge whose URLs were read but not all purged retries those URLs one by
+//! one, not the whole tag again.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

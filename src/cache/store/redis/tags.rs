@@ -3,7 +3,7 @@
 //! sorted set scored by until when each entry may live) and `…:p` (its
 //! last purge time), so on a cluster a tag lives in one slot and its URLs
 //! in theirs: a tag purge reads the tag's slot once, then purges its URLs
-//! slot by slot, a bounded batch per call.
+//! in bounded batches (on a cluster, one slot per batch), a few at a time.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
