@@ -30,8 +30,13 @@ pub(super) fn scripts() -> [&'static Script; 3] {
 
 /// URLs purged per script call: each call stays short, whatever the tag's size.
 const BATCH: usize = 256;
-/// Purge calls of one tag purge in flight at once.
-const IN_FLIGHT: usize = 8;
+/// URLs of one tag purge in flight at once: calls queue on the cache's
+/// connection ahead of its lookups, so the work ahead of a lookup stays
+/// bounded (a few ms), whatever the tag's size.
+const URLS_IN_FLIGHT: usize = 512;
+/// Calls of one tag purge in flight at once, at most (on a cluster, most
+/// calls hold the URLs of one slot, often one or two).
+const CALLS_IN_FLIGHT: usize = 32;
 
 impl RedisHome {
     fn tag_base(&self, tag: &str) -> String {
@@ -60,7 +65,7 @@ impl RedisHome {
     }
 
     /// Purges (or marks stale) `urls`, `BATCH` per call (on a cluster, the
-    /// URLs of one hash slot per call), `IN_FLIGHT` calls at a time.
+    /// URLs of one hash slot per call), about `URLS_IN_FLIGHT` at a time.
     pub(super) fn purge_urls(
         &self,
         urls: &[Arc<str>],
@@ -90,8 +95,10 @@ impl RedisHome {
                 calls.push(async move { (call.await, chunk) });
             }
         }
+        let in_flight =
+            (URLS_IN_FLIGHT * calls.len() / urls.len().max(1)).clamp(1, CALLS_IN_FLIGHT);
         Box::pin(async move {
-            let mut results = futures_util::stream::iter(calls).buffer_unordered(IN_FLIGHT);
+            let mut results = futures_util::stream::iter(calls).buffer_unordered(in_flight);
             let (mut n, mut failed) = (0, None::<Unpurged>);
             while let Some((result, urls)) = results.next().await {
                 match (result, &mut failed) {
