@@ -212,7 +212,7 @@
 //! and [`CacheHandle::purge_tag`] drops every entry that named one, on
 //! every instance. The store keeps per tag the URLs of its live entries
 //! (on Redis a sorted set with a TTL, in a cluster slot of its own; the
-//! URLs are then purged per slot, 256 per call) and the time of its last
+//! URLs are then purged 64 per call, per slot on a cluster) and the time of its last
 //! purge: a fill tags itself before it writes, and stands down if the tag
 //! was purged since its lookup, so writes win for tags too (a fill that
 //! looked up within the purge's millisecond stands down as well).

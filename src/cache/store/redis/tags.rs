@@ -29,7 +29,7 @@ pub(super) fn scripts() -> [&'static Script; 3] {
 }
 
 /// URLs purged per script call: each call stays short, whatever the tag's size.
-const BATCH: usize = 256;
+const BATCH: usize = 64;
 /// URLs of one tag purge in flight at once: calls queue on the cache's
 /// connection ahead of its lookups, so the work ahead of a lookup stays
 /// bounded (a few ms), whatever the tag's size.
