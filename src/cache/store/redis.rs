@@ -58,7 +58,7 @@ impl CacheStore for RedisStore {
             channel: format!("{}:cache:inval", self.prefix()),
             lane: {
                 let lane = self.lane("response cache", true);
-                lane.preload(&[&*LOOKUP, &*STORE, &*RELEASE]);
+                lane.preload(&[&*LOOKUP, &*STORE, &*RELEASE, &*VARIANTS]);
                 lane.preload(&tags::scripts());
                 lane
             },
