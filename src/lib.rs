@@ -29,10 +29,10 @@
 //!
 //! Redis 6.2 or later (the scripts use `TIME`, `PSETEX`, `HMGET` and sorted
 //! sets; the idempotency layer's `wait_replicas` uses `WAIT`); tested with
-//! Redis 7.0, standalone and as a cluster. Servers that speak the same Lua
-//! scripting (Valkey, KeyDB) should work; proxies and servers that refuse
-//! keys not declared in `KEYS` do not run the response cache's scripts
-//! (each entry key is derived from the URL's key, always in the same slot).
+//! Redis 7.0, standalone and as a cluster. Every key a script touches is
+//! declared in its `KEYS`, so servers and proxies that enforce declared keys
+//! accept the scripts too; servers that speak the same Lua scripting
+//! (Valkey, KeyDB, Dragonfly) should work.
 //!
 //! # Metrics
 //!

@@ -992,12 +992,8 @@ async fn a_corrupt_entry_is_answered_from_the_origin_and_repaired() {
     let svc = cached(builder(store).build().unwrap(), &origin);
     send(&svc, get("/fragile")).await;
     let mut conn = redis_conn(&support::redis_url()).await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}:cache:*:e:*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(keys.len(), 1, "{keys:?}");
+    // Each URL's entries are fields `e:<variant>` of its index hash.
+    let (index, field) = entry_fields(&mut conn, &prefix).await.remove(0);
     for garbage in [
         (0..300u32)
             .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
@@ -1005,10 +1001,10 @@ async fn a_corrupt_entry_is_answered_from_the_origin_and_repaired() {
         b"TRLC\x01garbage".to_vec(),
         Vec::new(),
     ] {
-        let _: () = redis::cmd("SET")
-            .arg(&keys[0])
+        let _: () = redis::cmd("HSET")
+            .arg(&index)
+            .arg(&field)
             .arg(&garbage)
-            .arg("KEEPTTL")
             .query_async(&mut conn)
             .await
             .unwrap();
@@ -1026,21 +1022,18 @@ async fn a_corrupt_entry_is_answered_from_the_origin_and_repaired() {
     }
     // A well-formed entry of another URL copied under this key is foreign: a miss.
     send(&svc, get("/elsewhere")).await;
-    let all: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}:cache:*:e:*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let other = all.iter().find(|k| **k != keys[0]).unwrap();
-    let foreign: Vec<u8> = redis::cmd("GET")
+    let all = entry_fields(&mut conn, &prefix).await;
+    let (other, other_field) = all.iter().find(|(k, _)| **k != index).unwrap();
+    let foreign: Vec<u8> = redis::cmd("HGET")
         .arg(other)
+        .arg(other_field)
         .query_async(&mut conn)
         .await
         .unwrap();
-    let _: () = redis::cmd("SET")
-        .arg(&keys[0])
+    let _: () = redis::cmd("HSET")
+        .arg(&index)
+        .arg(&field)
         .arg(&foreign)
-        .arg("KEEPTTL")
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -1052,6 +1045,31 @@ async fn a_corrupt_entry_is_answered_from_the_origin_and_repaired() {
         "{}",
         got.cache_status()
     );
+}
+
+/// The (index key, entry field) of every cached entry under `prefix`.
+async fn entry_fields(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+) -> Vec<(String, String)> {
+    let indexes: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:cache:*:i"))
+        .query_async(conn)
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for index in indexes {
+        let fields: Vec<String> = redis::cmd("HKEYS")
+            .arg(&index)
+            .query_async(conn)
+            .await
+            .unwrap();
+        for f in fields.into_iter().filter(|f| f.starts_with("e:")) {
+            out.push((index.clone(), f));
+        }
+    }
+    assert!(!out.is_empty(), "no entries under {prefix}");
+    out
 }
 
 #[tokio::test]
@@ -1088,7 +1106,9 @@ async fn every_key_has_a_ttl_and_a_hit_is_one_round_trip() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert!(keys.len() >= 4, "{keys:?}");
+    // One index per URL (the response's and the value's): it holds the
+    // entries, so no key is left without the index's TTL.
+    assert_eq!(keys.len(), 2, "{keys:?}");
     for k in &keys {
         let ttl: i64 = redis::cmd("PTTL")
             .arg(k)
@@ -1108,10 +1128,11 @@ async fn every_key_has_a_ttl_and_a_hit_is_one_round_trip() {
     let hit = send(&svc, get("/k")).await;
     let (scripts1, others1) = count().await;
     assert!(hit.cache_status().contains("hit"));
-    // A fresh hit is one pipeline of plain reads: TIME, the index (HMGET),
-    // the entry with the URL's generation (MGET); no script.
+    // A fresh hit is one pipeline of plain reads: TIME and one HMGET of
+    // the URL's index (Vary spec, generation, the variant's entry and
+    // times); no script.
     assert_eq!(scripts1 - scripts0, 0, "no script for a fresh hit");
-    assert_eq!(others1 - others0, 3, "three reads, in one round trip");
+    assert_eq!(others1 - others0, 2, "two reads, in one round trip");
 }
 
 #[tokio::test]
@@ -1419,6 +1440,25 @@ conformance! {
     }
 }
 
+/// A store under `prefix` whose calls give up after 50 ms and whose breaker
+/// opens at the first failure and probes every 50 ms.
+fn quick_to_fail(
+    builder: tower_redis_layers::RedisStoreBuilder,
+    prefix: &str,
+) -> impl std::future::Future<
+    Output = Result<tower_redis_layers::RedisStore, tower_redis_layers::StoreError>,
+> {
+    builder
+        .prefix(prefix)
+        .deadline(Duration::from_millis(50))
+        .breaker(
+            tower_redis_layers::BreakerConfig::default()
+                .failures(1)
+                .probe_every(Duration::from_millis(50)),
+        )
+        .connect()
+}
+
 /// The writer's instance has its breaker open when it writes: the purge is
 /// retried in the background until it lands, the write's response says so,
 /// and meanwhile that instance does not serve the URL from the cache.
@@ -1426,15 +1466,10 @@ conformance! {
 async fn a_purge_during_an_open_breaker_is_retried_and_lands() {
     let server = support::RedisServer::start();
     let store = || {
-        tower_redis_layers::RedisStore::builder(server.url())
-            .prefix("retry")
-            .deadline(Duration::from_millis(50))
-            .breaker(
-                tower_redis_layers::BreakerConfig::default()
-                    .failures(1)
-                    .probe_every(Duration::from_millis(50)),
-            )
-            .connect()
+        quick_to_fail(
+            tower_redis_layers::RedisStore::builder(server.url()),
+            "retry",
+        )
     };
     let origin = Origin::new(|req, n| {
         if req.method() == Method::PUT {
@@ -1469,15 +1504,24 @@ async fn a_purge_during_an_open_breaker_is_retried_and_lands() {
         "the writer's instance never serves the old entry"
     );
     // Once Redis answers again, the retried purge lands: the URL's
-    // generation moves and its entry is gone.
+    // generation (field `g` of its index) moves and its entry is gone.
     let mut tries = 0;
     loop {
         // Errors while Redis is still paused: ask again.
-        let gens: redis::RedisResult<Vec<String>> = redis::cmd("KEYS")
-            .arg("retry:cache:*:g")
+        let indexes: redis::RedisResult<Vec<String>> = redis::cmd("KEYS")
+            .arg("retry:cache:*:i")
             .query_async(&mut conn)
             .await;
-        if gens.is_ok_and(|g| !g.is_empty()) {
+        let mut purged = false;
+        for index in indexes.unwrap_or_default() {
+            let gen: redis::RedisResult<Option<String>> = redis::cmd("HGET")
+                .arg(&index)
+                .arg("g")
+                .query_async(&mut conn)
+                .await;
+            purged |= gen.is_ok_and(|g| g.is_some());
+        }
+        if purged {
             break;
         }
         tries += 1;
@@ -1494,6 +1538,124 @@ async fn a_purge_during_an_open_breaker_is_retried_and_lands() {
         "{}",
         after.cache_status()
     );
+}
+
+/// Redis stops answering during a tag purge: the purge returns an error
+/// and is retried in the background; once Redis answers again, the tagged
+/// entries are gone on every instance and the others stay.
+#[tokio::test]
+async fn a_tag_purge_that_fails_is_retried_and_lands() {
+    let server = support::RedisServer::start();
+    let store = || {
+        quick_to_fail(
+            tower_redis_layers::RedisStore::builder(server.url()),
+            "tagretry",
+        )
+    };
+    let origin = tagged();
+    let layer = builder(store().await.unwrap()).build().unwrap();
+    let a = cached(layer.clone(), &origin);
+    let b = cached(builder(store().await.unwrap()).build().unwrap(), &origin);
+    for path in ["/a", "/b", "/c"] {
+        send(&a, get(path)).await;
+        assert!(send(&b, get(path)).await.cache_status().contains("hit"));
+    }
+    server.suspend();
+    let purged = layer.handle().purge_tag("t2").await;
+    assert!(purged.is_err(), "{purged:?}");
+    server.resume();
+    // The retry lands: B no longer finds /a nor /b (tagged t2).
+    let started = std::time::Instant::now();
+    while send(&b, get("/a")).await.cache_status().contains("hit") {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the tag purge never landed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let calls = origin.calls();
+    assert!(!send(&b, get("/b")).await.cache_status().contains("hit"));
+    assert_eq!(origin.calls(), calls + 1, "/b was purged too");
+    assert!(
+        send(&b, get("/c")).await.cache_status().contains("hit"),
+        "another tag stays"
+    );
+}
+
+/// On a cluster, a master that holds some of a tag's URLs (not the tag)
+/// refuses scripts during the tag purge (an ACL, so nothing it was sent
+/// runs later): the URLs it holds are retried one by one, and once it takes
+/// scripts again every entry of the tag is gone on every instance.
+#[cfg(feature = "cluster")]
+#[tokio::test]
+async fn a_tag_purge_that_fails_on_one_master_retries_its_urls() {
+    let cluster = support::cluster::RedisCluster::start(3, 0);
+    let store = || {
+        quick_to_fail(
+            tower_redis_layers::RedisStore::cluster_builder(cluster.urls()),
+            "tagslots",
+        )
+    };
+    let origin = Origin::new(|_, n| {
+        res(
+            &[("cache-control", "max-age=3600"), ("surrogate-key", "t")],
+            &format!("v{n}"),
+        )
+    });
+    let layer = builder(store().await.unwrap()).build().unwrap();
+    let a = cached(layer.clone(), &origin);
+    let b = cached(builder(store().await.unwrap()).build().unwrap(), &origin);
+    let paths: Vec<String> = (0..30).map(|i| format!("/u{i}")).collect();
+    for path in &paths {
+        send(&a, get(path)).await;
+    }
+    // A master with some of the URLs' entries but not the tag's keys.
+    let mut victim = None;
+    for url in cluster.urls() {
+        let mut conn = redis_conn(&url).await;
+        let keys = |pattern: &str| {
+            let mut cmd = redis::cmd("KEYS");
+            cmd.arg(pattern);
+            cmd
+        };
+        let urls: Vec<String> = keys("tagslots:cache:*:i")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let tag: Vec<String> = keys("tagslots:cache:{t:*")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if !urls.is_empty() && tag.is_empty() {
+            victim = Some(url);
+            break;
+        }
+    }
+    let victim = victim.expect("a master with entries and without the tag");
+    let mut conn = redis_conn(&victim).await;
+    let scripts = |rule: &'static str| {
+        let mut cmd = redis::cmd("ACL");
+        cmd.arg("SETUSER")
+            .arg("default")
+            .arg(rule)
+            .arg(rule.replace("evalsha", "eval"));
+        cmd
+    };
+    let _: () = scripts("-evalsha").query_async(&mut conn).await.unwrap();
+    let purged = layer.handle().purge_tag("t").await;
+    assert!(purged.is_err(), "{purged:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _: () = scripts("+evalsha").query_async(&mut conn).await.unwrap();
+    let started = std::time::Instant::now();
+    for path in &paths {
+        while send(&b, get(path)).await.cache_status().contains("hit") {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{path} was never purged"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 /// An origin body that fails after its first chunk.
@@ -1896,6 +2058,54 @@ conformance! {
         assert_eq!((hit.body.clone(), hit.headers["x-v"].clone()), (Bytes::from("v2"), "head".parse().unwrap()));
         assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
         assert_eq!(origin.calls(), 3);
+    }
+
+    async fn rfc9111_4_3_4_a_304_freshens_every_variant_its_strong_etag_selects(store) {
+        // `/v` varies on Accept, with the strong ETag "e2" for text/plain and
+        // "e1" for the others; `/w` has the weak W/"w1". Fresh for 1 s; a
+        // 304 (to a matching If-None-Match) says fresh for a minute.
+        let origin = Origin::new(|req, n| {
+            let plain = req.headers().get("accept").is_some_and(|a| a == "text/plain");
+            let etag = match (req.uri().path(), plain) {
+                ("/w", _) => "W/\"w1\"",
+                (_, true) => "\"e2\"",
+                _ => "\"e1\"",
+            };
+            if req.headers().get("if-none-match").is_some_and(|v| v == etag) {
+                let fields = [("cache-control", "max-age=60"), ("etag", etag), ("vary", "accept"), ("x-v", "304")];
+                let mut r = res(&fields, "");
+                *r.status_mut() = StatusCode::NOT_MODIFIED;
+                return r;
+            }
+            let fields = [("cache-control", "max-age=1"), ("etag", etag), ("vary", "accept"), ("x-v", "200")];
+            res(&fields, &format!("v{n}"))
+        });
+        let svc = cached(builder(store).build().unwrap(), &origin);
+        let ask = |path: &str, accept: &str| with(Method::GET, path, &[("accept", accept)]);
+        for (path, accept) in [("/v", "text/html"), ("/v", "application/json"), ("/v", "text/plain"), ("/w", "text/html"), ("/w", "application/json")] {
+            send(&svc, ask(path, accept)).await;
+        }
+        assert_eq!(origin.calls(), 5);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let revalidated = send(&svc, ask("/v", "text/html")).await;
+        assert!(revalidated.cache_status().contains("fwd-status=304"), "{}", revalidated.cache_status());
+        assert_eq!((revalidated.body, origin.calls()), (Bytes::from("v1"), 6));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The other variant with "e1" was freshened by that 304: a hit, with its fields.
+        let json = send(&svc, ask("/v", "application/json")).await;
+        assert!(json.cache_status().contains("hit"), "{}", json.cache_status());
+        assert_eq!((json.body, json.headers["x-v"].clone()), (Bytes::from("v2"), "304".parse().unwrap()));
+        assert_eq!(origin.calls(), 6);
+        // "e2" was not selected: still stale, revalidated on its own.
+        let plain = send(&svc, ask("/v", "text/plain")).await;
+        assert!(plain.cache_status().contains("fwd=stale; fwd-status=304"), "{}", plain.cache_status());
+        assert_eq!((plain.body, origin.calls()), (Bytes::from("v3"), 7));
+        // A weak validator freshens only the response the request selected.
+        assert!(send(&svc, ask("/w", "text/html")).await.cache_status().contains("fwd-status=304"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let other = send(&svc, ask("/w", "application/json")).await;
+        assert!(other.cache_status().contains("fwd=stale; fwd-status=304"), "{}", other.cache_status());
+        assert_eq!((other.body, origin.calls()), (Bytes::from("v5"), 9));
     }
 
     async fn interim_responses_and_protocol_switches_are_never_stored(store) {

@@ -73,7 +73,7 @@ impl Fill {
     }
 }
 
-fn meta(slot: &Slot, status: StatusCode, now: u64, l: &Lifetime) -> Meta {
+pub(crate) fn meta(slot: &Slot, status: StatusCode, now: u64, l: &Lifetime) -> Meta {
     Meta {
         status: status.as_u16(),
         key_tag: slot.tag(),
@@ -158,6 +158,7 @@ impl Fill {
             meta,
             keep_ms,
             tags,
+            headers,
             ..
         } = self;
         let shared = leader.shared.clone();
@@ -180,6 +181,7 @@ impl Fill {
             max_variants: shared.cfg.max_variants,
             gen: looked.gen,
             seen_ms: looked.at_ms,
+            etag: super::freshen::strong_etag(&headers).map(Bytes::copy_from_slice),
             writer: shared.l1.as_ref().map_or(0, |l1| l1.id),
         };
         let round = leader.sent();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use http::{HeaderMap, Uri};
 
 use super::key::app_url;
-use super::purges::{purge_urls, retry_later};
+use super::purges::{purge_tag, purge_urls, retry_later};
 use super::shared::Shared;
 use super::tags::tag_key;
 use crate::error::{ConfigError, StoreError};
@@ -34,7 +34,7 @@ impl CacheHandle {
     pub(super) async fn purge(&self, url: Arc<str>) -> Result<(), StoreError> {
         let result = self.shared.purge(&url).await.map(drop);
         if result.is_err() {
-            retry_later(&self.shared, &url);
+            retry_later(&self.shared, &url, false);
         }
         result
     }
@@ -67,27 +67,35 @@ impl CacheHandle {
     /// header (`Surrogate-Key` by default), on every instance; the number
     /// of URLs purged. Responses fetched before the purge are not stored
     /// after it, as with any purge. On Redis the tag's URLs are read from
-    /// its own key, then purged in batches (per cluster slot).
+    /// its own key, then purged in batches (per cluster slot). A purge that
+    /// fails is also retried in the background (the URLs it could read, one
+    /// by one; meanwhile this instance answers them from the origin).
     pub async fn purge_tag(&self, tag: &str) -> Result<u64, StoreError> {
         let key = tag_key(&self.shared.cfg.key.scope, tag);
-        self.shared.home.purge_tag(&key, false).await
+        purge_tag(&self.shared, key, false).await
     }
 
     /// Marks every entry whose response named `tag` stale, on every
     /// instance, keeping them: the next request for each revalidates it
     /// (one request across the fleet; within `stale-while-revalidate` the
     /// others are served the stale entry meanwhile). The number of URLs.
+    /// A purge that fails is also retried in the background.
     pub async fn soft_purge_tag(&self, tag: &str) -> Result<u64, StoreError> {
         let key = tag_key(&self.shared.cfg.key.scope, tag);
-        self.shared.home.purge_tag(&key, true).await
+        purge_tag(&self.shared, key, true).await
     }
 
     /// Marks every variant of a GET of `uri` stale on every instance (see
     /// [`soft_purge_tag`](Self::soft_purge_tag)); `uri` as for
-    /// [`invalidate`](Self::invalidate).
+    /// [`invalidate`](Self::invalidate). A purge that fails is also retried
+    /// in the background.
     pub async fn soft_purge_url(&self, uri: &Uri) -> Result<(), StoreError> {
         let url = self.url_of(uri)?;
-        self.shared.soft_purge(&url).await.map(drop)
+        let result = self.shared.soft_purge(&url).await.map(drop);
+        if result.is_err() {
+            retry_later(&self.shared, &url, true);
+        }
+        result
     }
 
     fn url_of(&self, uri: &Uri) -> Result<Arc<str>, StoreError> {

@@ -167,7 +167,10 @@
 //! requires. With no usable entry the client's conditions go to the
 //! origin, and its `304` or `412` is that client's alone (the next request
 //! fills). A stale entry with a validator is revalidated with a conditional
-//! request of the cache's own; a `304` refreshes it (§4.3.4). HEAD is
+//! request of the cache's own; a `304` refreshes it and, when it carries a
+//! strong `ETag`, every other variant of the URL stored with that `ETag`
+//! (§4.3.4; a weak validator cannot tell variants apart, so it freshens
+//! only the one revalidated). HEAD is
 //! answered from the stored GET; a HEAD that reaches the origin stores
 //! nothing, but its `200` freshens the entry when it describes the stored
 //! representation (every validator it carries equal to the stored one,
@@ -229,7 +232,7 @@
 //! and [`CacheHandle::purge_tag`] drops every entry that named one, on
 //! every instance. The store keeps per tag the URLs of its live entries
 //! (on Redis a sorted set with a TTL, in a cluster slot of its own; the
-//! URLs are then purged per slot, 256 per call) and the time of its last
+//! URLs are then purged 64 per call, per slot on a cluster) and the time of its last
 //! purge: a fill tags itself before it writes, and stands down if the tag
 //! was purged since its lookup, so writes win for tags too (a fill that
 //! looked up within the purge's millisecond stands down as well).
@@ -317,15 +320,20 @@
 //! - An instance learns a URL's `Vary` from the store: its first lookup of a
 //!   varying URL takes a second round trip; later ones take one.
 //! - Redis Cluster: the keys of one URL share a hash tag, so each script
-//!   runs on one slot of a cluster store. The scripts also touch a URL's
-//!   other variant keys (same slot) that are not passed in `KEYS`: Redis and
-//!   Redis Cluster run them, servers or proxies that enforce declared keys
-//!   refuse them.
+//!   runs on one slot of a cluster store. All variants of a URL live in
+//!   one hash with its Vary spec and generation, so every key a script
+//!   touches is declared in its `KEYS`. Hash fields have no TTL of their own
+//!   (before Redis 7.4): a variant past its expiry reads as absent and is
+//!   dropped by the next lookup or write of the URL; the hash lives as long
+//!   as its longest-lived variant, and the variant cap bounds it.
 //! - The fill of a client that disconnects before the origin's body is
 //!   read is dropped: the next request fills again.
-//! - A tag purge that fails is returned as an error, not retried (a URL
-//!   purge is); the entries of a tag are found through the store, so an
-//!   entry whose tagging failed is not stored at all.
+//! - A purge that fails (by URL, key or tag, hard or soft) is returned as an
+//!   error and retried in the background until it lands or its entries
+//!   have expired, within a bound of 10 000 pending purges; a tag purge
+//!   that read its URLs but failed to purge some retries those URLs. The
+//!   entries of a tag are found through the store, so an entry whose
+//!   tagging failed is not stored at all.
 
 mod app;
 mod cache_control;
@@ -337,6 +345,7 @@ mod decide;
 pub(crate) mod entry;
 mod fill;
 mod flight;
+mod freshen;
 mod freshness;
 mod future;
 mod handle;

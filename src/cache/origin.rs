@@ -185,6 +185,7 @@ fn refreshed<B>(
     let slot = leader.slot.clone();
     let (entry, params) = match verdict(&shared.cfg.rules, ctx.asked, status, &headers, now) {
         Verdict::Store(l) => {
+            super::freshen::other_variants(&shared, &slot, fields, ctx.asked);
             let fill = Fill::new(leader, slot, status, now, &l, headers);
             let entry = Entry {
                 meta: fill.meta,

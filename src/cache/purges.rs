@@ -1,7 +1,10 @@
-//! Purges that must land: a write's invalidation that fails (breaker open,
-//! deadline) is retried in the background until it lands, or until the
-//! entries it targets have expired. Meanwhile this instance answers those
-//! URLs from the origin, and the write's response says so in `Cache-Status`.
+//! Purges that must land: a write's invalidation, a purge through the
+//! handle or a tag purge that fails (breaker open, deadline) is retried in
+//! the background until it lands, or until the entries it targets have
+//! expired. Meanwhile this instance answers the URLs of a failed hard purge
+//! from the origin, and a write's response says so in `Cache-Status`. A tag
+//! purge whose URLs were read but not all purged retries those URLs one by
+//! one, not the whole tag again.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -12,6 +15,8 @@ use futures_util::future::BoxFuture;
 
 use super::config::MAX_TTL;
 use super::shared::{spawn, Shared};
+use super::store::Unpurged;
+use crate::error::StoreError;
 use crate::store::memory::lock;
 
 /// Most URLs waiting for a retry; past it, a failed purge is only logged.
@@ -20,10 +25,19 @@ const MAX_PENDING: usize = 10_000;
 /// outlive what this one has stored.
 const MIN_RETRY_MS: u64 = 3_600_000;
 
-/// Failed purges waiting for a retry: URL → give up at (ms).
+/// A purge waiting for a retry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Pending {
+    /// A URL's entries to drop (or, `soft`, to mark stale).
+    Url { url: Arc<str>, soft: bool },
+    /// A tag whose URLs could not be read.
+    Tag { tag: Arc<str>, soft: bool },
+}
+
+/// Failed purges waiting for a retry: purge → give up at (ms).
 #[derive(Debug, Default)]
 pub(crate) struct Retries {
-    pending: Mutex<HashMap<Arc<str>, u64>>,
+    pending: Mutex<HashMap<Pending, u64>>,
     /// `pending.len()`, read without the lock on every lookup.
     count: AtomicUsize,
     running: AtomicBool,
@@ -32,9 +46,15 @@ pub(crate) struct Retries {
 }
 
 impl Retries {
-    /// Whether a purge of `url` is still to land.
+    /// Whether a (hard) purge of `url` is still to land.
     pub(crate) fn is_pending(&self, url: &str) -> bool {
-        self.count.load(Ordering::Acquire) > 0 && lock(&self.pending).contains_key(url)
+        self.count.load(Ordering::Acquire) > 0 && {
+            let url = Pending::Url {
+                url: url.into(),
+                soft: false,
+            };
+            lock(&self.pending).contains_key(&url)
+        }
     }
 
     /// Notes how long an entry stored is kept.
@@ -42,21 +62,21 @@ impl Retries {
         self.longest_ms.fetch_max(keep_ms, Ordering::Relaxed);
     }
 
-    fn add(&self, url: &Arc<str>, now_ms: u64) -> bool {
+    fn add(&self, purge: Pending, now_ms: u64) -> bool {
         let longest = self.longest_ms.load(Ordering::Relaxed).max(MIN_RETRY_MS);
         let until = now_ms + longest.min(MAX_TTL.as_millis() as u64);
         let mut p = lock(&self.pending);
-        if p.len() >= MAX_PENDING && !p.contains_key(url) {
+        if p.len() >= MAX_PENDING && !p.contains_key(&purge) {
             return false;
         }
-        p.insert(url.clone(), until);
+        p.insert(purge, until);
         self.count.store(p.len(), Ordering::Release);
         true
     }
 
-    fn settle(&self, url: &str) {
+    fn settle(&self, purge: &Pending) {
         let mut p = lock(&self.pending);
-        p.remove(url);
+        p.remove(purge);
         self.count.store(p.len(), Ordering::Release);
     }
 }
@@ -80,16 +100,57 @@ pub(crate) fn purge_urls(
             if let Err(e) = r {
                 landed = false;
                 shared.store_failed("an invalidation", "retrying it in the background", &e);
-                retry_later(&shared, url);
+                retry_later(&shared, url, false);
             }
         }
         Invalidated { landed }
     })
 }
 
-/// Schedules a retry of the purge of `url`.
-pub(crate) fn retry_later(shared: &Arc<Shared>, url: &Arc<str>) {
-    if !shared.retries.add(url, shared.now_ms()) {
+/// Schedules a retry of the purge (or, `soft`, soft purge) of `url`.
+pub(crate) fn retry_later(shared: &Arc<Shared>, url: &Arc<str>, soft: bool) {
+    let url = url.clone();
+    schedule(shared, Pending::Url { url, soft });
+}
+
+/// Purges (or, `soft`, marks stale) every URL recorded under `tag` (its
+/// store name); a failure is also retried in the background.
+pub(crate) async fn purge_tag(
+    shared: &Arc<Shared>,
+    tag: Arc<str>,
+    soft: bool,
+) -> Result<u64, StoreError> {
+    match try_tag(shared, &tag, soft).await {
+        Ok(n) => Ok(n),
+        Err((e, read)) => {
+            shared.store_failed("a tag purge", "retrying it in the background", &e);
+            if !read {
+                schedule(shared, Pending::Tag { tag, soft });
+            }
+            Err(e)
+        }
+    }
+}
+
+/// One attempt at a tag purge: on failure, whether the tag's URLs were
+/// read (those not purged are then scheduled one by one).
+async fn try_tag(shared: &Arc<Shared>, tag: &str, soft: bool) -> Result<u64, (StoreError, bool)> {
+    let urls = shared.home.tag_urls(tag).await.map_err(|e| (e, false))?;
+    if let Some(l1) = &shared.l1 {
+        urls.iter().for_each(|u| l1.remove_url(u));
+    }
+    match shared.home.purge_many(&urls, soft).await {
+        Ok(_) => Ok(urls.len() as u64),
+        Err(Unpurged { error, urls }) => {
+            urls.iter().for_each(|u| retry_later(shared, u, soft));
+            Err((error, true))
+        }
+    }
+}
+
+/// Schedules a retry of `purge`.
+fn schedule(shared: &Arc<Shared>, purge: Pending) {
+    if !shared.retries.add(purge, shared.now_ms()) {
         tracing::warn!("response cache: too many purges waiting; one is dropped");
         return;
     }
@@ -104,18 +165,28 @@ async fn retry_loop(shared: Arc<Shared>) {
     let mut backoff = Duration::from_millis(50);
     loop {
         tokio::time::sleep(backoff).await;
-        let due: Vec<(Arc<str>, u64)> = lock(&r.pending)
+        let due: Vec<(Pending, u64)> = lock(&r.pending)
             .iter()
-            .map(|(u, t)| (u.clone(), *t))
+            .map(|(p, t)| (p.clone(), *t))
             .collect();
         let now = shared.now_ms();
         let mut landed = false;
-        for (url, until) in due {
+        for (purge, until) in due {
             if now > until {
-                r.settle(&url);
-            } else if shared.purge(&url).await.is_ok() {
+                r.settle(&purge);
+                continue;
+            }
+            let done = match &purge {
+                Pending::Url { url, soft: false } => shared.purge(url).await.is_ok(),
+                Pending::Url { url, soft: true } => shared.soft_purge(url).await.is_ok(),
+                // Once its URLs are read, those not purged are retried apart.
+                Pending::Tag { tag, soft } => {
+                    !matches!(try_tag(&shared, tag, *soft).await, Err((_, false)))
+                }
+            };
+            if done {
                 tracing::info!("response cache: a purge that had failed landed");
-                r.settle(&url);
+                r.settle(&purge);
                 landed = true;
             }
         }

@@ -61,10 +61,22 @@ pub trait CacheHome: Send + Sync + std::fmt::Debug {
     /// Records a URL under its tags, unless one was purged at or after the
     /// fill's lookup: then `false`, and the fill writes nothing.
     fn tag(&self, t: Tagging) -> BoxFuture<'static, Result<bool, StoreError>>;
-    /// Purges (or, `soft`, marks stale) every URL recorded under `tag`,
-    /// after recording the purge so that no fill that looked up before it
-    /// can tag itself with it; the number of URLs.
-    fn purge_tag(&self, tag: &str, soft: bool) -> BoxFuture<'static, Result<u64, StoreError>>;
+    /// Starts the purge of `tag`: records it, so that no fill that looked
+    /// up before can tag itself with it, and returns the URLs recorded
+    /// under it, to purge next. They stay recorded until their entries
+    /// would have expired, so a retry after a lost reply finds them again.
+    fn tag_urls(&self, tag: &str) -> BoxFuture<'static, Result<Vec<Arc<str>>, StoreError>>;
+    /// Purges (or, `soft`, marks stale) `urls`, in batches; the number of
+    /// entries, or the URLs whose batch failed.
+    fn purge_many(
+        &self,
+        urls: &[Arc<str>],
+        soft: bool,
+    ) -> BoxFuture<'static, Result<u64, Unpurged>>;
+    /// The live variants of a URL stored with the strong `ETag` `etag`
+    /// (RFC 9111 §4.3.4: a `304` freshens those its validator selects); a
+    /// store may return more, the caller checks.
+    fn variants(&self, url: &str, etag: &[u8]) -> BoxFuture<'static, Result<Variants, StoreError>>;
     /// Starts delivering the fleet's invalidations to `listener`; `false`
     /// when this home cannot (then no in-process tier is kept).
     fn listen(&self, listener: Listener) -> bool;
@@ -102,6 +114,32 @@ pub struct Found {
     /// The URL's generation: advanced by every purge (0: never purged
     /// within [`FILL_MAX_MS`]). A fill writes only under the one it saw.
     pub(crate) gen: u64,
+}
+
+/// A purge of many URLs that did not all land.
+#[doc(hidden)]
+#[derive(Debug)]
+#[allow(unreachable_pub)]
+pub struct Unpurged {
+    /// The first failure.
+    pub(crate) error: StoreError,
+    /// The URLs whose purge may not have landed.
+    pub(crate) urls: Vec<Arc<str>>,
+}
+
+/// The live variants of a URL, as the store holds them.
+#[doc(hidden)]
+#[derive(Debug, Clone, Default)]
+#[allow(unreachable_pub)]
+pub struct Variants {
+    /// The store's clock, ms since the epoch.
+    pub(crate) now_ms: u64,
+    /// The spec the URL's variants are keyed on (`None`: nothing stored).
+    pub(crate) spec: Option<Arc<str>>,
+    /// The URL's generation, as in [`Found::gen`].
+    pub(crate) gen: u64,
+    /// Each variant and its entry's bytes.
+    pub(crate) entries: Vec<(Arc<str>, Bytes)>,
 }
 
 /// A URL to record under its tags before its entry is written.
@@ -145,6 +183,9 @@ pub struct Write {
     /// The URL's generation at the writer's lookup, and that lookup's store time.
     pub(crate) gen: u64,
     pub(crate) seen_ms: u64,
+    /// The entry's strong `ETag`, if it has one (to find the variants a
+    /// `304` freshens).
+    pub(crate) etag: Option<Bytes>,
     /// The writer's in-process tier (0: none), so it keeps its own copy.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) writer: u64,

@@ -1,49 +1,37 @@
 -- Looks a batch of cache slots up, taking the fill lock of each whose entry
 -- is missing or stale, in one round trip.
--- KEYS, per lookup: index (hash: vary = spec, f:<variant> = fresh-until ms,
--- x:<variant> = expires ms), entry, fill lock, hit-for-miss marker, the
--- URL's generation.
+-- KEYS, per lookup: the URL's index, fill lock, hit-for-miss marker. The
+-- index is a hash holding all of the URL's state: vary = spec, g = the
+-- URL's generation, and per variant e:<variant> = entry, f:<variant> =
+-- fresh-until ms, x:<variant> = expires ms, t:<variant> = the entry's
+-- strong ETag, if it has one (fields have no TTL of their
+-- own: an entry past its x: time is absent, and its fields are dropped).
 -- ARGV, per lookup: spec, variant, lock token ('' = take no lock), lock ttl
 -- ms, '1' = take the lock even if fresh.
 -- Returns {now ms, then per lookup: lock (0 not tried, 1 acquired, 2 held,
 -- 3 hit-for-miss, not taken), generation ('0': not purged lately), the
--- stored spec when it differs from the lookup's (then nothing else was
--- read; else false), entry or false}.
+-- stored spec when it differs from the lookup's (then no entry is
+-- returned; else false), entry or false}.
 -- The lookups of a batch run in order: a later one sees the locks an
 -- earlier one took.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n = #KEYS / 5
-
--- Every entry and generation of the batch in one read (reading an entry a
--- lookup then discards costs nothing).
-local read = {}
-for i = 1, n do
-  read[2 * i - 1], read[2 * i] = KEYS[5 * i - 3], KEYS[5 * i]
-end
-local got = {}
-for first = 1, #read, 4000 do
-  local last = math.min(first + 3999, #read)
-  local v = redis.call('MGET', unpack(read, first, last))
-  for j = first, last do got[j] = v[j - first + 1] end
-end
 
 local out = {now}
-for i = 1, n do
-  local k, a = 5 * (i - 1), 5 * (i - 1)
+for i = 1, #KEYS / 3 do
+  local k, a, o = 3 * (i - 1), 5 * (i - 1), 4 * i - 2
+  local index = KEYS[k + 1]
   local spec, variant, token = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  local gen = got[2 * i] or '0'
-  local stored, fresh_until
-  if token == '' then
-    stored = redis.call('HGET', KEYS[k + 1], 'vary')
-  else
-    local idx = redis.call('HMGET', KEYS[k + 1], 'vary', 'f:' .. variant)
-    stored, fresh_until = idx[1], idx[2]
-  end
+  local f, x, e = 'f:' .. variant, 'x:' .. variant, 'e:' .. variant
+  local idx = redis.call('HMGET', index, 'vary', 'g', f, x, e)
+  local stored, gen, fresh_until, entry = idx[1], idx[2] or '0', idx[3], idx[5]
   if stored and stored ~= spec then
-    out[4 * i - 2], out[4 * i - 1], out[4 * i], out[4 * i + 1] = 0, gen, stored, false
+    out[o], out[o + 1], out[o + 2], out[o + 3] = 0, gen, stored, false
   else
-    local entry = got[2 * i - 1]
+    if entry and now >= (tonumber(idx[4] or '0') or 0) then
+      redis.call('HDEL', index, e, f, x, 't:' .. variant)
+      entry = false
+    end
     local lock = 0
     if token ~= '' then
       local fresh = false
@@ -51,16 +39,16 @@ for i = 1, n do
         fresh = now < (tonumber(fresh_until or '0') or 0)
       end
       if not fresh then
-        if redis.call('EXISTS', KEYS[k + 4]) == 1 then
+        if redis.call('EXISTS', KEYS[k + 3]) == 1 then
           lock = 3
-        elseif redis.call('SET', KEYS[k + 3], token, 'NX', 'PX', ARGV[a + 4]) then
+        elseif redis.call('SET', KEYS[k + 2], token, 'NX', 'PX', ARGV[a + 4]) then
           lock = 1
         else
           lock = 2
         end
       end
     end
-    out[4 * i - 2], out[4 * i - 1], out[4 * i], out[4 * i + 1] = lock, gen, false, entry
+    out[o], out[o + 1], out[o + 2], out[o + 3] = lock, gen, false, entry or false
   end
 end
 return out

@@ -1,42 +1,59 @@
--- Purges several URLs of one cluster slot: drops every variant (or, soft,
--- marks each stale in the index so the next lookup takes the fill lock)
--- and advances each URL's generation, so that no fill that looked up
--- before lands and, soft, entries stored before read as stale.
--- KEYS: for each URL, its index then its generation
+-- Purges URLs of one cluster slot: drops every variant (or, soft, marks
+-- each stale so the next lookup takes the fill lock) and advances each
+-- URL's generation, so that no fill that looked up before lands and, soft,
+-- entries stored before read as stale.
+-- KEYS: each URL's index (hash, see lookup.lua; the generation is its field g)
 -- ARGV[1] '1' = soft, ARGV[2] invalidation channel, ARGV[3] how long a
--- generation is kept at least, ms; then for each URL its key base and digest
--- Returns the number of entries dropped or marked.
+-- generation is kept at least, ms; then each URL's digest
+-- Returns the number of live entries dropped or marked.
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local now = math.floor(now_us / 1000)
 local soft = ARGV[1] == '1'
 local n = 0
-for i = 1, #KEYS / 2 do
-  local index, gen = KEYS[2 * i - 1], KEYS[2 * i]
-  local base, url = ARGV[2 + 2 * i], ARGV[3 + 2 * i]
+for i = 1, #KEYS do
+  local index = KEYS[i]
   local keep = tonumber(ARGV[3])
-  if soft then
-    local fields = redis.call('HGETALL', index)
-    for j = 1, #fields, 2 do
-      if string.sub(fields[j], 1, 2) == 'f:' then
-        if (tonumber(fields[j + 1]) or 0) > now then
-          redis.call('HSET', index, fields[j], now)
-        end
+  local old = tonumber(redis.call('HGET', index, 'g') or '0') or 0
+  local gen = string.format('%.0f', math.max(now_us, old + 1))
+  -- Each variant's fresh-until and expiry, read in bounded batches.
+  local names = {}
+  for _, f in ipairs(redis.call('HKEYS', index)) do
+    if string.sub(f, 1, 2) == 'x:' then
+      local v = string.sub(f, 3)
+      table.insert(names, 'f:' .. v)
+      table.insert(names, f)
+    end
+  end
+  -- Soft: the new generation and each fresh variant marked stale, in one HSET.
+  local marks = {'g', gen}
+  for first = 1, #names, 1000 do
+    local last = math.min(first + 999, #names)
+    local vals = redis.call('HMGET', index, unpack(names, first, last))
+    for j = first, last, 2 do
+      local fresh_until = tonumber(vals[j - first + 1]) or 0
+      if (tonumber(vals[j - first + 2]) or 0) > now then
         n = n + 1
+        if fresh_until > now then
+          table.insert(marks, names[j])
+          table.insert(marks, now)
+        end
       end
+    end
+  end
+  if soft then
+    for first = 1, #marks, 1000 do
+      redis.call('HSET', index, unpack(marks, first, math.min(first + 999, #marks)))
     end
     -- Kept while a marked entry lives: it reads stale by the generation.
-    keep = math.max(keep, redis.call('PTTL', index))
-  else
-    for _, f in ipairs(redis.call('HKEYS', index)) do
-      if string.sub(f, 1, 2) == 'x:' then
-        n = n + redis.call('DEL', base .. 'e:' .. string.sub(f, 3))
-      end
+    if redis.call('PTTL', index) < keep then
+      redis.call('PEXPIRE', index, keep)
     end
+  else
     redis.call('DEL', index)
+    redis.call('HSET', index, 'g', gen)
+    redis.call('PEXPIRE', index, keep)
   end
-  local old = tonumber(redis.call('GET', gen) or '0') or 0
-  redis.call('SET', gen, string.format('%.0f', math.max(now_us, old + 1)), 'PX', keep)
-  redis.call('PUBLISH', ARGV[2], '-|' .. url)
+  redis.call('PUBLISH', ARGV[2], '-|' .. ARGV[3 + i])
 end
 return n

@@ -1,71 +1,92 @@
--- Writes one cache entry, records it in the URL's index, caps the variants
--- and releases the writer's fill lock; writes nothing if the URL was purged
+-- Writes one cache entry into the URL's index, caps the variants and
+-- releases the writer's fill lock; writes nothing if the URL was purged
 -- since the writer's lookup (its generation moved) or that lookup is too old.
--- KEYS[1] index, KEYS[2] entry, KEYS[3] fill lock, KEYS[4] the URL's generation
+-- KEYS[1] the URL's index (hash, see lookup.lua), KEYS[2] fill lock
 -- ARGV[1] spec, ARGV[2] variant, ARGV[3] entry bytes, ARGV[4] fresh-until ms,
 -- ARGV[5] keep ms, ARGV[6] lock token ('' = none), ARGV[7] max variants,
--- ARGV[8] key base of this URL (entries are base .. 'e:' .. variant, same hash tag),
--- ARGV[9] invalidation channel, ARGV[10] '<writer>|<URL digest>' (published: in-process copies are dropped),
--- ARGV[11] generation seen by the writer's lookup, ARGV[12] that lookup's time ms,
--- ARGV[13] the oldest lookup a fill may come from, ms
+-- ARGV[8] invalidation channel, ARGV[9] '<writer>|<URL digest>' (published: in-process copies are dropped),
+-- ARGV[10] generation seen by the writer's lookup, ARGV[11] that lookup's time ms,
+-- ARGV[12] the oldest lookup a fill may come from, ms,
+-- ARGV[13] the entry's strong ETag ('' = none; kept as t:<variant>)
 -- Returns 1 when written, 0 when not.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if (redis.call('GET', KEYS[4]) or '0') ~= ARGV[11]
-    or now - tonumber(ARGV[12]) > tonumber(ARGV[13]) then
-  if ARGV[6] ~= '' and redis.call('GET', KEYS[3]) == ARGV[6] then
-    redis.call('DEL', KEYS[3])
+local index, variant = KEYS[1], ARGV[2]
+local function unlock()
+  if ARGV[6] ~= '' and redis.call('GET', KEYS[2]) == ARGV[6] then
+    redis.call('DEL', KEYS[2])
   end
+end
+-- HDEL in bounded batches (Lua's unpack has a stack limit).
+local function hdel(fields)
+  for first = 1, #fields, 1000 do
+    redis.call('HDEL', index, unpack(fields, first, math.min(first + 999, #fields)))
+  end
+end
+if (redis.call('HGET', index, 'g') or '0') ~= ARGV[10]
+    or now - tonumber(ARGV[11]) > tonumber(ARGV[12]) then
+  unlock()
   return 0
 end
-local base = ARGV[8]
-local old = redis.call('HGET', KEYS[1], 'vary')
+local names = redis.call('HKEYS', index)
+local old = redis.call('HGET', index, 'vary')
+local gone = {}
 if old and old ~= ARGV[1] then
   -- The URL's Vary changed: the old variants are keyed on other headers.
-  for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
-    if string.sub(f, 1, 2) == 'x:' then
-      redis.call('DEL', base .. 'e:' .. string.sub(f, 3))
-    end
+  -- The generation stays.
+  for _, f in ipairs(names) do
+    if f ~= 'g' then table.insert(gone, f) end
   end
-  redis.call('DEL', KEYS[1])
+  hdel(gone)
+  names, gone = {}, {}
 end
 local keep = tonumber(ARGV[5])
-redis.call('SET', KEYS[2], ARGV[3], 'PX', keep)
-redis.call('HSET', KEYS[1], 'vary', ARGV[1], 'f:' .. ARGV[2], ARGV[4], 'x:' .. ARGV[2], now + keep)
-local fields = redis.call('HGETALL', KEYS[1])
+redis.call('HSET', index, 'vary', ARGV[1], 'e:' .. variant, ARGV[3],
+  'f:' .. variant, ARGV[4], 'x:' .. variant, now + keep)
+if ARGV[13] ~= '' then
+  redis.call('HSET', index, 't:' .. variant, ARGV[13])
+else
+  table.insert(gone, 't:' .. variant)
+end
+-- The other variants: expired ones go, then past the cap those that expire first.
+local others = {}
+for _, f in ipairs(names) do
+  if string.sub(f, 1, 2) == 'x:' and string.sub(f, 3) ~= variant then
+    table.insert(others, f)
+  end
+end
 local live = {}
-for i = 1, #fields, 2 do
-  local f = fields[i]
-  if string.sub(f, 1, 2) == 'x:' then
-    local v = string.sub(f, 3)
-    local exp = tonumber(fields[i + 1]) or 0
+for first = 1, #others, 1000 do
+  local last = math.min(first + 999, #others)
+  local exps = redis.call('HMGET', index, unpack(others, first, last))
+  for j = first, last do
+    local v, exp = string.sub(others[j], 3), tonumber(exps[j - first + 1]) or 0
     if exp <= now then
-      redis.call('HDEL', KEYS[1], f, 'f:' .. v)
+      table.insert(gone, 'e:' .. v)
+      table.insert(gone, 'f:' .. v)
+      table.insert(gone, 't:' .. v)
+      table.insert(gone, others[j])
     else
       table.insert(live, {exp, v})
     end
   end
 end
-local max = tonumber(ARGV[7])
-if #live > max then
+local over = #live + 1 - tonumber(ARGV[7])
+if over > 0 then
   table.sort(live, function(a, b) return a[1] < b[1] end)
-  local drop = #live - max
-  for i = 1, #live do
-    if drop == 0 then break end
+  for i = 1, math.min(over, #live) do
     local v = live[i][2]
-    if v ~= ARGV[2] then
-      redis.call('DEL', base .. 'e:' .. v)
-      redis.call('HDEL', KEYS[1], 'x:' .. v, 'f:' .. v)
-      drop = drop - 1
-    end
+    table.insert(gone, 'e:' .. v)
+    table.insert(gone, 'f:' .. v)
+    table.insert(gone, 't:' .. v)
+    table.insert(gone, 'x:' .. v)
   end
 end
--- The index lives as long as its longest-lived variant.
-if redis.call('PTTL', KEYS[1]) < keep then
-  redis.call('PEXPIRE', KEYS[1], keep)
+hdel(gone)
+-- The index lives as long as its longest-lived variant (and its generation).
+if redis.call('PTTL', index) < keep then
+  redis.call('PEXPIRE', index, keep)
 end
-if ARGV[6] ~= '' and redis.call('GET', KEYS[3]) == ARGV[6] then
-  redis.call('DEL', KEYS[3])
-end
-redis.call('PUBLISH', ARGV[9], ARGV[10])
+unlock()
+redis.call('PUBLISH', ARGV[8], ARGV[9])
 return 1

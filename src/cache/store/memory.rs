@@ -9,7 +9,10 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
-use super::{CacheHome, CacheStore, Found, LockState, Lookup, Tagging, Write, FILL_MAX_MS};
+use super::{
+    CacheHome, CacheStore, Found, LockState, Lookup, Tagging, Unpurged, Variants, Write,
+    FILL_MAX_MS,
+};
 use crate::cache::key::Slot;
 use crate::cache::l1::Listener;
 use crate::error::StoreError;
@@ -204,6 +207,31 @@ impl State {
         true
     }
 
+    fn variants(&mut self, url: &str, now_us: u64) -> Variants {
+        let url: Arc<str> = url.into();
+        let gen = self.gen(&url, now_us);
+        let (spec, names) = match self.index.get_mut(&url, now_us) {
+            Some(idx) => (
+                Some(idx.spec.clone()),
+                idx.variants.keys().cloned().collect(),
+            ),
+            None => (None, Vec::new()),
+        };
+        let entries = names
+            .into_iter()
+            .filter_map(|v| {
+                let e = self.entries.get(&(url.clone(), v.clone()), now_us)?;
+                Some((v, e.clone()))
+            })
+            .collect();
+        Variants {
+            now_ms: now_us / 1000,
+            spec,
+            gen,
+            entries,
+        }
+    }
+
     /// Drops an evicted variant from its URL's index.
     fn forget(&mut self, url: &Arc<str>, variant: &Arc<str>, now_us: u64) {
         if let Some(idx) = self.index.get_mut(url, now_us) {
@@ -314,8 +342,26 @@ impl CacheHome for MemoryHome {
         ready(self.with(|st, now| st.tag(&t, now)))
     }
 
-    fn purge_tag(&self, tag: &str, soft: bool) -> BoxFuture<'static, Result<u64, StoreError>> {
-        ready(self.with(|st, now| st.purge_tag(tag, soft, now)))
+    fn tag_urls(&self, tag: &str) -> BoxFuture<'static, Result<Vec<Arc<str>>, StoreError>> {
+        ready(self.with(|st, now| st.tag_urls(tag, now)))
+    }
+
+    fn purge_many(
+        &self,
+        urls: &[Arc<str>],
+        soft: bool,
+    ) -> BoxFuture<'static, Result<u64, Unpurged>> {
+        let n = self.with(|st, now| urls.iter().map(|u| st.purge(u, now, soft)).sum());
+        Box::pin(std::future::ready(Ok(n)))
+    }
+
+    /// Every live variant: entries are in process, the caller checks their `ETag`.
+    fn variants(
+        &self,
+        url: &str,
+        _etag: &[u8],
+    ) -> BoxFuture<'static, Result<Variants, StoreError>> {
+        ready(self.with(|st, now| st.variants(url, now)))
     }
 
     /// In process already: an in-process tier would add nothing.

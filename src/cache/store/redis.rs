@@ -1,17 +1,24 @@
 //! The cache's Redis home: one script per step (`scripts/*.lua`), keys
-//! `{prefix}:cache:{<url digest>}:i|e:<variant>|l:<variant>|p:<variant>` —
-//! the hash tag keeps a URL's index, entries, locks and markers in one
-//! cluster slot. Invalidations are published on `{prefix}:cache:inval` for
-//! the in-process tiers of the fleet.
+//! `{prefix}:cache:{<url digest>}:i|l:<variant>|p:<variant>` — the hash
+//! tag keeps a URL's index, locks and markers in one cluster slot. The
+//! index is a hash holding every variant of the URL (`e:<variant>` entry,
+//! `f:<variant>` fresh-until, `x:<variant>` expiry, `t:<variant>` strong
+//! `ETag`), its Vary spec and its generation, so each script touches only
+//! the keys it declares in `KEYS`.
+//! Invalidations are published on `{prefix}:cache:inval` for the
+//! in-process tiers of the fleet.
 
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use redis::{Script, Value};
 
-use super::{CacheHome, CacheStore, Found, Lookup, Tagging, Write, FILL_MAX_MS};
+use super::{
+    CacheHome, CacheStore, Found, Lookup, Tagging, Unpurged, Variants, Write, FILL_MAX_MS,
+};
 use crate::cache::key::Slot;
 use crate::cache::l1::{Listener, Signal};
 use crate::error::StoreError;
@@ -26,10 +33,10 @@ use lookups::{Lookups, LOOKUP};
 
 static STORE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../scripts/store.lua")));
+static VARIANTS: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../scripts/variants.lua")));
 static RELEASE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../scripts/release.lua")));
-static PURGE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("../scripts/purge.lua")));
 
 /// The cache home of one [`RedisStore`]: the layer's own lane (own
 /// breakers and connection, so large entries never queue ahead of another
@@ -51,7 +58,7 @@ impl CacheStore for RedisStore {
             channel: format!("{}:cache:inval", self.prefix()),
             lane: {
                 let lane = self.lane("response cache", true);
-                lane.preload(&[&*LOOKUP, &*STORE, &*RELEASE, &*PURGE]);
+                lane.preload(&[&*LOOKUP, &*STORE, &*RELEASE, &*VARIANTS]);
                 lane.preload(&tags::scripts());
                 lane
             },
@@ -135,14 +142,40 @@ async fn listen_loop(clients: Vec<redis::Client>, channel: String, listener: Lis
     }
 }
 
-/// The keys of a slot: index, entry, lock, hit-for-miss marker, generation.
-fn keys(base: &str, s: &Slot) -> [String; 5] {
+/// `scripts/variants.lua`'s reply: `{now, spec or nil, generation, then
+/// variant, entry for each}`.
+fn variants_of(reply: Value) -> Result<Variants, StoreError> {
+    let bad = || StoreError::protocol("cache variants: unexpected reply");
+    let Value::Array(values) = reply else {
+        return Err(bad());
+    };
+    let mut it = values.into_iter();
+    let (Some(Value::Int(now)), Some(spec), Some(gen)) = (it.next(), it.next(), it.next()) else {
+        return Err(bad());
+    };
+    let text =
+        |v: Value| lookups::bytes_of(v).map(|b| Arc::<str>::from(String::from_utf8_lossy(&b)));
+    let mut entries = Vec::new();
+    while let (Some(variant), Some(entry)) = (it.next(), it.next()) {
+        let (Some(variant), Some(entry)) = (text(variant), lookups::bytes_of(entry)) else {
+            return Err(bad());
+        };
+        entries.push((variant, Bytes::from(entry)));
+    }
+    Ok(Variants {
+        now_ms: now.max(0) as u64,
+        spec: text(spec),
+        gen: lookups::int_of(gen).unwrap_or(0),
+        entries,
+    })
+}
+
+/// The keys of a slot: the URL's index, the variant's lock and hit-for-miss marker.
+fn keys(base: &str, s: &Slot) -> [String; 3] {
     [
         format!("{base}i"),
-        format!("{base}e:{}", s.variant),
         format!("{base}l:{}", s.variant),
         format!("{base}p:{}", s.variant),
-        format!("{base}g"),
     ]
 }
 
@@ -155,9 +188,9 @@ impl CacheHome for RedisHome {
 
     fn write(&self, w: Write) -> BoxFuture<'static, Result<bool, StoreError>> {
         let base = self.base(&w.slot.url);
-        let [index, entry, lock, _, gen] = keys(&base, &w.slot);
+        let [index, lock, _] = keys(&base, &w.slot);
         let mut inv = STORE.prepare_invoke();
-        inv.key(index).key(entry).key(lock).key(gen);
+        inv.key(index).key(lock);
         inv.arg(&*w.slot.spec)
             .arg(&*w.slot.variant)
             .arg(&w.entry[..])
@@ -165,12 +198,12 @@ impl CacheHome for RedisHome {
             .arg(w.keep_ms.max(1))
             .arg(w.token.map(|t| t.to_string()).unwrap_or_default())
             .arg(w.max_variants)
-            .arg(&base)
             .arg(&self.channel)
             .arg(format!("{}|{}", w.writer, w.slot.url))
             .arg(w.gen.to_string())
             .arg(w.seen_ms)
-            .arg(FILL_MAX_MS);
+            .arg(FILL_MAX_MS)
+            .arg(w.etag.as_deref().unwrap_or_default());
         let call = self.run::<i64>(base, inv);
         Box::pin(async move { Ok(call.await? == 1) })
     }
@@ -182,7 +215,7 @@ impl CacheHome for RedisHome {
         pass_ms: u64,
     ) -> BoxFuture<'static, Result<(), StoreError>> {
         let base = self.base(&slot.url);
-        let [_, _, lock, pass, _] = keys(&base, slot);
+        let [_, lock, pass] = keys(&base, slot);
         let mut inv = RELEASE.prepare_invoke();
         inv.key(lock).key(pass).arg(token.to_string()).arg(pass_ms);
         // A clean-up: past the breaker (see `Lane::call_cleanup`).
@@ -196,28 +229,35 @@ impl CacheHome for RedisHome {
     }
 
     fn purge(&self, url: &str) -> BoxFuture<'static, Result<u64, StoreError>> {
-        let base = self.base(url);
-        let mut inv = PURGE.prepare_invoke();
-        inv.key(format!("{base}i"))
-            .key(format!("{base}g"))
-            .arg(&base)
-            .arg(&self.channel)
-            .arg(format!("-|{url}"))
-            .arg(FILL_MAX_MS);
-        let call = self.run::<i64>(base, inv);
-        Box::pin(async move { Ok(call.await?.max(0) as u64) })
+        self.purge_one(url, false)
     }
 
     fn soft_purge(&self, url: &str) -> BoxFuture<'static, Result<u64, StoreError>> {
-        self.purge_urls(&[url.to_owned()], true)
+        self.purge_one(url, true)
     }
 
     fn tag(&self, t: Tagging) -> BoxFuture<'static, Result<bool, StoreError>> {
         self.tag_url(t)
     }
 
-    fn purge_tag(&self, tag: &str, soft: bool) -> BoxFuture<'static, Result<u64, StoreError>> {
-        self.purge_tagged(tag, soft)
+    fn tag_urls(&self, tag: &str) -> BoxFuture<'static, Result<Vec<Arc<str>>, StoreError>> {
+        self.tagged_urls(tag)
+    }
+
+    fn purge_many(
+        &self,
+        urls: &[Arc<str>],
+        soft: bool,
+    ) -> BoxFuture<'static, Result<u64, Unpurged>> {
+        self.purge_urls(urls, soft)
+    }
+
+    fn variants(&self, url: &str, etag: &[u8]) -> BoxFuture<'static, Result<Variants, StoreError>> {
+        let base = self.base(url);
+        let mut inv = VARIANTS.prepare_invoke();
+        inv.key(format!("{base}i")).arg(etag);
+        let call = self.run::<Value>(base, inv);
+        Box::pin(async move { variants_of(call.await?) })
     }
 
     fn listen(&self, listener: Listener) -> bool {

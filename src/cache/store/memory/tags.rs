@@ -44,21 +44,16 @@ impl State {
         true
     }
 
-    pub(super) fn purge_tag(&mut self, tag: &str, soft: bool, now_us: u64) -> u64 {
+    pub(super) fn tag_urls(&mut self, tag: &str, now_us: u64) -> Vec<Arc<str>> {
         let now_ms = now_us / 1000;
         let key: Arc<str> = tag.into();
         let mut tagged = self.tags.remove(&key, now_us).unwrap_or_default();
         tagged.purged_ms = now_ms;
         tagged.members.retain(|_, until| *until > now_ms);
+        // Kept until their entries would have expired, as on Redis.
         let urls: Vec<Arc<str>> = tagged.members.keys().cloned().collect();
-        if !soft {
-            tagged.members.clear();
-        }
         let expires = tagged.expires_us();
         self.tags.insert(key, tagged, expires, now_us);
-        for url in &urls {
-            self.purge(url, now_us, soft);
-        }
-        urls.len() as u64
+        urls
     }
 }

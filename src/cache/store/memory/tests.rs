@@ -10,6 +10,7 @@ fn slot(url: &str) -> Slot {
 
 fn write(slot: Slot, bytes: usize, gen: u64, seen_ms: u64) -> Write {
     Write {
+        etag: None,
         slot,
         entry: Bytes::from(vec![7u8; bytes]),
         fresh_until_ms: u64::MAX / 2000,

@@ -1,17 +1,17 @@
 //! Cache lookups, batched like rate-limit decisions: the lookups in flight
 //! go out together, per hash slot, in two steps.
 //!
-//! 1. One pipeline of plain reads: `TIME`, then per lookup its index fields
-//!    (`HMGET`) and its entry with the URL's generation (`MGET`). A lookup
-//!    whose entry is fresh (or that takes no lock, or whose URL's Vary
-//!    changed) is answered from it: a hit costs Redis two reads and no
-//!    script. Reading the index and the entry apart is safe: a fill, purge
-//!    or Vary change in between leaves the entry gone or not fresh, and such
-//!    lookups go to step 2.
+//! 1. One pipeline of plain reads: `TIME`, then per lookup one `HMGET` of
+//!    the URL's index (its Vary spec and generation, the variant's entry,
+//!    fresh-until and expiry). A lookup whose entry is fresh (or that takes
+//!    no lock, or whose URL's Vary changed) is answered from it: a hit
+//!    costs Redis one read and no script. An entry past its expiry reads
+//!    as absent (hash fields have no TTL of their own).
 //! 2. The others (a miss, a stale entry, a forced revalidation: those that
 //!    may take the fill lock) in one call of `scripts/lookup.lua`, which
 //!    reads again and takes the locks atomically.
 
+use std::io::Write as _;
 use std::sync::{Arc, LazyLock};
 
 use bytes::Bytes;
@@ -33,15 +33,13 @@ pub(crate) struct Lookups {
 }
 
 /// The keys of a slot after `{prefix}:cache:{<url digest>}:` (with the
-/// variant after those that take it), in the script's order: index, entry,
-/// lock, hit-for-miss marker, generation.
-const PARTS: [(&str, bool); 5] = [
-    ("i", false),
-    ("e:", true),
-    ("l:", true),
-    ("p:", true),
-    ("g", false),
-];
+/// variant after those that take it), in the script's order: index (the
+/// URL's entries and generation), lock, hit-for-miss marker.
+const PARTS: [(&str, bool); 3] = [("i", false), ("l:", true), ("p:", true)];
+
+/// The index fields a lookup reads, in order: the URL's Vary spec and
+/// generation, then the variant's fresh-until, expiry and entry.
+const FIELDS: [&str; 5] = ["vary", "g", "f:", "x:", "e:"];
 
 impl Lookups {
     fn key(&self, w: &mut impl std::io::Write, slot: &Slot, (part, variant): (&str, bool)) {
@@ -59,19 +57,19 @@ impl Lookups {
     fn reads(&self, items: &[Lookup]) -> redis::Pipeline {
         let mut pipe = redis::pipe();
         pipe.cmd("TIME");
-        let mut key = Vec::new();
         for q in items {
-            let arg = |key: &mut Vec<u8>, part| {
-                key.clear();
-                self.key(key, &q.slot, part);
-            };
-            arg(&mut key, PARTS[0]);
-            let field = format!("f:{}", q.slot.variant);
-            pipe.cmd("HMGET").arg(&key[..]).arg("vary").arg(field);
-            arg(&mut key, PARTS[1]);
-            pipe.cmd("MGET").arg(&key[..]);
-            arg(&mut key, PARTS[4]);
-            pipe.arg(&key[..]);
+            let mut cmd = redis::cmd("HMGET");
+            self.key(&mut cmd.writer_for_next_arg(), &q.slot, PARTS[0]);
+            for field in FIELDS {
+                if field.ends_with(':') {
+                    let mut w = cmd.writer_for_next_arg();
+                    let _ = w.write_all(field.as_bytes());
+                    let _ = w.write_all(q.slot.variant.as_bytes());
+                } else {
+                    cmd.arg(field);
+                }
+            }
+            pipe.add_command(cmd);
         }
         pipe
     }
@@ -79,7 +77,7 @@ impl Lookups {
     /// Step 2: the lookups that may take a lock, in one script call.
     fn script(&self, items: &[&Lookup]) -> Cmd {
         let mut cmd = evalsha(&LOOKUP);
-        cmd.arg(5 * items.len());
+        cmd.arg(PARTS.len() * items.len());
         for q in items {
             for part in PARTS {
                 self.key(&mut cmd.writer_for_next_arg(), &q.slot, part);
@@ -158,7 +156,7 @@ fn bad(what: &str) -> StoreError {
 
 /// Step 1's answers: `None` for a lookup that step 2 must make.
 fn read(items: &[Lookup], values: Vec<Value>) -> Result<Vec<Option<Found>>, StoreError> {
-    if values.len() != 1 + 2 * items.len() {
+    if values.len() != 1 + items.len() {
         return Err(bad("unexpected pipeline reply"));
     }
     let mut it = values.into_iter();
@@ -174,17 +172,15 @@ fn read(items: &[Lookup], values: Vec<Value>) -> Result<Vec<Option<Found>>, Stor
     };
     let mut out = Vec::with_capacity(items.len());
     for q in items {
-        let (Some(Value::Array(index)), Some(Value::Array(entry))) = (it.next(), it.next()) else {
+        let Some(Value::Array(index)) = it.next() else {
             return Err(bad("unexpected read"));
         };
         let mut index = index.into_iter();
-        let (stored, fresh_until) = (
-            index.next().and_then(bytes_of),
-            index.next().and_then(int_of),
-        );
-        let mut entry = entry.into_iter();
-        let (raw, gen) = (entry.next().and_then(bytes_of), entry.next());
-        let gen = gen.and_then(int_of).unwrap_or(0);
+        let mut next = || index.next().unwrap_or(Value::Nil);
+        let (stored, gen) = (bytes_of(next()), int_of(next()).unwrap_or(0));
+        let (fresh_until, expires, raw) = (int_of(next()), int_of(next()), bytes_of(next()));
+        // Past its expiry an entry is absent: its field outlives it.
+        let raw = raw.filter(|_| expires.is_some_and(|x| now_ms < x));
         let found = |spec: Arc<str>, entry: Option<Vec<u8>>| Found {
             now_ms,
             spec,
@@ -245,7 +241,7 @@ fn found(items: &[&Lookup], reply: Value) -> Result<Vec<Found>, StoreError> {
     Ok(out)
 }
 
-fn bytes_of(v: Value) -> Option<Vec<u8>> {
+pub(super) fn bytes_of(v: Value) -> Option<Vec<u8>> {
     match v {
         Value::BulkString(b) => Some(b),
         Value::SimpleString(s) => Some(s.into_bytes()),
@@ -254,7 +250,7 @@ fn bytes_of(v: Value) -> Option<Vec<u8>> {
 }
 
 /// A decimal number sent as a string (or an integer).
-fn int_of(v: Value) -> Option<u64> {
+pub(super) fn int_of(v: Value) -> Option<u64> {
     match v {
         Value::Int(i) => u64::try_from(i).ok(),
         v => std::str::from_utf8(&bytes_of(v)?).ok()?.parse().ok(),

@@ -3,16 +3,17 @@
 //! sorted set scored by until when each entry may live) and `…:p` (its
 //! last purge time), so on a cluster a tag lives in one slot and its URLs
 //! in theirs: a tag purge reads the tag's slot once, then purges its URLs
-//! slot by slot, a bounded batch per call.
+//! in bounded batches (on a cluster, one slot per batch), a few at a time.
 
 use std::collections::BTreeMap;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
 use redis::Script;
 
 use super::RedisHome;
-use crate::cache::store::{Tagging, FILL_MAX_MS};
+use crate::cache::store::{Tagging, Unpurged, FILL_MAX_MS};
 use crate::error::StoreError;
 use crate::store::slots::slot;
 
@@ -28,7 +29,14 @@ pub(super) fn scripts() -> [&'static Script; 3] {
 }
 
 /// URLs purged per script call: each call stays short, whatever the tag's size.
-const BATCH: usize = 256;
+const BATCH: usize = 64;
+/// URLs of one tag purge in flight at once: calls queue on the cache's
+/// connection ahead of its lookups, so the work ahead of a lookup stays
+/// bounded (a few ms), whatever the tag's size.
+const URLS_IN_FLIGHT: usize = 512;
+/// Calls of one tag purge in flight at once, at most (on a cluster, most
+/// calls hold the URLs of one slot, often one or two).
+const CALLS_IN_FLIGHT: usize = 32;
 
 impl RedisHome {
     fn tag_base(&self, tag: &str) -> String {
@@ -56,59 +64,73 @@ impl RedisHome {
         })
     }
 
-    /// Purges (or marks stale) `urls`, grouped by cluster slot, `BATCH` per call.
+    /// Purges (or marks stale) `urls`, `BATCH` per call (on a cluster, the
+    /// URLs of one hash slot per call), about `URLS_IN_FLIGHT` at a time.
     pub(super) fn purge_urls(
         &self,
-        urls: &[String],
+        urls: &[Arc<str>],
         soft: bool,
-    ) -> BoxFuture<'static, Result<u64, StoreError>> {
-        let mut by_slot: BTreeMap<u16, Vec<&String>> = BTreeMap::new();
+    ) -> BoxFuture<'static, Result<u64, Unpurged>> {
+        let cluster = self.lane.is_cluster();
+        let mut groups: BTreeMap<u16, Vec<Arc<str>>> = BTreeMap::new();
         for url in urls {
-            let base = self.base(url);
-            by_slot
-                .entry(slot::of(base.as_bytes()))
-                .or_default()
-                .push(url);
+            let slot = if cluster {
+                slot::of(self.base(url).as_bytes())
+            } else {
+                0
+            };
+            groups.entry(slot).or_default().push(url.clone());
         }
         let mut calls = Vec::new();
-        for urls in by_slot.values() {
+        for urls in groups.values() {
             for chunk in urls.chunks(BATCH) {
                 let mut inv = PURGE_URLS.prepare_invoke();
                 inv.arg(if soft { "1" } else { "0" })
                     .arg(&self.channel)
                     .arg(FILL_MAX_MS);
                 for url in chunk {
-                    let base = self.base(url);
-                    inv.key(format!("{base}i")).key(format!("{base}g"));
-                    inv.arg(base).arg(url.as_str());
+                    inv.key(format!("{}i", self.base(url))).arg(&**url);
                 }
-                calls.push(self.run::<i64>(self.base(chunk[0]), inv));
+                let (call, chunk) = (self.run::<i64>(self.base(&chunk[0]), inv), chunk.to_vec());
+                calls.push(async move { (call.await, chunk) });
             }
         }
+        let in_flight =
+            (URLS_IN_FLIGHT * calls.len() / urls.len().max(1)).clamp(1, CALLS_IN_FLIGHT);
         Box::pin(async move {
-            let mut n = 0;
-            for call in calls {
-                n += call.await?.max(0) as u64;
+            let mut results = futures_util::stream::iter(calls).buffer_unordered(in_flight);
+            let (mut n, mut failed) = (0, None::<Unpurged>);
+            while let Some((result, urls)) = results.next().await {
+                match (result, &mut failed) {
+                    (Ok(k), _) => n += k.max(0) as u64,
+                    (Err(_), Some(f)) => f.urls.extend(urls),
+                    (Err(error), None) => failed = Some(Unpurged { error, urls }),
+                }
             }
-            Ok(n)
+            failed.map_or(Ok(n), Err)
         })
     }
 
-    pub(super) fn purge_tagged(
+    /// Purges (or marks stale) one URL.
+    pub(super) fn purge_one(
         &self,
-        tag: &str,
+        url: &str,
         soft: bool,
     ) -> BoxFuture<'static, Result<u64, StoreError>> {
+        let call = self.purge_urls(&[url.into()], soft);
+        Box::pin(async move { call.await.map_err(|u| u.error) })
+    }
+
+    /// Starts the purge of a tag: its URLs, read from the tag's slot.
+    pub(super) fn tagged_urls(
+        &self,
+        tag: &str,
+    ) -> BoxFuture<'static, Result<Vec<Arc<str>>, StoreError>> {
         let base = self.tag_base(tag);
         let mut inv = PURGE_TAG.prepare_invoke();
         inv.key(format!("{base}m")).key(format!("{base}p"));
-        inv.arg(if soft { "1" } else { "0" }).arg(FILL_MAX_MS);
+        inv.arg(FILL_MAX_MS);
         let read = self.run::<Vec<String>>(base, inv);
-        let home = self.clone();
-        Box::pin(async move {
-            let urls = read.await?;
-            home.purge_urls(&urls, soft).await?;
-            Ok(urls.len() as u64)
-        })
+        Box::pin(async move { Ok(read.await?.into_iter().map(Arc::from).collect()) })
     }
 }
