@@ -4,8 +4,8 @@
 //! per batch of URLs of one hash slot) and the time per batch.
 //!
 //! ```text
-//! cargo bench --bench purge_tag              # 10 000 entries, 3 runs per store
-//! cargo bench --bench purge_tag -- --smoke   # 500 entries, one run
+//! cargo bench --features cluster --bench purge_tag              # 10 000 entries, 3 runs per store
+//! cargo bench --features cluster --bench purge_tag -- --smoke   # 500 entries, one run
 //! ```
 
 #[path = "../tests/support/server.rs"]

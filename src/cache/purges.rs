@@ -159,23 +159,39 @@ fn schedule(shared: &Arc<Shared>, purge: Pending) {
     }
 }
 
-/// Retries every pending purge with back-off (50 ms to 2 s) until none is left.
+/// Longest pause between two rounds of retries: about the breaker's probe
+/// interval, so that once Redis is back the purges land within a few
+/// hundred milliseconds (while other instances may still serve the stale
+/// entries) rather than after a long back-off.
+const MAX_BACKOFF: Duration = Duration::from_millis(250);
+/// Failures in a row that end a round early: Redis is most likely still
+/// away, and each of the rest would fail the same way (rounds start where
+/// the last one stopped, so every purge gets its turn).
+const FAILURES_PER_ROUND: usize = 4;
+
+/// Retries every pending purge with back-off (50 ms to [`MAX_BACKOFF`])
+/// until none is left.
 async fn retry_loop(shared: Arc<Shared>) {
     let r = &shared.retries;
     let mut backoff = Duration::from_millis(50);
+    let mut offset = 0usize;
     loop {
         tokio::time::sleep(backoff).await;
-        let due: Vec<(Pending, u64)> = lock(&r.pending)
+        let mut due: Vec<(Pending, u64)> = lock(&r.pending)
             .iter()
             .map(|(p, t)| (p.clone(), *t))
             .collect();
         let now = shared.now_ms();
         let mut landed = false;
+        let mut failed_in_a_row = 0;
+        let len = due.len().max(1);
+        due.rotate_left(offset % len);
         for (purge, until) in due {
             if now > until {
                 r.settle(&purge);
                 continue;
             }
+            offset += 1;
             let done = match &purge {
                 Pending::Url { url, soft: false } => shared.purge(url).await.is_ok(),
                 Pending::Url { url, soft: true } => shared.soft_purge(url).await.is_ok(),
@@ -188,12 +204,18 @@ async fn retry_loop(shared: Arc<Shared>) {
                 tracing::info!("response cache: a purge that had failed landed");
                 r.settle(&purge);
                 landed = true;
+                failed_in_a_row = 0;
+            } else {
+                failed_in_a_row += 1;
+                if failed_in_a_row == FAILURES_PER_ROUND {
+                    break;
+                }
             }
         }
         backoff = if landed {
             Duration::from_millis(50)
         } else {
-            (backoff * 2).min(Duration::from_secs(2))
+            (backoff * 2).min(MAX_BACKOFF)
         };
         if r.count.load(Ordering::Acquire) == 0 {
             r.running.store(false, Ordering::Release);
