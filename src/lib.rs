@@ -136,6 +136,7 @@ mod macros;
 pub mod bench;
 mod body;
 pub mod cache;
+mod decimal;
 mod error;
 #[cfg(feature = "__hooks")]
 #[doc(hidden)]

@@ -34,21 +34,7 @@ fn hit_status(name: &str, params: &str, ttl: i64) -> HeaderValue {
     v.extend_from_slice(b"; ");
     v.extend_from_slice(params.as_bytes());
     v.extend_from_slice(b"; ttl=");
-    if ttl < 0 {
-        v.push(b'-');
-    }
-    let mut digits = [0u8; 20];
-    let mut n = ttl.unsigned_abs();
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    v.extend_from_slice(&digits[i..]);
+    crate::decimal::push_i64(&mut v, ttl);
     HeaderValue::from_maybe_shared(Bytes::from(v))
         .unwrap_or_else(|_| HeaderValue::from_static("cache"))
 }

@@ -54,18 +54,19 @@ pub(crate) fn render_names(meta: &[PolicyMeta]) -> Vec<String> {
 /// `"name";r=remaining;t=reset` for each policy: a list of sf-strings with
 /// two integer parameters (RFC 9651 §4.1.1, §4.1.4).
 fn render_state(names: &[String], d: &RateLimitDecision) -> Option<HeaderValue> {
-    use std::fmt::Write as _;
-    let mut out = String::with_capacity(32 * d.policies.len());
+    let mut out = Vec::with_capacity(32 * d.policies.len());
     for (p, item) in d.policies.iter().zip(names) {
         if !out.is_empty() {
-            out.push_str(", ");
+            out.extend_from_slice(b", ");
         }
-        out.push_str(item);
-        let r = i64::from(int(p.remaining));
-        let t = i64::from(int(ceil_secs(p.reset)));
-        let _ = write!(out, ";r={r};t={t}");
+        out.extend_from_slice(item.as_bytes());
+        // Both fit an sf-integer (`int` caps at its maximum).
+        out.extend_from_slice(b";r=");
+        crate::decimal::push_i64(&mut out, i64::from(int(p.remaining)));
+        out.extend_from_slice(b";t=");
+        crate::decimal::push_i64(&mut out, i64::from(int(ceil_secs(p.reset))));
     }
-    HeaderValue::try_from(out).ok()
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).ok()
 }
 
 /// Which fields a layer writes.
