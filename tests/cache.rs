@@ -507,7 +507,7 @@ conformance! {
         assert_eq!(body.len(), 4 + 63 * 4096);
     }
 
-    async fn vary_values_are_normalised_only_for_accept_headers(store) {
+    async fn vary_values_are_case_folded_only_for_accept_headers(store) {
         let origin = Origin::new(|req, n| {
             let t = req.headers().get("x-tenant").map_or("-", |v| v.to_str().unwrap()).to_owned();
             res(&[("cache-control", "max-age=60"), ("vary", "x-tenant")], &format!("{t}-{n}"))
@@ -2620,5 +2620,32 @@ conformance! {
         send(&svc, range("bytes=3-5")).await;
         assert!(send(&svc, range("bytes=4-5")).await.cache_status().contains("hit"));
         assert!(!send(&svc, range("bytes=0-1")).await.cache_status().contains("hit"));
+    }
+}
+
+conformance! {
+    async fn rfc9111_4_1_selecting_values_match_across_combined_lines_and_list_whitespace(store) {
+        let origin = Origin::new(|req, n| {
+            let foo: Vec<&str> = req.headers().get_all("foo").iter().map(|v| v.to_str().unwrap()).collect();
+            res(&[("cache-control", "max-age=60"), ("vary", "Foo")], &format!("{}|{n}", foo.join(";")))
+        });
+        let svc = cached(builder(store).build().unwrap(), &origin);
+        let foo = |values: &[&'static str]| {
+            let pairs: Vec<(&str, &str)> = values.iter().map(|v| ("foo", *v)).collect();
+            with(Method::GET, "/v41", &pairs)
+        };
+        assert_eq!(send(&svc, foo(&["1, 2"])).await.body, "1, 2|1");
+        // Two field lines combine into the same list (RFC 9110 §5.3) ...
+        assert_eq!(send(&svc, foo(&["1", "2"])).await.body, "1, 2|1");
+        // ... and the optional whitespace around its commas is not part of it.
+        assert_eq!(send(&svc, foo(&[" 1,2 "])).await.body, "1, 2|1");
+        assert_eq!(send(&svc, foo(&["1 ,\t2"])).await.body, "1, 2|1");
+        assert_eq!(origin.calls(), 1);
+        // Other differences still select another variant: other whitespace,
+        // quoted strings, absence (case: vary_values_are_case_folded_only_for_accept_headers).
+        for (i, other) in [&["1, 2, 3"][..], &["1 2"], &["\"1, 2\""], &[]].into_iter().enumerate() {
+            let got = send(&svc, foo(other)).await;
+            assert!(got.body.ends_with(format!("|{}", i + 2).as_bytes()), "{other:?}: {:?}", got.body);
+        }
     }
 }

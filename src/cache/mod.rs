@@ -143,7 +143,9 @@
 //! (optionally sorted, parameters dropped by name), and the request's
 //! values of the configured key headers and of the headers the response
 //! `Vary`s on — `Accept-*` values normalised (case, spaces, line breaks),
-//! every other value byte for byte; at most
+//! `User-Agent` byte for byte, every other value with its lines combined
+//! and the spaces around its commas (outside quoted strings) dropped, case
+//! kept (RFC 9111 §4.1); at most
 //! [`max_variants`](ResponseCacheLayerBuilder::max_variants) variants per
 //! URL. URLs and values are hashed before they reach a store key. On Redis:
 //! `{prefix}:cache:{<url digest>}:i` (index: the Vary spec and each
