@@ -1656,7 +1656,7 @@ conformance! {
         }
     }
 
-    async fn rfc9110_5_6_7_expires_in_every_date_format_and_invalid_ones_in_the_past(store) {
+    async fn rfc9110_5_6_7_expires_in_every_date_format_in_any_case_and_invalid_ones_in_the_past(store) {
         let future = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(3600));
         // The same instant as RFC 850 and asctime dates.
         let t: httpdate::HttpDate = future.parse().unwrap();
@@ -1674,8 +1674,14 @@ conformance! {
             let origin = answering(200, fields(&[("expires", expires)]));
             assert!(reused(store.clone(), &format!("x{i}"), &origin).await, "{expires}");
         }
+        // Names and GMT in another case are read as the Internet Message
+        // Format writes them (the robustness RFC 9110 §5.6.7 encourages) ...
         let upper = imf.to_uppercase();
-        for (i, expires) in ["0", "never", upper.as_str()].into_iter().enumerate() {
+        let origin = answering(200, fields(&[("expires", &upper)]));
+        assert!(reused(store.clone(), "upper", &origin).await, "{upper}");
+        // ... another zone is not GMT.
+        let utc = imf.replace(" GMT", " UTC");
+        for (i, expires) in ["0", "never", utc.as_str()].into_iter().enumerate() {
             let origin = answering(200, fields(&[("expires", expires)]));
             assert!(!reused(store.clone(), &format!("bad{i}"), &origin).await, "{expires}: in the past");
         }

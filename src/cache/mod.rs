@@ -97,8 +97,9 @@
 //! invalid delta-seconds is 0 (stale), one past 2^31 is 2^31; conflicting
 //! directives honour the most restrictive (§4.2.1). `Expires` is read in
 //! the three HTTP-date formats (RFC 9110 §5.6.7; a two-digit year more
-//! than 50 years ahead is in the past century), anything else is a time in
-//! the past (§5.3). An `Age` that is a list keeps its first member, an
+//! than 50 years ahead is in the past century; day, month and `GMT` in any
+//! case, as RFC 5322 writes them), anything else is a time in the past
+//! (§5.3). An `Age` that is a list keeps its first member, an
 //! invalid one is ignored (§5.1); the age on arrival also counts how long
 //! ago the response's `Date` was (§4.2.3). `Vary: *` is never stored.
 //!
