@@ -2655,3 +2655,20 @@ conformance! {
         }
     }
 }
+
+conformance! {
+    async fn rfc9110_14_4_a_part_whose_length_contradicts_its_range_is_passed_on_unstored(store) {
+        // Content-Range names six bytes, the body (v<n>) has two.
+        let origin = answering(
+            206,
+            fields(&[("cache-control", "max-age=60"), ("content-range", "bytes 4-9/10"), ("content-length", "2")]),
+        );
+        let svc = cached(builder(store).build().unwrap(), &origin);
+        let range = || with(Method::GET, "/bad-part", &[("range", "bytes=4-9")]);
+        for n in 1..=2 {
+            let got = send(&svc, range()).await;
+            assert_eq!(got.body, format!("v{n}"));
+            assert!(got.cache_status().contains("detail=partial"), "{}", got.cache_status());
+        }
+    }
+}
