@@ -2672,3 +2672,50 @@ conformance! {
         }
     }
 }
+
+conformance! {
+    async fn rfc9110_9_3_3_a_post_response_naming_its_own_uri_answers_later_gets(store) {
+        // A POST is answered with the Content-Location and Cache-Control it
+        // asks for (x-cl, x-cc); a GET with "get<n>", fresh for a minute.
+        let origin = Origin::new(|req, n| {
+            if req.method() != Method::POST {
+                return res(&[("cache-control", "max-age=60")], &format!("get{n}"));
+            }
+            let field = |name: &str| req.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+            let mut fields = vec![];
+            let (cl, cc) = (field("x-cl"), field("x-cc"));
+            if let Some(cl) = &cl {
+                fields.push(("content-location", cl.as_str()));
+            }
+            if let Some(cc) = &cc {
+                fields.push(("cache-control", cc.as_str()));
+            }
+            res(&fields, &format!("post{n}"))
+        });
+        let svc = cached(builder(store).build().unwrap(), &origin);
+        let post = |path: &str, extra: &[(&'static str, &'static str)]| with(Method::POST, path, extra);
+        // Naming its own URI with explicit freshness: the GET that follows is a hit.
+        let p = send(&svc, post("/p1", &[("x-cl", "/p1"), ("x-cc", "max-age=60")])).await;
+        assert_eq!(p.body, "post1");
+        assert!(p.cache_status().contains("stored"), "{}", p.cache_status());
+        let g = send(&svc, get("/p1")).await;
+        assert_eq!(g.body, "post1");
+        assert!(g.cache_status().contains("hit"), "{}", g.cache_status());
+        assert_eq!(origin.calls(), 1);
+        // Otherwise the POST only invalidates: another URI, no explicit
+        // freshness, a request the cache would not store for a GET.
+        let cases: [(&str, &[(&'static str, &'static str)]); 3] = [
+            ("/p2", &[("x-cl", "/elsewhere"), ("x-cc", "max-age=60")]),
+            ("/p3", &[("x-cl", "/p3")]),
+            ("/p4", &[("x-cl", "/p4"), ("x-cc", "max-age=60"), ("authorization", "Bearer x")]),
+        ];
+        for (path, fields) in cases {
+            send(&svc, get(path)).await;
+            let before = origin.calls();
+            send(&svc, post(path, fields)).await;
+            let g = send(&svc, get(path)).await;
+            assert!(g.body.starts_with(b"get"), "{path}: {:?}", g.body);
+            assert_eq!(origin.calls(), before + 2, "{path}: the POST invalidated the GET");
+        }
+    }
+}

@@ -225,6 +225,11 @@
 //! instance, since entries live in the store. [`CacheHandle`] invalidates by
 //! URI or by application key.
 //!
+//! A `POST` response with explicit freshness and a `Content-Location`
+//! naming the `POST`'s own URI (RFC 9110 §9.3.3) then becomes the stored
+//! response to `GET`s of that URI, when a `GET` with the `POST`'s fields
+//! could have stored it and no other fill holds the URI's lock.
+//!
 //! Tags (surrogate keys): a response names its tags in `Surrogate-Key`
 //! (space- or comma-separated; [`tag_header`](ResponseCacheLayerBuilder::tag_header)
 //! to read `Cache-Tag` or another; removed before clients see it unless
@@ -352,6 +357,7 @@ mod look;
 mod origin;
 mod partial;
 mod policy;
+mod post;
 mod purges;
 mod range;
 mod refresh;
