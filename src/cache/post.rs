@@ -82,7 +82,16 @@ impl Post {
                 lock: Some((token, shared.cfg.lock_ttl.as_millis() as u64)),
                 force: true,
             };
-            let found = shared.home.lookup(&q).await.ok()?;
+            let found = match shared.home.lookup(&q).await {
+                Ok(found) => found,
+                Err(e) => {
+                    // Redis may still take the lock for us: give it back.
+                    if e.is_timeout() {
+                        shared.spawn_release(&slot, token, 0);
+                    }
+                    return None;
+                }
+            };
             let acquired = found.lock == LockState::Acquired;
             if !learn(&shared, &slot, &found) {
                 if acquired {
