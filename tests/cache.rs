@@ -507,7 +507,7 @@ conformance! {
         assert_eq!(body.len(), 4 + 63 * 4096);
     }
 
-    async fn vary_values_are_normalised_only_for_accept_headers(store) {
+    async fn vary_values_are_case_folded_only_for_accept_headers(store) {
         let origin = Origin::new(|req, n| {
             let t = req.headers().get("x-tenant").map_or("-", |v| v.to_str().unwrap()).to_owned();
             res(&[("cache-control", "max-age=60"), ("vary", "x-tenant")], &format!("{t}-{n}"))
@@ -1818,7 +1818,7 @@ conformance! {
         }
     }
 
-    async fn rfc9110_5_6_7_expires_in_every_date_format_and_invalid_ones_in_the_past(store) {
+    async fn rfc9110_5_6_7_expires_in_every_date_format_in_any_case_and_invalid_ones_in_the_past(store) {
         let future = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(3600));
         // The same instant as RFC 850 and asctime dates.
         let t: httpdate::HttpDate = future.parse().unwrap();
@@ -1836,8 +1836,14 @@ conformance! {
             let origin = answering(200, fields(&[("expires", expires)]));
             assert!(reused(store.clone(), &format!("x{i}"), &origin).await, "{expires}");
         }
+        // Names and GMT in another case are read as the Internet Message
+        // Format writes them (the robustness RFC 9110 §5.6.7 encourages) ...
         let upper = imf.to_uppercase();
-        for (i, expires) in ["0", "never", upper.as_str()].into_iter().enumerate() {
+        let origin = answering(200, fields(&[("expires", &upper)]));
+        assert!(reused(store.clone(), "upper", &origin).await, "{upper}");
+        // ... another zone is not GMT.
+        let utc = imf.replace(" GMT", " UTC");
+        for (i, expires) in ["0", "never", utc.as_str()].into_iter().enumerate() {
             let origin = answering(200, fields(&[("expires", expires)]));
             assert!(!reused(store.clone(), &format!("bad{i}"), &origin).await, "{expires}: in the past");
         }
@@ -2830,5 +2836,96 @@ conformance! {
         send(&svc, range("bytes=3-5")).await;
         assert!(send(&svc, range("bytes=4-5")).await.cache_status().contains("hit"));
         assert!(!send(&svc, range("bytes=0-1")).await.cache_status().contains("hit"));
+    }
+}
+
+conformance! {
+    async fn rfc9111_4_1_selecting_values_match_across_combined_lines_and_list_whitespace(store) {
+        let origin = Origin::new(|req, n| {
+            let foo: Vec<&str> = req.headers().get_all("foo").iter().map(|v| v.to_str().unwrap()).collect();
+            res(&[("cache-control", "max-age=60"), ("vary", "Foo")], &format!("{}|{n}", foo.join(";")))
+        });
+        let svc = cached(builder(store).build().unwrap(), &origin);
+        let foo = |values: &[&'static str]| {
+            let pairs: Vec<(&str, &str)> = values.iter().map(|v| ("foo", *v)).collect();
+            with(Method::GET, "/v41", &pairs)
+        };
+        assert_eq!(send(&svc, foo(&["1, 2"])).await.body, "1, 2|1");
+        // Two field lines combine into the same list (RFC 9110 §5.3) ...
+        assert_eq!(send(&svc, foo(&["1", "2"])).await.body, "1, 2|1");
+        // ... and the optional whitespace around its commas is not part of it.
+        assert_eq!(send(&svc, foo(&[" 1,2 "])).await.body, "1, 2|1");
+        assert_eq!(send(&svc, foo(&["1 ,\t2"])).await.body, "1, 2|1");
+        assert_eq!(origin.calls(), 1);
+        // Other differences still select another variant: other whitespace,
+        // quoted strings, absence (case: vary_values_are_case_folded_only_for_accept_headers).
+        for (i, other) in [&["1, 2, 3"][..], &["1 2"], &["\"1, 2\""], &[]].into_iter().enumerate() {
+            let got = send(&svc, foo(other)).await;
+            assert!(got.body.ends_with(format!("|{}", i + 2).as_bytes()), "{other:?}: {:?}", got.body);
+        }
+    }
+}
+
+conformance! {
+    async fn rfc9110_14_4_a_part_whose_length_contradicts_its_range_is_passed_on_unstored(store) {
+        // Content-Range names six bytes, the body (v<n>) has two.
+        let origin = answering(
+            206,
+            fields(&[("cache-control", "max-age=60"), ("content-range", "bytes 4-9/10"), ("content-length", "2")]),
+        );
+        let svc = cached(builder(store).build().unwrap(), &origin);
+        let range = || with(Method::GET, "/bad-part", &[("range", "bytes=4-9")]);
+        for n in 1..=2 {
+            let got = send(&svc, range()).await;
+            assert_eq!(got.body, format!("v{n}"));
+            assert!(got.cache_status().contains("detail=partial"), "{}", got.cache_status());
+        }
+    }
+}
+
+conformance! {
+    async fn rfc9110_9_3_3_a_post_response_naming_its_own_uri_answers_later_gets(store) {
+        // A POST is answered with the Content-Location and Cache-Control it
+        // asks for (x-cl, x-cc); a GET with "get<n>", fresh for a minute.
+        let origin = Origin::new(|req, n| {
+            if req.method() != Method::POST {
+                return res(&[("cache-control", "max-age=60")], &format!("get{n}"));
+            }
+            let field = |name: &str| req.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+            let mut fields = vec![];
+            let (cl, cc) = (field("x-cl"), field("x-cc"));
+            if let Some(cl) = &cl {
+                fields.push(("content-location", cl.as_str()));
+            }
+            if let Some(cc) = &cc {
+                fields.push(("cache-control", cc.as_str()));
+            }
+            res(&fields, &format!("post{n}"))
+        });
+        let svc = cached(builder(store).build().unwrap(), &origin);
+        let post = |path: &str, extra: &[(&'static str, &'static str)]| with(Method::POST, path, extra);
+        // Naming its own URI with explicit freshness: the GET that follows is a hit.
+        let p = send(&svc, post("/p1", &[("x-cl", "/p1"), ("x-cc", "max-age=60")])).await;
+        assert_eq!(p.body, "post1");
+        assert!(p.cache_status().contains("stored"), "{}", p.cache_status());
+        let g = send(&svc, get("/p1")).await;
+        assert_eq!(g.body, "post1");
+        assert!(g.cache_status().contains("hit"), "{}", g.cache_status());
+        assert_eq!(origin.calls(), 1);
+        // Otherwise the POST only invalidates: another URI, no explicit
+        // freshness, a request the cache would not store for a GET.
+        let cases: [(&str, &[(&'static str, &'static str)]); 3] = [
+            ("/p2", &[("x-cl", "/elsewhere"), ("x-cc", "max-age=60")]),
+            ("/p3", &[("x-cl", "/p3")]),
+            ("/p4", &[("x-cl", "/p4"), ("x-cc", "max-age=60"), ("authorization", "Bearer x")]),
+        ];
+        for (path, fields) in cases {
+            send(&svc, get(path)).await;
+            let before = origin.calls();
+            send(&svc, post(path, fields)).await;
+            let g = send(&svc, get(path)).await;
+            assert!(g.body.starts_with(b"get"), "{path}: {:?}", g.body);
+            assert_eq!(origin.calls(), before + 2, "{path}: the POST invalidated the GET");
+        }
     }
 }

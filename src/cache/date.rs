@@ -1,8 +1,10 @@
 //! HTTP dates (RFC 9110 §5.6.7): the three formats a recipient must accept
-//! — IMF-fixdate, RFC 850 and asctime — parsed by their grammar:
-//! case-sensitive, `GMT` only, fixed field widths. Anything else is
-//! invalid; callers read an invalid `Expires` as a time in the past (RFC
-//! 9111 §5.3) and ignore an invalid `Date` or `Last-Modified`.
+//! — IMF-fixdate, RFC 850 and asctime — parsed by their grammar: `GMT`
+//! only, fixed field widths. Day and month names and `GMT` are matched in
+//! any case, as the Internet Message Format writes them (RFC 5322 §3.3),
+//! the robustness §5.6.7 encourages. Anything else is invalid; callers
+//! read an invalid `Expires` as a time in the past (RFC 9111 §5.3) and
+//! ignore an invalid `Date` or `Last-Modified`.
 
 const DAYS: [&[u8]; 7] = [b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat", b"Sun"];
 const LONG_DAYS: [&[u8]; 7] = [
@@ -42,7 +44,15 @@ fn digits(s: &[u8]) -> Option<u64> {
 }
 
 fn month(s: &[u8]) -> Option<u64> {
-    MONTHS.iter().position(|m| *m == s).map(|i| i as u64 + 1)
+    MONTHS
+        .iter()
+        .position(|m| m.eq_ignore_ascii_case(s))
+        .map(|i| i as u64 + 1)
+}
+
+/// Whether `s` is one of `names`, in any case.
+fn named(names: &[&[u8]], s: &[u8]) -> bool {
+    names.iter().any(|n| n.eq_ignore_ascii_case(s))
 }
 
 /// `HH:MM:SS` as seconds of the day.
@@ -59,7 +69,7 @@ fn imf_fixdate(s: &[u8]) -> Option<u64> {
     if s.len() != 29 || s[3..5] != *b", " || s[7] != b' ' || s[11] != b' ' || s[16] != b' ' {
         return None;
     }
-    if !DAYS.contains(&&s[..3]) || s[25..] != *b" GMT" {
+    if !named(&DAYS, &s[..3]) || !s[25..].eq_ignore_ascii_case(b" GMT") {
         return None;
     }
     let day = digits(&s[5..7])?;
@@ -70,11 +80,14 @@ fn imf_fixdate(s: &[u8]) -> Option<u64> {
 /// `Sunday, 06-Nov-94 08:49:37 GMT`
 fn rfc850(s: &[u8], now_s: u64) -> Option<u64> {
     let comma = s.iter().position(|b| *b == b',')?;
-    if !LONG_DAYS.contains(&&s[..comma]) {
+    if !named(&LONG_DAYS, &s[..comma]) {
         return None;
     }
     let s = s[comma..].strip_prefix(b", ")?;
-    if s.len() != 22 || s[2] != b'-' || s[6] != b'-' || s[9] != b' ' || s[18..] != *b" GMT" {
+    if s.len() != 22 || s[2] != b'-' || s[6] != b'-' || s[9] != b' ' {
+        return None;
+    }
+    if !s[18..].eq_ignore_ascii_case(b" GMT") {
         return None;
     }
     let yy = digits(&s[7..9])?;
@@ -91,7 +104,7 @@ fn asctime(s: &[u8]) -> Option<u64> {
     if s.len() != 24 || s[3] != b' ' || s[7] != b' ' || s[10] != b' ' || s[19] != b' ' {
         return None;
     }
-    if !DAYS.contains(&&s[..3]) {
+    if !named(&DAYS, &s[..3]) {
         return None;
     }
     let day = match s[8] {
@@ -176,14 +189,26 @@ mod tests {
     }
 
     #[test]
+    fn rfc9110_5_6_7_names_and_gmt_are_read_in_any_case() {
+        let t = p("Thu, 18 Aug 2050 02:01:18 GMT");
+        assert!(t.is_some());
+        for odd in [
+            "THU, 18 Aug 2050 02:01:18 GMT",
+            "Thu, 18 AUG 2050 02:01:18 GMT",
+            "Thu, 18 Aug 2050 02:01:18 gMT",
+            "thursday, 18-aug-50 02:01:18 gmt",
+            "THU AUG 18 02:01:18 2050",
+        ] {
+            assert_eq!(p(odd), t, "{odd:?}");
+        }
+    }
+
+    #[test]
     fn anything_else_is_invalid() {
         for bad in [
             "0",
             "",
             "-1",
-            "THU, 18 Aug 2050 02:01:18 GMT",
-            "Thu, 18 AUG 2050 02:01:18 GMT",
-            "Thu, 18 Aug 2050 02:01:18 gMT",
             "Thu, 18 Aug 2050 02:01:18 UTC",
             "Thu, 18 Aug 50 02:01:18 GMT",
             "Thu 18 Aug 2050 02:01:18 GMT",

@@ -21,6 +21,7 @@ use super::fill::FillCtx;
 use super::invalidate::Targets;
 use super::leader::Leader;
 use super::origin::{on_origin, serve_stale_on_error, Answer, Failed};
+use super::post::Post;
 use super::purges::Invalidated;
 use super::refresh::spawn_refresh;
 use super::resolve::Resolution;
@@ -62,7 +63,12 @@ pin_project! {
         },
         Invalidating {
             fut: BoxFuture<'static, Invalidated>,
-            res: Option<(S::Response, Arc<Shared>)>,
+            res: Option<(S::Response, Arc<Shared>, Option<Post>)>,
+        },
+        // A `POST` response taking its URI's fill lock, to be stored.
+        Adopting {
+            fut: BoxFuture<'static, Option<(Leader, FillCtx)>>,
+            res: Option<S::Response>,
         },
         Ready {
             res: Option<Response<Bytes>>,
@@ -95,6 +101,7 @@ where
             State::Calling { .. } => "calling",
             State::Capturing { .. } => "capturing",
             State::Invalidating { .. } => "invalidating",
+            State::Adopting { .. } => "adopting",
             State::Ready { .. } => "ready",
         };
         f.debug_struct("ResponseFuture")
@@ -256,15 +263,16 @@ where
                             }
                             return Poll::Ready(Ok(res));
                         }
-                        (After::Invalidate(shared, targets), Ok(res)) => {
+                        (After::Invalidate(shared, mut targets), Ok(res)) => {
                             let s = res.status();
                             if !(s.is_success() || s.is_redirection()) {
                                 return Poll::Ready(Ok(res.map(crate::ResponseBody::inner)));
                             }
+                            let post = targets.adopting(&shared, s, res.headers());
                             let fut = targets.purge(&shared, res.headers());
                             State::Invalidating {
                                 fut,
-                                res: Some((res, shared)),
+                                res: Some((res, shared, post)),
                             }
                         }
                     }
@@ -277,10 +285,31 @@ where
                 }
                 StateProj::Invalidating { fut, res } => {
                     let invalidated = ready!(fut.as_mut().poll(cx));
-                    let (res, shared) = res.take().expect(DONE);
-                    let mut res = res.map(crate::ResponseBody::inner);
-                    invalidated.mark(&shared.cfg.name, res.headers_mut());
-                    return Poll::Ready(Ok(res));
+                    match res.take().expect(DONE) {
+                        // Stored only over what the purge dropped.
+                        (res, shared, Some(post)) if invalidated.landed => State::Adopting {
+                            fut: Box::pin(post.lease(shared)),
+                            res: Some(res),
+                        },
+                        (res, shared, _) => {
+                            let mut res = res.map(crate::ResponseBody::inner);
+                            invalidated.mark(&shared.cfg.name, res.headers_mut());
+                            return Poll::Ready(Ok(res));
+                        }
+                    }
+                }
+                StateProj::Adopting { fut, res } => {
+                    let lease = ready!(fut.as_mut().poll(cx));
+                    let res = res.take().expect(DONE);
+                    let Some((leader, ctx)) = lease else {
+                        return Poll::Ready(Ok(res.map(crate::ResponseBody::inner)));
+                    };
+                    match on_origin(leader, res, ctx) {
+                        Answer::Done(res) => return Poll::Ready(Ok(res)),
+                        Answer::Capture(c, parts, body) => State::Capturing {
+                            capture: Some((c, parts, Box::pin(body))),
+                        },
+                    }
                 }
                 StateProj::Ready { res } => {
                     let res = res.take().expect(DONE);

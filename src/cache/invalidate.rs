@@ -9,6 +9,7 @@ use http::header::{CONTENT_LOCATION, HOST, LOCATION};
 use http::{HeaderMap, HeaderValue, Request, Uri};
 
 use super::key::authority;
+use super::post::Post;
 use super::purges::{purge_urls, Invalidated};
 use super::response::{cache_status, CACHE_STATUS};
 use super::shared::Shared;
@@ -21,6 +22,8 @@ pub(crate) struct Targets {
     host: Vec<u8>,
     /// The request's fields as far as keys read them (`Host`).
     fields: HeaderMap,
+    /// A `POST` whose response may become the stored `GET` response.
+    post: Option<Post>,
 }
 
 impl Targets {
@@ -33,7 +36,24 @@ impl Targets {
             url: shared.cfg.key.url(req.uri(), req.headers()),
             host: authority(req.uri(), req.headers()),
             fields,
+            post: Post::of(shared, req),
         }
+    }
+
+    /// The `POST` whose response `res` is to be stored as its URI's `GET`
+    /// response once the purge lands (RFC 9110 §9.3.3), if it is one.
+    pub(crate) fn adopting(
+        &mut self,
+        shared: &Shared,
+        status: http::StatusCode,
+        res: &HeaderMap,
+    ) -> Option<Post> {
+        let location = res
+            .get(CONTENT_LOCATION)
+            .and_then(|v| self.same_origin(shared, v));
+        self.post
+            .take()
+            .filter(|p| p.adopts(shared, status, res, location))
     }
 
     /// The URL digest of a `Location`-like value on the same origin.

@@ -158,16 +158,61 @@ pub(crate) fn slot(url: Arc<str>, spec: Arc<str>, request: &HeaderMap) -> Slot {
     Slot { url, spec, variant }
 }
 
-/// Headers whose values are case-insensitive lists (`Accept-*`): their
-/// values are normalised before keying; every other value is keyed byte
-/// for byte, since case or spacing may matter to the origin.
-fn normalised(name: &str) -> bool {
-    name == "accept" || name.starts_with("accept-")
+/// How a selecting header's request value is normalised before keying
+/// (RFC 9111 §4.1: two values match when one can be turned into the other
+/// by combining field lines, adding or removing whitespace where the
+/// field's syntax allows it, or a normalisation known to keep its meaning).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Norm {
+    /// `Accept-*`: case-insensitive lists; items trimmed, inner whitespace
+    /// collapsed, lowercase.
+    Accept,
+    /// Free text where every byte may matter (`User-Agent`): as it is, line
+    /// by line.
+    Exact,
+    /// Any other field: lines combined with `,` (RFC 9110 §5.3), each
+    /// trimmed, the optional whitespace around commas outside quoted
+    /// strings removed (the list syntax of RFC 9110 §5.6.1). Case kept.
+    List,
 }
 
-/// Digest of the request values of the headers in `spec`. `Accept-*`
-/// values are normalised (lines joined by `,`, items trimmed, inner
-/// whitespace collapsed, lowercase); others are taken as they are, line by line.
+fn norm(name: &str) -> Norm {
+    if name == "accept" || name.starts_with("accept-") {
+        Norm::Accept
+    } else if name == "user-agent" {
+        Norm::Exact
+    } else {
+        Norm::List
+    }
+}
+
+/// Appends `line` trimmed, without the whitespace around its commas outside
+/// quoted strings.
+fn squeeze_commas(line: &[u8], out: &mut Vec<u8>) {
+    let (mut quoted, mut escaped, mut after_comma) = (false, false, false);
+    for &b in line.trim_ascii() {
+        if quoted {
+            quoted = escaped || b != b'"';
+            escaped = !escaped && b == b'\\';
+        } else if b == b',' {
+            while out.last().is_some_and(|c| *c == b' ' || *c == b'\t') {
+                out.pop();
+            }
+            after_comma = true;
+        } else if after_comma && (b == b' ' || b == b'\t') {
+            continue;
+        } else {
+            quoted = b == b'"';
+        }
+        if b != b',' {
+            after_comma = false;
+        }
+        out.push(b);
+    }
+}
+
+/// Digest of the request values of the headers in `spec`, each normalised
+/// as [`norm`] says; an absent header differs from an empty one.
 pub(crate) fn variant(spec: &str, request: &HeaderMap) -> Arc<str> {
     if spec.is_empty() {
         return "_".into();
@@ -176,32 +221,46 @@ pub(crate) fn variant(spec: &str, request: &HeaderMap) -> Arc<str> {
     for name in spec.split(',') {
         s.extend_from_slice(name.as_bytes());
         s.push(b':');
-        if !normalised(name) {
-            for line in request.get_all(name) {
-                s.extend_from_slice(line.as_bytes());
-                // Never a byte of a field value: lines stay apart.
-                s.push(b'\n');
-            }
-            s.push(0);
-            continue;
+        let mut lines = request.get_all(name).iter().peekable();
+        if lines.peek().is_some() {
+            s.push(b'=');
         }
-        let mut first = true;
-        for line in request.get_all(name) {
-            for item in line.as_bytes().split(|b| *b == b',') {
-                let item: Vec<u8> = item
-                    .split(|b| b.is_ascii_whitespace())
-                    .filter(|w| !w.is_empty())
-                    .collect::<Vec<_>>()
-                    .join(&b' ')
-                    .to_ascii_lowercase();
-                if item.is_empty() {
-                    continue;
+        match norm(name) {
+            Norm::Exact => {
+                for line in lines {
+                    s.extend_from_slice(line.as_bytes());
+                    // Never a byte of a field value: lines stay apart.
+                    s.push(b'\n');
                 }
-                if !first {
-                    s.push(b',');
+            }
+            Norm::List => {
+                for (i, line) in lines.enumerate() {
+                    if i > 0 {
+                        s.push(b',');
+                    }
+                    squeeze_commas(line.as_bytes(), &mut s);
                 }
-                first = false;
-                s.extend_from_slice(&item);
+            }
+            Norm::Accept => {
+                let mut first = true;
+                for line in lines {
+                    for item in line.as_bytes().split(|b| *b == b',') {
+                        let item: Vec<u8> = item
+                            .split(|b| b.is_ascii_whitespace())
+                            .filter(|w| !w.is_empty())
+                            .collect::<Vec<_>>()
+                            .join(&b' ')
+                            .to_ascii_lowercase();
+                        if item.is_empty() {
+                            continue;
+                        }
+                        if !first {
+                            s.push(b',');
+                        }
+                        first = false;
+                        s.extend_from_slice(&item);
+                    }
+                }
             }
         }
         s.push(0);
@@ -303,20 +362,42 @@ mod tests {
         assert!(rules().spec_for(&resp).is_none());
     }
 
+    fn one(name: &'static str, v: &'static str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.append(name, v.parse().unwrap());
+        h
+    }
+
     #[test]
-    fn other_vary_values_are_compared_byte_for_byte() {
-        let one = |v: &'static str| {
-            let mut h = HeaderMap::new();
-            h.append("x-tenant", v.parse().unwrap());
-            h
-        };
+    fn rfc9111_4_1_other_vary_values_match_across_line_combining_and_list_whitespace() {
         let spec = "x-tenant";
-        assert_ne!(variant(spec, &one("Acme")), variant(spec, &one("acme")));
-        assert_ne!(variant(spec, &one("a,b")), variant(spec, &one("a, b")));
-        assert_eq!(variant(spec, &one("Acme")), variant(spec, &one("Acme")));
-        let mut two = one("a");
+        let v = |h: &HeaderMap| variant(spec, h);
+        let x = |s| one("x-tenant", s);
+        assert_ne!(v(&x("Acme")), v(&x("acme")), "case is kept");
+        assert_eq!(
+            v(&x("a,b")),
+            v(&x(" a ,\tb ")),
+            "whitespace around commas is not"
+        );
+        let mut two = x("a");
         two.append("x-tenant", "b".parse().unwrap());
-        assert_ne!(variant(spec, &two), variant(spec, &one("ab")));
-        assert_ne!(variant(spec, &one("")), variant(spec, &HeaderMap::new()));
+        assert_eq!(v(&two), v(&x("a, b")), "lines combine into a list");
+        assert_ne!(v(&two), v(&x("ab")));
+        assert_ne!(v(&x("a b")), v(&x("ab")), "whitespace elsewhere matters");
+        assert_ne!(
+            v(&x("\"a , b\"")),
+            v(&x("\"a,b\"")),
+            "quoted strings are kept"
+        );
+        assert_eq!(v(&x("\"q\\\"\" , b")), v(&x("\"q\\\"\",b")));
+        assert_ne!(v(&x("")), v(&HeaderMap::new()), "empty is not absent");
+        assert_eq!(v(&x("Acme")), v(&x("Acme")));
+    }
+
+    #[test]
+    fn user_agent_values_are_compared_byte_for_byte() {
+        let ua = |s| variant("user-agent", &one("user-agent", s));
+        assert_ne!(ua("m (KHTML, like Gecko)"), ua("m (KHTML,like Gecko)"));
+        assert_eq!(ua("m (KHTML, like Gecko)"), ua("m (KHTML, like Gecko)"));
     }
 }

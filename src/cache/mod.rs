@@ -97,8 +97,9 @@
 //! invalid delta-seconds is 0 (stale), one past 2^31 is 2^31; conflicting
 //! directives honour the most restrictive (§4.2.1). `Expires` is read in
 //! the three HTTP-date formats (RFC 9110 §5.6.7; a two-digit year more
-//! than 50 years ahead is in the past century), anything else is a time in
-//! the past (§5.3). An `Age` that is a list keeps its first member, an
+//! than 50 years ahead is in the past century; day, month and `GMT` in any
+//! case, as RFC 5322 writes them), anything else is a time in the past
+//! (§5.3). An `Age` that is a list keeps its first member, an
 //! invalid one is ignored (§5.1); the age on arrival also counts how long
 //! ago the response's `Date` was (§4.2.3). `Vary: *` is never stored.
 //!
@@ -143,7 +144,9 @@
 //! (optionally sorted, parameters dropped by name), and the request's
 //! values of the configured key headers and of the headers the response
 //! `Vary`s on — `Accept-*` values normalised (case, spaces, line breaks),
-//! every other value byte for byte; at most
+//! `User-Agent` byte for byte, every other value with its lines combined
+//! and the spaces around its commas (outside quoted strings) dropped, case
+//! kept (RFC 9111 §4.1); at most
 //! [`max_variants`](ResponseCacheLayerBuilder::max_variants) variants per
 //! URL. URLs and values are hashed before they reach a store key. On Redis:
 //! `{prefix}:cache:{<url digest>}:i` (index: the Vary spec and each
@@ -224,6 +227,11 @@
 //! are on the same origin, before the response is returned — on every
 //! instance, since entries live in the store. [`CacheHandle`] invalidates by
 //! URI or by application key.
+//!
+//! A `POST` response with explicit freshness and a `Content-Location`
+//! naming the `POST`'s own URI (RFC 9110 §9.3.3) then becomes the stored
+//! response to `GET`s of that URI, when a `GET` with the `POST`'s fields
+//! could have stored it and no other fill holds the URI's lock.
 //!
 //! Tags (surrogate keys): a response names its tags in `Surrogate-Key`
 //! (space- or comma-separated; [`tag_header`](ResponseCacheLayerBuilder::tag_header)
@@ -358,6 +366,7 @@ mod look;
 mod origin;
 mod partial;
 mod policy;
+mod post;
 mod purges;
 mod range;
 mod refresh;

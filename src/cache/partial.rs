@@ -155,10 +155,26 @@ fn strong_tag(h: &HeaderMap) -> Option<&[u8]> {
 
 /// Whether a response's parts may be stored: byte ranges of a known
 /// length (not `multipart/byteranges`; an origin's `206` names one, a
-/// stored entry being refreshed may name several).
+/// stored entry being refreshed may name several), with a `Content-Length`,
+/// if any, that is their size (else the message contradicts itself, RFC
+/// 9110 §8.6, §14.4).
 pub(crate) fn storable(h: &HeaderMap) -> bool {
+    let mut size = Some(0u64);
     let mut ranges = h.get_all(CONTENT_RANGE).iter().peekable();
-    let valid = ranges.peek().is_some() && ranges.all(|v| content_range(v.as_bytes()).is_some());
+    let valid = ranges.peek().is_some()
+        && ranges.all(|v| {
+            let r = content_range(v.as_bytes());
+            size = size
+                .zip(r)
+                .map(|(n, (first, last, _))| n + (last - first + 1));
+            r.is_some()
+        });
+    let sized = h.get(CONTENT_LENGTH).is_none_or(|v| {
+        std::str::from_utf8(v.as_bytes())
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            == size
+    });
     let multipart = h
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -167,7 +183,7 @@ pub(crate) fn storable(h: &HeaderMap) -> bool {
                 .to_ascii_lowercase()
                 .starts_with("multipart/byteranges")
         });
-    valid && !multipart
+    valid && sized && !multipart
 }
 
 /// What a `206` fill stores: its part combined with the stored incomplete

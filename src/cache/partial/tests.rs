@@ -167,3 +167,19 @@ fn only_single_byte_ranges_of_a_known_length_are_storable() {
     );
     assert!(!storable(&multi));
 }
+
+#[test]
+fn rfc9110_14_4_a_part_whose_content_length_is_not_its_range_is_not_storable() {
+    let sized = |len: &'static str| {
+        let mut h = h(&["bytes 4-9/10"], None);
+        h.insert(CONTENT_LENGTH, HeaderValue::from_static(len));
+        h
+    };
+    assert!(storable(&sized("6")));
+    assert!(!storable(&sized("5")));
+    assert!(!storable(&sized("7")));
+    assert!(!storable(&sized("x")));
+    let mut two = h(&["bytes 0-1/10", "bytes 5-6/10"], None);
+    two.insert(CONTENT_LENGTH, HeaderValue::from_static("4"));
+    assert!(storable(&two));
+}
