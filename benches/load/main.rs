@@ -47,6 +47,8 @@ struct Args {
     inproc: bool,
     /// The load generator on core 0, the server and Redis on core 1.
     pin: bool,
+    /// The machine's cores (read before `--pin` narrows this thread's).
+    cores: usize,
 }
 
 fn args() -> Args {
@@ -60,6 +62,7 @@ fn args() -> Args {
         only: false,
         inproc: false,
         pin: false,
+        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -294,7 +297,7 @@ fn us_per_req(d: Duration, n: u64) -> String {
 
 fn report(args: &Args, rows: &[Row]) -> String {
     let bare = rows.iter().find(|r| r.name == "bare").map(|r| r.run.rps());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cores = args.cores;
     let mode = match (args.inproc, args.pin) {
         (true, _) => ", in process (no sockets)",
         (false, true) => ", load generator pinned to core 0, server and Redis to core 1",
