@@ -104,6 +104,30 @@ struct Row {
     script_time: Duration,
 }
 
+impl Row {
+    /// A scenario's run and what Redis and the server's threads did
+    /// between the counters read before it and after it.
+    fn of(
+        sc: &Scenario,
+        run: Run,
+        (r0, r1): (cpu::RedisCounters, cpu::RedisCounters),
+        (s_cpu0, s_cpu1): (Duration, Duration),
+    ) -> Self {
+        Self {
+            name: sc.name.clone(),
+            target: sc.target,
+            run,
+            // The second INFO's own read is counted; leave it out.
+            reads: r1.reads.saturating_sub(r0.reads).saturating_sub(1),
+            scripts: r1.scripts.saturating_sub(r0.scripts),
+            commands: r1.commands.saturating_sub(r0.commands),
+            server_cpu: s_cpu1.saturating_sub(s_cpu0),
+            redis_cpu: r1.cpu.saturating_sub(r0.cpu),
+            script_time: r1.script_time.saturating_sub(r0.script_time),
+        }
+    }
+}
+
 fn main() {
     let args = args();
     let redis = server::RedisServer::start();
@@ -156,9 +180,7 @@ fn main() {
     let mut runs: Vec<Vec<Row>> = selected.iter().map(|_| Vec::new()).collect();
     for round in 0..args.rounds {
         for (i, sc) in selected.iter().enumerate() {
-            let Scenario {
-                name, router, spec, ..
-            } = sc;
+            let Scenario { router, spec, .. } = sc;
             if args.inproc {
                 let row = inproc_row(&args, sc, &server_rt, &client_rt, &mut admin, &threads);
                 eprintln!(
@@ -196,18 +218,7 @@ fn main() {
                 let run = drive(addr, spec, args.conns, Duration::ZERO, secs).await;
                 let s_cpu1 = threads.cpu();
                 let r1 = cpu::redis_counters(&mut admin).await;
-                Row {
-                    name: name.clone(),
-                    target: sc.target,
-                    run,
-                    // The second INFO's own read is counted; leave it out.
-                    reads: r1.reads.saturating_sub(r0.reads).saturating_sub(1),
-                    scripts: r1.scripts.saturating_sub(r0.scripts),
-                    commands: r1.commands.saturating_sub(r0.commands),
-                    server_cpu: s_cpu1.saturating_sub(s_cpu0),
-                    redis_cpu: r1.cpu.saturating_sub(r0.cpu),
-                    script_time: r1.script_time.saturating_sub(r0.script_time),
-                }
+                Row::of(sc, run, (r0, r1), (s_cpu0, s_cpu1))
             });
             let _ = stop.send(());
             let _ = server_rt.block_on(handle);
@@ -268,17 +279,7 @@ fn inproc_row(
     ));
     let s_cpu1 = threads.cpu();
     let r1 = client_rt.block_on(cpu::redis_counters(admin));
-    Row {
-        name: sc.name.clone(),
-        target: sc.target,
-        run,
-        reads: r1.reads.saturating_sub(r0.reads).saturating_sub(1),
-        scripts: r1.scripts.saturating_sub(r0.scripts),
-        commands: r1.commands.saturating_sub(r0.commands),
-        server_cpu: s_cpu1.saturating_sub(s_cpu0),
-        redis_cpu: r1.cpu.saturating_sub(r0.cpu),
-        script_time: r1.script_time.saturating_sub(r0.script_time),
-    }
+    Row::of(sc, run, (r0, r1), (s_cpu0, s_cpu1))
 }
 
 fn per_req(count: u64, n: u64) -> String {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use redis::{Script, Value};
+use redis::{Cmd, Script, Value};
 
 use crate::error::StoreError;
 use crate::idempotency::fingerprint::{RecordKey, Token};
@@ -21,6 +21,68 @@ pub(super) static RESERVE: LazyLock<Script> =
 pub(super) static COMPLETE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../../scripts/complete.lua")));
 
+/// An item of a batched call on one record: its key, then its arguments.
+trait OnRecord: Send + Sync + 'static {
+    fn record(&self) -> &RecordKey;
+    fn args(&self, cmd: &mut Cmd);
+}
+
+impl OnRecord for Reserve {
+    fn record(&self) -> &RecordKey {
+        &self.hold.key
+    }
+
+    fn args(&self, cmd: &mut Cmd) {
+        cmd.arg(&self.hold.token.0[..])
+            .arg(&self.fingerprint.0[..])
+            .arg(super::millis(self.lease));
+    }
+}
+
+impl OnRecord for Completion {
+    fn record(&self) -> &RecordKey {
+        &self.key
+    }
+
+    fn args(&self, cmd: &mut Cmd) {
+        cmd.arg(&self.token.0[..])
+            .arg(&self.record[..])
+            .arg(super::millis(self.ttl));
+    }
+}
+
+fn slot_of(item: &impl OnRecord) -> u16 {
+    crate::store::slots::slot::of_parts(&[item.record().0.as_bytes()])
+}
+
+/// One call of `script` for the whole batch: every record's key, then
+/// every item's arguments; the reply split into one answer per item by
+/// `split`, or the error for each.
+async fn call<T: OnRecord, R>(
+    lane: &Lane,
+    slot: u16,
+    script: &Script,
+    prefix: &str,
+    items: &[T],
+    split: impl FnOnce(usize, Value) -> Result<Vec<R>, StoreError>,
+) -> Vec<Result<R, StoreError>> {
+    let mut cmd = evalsha(script);
+    cmd.arg(items.len());
+    for item in items {
+        cmd.arg(super::key(prefix, item.record()));
+    }
+    for item in items {
+        item.args(&mut cmd);
+    }
+    match call_script(lane, slot, script, &cmd)
+        .await
+        .and_then(|reply| split(items.len(), reply))
+    {
+        Ok(answers) => answers.into_iter().map(Ok).collect(),
+        Err(e) => items.iter().map(|_| Err(e.duplicate())).collect(),
+    }
+}
+
 /// The reservations' protocol, for the store with key prefix `prefix`.
 pub(crate) struct Reserves {
     pub(super) prefix: String,
@@ -31,7 +93,7 @@ impl Protocol for Reserves {
     type Reply = Reservation;
 
     fn slot(&self, r: &Reserve) -> u16 {
-        crate::store::slots::slot::of_parts(&[r.hold.key.0.as_bytes()])
+        slot_of(r)
     }
 
     fn run<'a>(
@@ -40,25 +102,7 @@ impl Protocol for Reserves {
         slot: u16,
         items: &'a [Reserve],
     ) -> BoxFuture<'a, Vec<Result<Reservation, StoreError>>> {
-        let mut cmd = evalsha(&RESERVE);
-        cmd.arg(items.len());
-        for r in items {
-            cmd.arg(super::key(&self.prefix, &r.hold.key));
-        }
-        for r in items {
-            cmd.arg(&r.hold.token.0[..])
-                .arg(&r.fingerprint.0[..])
-                .arg(super::millis(r.lease));
-        }
-        Box::pin(async move {
-            match call_script(lane, slot, &RESERVE, &cmd)
-                .await
-                .and_then(|reply| parse(items.len(), reply))
-            {
-                Ok(answers) => answers.into_iter().map(Ok).collect(),
-                Err(e) => items.iter().map(|_| Err(e.duplicate())).collect(),
-            }
-        })
+        Box::pin(call(lane, slot, &RESERVE, &self.prefix, items, parse))
     }
 }
 
@@ -82,7 +126,7 @@ impl Protocol for Completes {
     type Reply = bool;
 
     fn slot(&self, c: &Completion) -> u16 {
-        crate::store::slots::slot::of_parts(&[c.key.0.as_bytes()])
+        slot_of(c)
     }
 
     fn run<'a>(
@@ -91,30 +135,21 @@ impl Protocol for Completes {
         slot: u16,
         items: &'a [Completion],
     ) -> BoxFuture<'a, Vec<Result<bool, StoreError>>> {
-        let mut cmd = evalsha(&COMPLETE);
-        cmd.arg(items.len());
-        for c in items {
-            cmd.arg(super::key(&self.prefix, &c.key));
-        }
-        for c in items {
-            cmd.arg(&c.token.0[..])
-                .arg(&c.record[..])
-                .arg(super::millis(c.ttl));
-        }
-        Box::pin(async move {
-            let reply = call_script(lane, slot, &COMPLETE, &cmd).await;
-            match reply {
-                Ok(Value::Array(v)) if v.len() == items.len() => v
-                    .into_iter()
-                    .map(|f| match f {
-                        Value::Int(n) => Ok(n == 1),
-                        other => Err(bad_complete(&other)),
-                    })
-                    .collect(),
-                Ok(other) => items.iter().map(|_| Err(bad_complete(&other))).collect(),
-                Err(e) => items.iter().map(|_| Err(e.duplicate())).collect(),
-            }
-        })
+        Box::pin(call(lane, slot, &COMPLETE, &self.prefix, items, stored))
+    }
+}
+
+/// One flag per record: 1 stored, 0 the lease was lost.
+fn stored(n: usize, reply: Value) -> Result<Vec<bool>, StoreError> {
+    match reply {
+        Value::Array(v) if v.len() == n => v
+            .into_iter()
+            .map(|f| match f {
+                Value::Int(flag) => Ok(flag == 1),
+                other => Err(bad_complete(&other)),
+            })
+            .collect(),
+        other => Err(bad_complete(&other)),
     }
 }
 
