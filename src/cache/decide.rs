@@ -202,14 +202,10 @@ mod tests {
         Entry {
             meta: Meta {
                 status: 200,
-                key_tag: 0,
                 stored_ms,
                 fresh_ms,
-                age_s: 0,
                 swr_s,
-                sie_s: 0,
-                must_revalidate: false,
-                s_maxage: false,
+                ..Meta::default()
             },
             headers: http::HeaderMap::new(),
             body: Bytes::new(),

@@ -28,7 +28,7 @@ const FIXED: usize = 4 + 1 + 1 + 2 + 8 * 3 + 4 * 3 + 2;
 pub(crate) const MAX_HEADERS: usize = 512;
 
 /// What the cache knows about a stored response besides its bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Meta {
     pub(crate) status: u16,
     /// Ties the entry to the key it was written under: a foreign entry is a miss.

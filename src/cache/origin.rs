@@ -236,14 +236,7 @@ mod tests {
         }
         let meta = Meta {
             status: 200,
-            key_tag: 0,
-            stored_ms: 0,
-            fresh_ms: 0,
-            age_s: 0,
-            swr_s: 0,
-            sie_s: 0,
-            must_revalidate: false,
-            s_maxage: false,
+            ..Meta::default()
         };
         Entry {
             meta,

@@ -52,14 +52,7 @@ fn entry(ranges: &[&str], etag: &'static str, body: &'static [u8]) -> Entry {
     let mut e = Entry {
         meta: crate::cache::entry::Meta {
             status: 206,
-            key_tag: 0,
-            stored_ms: 0,
-            fresh_ms: 0,
-            age_s: 0,
-            swr_s: 0,
-            sie_s: 0,
-            must_revalidate: false,
-            s_maxage: false,
+            ..Default::default()
         },
         headers: h(ranges, Some(etag)),
         body: Bytes::from_static(body),
