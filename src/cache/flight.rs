@@ -1,7 +1,8 @@
 //! In-process single-flight: concurrent requests of one instance for one
 //! slot share one store operation and one origin call. The first becomes
 //! the local leader; the others follow its outcome through a `watch`
-//! channel.
+//! channel, made when the first follower joins: a lone leader (the common
+//! case with many distinct keys) pays for no channel.
 //!
 //! An outcome may be served only to followers that joined before the store
 //! operation it comes from was sent: one that joined while a lookup or a
@@ -50,17 +51,37 @@ type FlightKey = (Arc<str>, Arc<str>);
 
 #[derive(Debug)]
 struct Flight {
-    tx: watch::Sender<Tagged>,
     /// Store operations sent by the flight's leaders so far.
     round: AtomicU64,
-    /// Changed under the map's lock only.
+    /// Membership changes under the map's lock only.
     state: Mutex<Members>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Members {
     led: bool,
     followers: usize,
+    /// The latest outcome, while no follower has asked for a channel.
+    last: Tagged,
+    tx: Option<watch::Sender<Tagged>>,
+}
+
+impl Members {
+    fn publish(&mut self, t: Tagged) {
+        match &self.tx {
+            Some(tx) => {
+                tx.send_replace(t);
+            }
+            None => self.last = t,
+        }
+    }
+
+    fn subscribe(&mut self) -> watch::Receiver<Tagged> {
+        let last = &self.last;
+        self.tx
+            .get_or_insert_with(|| watch::channel(last.clone()).0)
+            .subscribe()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -89,14 +110,17 @@ impl Flights {
         let flight = map
             .entry(key.clone())
             .or_insert_with(|| {
-                let (tx, _) = watch::channel(Tagged {
-                    round: 0,
-                    outcome: Outcome::Pending,
-                });
                 Arc::new(Flight {
-                    tx,
                     round: AtomicU64::new(0),
-                    state: Mutex::default(),
+                    state: Mutex::new(Members {
+                        led: false,
+                        followers: 0,
+                        last: Tagged {
+                            round: 0,
+                            outcome: Outcome::Pending,
+                        },
+                        tx: None,
+                    }),
                 })
             })
             .clone();
@@ -107,9 +131,10 @@ impl Flights {
             return Joined::Leader(self.guard(key, flight));
         }
         m.followers += 1;
+        let rx = m.subscribe();
         drop(m);
         Joined::Follower(Follower {
-            rx: flight.tx.subscribe(),
+            rx,
             joined: flight.round.load(Ordering::SeqCst),
             flights: self.clone(),
             key,
@@ -145,7 +170,7 @@ impl FlightGuard {
 
     /// A stale entry followers may serve meanwhile (from the lookup of `round`).
     pub(crate) fn stale(&self, round: u64, raw: Bytes) {
-        self.flight.tx.send_replace(Tagged {
+        lock(&self.flight.state).publish(Tagged {
             round,
             outcome: Outcome::Stale(raw),
         });
@@ -165,7 +190,7 @@ impl FlightGuard {
         let mut map = lock(&self.flights.map);
         let mut m = lock(&self.flight.state);
         m.led = false;
-        self.flight.tx.send_replace(Tagged { round, outcome });
+        m.publish(Tagged { round, outcome });
         if m.followers == 0 {
             remove(&mut map, &self.key, &self.flight);
         }
