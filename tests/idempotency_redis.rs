@@ -175,36 +175,96 @@ async fn with_wait_every_other_request_gets_the_replay() {
     assert_eq!(replays, 499);
 }
 
-/// A first execution costs two script calls (reserve, complete), a replay
-/// one, a conflict one.
+/// A first execution costs two script calls (reserve, complete); a replay
+/// on another instance one; a replay on the instance that stored the
+/// response (or replayed it before) none, one plain read.
 #[tokio::test]
 async fn a_replay_is_one_round_trip_and_a_first_execution_two() {
     let server = support::RedisServer::start();
-    let store = RedisStore::builder(server.url())
-        .prefix("rt")
-        .ping_on_connect(true)
-        .connect()
-        .await
-        .unwrap();
+    let connect = || async {
+        RedisStore::builder(server.url())
+            .prefix("rt")
+            .ping_on_connect(true)
+            .connect()
+            .await
+            .unwrap()
+    };
     let calls = Arc::new(AtomicUsize::new(0));
     let svc = ServiceBuilder::new()
-        .layer(layer(store, Conflict::Reject))
+        .layer(layer(connect().await, Conflict::Reject))
+        .service(handler(calls.clone()));
+    let other = ServiceBuilder::new()
+        .layer(layer(connect().await, Conflict::Reject))
         .service(handler(calls.clone()));
     let url = server.url();
     let scripts = || support::command_calls(&url, |n| n.starts_with("eval"));
+    let reads = || support::command_calls(&url, |n| n == "hmget");
     // Load the scripts first (EVALSHA, NOSCRIPT, EVAL): not what is measured.
     for key in ["warm-1", "warm-1"] {
         svc.clone().oneshot(post(key)).await.unwrap();
+        other.clone().oneshot(post(key)).await.unwrap();
     }
     let before = scripts().await;
     let (s, _, _) = parts(svc.clone().oneshot(post("k")).await.unwrap()).await;
     assert_eq!(s, StatusCode::CREATED);
     let after_first = scripts().await;
     assert_eq!(after_first - before, 2, "reserve + complete");
-    let (_, h, _) = parts(svc.clone().oneshot(post("k")).await.unwrap()).await;
+    let (_, h, _) = parts(other.clone().oneshot(post("k")).await.unwrap()).await;
     assert_eq!(h["idempotent-replayed"], "true");
-    assert_eq!(scripts().await - after_first, 1, "the replay is one call");
+    let after_other = scripts().await;
+    assert_eq!(
+        after_other - after_first,
+        1,
+        "a replay elsewhere is one call"
+    );
+    let reads_before = reads().await;
+    for instance in [&svc, &other] {
+        let (_, h, _) = parts(instance.clone().oneshot(post("k")).await.unwrap()).await;
+        assert_eq!(h["idempotent-replayed"], "true");
+    }
+    assert_eq!(scripts().await, after_other, "known completed: no script");
+    assert_eq!(reads().await - reads_before, 2, "one read each");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+/// The read of a record known completed is only a shortcut: a record gone
+/// from Redis is reserved again by the script and the handler runs, and a
+/// different request under the key is still a mismatch.
+#[tokio::test]
+async fn a_record_known_completed_but_gone_runs_again() {
+    let store = support::redis_store("known-gone").await;
+    let prefix = store.prefix().to_owned();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = ServiceBuilder::new()
+        .layer(layer(store, Conflict::Reject))
+        .service(handler(calls.clone()));
+    svc.clone().oneshot(post("gone")).await.unwrap();
+    let (_, h, _) = parts(svc.clone().oneshot(post("gone")).await.unwrap()).await;
+    assert_eq!(h["idempotent-replayed"], "true");
+    let mut other = post("gone");
+    *other.body_mut() = Full::new(Bytes::from_static(b"another body"));
+    let (s, _, _) = parts(svc.clone().oneshot(other).await.unwrap()).await;
+    assert_eq!(
+        s,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a mismatch from the read"
+    );
+    let keys = record_keys(&support::redis_url(), &prefix).await;
+    let client = redis::Client::open(support::redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (s, h, _) = parts(svc.clone().oneshot(post("gone")).await.unwrap()).await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert!(h.get("idempotent-replayed").is_none());
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "ran again once the record was gone"
+    );
 }
 
 #[tokio::test]

@@ -81,6 +81,8 @@ pub struct Token(pub(crate) [u8; 16]);
 impl Token {
     pub(crate) fn generate() -> Self {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
+        // `process::id` is a system call each time: asked once.
+        static PID: std::sync::LazyLock<u32> = std::sync::LazyLock::new(std::process::id);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -91,7 +93,7 @@ impl Token {
             let mut h = std::collections::hash_map::RandomState::new().build_hasher();
             h.write_u64(n);
             h.write_u64(nanos);
-            h.write_u32(std::process::id());
+            h.write_u32(*PID);
             h.write_usize(i);
             half.copy_from_slice(&h.finish().to_be_bytes());
         }

@@ -178,7 +178,11 @@
 //! are batched like the rate limiter's decisions: those that arrive while
 //! one call is on the wire go out together as one script call (per hash
 //! slot on a cluster), decided in order, so a retry racing its original in
-//! the same batch still finds it in progress.
+//! the same batch still finds it in progress. A replay of a record the
+//! instance has seen completed (it stored the response or replayed it, among
+//! the latest 8192 such records) is a plain read instead, sent beside the
+//! batch's script call: a fraction of a script's cost to Redis; a read that
+//! finds the record gone or in progress hands it to the script.
 //! Each step is one Lua script on one key, `{prefix}:idem:{<sha256>}`, with
 //! a TTL (the lease, then the record TTL, from Redis's clock); keys,
 //! principals and paths are hashed before they enter it. The stored

@@ -3,6 +3,7 @@
 //! ([`batches`]).
 
 mod batches;
+mod done;
 
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -20,6 +21,7 @@ use crate::store::batch::Batcher;
 use crate::store::lane::Lane;
 use crate::RedisStore;
 use batches::{Completes, Completion, Reserves, COMPLETE, RESERVE};
+use done::Done;
 
 static RELEASE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../scripts/release.lua")));
@@ -38,6 +40,7 @@ pub(crate) struct RedisHome {
 
 impl IdempotencyStore for RedisStore {
     fn idempotency_home(&self) -> Arc<dyn IdempotencyHome> {
+        let done = Done::new();
         Arc::new(RedisHome {
             prefix: self.prefix().to_owned(),
             lane: {
@@ -45,11 +48,14 @@ impl IdempotencyStore for RedisStore {
                 lane.preload(&[&*RESERVE, &*COMPLETE, &*RELEASE, &*RENEW]);
                 lane
             },
+            // Made on the store's first use, for both protocols at once.
             reserves: self.batcher(|| Reserves {
                 prefix: self.prefix().to_owned(),
+                done: done.clone(),
             }),
             completes: self.batcher(|| Completes {
                 prefix: self.prefix().to_owned(),
+                done,
             }),
         })
     }

@@ -2,14 +2,24 @@
 //! in flight go out as ONE call of `scripts/reserve.lua` (or
 //! `complete.lua`) per batch and hash slot, so a replay or a first
 //! execution costs Redis a share of one script run instead of one each.
+//!
+//! A reservation of a record this instance has seen completed (it stored
+//! the response, or answered a replay of it) is first a plain read, sent
+//! beside the batch's script call: a completed record answers the replay
+//! (or the fingerprint mismatch) without a script, which costs Redis a
+//! fraction of one. A read that finds anything else (the record expired,
+//! was evicted or is in progress) hands the reservation to the script, so
+//! the outcome is the script's in every case; a first execution costs no
+//! more than before.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use redis::{Cmd, Script, Value};
 
+use super::done::Done;
 use crate::error::StoreError;
 use crate::idempotency::fingerprint::{RecordKey, Token};
 use crate::idempotency::store::{Reservation, Reserve};
@@ -63,7 +73,7 @@ async fn call<T: OnRecord, R>(
     slot: u16,
     script: &Script,
     prefix: &str,
-    items: &[T],
+    items: &[&T],
     split: impl FnOnce(usize, Value) -> Result<Vec<R>, StoreError>,
 ) -> Vec<Result<R, StoreError>> {
     let mut cmd = evalsha(script);
@@ -86,6 +96,56 @@ async fn call<T: OnRecord, R>(
 /// The reservations' protocol, for the store with key prefix `prefix`.
 pub(crate) struct Reserves {
     pub(super) prefix: String,
+    pub(super) done: Arc<Done>,
+}
+
+impl Reserves {
+    /// Step 1 for the reservations of records known completed: one read
+    /// each; `None` where the script must decide.
+    async fn read(
+        &self,
+        lane: &Lane,
+        slot: u16,
+        items: &[&Reserve],
+    ) -> Result<Vec<Option<Reservation>>, StoreError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for r in items {
+            pipe.cmd("HMGET")
+                .arg(super::key(&self.prefix, r.record()))
+                .arg("s")
+                .arg("f")
+                .arg("r");
+        }
+        let mut conn = lane.conn();
+        let values = lane
+            .call_in_slot(slot, pipe.query_async::<Vec<Value>>(&mut conn))
+            .await?;
+        if values.len() != items.len() {
+            return Err(bad(&"a read per record"));
+        }
+        Ok(items
+            .iter()
+            .zip(values)
+            .map(|(r, v)| {
+                let Value::Array(v) = v else { return None };
+                match <[Value; 3]>::try_from(v).ok()? {
+                    [Value::BulkString(s), Value::BulkString(f), Value::BulkString(record)]
+                        if s == b"c" =>
+                    {
+                        Some(if f == r.fingerprint.0[..] {
+                            Reservation::Completed(Bytes::from(record))
+                        } else {
+                            Reservation::Mismatch
+                        })
+                    }
+                    _ => None,
+                }
+            })
+            .collect())
+    }
 }
 
 impl Protocol for Reserves {
@@ -102,7 +162,68 @@ impl Protocol for Reserves {
         slot: u16,
         items: &'a [Reserve],
     ) -> BoxFuture<'a, Vec<Result<Reservation, StoreError>>> {
-        Box::pin(call(lane, slot, &RESERVE, &self.prefix, items, parse))
+        Box::pin(async move {
+            let (known, other): (Vec<_>, Vec<_>) = items
+                .iter()
+                .enumerate()
+                .partition(|(_, r)| self.done.knows(r.record()));
+            let (known_items, other_items): (Vec<&Reserve>, Vec<&Reserve>) = (
+                known.iter().map(|(_, r)| *r).collect(),
+                other.iter().map(|(_, r)| *r).collect(),
+            );
+            // The reads and the script of the others, side by side.
+            let script = async {
+                match other_items.is_empty() {
+                    true => Vec::new(),
+                    false => call(lane, slot, &RESERVE, &self.prefix, &other_items, parse).await,
+                }
+            };
+            let (read, scripted) =
+                futures_util::future::join(self.read(lane, slot, &known_items), script).await;
+            let mut out: Vec<Option<Result<Reservation, StoreError>>> =
+                items.iter().map(|_| None).collect();
+            for ((i, _), a) in other.iter().zip(scripted) {
+                out[*i] = Some(a);
+            }
+            // What the reads could not answer goes to the script, in order.
+            let mut again = Vec::new();
+            match read {
+                Ok(read) => {
+                    for ((i, r), a) in known.iter().zip(read) {
+                        match a {
+                            Some(a) => out[*i] = Some(Ok(a)),
+                            None => {
+                                self.done.forget(r.record());
+                                again.push((*i, *r));
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    for (i, _) in &known {
+                        out[*i] = Some(Err(e.duplicate()));
+                    }
+                }
+            }
+            if !again.is_empty() {
+                let asked: Vec<&Reserve> = again.iter().map(|(_, r)| *r).collect();
+                let answers = call(lane, slot, &RESERVE, &self.prefix, &asked, parse).await;
+                for ((i, _), a) in again.iter().zip(answers) {
+                    out[*i] = Some(a);
+                }
+            }
+            let out: Vec<_> = out
+                .into_iter()
+                .map(|a| a.unwrap_or_else(|| Err(StoreError::protocol("no reservation answer"))))
+                .collect();
+            // The records the script found completed (those read are known).
+            for (i, r) in other.iter().chain(&again) {
+                if matches!(out[*i], Ok(Reservation::Completed(_))) {
+                    self.done.learn(r.record());
+                }
+            }
+            out
+        })
     }
 }
 
@@ -118,6 +239,7 @@ pub(crate) struct Completion {
 /// The completions' protocol, for the store with key prefix `prefix`.
 pub(crate) struct Completes {
     pub(super) prefix: String,
+    pub(super) done: Arc<Done>,
 }
 
 impl Protocol for Completes {
@@ -135,7 +257,16 @@ impl Protocol for Completes {
         slot: u16,
         items: &'a [Completion],
     ) -> BoxFuture<'a, Vec<Result<bool, StoreError>>> {
-        Box::pin(call(lane, slot, &COMPLETE, &self.prefix, items, stored))
+        Box::pin(async move {
+            let all: Vec<&Completion> = items.iter().collect();
+            let answers = call(lane, slot, &COMPLETE, &self.prefix, &all, stored).await;
+            for (c, a) in items.iter().zip(&answers) {
+                if matches!(a, Ok(true)) {
+                    self.done.learn(&c.key);
+                }
+            }
+            answers
+        })
     }
 }
 
