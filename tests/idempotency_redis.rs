@@ -224,6 +224,18 @@ async fn a_replay_is_one_round_trip_and_a_first_execution_two() {
     }
     assert_eq!(scripts().await, after_other, "known completed: no script");
     assert_eq!(reads().await - reads_before, 2, "one read each");
+    // Retries of one record in flight together share one read.
+    let reads_before = reads().await;
+    let retries: Vec<_> = (0..50)
+        .map(|_| tokio::spawn(svc.clone().oneshot(post("k"))))
+        .collect();
+    for r in retries {
+        let (_, h, _) = parts(r.await.unwrap().unwrap()).await;
+        assert_eq!(h["idempotent-replayed"], "true");
+    }
+    let shared = reads().await - reads_before;
+    assert!(shared <= 25, "{shared} reads for 50 retries in flight");
+    assert_eq!(scripts().await, after_other);
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 

@@ -12,6 +12,7 @@
 //! the outcome is the script's in every case; a first execution costs no
 //! more than before.
 
+use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -111,8 +112,19 @@ impl Reserves {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
+        // One read per record: the retries of one record in a batch share it.
+        let mut first: Vec<usize> = Vec::with_capacity(items.len());
+        let mut reads: Vec<&Reserve> = Vec::new();
+        let mut seen: HashMap<&str, usize> = HashMap::with_capacity(items.len());
         for r in items {
+            let u = *seen.entry(&r.record().0).or_insert_with(|| {
+                reads.push(r);
+                reads.len() - 1
+            });
+            first.push(u);
+        }
+        let mut pipe = redis::pipe();
+        for r in &reads {
             pipe.cmd("HMGET")
                 .arg(super::key(&self.prefix, r.record()))
                 .arg("s")
@@ -123,26 +135,34 @@ impl Reserves {
         let values = lane
             .call_in_slot(slot, pipe.query_async::<Vec<Value>>(&mut conn))
             .await?;
-        if values.len() != items.len() {
+        if values.len() != reads.len() {
             return Err(bad(&"a read per record"));
         }
-        Ok(items
-            .iter()
-            .zip(values)
-            .map(|(r, v)| {
+        // Per record: its fingerprint and response, when completed.
+        let completed: Vec<Option<(Vec<u8>, Bytes)>> = values
+            .into_iter()
+            .map(|v| {
                 let Value::Array(v) = v else { return None };
                 match <[Value; 3]>::try_from(v).ok()? {
                     [Value::BulkString(s), Value::BulkString(f), Value::BulkString(record)]
                         if s == b"c" =>
                     {
-                        Some(if f == r.fingerprint.0[..] {
-                            Reservation::Completed(Bytes::from(record))
-                        } else {
-                            Reservation::Mismatch
-                        })
+                        Some((f, Bytes::from(record)))
                     }
                     _ => None,
                 }
+            })
+            .collect();
+        Ok(items
+            .iter()
+            .zip(first)
+            .map(|(r, u)| {
+                let (f, record) = completed[u].as_ref()?;
+                Some(if f[..] == r.fingerprint.0[..] {
+                    Reservation::Completed(record.clone())
+                } else {
+                    Reservation::Mismatch
+                })
             })
             .collect())
     }
