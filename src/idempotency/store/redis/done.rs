@@ -35,3 +35,22 @@ impl Done {
         lock(&self.0).remove(&key.0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn it_is_bounded_and_forgets_the_oldest_first() {
+        let done = Done::new();
+        let key = |i: usize| RecordKey(format!("record-{i}"));
+        for i in 0..10_000 {
+            done.learn(&key(i));
+        }
+        assert_eq!(lock(&done.0).len(), Done::MAX);
+        assert!(done.knows(&key(9_999)));
+        assert!(!done.knows(&key(0)));
+        done.forget(&key(9_999));
+        assert!(!done.knows(&key(9_999)));
+    }
+}
