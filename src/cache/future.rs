@@ -124,6 +124,14 @@ where
         }
     }
 
+    /// Answered already (a hit served at once).
+    pub(crate) fn ready(res: Response<Bytes>, shared: Arc<Shared>) -> Self {
+        Self {
+            state: State::Ready { res: Some(res) },
+            shared,
+        }
+    }
+
     pub(crate) fn call(fut: S::Future, after: After, shared: Arc<Shared>) -> Self {
         Self {
             state: State::Calling {
