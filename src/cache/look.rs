@@ -16,7 +16,7 @@ use super::leader::Leader;
 use super::resolve::{Ask, Resolution};
 use super::response::serve;
 use super::route::Plan;
-use super::shared::Shared;
+use super::shared::{Shared, HIT, HIT_L1};
 use super::store::{Found, Lookup};
 use crate::error::StoreError;
 
@@ -44,14 +44,15 @@ fn learn_at(shared: &Shared, slot: &Slot, now_ms: u64, spec: &Arc<str>) -> bool 
 /// A hit answered at once, before any future is built: what the first
 /// round of [`resolve`](super::resolve::resolve) would serve from the
 /// in-process tier, or from an in-process home that keeps its entries
-/// decoded. `None`: resolve the request the usual way.
+/// decoded, and its outcome (see [`Shared::count_outcome`]). `None`:
+/// resolve the request the usual way.
 pub(super) fn at_once(
     sh: &Shared,
     url: &Arc<str>,
     plan: &Plan,
     h: &HeaderMap,
     cond: &Cond,
-) -> Option<Response<Bytes>> {
+) -> Option<(Response<Bytes>, usize)> {
     if sh.l1.is_none() && !sh.home.is_local() || sh.retries.is_pending(url) {
         return None;
     }
@@ -62,7 +63,8 @@ pub(super) fn at_once(
         let now = sh.now_ms();
         if let Some(e) = local(sh, &slot, now).filter(served) {
             if plan.want.judge(&e, now) == Judged::Fresh {
-                return Some(serve(cfg, &e, now, head, cond, "hit; detail=l1"));
+                let res = serve(cfg, &e, now, head, cond, "hit; detail=l1");
+                return Some((res, HIT_L1));
             }
         }
     }
@@ -75,7 +77,7 @@ pub(super) fn at_once(
         .and_then(|e| adopt(&slot, e, p.gen))
         .filter(served)?;
     match judge(&plan.want, e, p.now_ms, false) {
-        Some(Resolution::Hit(e, _)) => Some(serve(cfg, &e, p.now_ms, head, cond, "hit")),
+        Some(Resolution::Hit(e, _)) => Some((serve(cfg, &e, p.now_ms, head, cond, "hit"), HIT)),
         _ => None,
     }
 }

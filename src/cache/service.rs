@@ -61,8 +61,8 @@ where
         let cond = Cond::of(h);
         // A hit in process: no future to resolve, and the inner service
         // stays readied for the next request.
-        if let Some(res) = at_once(sh, &url, &plan, h, &cond) {
-            return ResponseFuture::ready(res, sh.clone());
+        if let Some((res, outcome)) = at_once(sh, &url, &plan, h, &cond) {
+            return ResponseFuture::ready(res, sh.clone(), outcome);
         }
         let inner = take(&mut self.inner);
         let request = Arc::new(h.clone());

@@ -138,8 +138,14 @@ impl Shared {
         else {
             return;
         };
-        let i = outcome_of(&status[name.len() + 1..]);
-        let Some(i) = i else { return };
+        if let Some(i) = outcome_of(&status[name.len() + 1..]) {
+            self.count_outcome(i);
+        }
+    }
+
+    /// Counts an answer whose outcome is known already (index into
+    /// `OUTCOMES`: [`HIT`], [`HIT_L1`]).
+    pub(crate) fn count_outcome(&self, i: usize) {
         self.outcomes.inc(i);
         tracing::debug_span!(
             "response_cache",
@@ -260,6 +266,8 @@ const OUTCOMES: [&str; 8] = [
     "store_error",
 ];
 const STORE_ERROR: usize = 7;
+pub(crate) const HIT: usize = 0;
+pub(crate) const HIT_L1: usize = 1;
 
 /// The outcome a `Cache-Status` parameter list (after the cache's name) says.
 fn outcome_of(params: &[u8]) -> Option<usize> {
