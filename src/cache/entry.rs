@@ -63,9 +63,8 @@ pub(crate) struct Entry {
     pub(crate) body: Bytes,
 }
 
-/// Field slots a decoded entry's map keeps free for those a hit adds
-/// (`Age`, `Cache-Status`, and the server's `Content-Length` and `Date`):
-/// its clone then takes them without rehashing.
+/// Field slots a hit's response keeps free for the fields added to it
+/// (`Age`, `Cache-Status`, and the server's `Content-Length` and `Date`).
 pub(crate) const SERVE_ROOM: usize = 4;
 
 impl Entry {
@@ -244,7 +243,7 @@ pub(crate) fn decode(raw: Bytes) -> Result<Entry, DecodeError> {
     if count > MAX_HEADERS {
         return Err(DecodeError::Invalid("header count"));
     }
-    let mut headers = HeaderMap::with_capacity(count + SERVE_ROOM);
+    let mut headers = HeaderMap::with_capacity(count);
     for _ in 0..count {
         let n = usize::from(r.u16()?);
         let name = r.take(n)?;
