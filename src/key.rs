@@ -87,12 +87,7 @@ impl ClientKey {
 
     /// [`digest`](Self::digest) without allocating.
     pub(crate) fn digest_bytes(&self) -> [u8; DIGEST_LEN] {
-        let mut out = [0u8; DIGEST_LEN];
-        let n = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode_slice(Sha256::digest(&self.raw), &mut out)
-            .unwrap_or(0);
-        debug_assert_eq!(n, DIGEST_LEN);
-        out
+        digest_array(&self.raw)
     }
 }
 
@@ -109,6 +104,16 @@ impl fmt::Debug for ClientKey {
 /// SHA-256 of `bytes`, base64url without padding.
 pub(crate) fn digest(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(bytes))
+}
+
+/// [`digest`] as bytes, without allocating.
+pub(crate) fn digest_array(bytes: &[u8]) -> [u8; DIGEST_LEN] {
+    let mut out = [0u8; DIGEST_LEN];
+    let n = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode_slice(Sha256::digest(bytes), &mut out)
+        .unwrap_or(0);
+    debug_assert_eq!(n, DIGEST_LEN);
+    out
 }
 
 /// Why no key could be taken from a request.

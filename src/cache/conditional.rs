@@ -131,6 +131,19 @@ fn single_date(lines: &[HeaderValue], now_s: u64) -> Option<u64> {
 
 impl Cond {
     pub(crate) fn of(h: &HeaderMap) -> Self {
+        // Most requests carry none of these: a few names are walked rather
+        // than six looked up.
+        const READ: [HeaderName; 6] = [
+            IF_MATCH,
+            IF_NONE_MATCH,
+            IF_MODIFIED_SINCE,
+            IF_UNMODIFIED_SINCE,
+            IF_RANGE,
+            RANGE,
+        ];
+        if h.keys_len() <= READ.len() && !h.keys().any(|n| READ.contains(n)) {
+            return Self::default();
+        }
         let all = |name| h.get_all(name).iter().cloned().collect();
         Self {
             if_match: all(IF_MATCH),

@@ -1,9 +1,11 @@
 //! What a cacheable request does after each store answer: pure steps that
 //! the resolve loop follows (and unit tests drive without a store).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
-use super::entry::{decode, Entry};
+use super::entry::{decode, Entry, Meta};
 use super::key::Slot;
 use super::store::LockState;
 
@@ -134,15 +136,13 @@ impl Want {
 pub(crate) fn decode_for(slot: &Slot, raw: Bytes, gen: u64) -> Option<Entry> {
     match decode(raw) {
         Ok(mut e) if e.meta.key_tag == slot.tag() => {
-            if e.meta.stored_ms.saturating_mul(1000) < gen {
-                let purged_ms = gen / 1000;
-                let m = &mut e.meta;
-                m.fresh_ms = m.fresh_ms.min(purged_ms.saturating_sub(m.stored_ms));
+            if let Some(m) = purged(&e.meta, gen) {
+                e.meta = m;
             }
             Some(e)
         }
         Ok(_) => {
-            tracing::debug!("response cache: foreign entry; treated as a miss");
+            foreign();
             None
         }
         Err(err) => {
@@ -150,6 +150,39 @@ pub(crate) fn decode_for(slot: &Slot, raw: Bytes, gen: u64) -> Option<Entry> {
             None
         }
     }
+}
+
+/// An entry kept decoded (in process) for `slot`, read under the URL's
+/// generation `gen`, as [`decode_for`] reads stored bytes.
+pub(crate) fn adopt(slot: &Slot, e: Arc<Entry>, gen: u64) -> Option<Arc<Entry>> {
+    if e.meta.key_tag != slot.tag() {
+        foreign();
+        return None;
+    }
+    Some(match purged(&e.meta, gen) {
+        Some(meta) => Arc::new(Entry {
+            meta,
+            ..Entry::clone(&e)
+        }),
+        None => e,
+    })
+}
+
+fn foreign() {
+    tracing::debug!("response cache: foreign entry; treated as a miss");
+}
+
+/// The metadata of an entry stored before the purge of generation `gen`
+/// (fresh until that purge at most); `None` when stored after it.
+fn purged(m: &Meta, gen: u64) -> Option<Meta> {
+    if m.stored_ms.saturating_mul(1000) >= gen {
+        return None;
+    }
+    let purged_ms = gen / 1000;
+    Some(Meta {
+        fresh_ms: m.fresh_ms.min(purged_ms.saturating_sub(m.stored_ms)),
+        ..*m
+    })
 }
 
 /// Decides the leader's next move from a lookup's answer.
@@ -196,7 +229,6 @@ pub(crate) fn after_lookup(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::entry::Meta;
 
     fn entry(stored_ms: u64, fresh_ms: u64, swr_s: u32) -> Entry {
         Entry {

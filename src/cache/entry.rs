@@ -63,6 +63,23 @@ pub(crate) struct Entry {
     pub(crate) body: Bytes,
 }
 
+/// Field slots a hit's response keeps free for the fields added to it
+/// (`Age`, `Cache-Status`, and the server's `Content-Length` and `Date`).
+pub(crate) const SERVE_ROOM: usize = 4;
+
+impl Entry {
+    /// The memory a decoded entry holds besides the stored bytes its body
+    /// and values slice, counted from above: its map (index and field
+    /// slots, every value as if in a slot of its own), the names, and the
+    /// entry itself.
+    pub(crate) fn overhead(&self) -> usize {
+        let h = &self.headers;
+        let slot = std::mem::size_of::<HeaderName>() + std::mem::size_of::<HeaderValue>() + 24;
+        let names: usize = h.keys().map(|n| n.as_str().len()).sum();
+        std::mem::size_of::<Self>() + 16 + (h.capacity() + h.len()) * slot + names
+    }
+}
+
 /// Why stored bytes are not an entry. Every variant is a miss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum DecodeError {

@@ -210,7 +210,7 @@ impl Fill {
         let landed = move |result: &Result<bool, StoreError>| match result {
             Ok(true) => {
                 shared.retries.stored(keep_ms);
-                shared.l1_put(&slot, &raw, fresh_until, leader.epoch);
+                shared.l1_put_raw(&slot, &raw, fresh_until, leader.epoch);
                 leader.finish(round, Outcome::Done(raw));
             }
             // Overtaken by a purge: the response may predate it. The

@@ -39,6 +39,8 @@ pin_project! {
         state: State<S, B, R>,
         // Counts the answer by its `Cache-Status` (metrics, a debug span).
         shared: Arc<Shared>,
+        // The outcome, when known without reading `Cache-Status`.
+        outcome: Option<usize>,
     }
 }
 
@@ -121,6 +123,16 @@ where
                 fut,
                 pending: Some(pending),
             },
+            outcome: None,
+        }
+    }
+
+    /// Answered already (a hit served at once), with its outcome.
+    pub(crate) fn ready(res: Response<Bytes>, shared: Arc<Shared>, outcome: usize) -> Self {
+        Self {
+            state: State::Ready { res: Some(res) },
+            shared,
+            outcome: Some(outcome),
         }
     }
 
@@ -131,6 +143,7 @@ where
                 after: Some(after),
             },
             shared,
+            outcome: None,
         }
     }
 }
@@ -209,7 +222,10 @@ where
         let this = self.project();
         let out = ready!(poll_state(this.state, cx));
         if let Ok(res) = &out {
-            this.shared.count(res.headers());
+            match this.outcome.take() {
+                Some(i) => this.shared.count_outcome(i),
+                None => this.shared.count(res.headers()),
+            }
         }
         Poll::Ready(out)
     }

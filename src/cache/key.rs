@@ -54,30 +54,50 @@ impl Slot {
 /// `host[:port]` lowercased, without the scheme's default port (with no
 /// scheme known, without `:80` or `:443`).
 pub(crate) fn normalise_authority(authority: &[u8], scheme: Option<&str>) -> Vec<u8> {
-    let a = authority.to_ascii_lowercase();
-    let defaults: &[&[u8]] = match scheme.map(str::to_ascii_lowercase).as_deref() {
-        Some("http") => &[b":80"],
-        Some("https") => &[b":443"],
-        _ => &[b":80", b":443"],
-    };
-    for d in defaults {
-        if let Some(host) = a.strip_suffix(*d) {
-            return host.to_vec();
-        }
-    }
-    a
+    let mut out = Vec::with_capacity(authority.len());
+    push_authority(&mut out, authority, scheme);
+    out
 }
 
-/// The request's authority, normalised: the absolute-form URI's (RFC 9112
-/// §3.2.2: it wins over `Host`), else the `Host` field's; empty without either.
-pub(crate) fn authority(uri: &Uri, headers: &HeaderMap) -> Vec<u8> {
-    match uri.authority() {
-        Some(a) => normalise_authority(a.as_str().as_bytes(), uri.scheme_str()),
-        None => headers
-            .get(HOST)
-            .map(|h| normalise_authority(h.as_bytes(), None))
-            .unwrap_or_default(),
+/// Appends `authority` normalised as [`normalise_authority`] says.
+fn push_authority(out: &mut Vec<u8>, authority: &[u8], scheme: Option<&str>) {
+    let start = out.len();
+    out.extend(authority.iter().map(u8::to_ascii_lowercase));
+    let is = |s: &str| scheme.is_some_and(|x| x.eq_ignore_ascii_case(s));
+    let defaults: &[&[u8]] = if is("http") {
+        &[b":80"]
+    } else if is("https") {
+        &[b":443"]
+    } else {
+        &[b":80", b":443"]
+    };
+    for d in defaults {
+        if out[start..].ends_with(d) {
+            out.truncate(out.len() - d.len());
+            return;
+        }
     }
+}
+
+/// Appends the request's authority, normalised: the absolute-form URI's
+/// (RFC 9112 §3.2.2: it wins over `Host`), else the `Host` field's;
+/// nothing without either.
+fn push_request_authority(out: &mut Vec<u8>, uri: &Uri, headers: &HeaderMap) {
+    match uri.authority() {
+        Some(a) => push_authority(out, a.as_str().as_bytes(), uri.scheme_str()),
+        None => {
+            if let Some(h) = headers.get(HOST) {
+                push_authority(out, h.as_bytes(), None);
+            }
+        }
+    }
+}
+
+/// The request's authority, normalised (see [`push_request_authority`]).
+pub(crate) fn authority(uri: &Uri, headers: &HeaderMap) -> Vec<u8> {
+    let mut out = Vec::new();
+    push_request_authority(&mut out, uri, headers);
+    out
 }
 
 /// The request names two authorities: an absolute-form URI and a `Host`
@@ -100,7 +120,7 @@ impl KeyRules {
         s.extend_from_slice(self.scope.as_bytes());
         s.extend_from_slice(b"\0GET\0");
         if self.host {
-            s.extend_from_slice(&authority(uri, headers));
+            push_request_authority(&mut s, uri, headers);
         }
         s.push(0);
         s.extend_from_slice(uri.path().as_bytes());
@@ -116,12 +136,12 @@ impl KeyRules {
             if self.sort_query {
                 params.sort_unstable();
             }
-            if !params.is_empty() {
-                s.push(b'?');
-                s.extend_from_slice(params.join("&").as_bytes());
+            for (i, p) in params.iter().enumerate() {
+                s.push(if i == 0 { b'?' } else { b'&' });
+                s.extend_from_slice(p.as_bytes());
             }
         }
-        digest(&s).into()
+        digest_arc(&s)
     }
 
     /// The spec of a URL whose response did not `Vary`.
@@ -215,7 +235,9 @@ fn squeeze_commas(line: &[u8], out: &mut Vec<u8>) {
 /// as [`norm`] says; an absent header differs from an empty one.
 pub(crate) fn variant(spec: &str, request: &HeaderMap) -> Arc<str> {
     if spec.is_empty() {
-        return "_".into();
+        // One shared string: most URLs do not vary.
+        static NONE: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+        return NONE.get_or_init(|| "_".into()).clone();
     }
     let mut s = Vec::with_capacity(64);
     for name in spec.split(',') {
@@ -265,7 +287,14 @@ pub(crate) fn variant(spec: &str, request: &HeaderMap) -> Arc<str> {
         }
         s.push(0);
     }
-    digest(&s).into()
+    digest_arc(&s)
+}
+
+/// [`digest`] straight into its shared string (no intermediate `String`).
+fn digest_arc(bytes: &[u8]) -> Arc<str> {
+    let d = crate::key::digest_array(bytes);
+    // Base64url is ASCII.
+    std::str::from_utf8(&d).map_or_else(|_| digest(bytes).into(), Arc::from)
 }
 
 /// The URL digest of an application key (`get_or_load`).

@@ -10,8 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-
+use super::entry::Entry;
 use super::key::Slot;
 use crate::store::memory::lock;
 
@@ -36,7 +35,17 @@ pub enum Signal<'a> {
 #[allow(unreachable_pub)]
 pub type Listener = Arc<dyn Fn(Signal<'_>) -> bool + Send + Sync>;
 
-type Variants = HashMap<Arc<str>, (Bytes, u64)>;
+/// A copy: the decoded entry (a hit parses nothing), the bytes it holds
+/// (its stored form's, which its body and values slice, and its own), and
+/// the time it is dropped.
+#[derive(Debug)]
+struct Held {
+    entry: Arc<Entry>,
+    size: usize,
+    until: u64,
+}
+
+type Variants = HashMap<Arc<str>, Held>;
 
 /// URLs are split into this many stripes, each counting its invalidations.
 const STRIPES: usize = 64;
@@ -106,28 +115,38 @@ impl L1 {
     }
 
     /// A copy of the slot's entry, while it is fresh and valid.
-    pub(crate) fn get(&self, slot: &Slot, now: u64) -> Option<Bytes> {
+    pub(crate) fn get(&self, slot: &Slot, now: u64) -> Option<Arc<Entry>> {
         if !self.live.load(Ordering::Acquire) {
             return None;
         }
         let mut c = lock(&self.copies);
         let variants = c.urls.get_mut(&slot.url)?;
         match variants.get(&slot.variant) {
-            Some((raw, until)) if now < *until => Some(raw.clone()),
+            Some(copy) if now < copy.until => Some(copy.entry.clone()),
             Some(_) => {
-                let (raw, _) = variants.remove(&slot.variant)?;
+                let copy = variants.remove(&slot.variant)?;
                 c.len -= 1;
-                c.bytes -= raw.len();
+                c.bytes -= copy.size;
                 None
             }
             None => None,
         }
     }
 
-    /// Keeps a copy of a fresh entry until `fresh_until` (at most
-    /// `max_age`), unless the URL was invalidated since `seen`.
-    pub(crate) fn put(&self, slot: &Slot, raw: Bytes, now: u64, fresh_until: u64, seen: Epoch) {
-        if !self.live.load(Ordering::Acquire) || fresh_until <= now || raw.len() > self.max_bytes {
+    /// Keeps a copy of a fresh entry (decoded from `raw_len` stored bytes)
+    /// until `fresh_until` (at most `max_age`), unless the URL was
+    /// invalidated since `seen`.
+    pub(crate) fn put(
+        &self,
+        slot: &Slot,
+        entry: Arc<Entry>,
+        raw_len: usize,
+        now: u64,
+        fresh_until: u64,
+        seen: Epoch,
+    ) {
+        let size = raw_len + entry.overhead();
+        if !self.live.load(Ordering::Acquire) || fresh_until <= now || size > self.max_bytes {
             return;
         }
         let until = fresh_until.min(now + self.max_age_ms);
@@ -136,22 +155,22 @@ impl L1 {
         if self.epoch(&slot.url) != seen {
             return;
         }
-        if c.len >= self.max_entries || c.bytes + raw.len() > self.max_bytes {
+        if c.len >= self.max_entries || c.bytes + size > self.max_bytes {
             // Full: start over rather than track recency on the hot path.
             self.evictions.fetch_add(c.len as u64, Ordering::Relaxed);
             *c = Copies::default();
         }
-        let len = raw.len();
+        let copy = Held { entry, size, until };
         let old = c
             .urls
             .entry(slot.url.clone())
             .or_default()
-            .insert(slot.variant.clone(), (raw, until));
+            .insert(slot.variant.clone(), copy);
         match old {
-            Some((old, _)) => c.bytes -= old.len(),
+            Some(old) => c.bytes -= old.size,
             None => c.len += 1,
         }
-        c.bytes += len;
+        c.bytes += size;
     }
 
     /// Drops every copy of a URL; copies read before now are not kept either.
@@ -160,7 +179,7 @@ impl L1 {
         self.stripes[stripe(url)].fetch_add(1, Ordering::AcqRel);
         if let Some(v) = c.urls.remove(url) {
             c.len -= v.len();
-            c.bytes -= v.values().map(|(raw, _)| raw.len()).sum::<usize>();
+            c.bytes -= v.values().map(|copy| copy.size).sum::<usize>();
         }
     }
 
@@ -198,6 +217,16 @@ impl L1 {
 mod tests {
     use super::*;
 
+    /// An entry of `n` body bytes, stored as just those.
+    fn entry(n: usize) -> (Arc<Entry>, usize) {
+        let e = Entry {
+            meta: Default::default(),
+            headers: Default::default(),
+            body: bytes::Bytes::from(vec![0u8; n]),
+        };
+        (Arc::new(e), n)
+    }
+
     fn slot(url: &str, v: &str) -> Slot {
         Slot {
             url: url.into(),
@@ -210,25 +239,25 @@ mod tests {
     fn copies_live_only_while_the_channel_is_up_and_until_fresh() {
         let l1 = Arc::new(L1::new(2, 1024, Duration::from_secs(5)));
         let listen = l1.listener();
-        let raw = Bytes::from_static(b"e");
+        let (raw, n) = entry(1);
         let e = |l1: &L1, url| l1.epoch(url);
-        l1.put(&slot("u", "a"), raw.clone(), 0, 1000, e(&l1, "u"));
+        l1.put(&slot("u", "a"), raw.clone(), n, 0, 1000, e(&l1, "u"));
         assert!(l1.get(&slot("u", "a"), 1).is_none(), "not live yet");
         listen(Signal::Up);
-        l1.put(&slot("u", "a"), raw.clone(), 0, 1000, e(&l1, "u"));
-        l1.put(&slot("u", "b"), raw.clone(), 0, 100_000, e(&l1, "u"));
+        l1.put(&slot("u", "a"), raw.clone(), n, 0, 1000, e(&l1, "u"));
+        l1.put(&slot("u", "b"), raw.clone(), n, 0, 100_000, e(&l1, "u"));
         assert!(l1.get(&slot("u", "a"), 999).is_some());
         assert!(l1.get(&slot("u", "a"), 1000).is_none(), "stale");
         assert!(
             l1.get(&slot("u", "b"), 5_001).is_none(),
             "older than max_age"
         );
-        l1.put(&slot("u", "b"), raw.clone(), 0, 1000, e(&l1, "u"));
+        l1.put(&slot("u", "b"), raw.clone(), n, 0, 1000, e(&l1, "u"));
         listen(Signal::Message(&format!("{}|u", l1.id)));
         assert!(l1.get(&slot("u", "b"), 1).is_some(), "its own write");
         listen(Signal::Message("-|u"));
         assert!(l1.get(&slot("u", "b"), 1).is_none(), "invalidated");
-        l1.put(&slot("v", "a"), raw.clone(), 0, 1000, e(&l1, "v"));
+        l1.put(&slot("v", "a"), raw.clone(), n, 0, 1000, e(&l1, "v"));
         listen(Signal::Down);
         assert!(
             l1.get(&slot("v", "a"), 1).is_none(),
@@ -248,18 +277,19 @@ mod tests {
         listen(Signal::Up);
         let seen = l1.epoch("u");
         listen(Signal::Message("-|u"));
-        l1.put(&slot("u", "a"), Bytes::from_static(b"old"), 0, 1000, seen);
+        let (old, n) = entry(3);
+        l1.put(&slot("u", "a"), old, n, 0, 1000, seen);
         assert!(
             l1.get(&slot("u", "a"), 1).is_none(),
             "read before the purge"
         );
         let seen = l1.epoch("u");
-        l1.put(&slot("u", "a"), Bytes::from_static(b"new"), 0, 1000, seen);
+        l1.put(&slot("u", "a"), entry(3).0, n, 0, 1000, seen);
         assert!(l1.get(&slot("u", "a"), 1).is_some());
         let seen = l1.epoch("v");
         listen(Signal::Down);
         listen(Signal::Up);
-        l1.put(&slot("v", "a"), Bytes::from_static(b"x"), 0, 1000, seen);
+        l1.put(&slot("v", "a"), entry(1).0, 1, 0, 1000, seen);
         assert!(
             l1.get(&slot("v", "a"), 1).is_none(),
             "messages may be lost while down"
@@ -270,23 +300,23 @@ mod tests {
     fn the_tier_is_bounded_in_bytes_and_entries_and_counts_evictions() {
         let l1 = Arc::new(L1::new(100, 1000, Duration::from_secs(5)));
         l1.listener()(Signal::Up);
-        let raw = Bytes::from(vec![0u8; 300]);
+        let (raw, n) = entry(300);
         for i in 0..10 {
             let url = format!("u{i}");
-            l1.put(&slot(&url, "a"), raw.clone(), 0, 1000, l1.epoch(&url));
+            l1.put(&slot(&url, "a"), raw.clone(), n, 0, 1000, l1.epoch(&url));
             let c = lock(&l1.copies);
             assert!(c.bytes <= 1000, "{}", c.bytes);
             let held: usize = c
                 .urls
                 .values()
                 .flat_map(|v| v.values())
-                .map(|(r, _)| r.len())
+                .map(|h| h.entry.body.len() + h.entry.overhead())
                 .sum();
             assert_eq!(held, c.bytes, "measured");
         }
         assert!(l1.evictions() >= 6, "{}", l1.evictions());
-        let big = Bytes::from(vec![0u8; 2000]);
-        l1.put(&slot("big", "a"), big, 0, 1000, l1.epoch("big"));
+        let (big, n) = entry(2000);
+        l1.put(&slot("big", "a"), big, n, 0, 1000, l1.epoch("big"));
         assert!(
             l1.get(&slot("big", "a"), 1).is_none(),
             "larger than the tier"
@@ -295,7 +325,7 @@ mod tests {
         l1.listener()(Signal::Up);
         for i in 0..5 {
             let url = format!("u{i}");
-            l1.put(&slot(&url, "a"), raw.clone(), 0, 1000, l1.epoch(&url));
+            l1.put(&slot(&url, "a"), raw.clone(), n, 0, 1000, l1.epoch(&url));
             assert!(lock(&l1.copies).len <= 2);
         }
     }

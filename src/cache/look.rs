@@ -4,31 +4,92 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+use http::{HeaderMap, Response};
+
+use super::conditional::Cond;
 use super::config::FailurePolicy;
-use super::decide::{decode_for, swr_ok, HitKind, Judged};
+use super::decide::{adopt, decode_for, swr_ok, HitKind, Judged, Want};
 use super::entry::Entry;
-use super::key::Slot;
+use super::key::{self, Slot};
 use super::leader::Leader;
 use super::resolve::{Ask, Resolution};
-use super::shared::Shared;
+use super::response::serve;
+use super::route::Plan;
+use super::shared::{Shared, HIT, HIT_L1};
 use super::store::{Found, Lookup};
 use crate::error::StoreError;
 
-/// A fresh copy from the in-process tier.
-pub(super) fn local(shared: &Shared, slot: &Slot) -> Option<Entry> {
-    let raw = shared.l1.as_ref()?.get(slot, shared.now_ms())?;
-    decode_for(slot, raw, 0)
+/// A copy from the in-process tier, while it is fresh, at `now`.
+pub(super) fn local(shared: &Shared, slot: &Slot, now: u64) -> Option<Arc<Entry>> {
+    let e = shared.l1.as_ref()?.get(slot, now)?;
+    adopt(slot, e, 0)
 }
 
 /// Records what a store answer teaches; `false` when the URL's spec
 /// changed (nothing else was read: ask again).
 pub(super) fn learn(shared: &Shared, slot: &Slot, found: &Found) -> bool {
-    shared.observe(found.now_ms);
-    if found.spec != slot.spec {
-        shared.learn(&slot.url, &found.spec);
+    learn_at(shared, slot, found.now_ms, &found.spec)
+}
+
+fn learn_at(shared: &Shared, slot: &Slot, now_ms: u64, spec: &Arc<str>) -> bool {
+    shared.observe(now_ms);
+    if *spec != slot.spec {
+        shared.learn(&slot.url, spec);
         return false;
     }
     true
+}
+
+/// A hit answered at once, before any future is built: what the first
+/// round of [`resolve`](super::resolve::resolve) would serve from the
+/// in-process tier, or from an in-process home that keeps its entries
+/// decoded, and its outcome (see [`Shared::count_outcome`]). `None`:
+/// resolve the request the usual way.
+pub(super) fn at_once(
+    sh: &Shared,
+    url: &Arc<str>,
+    plan: &Plan,
+    h: &HeaderMap,
+    cond: &Cond,
+) -> Option<(Response<Bytes>, usize)> {
+    if sh.l1.is_none() && !sh.home.is_local() || sh.retries.is_pending(url) {
+        return None;
+    }
+    let slot = key::slot(url.clone(), sh.spec_of(url), h);
+    let served = |e: &Arc<Entry>| cond.ranges.served_by(e, plan.head);
+    let (cfg, head) = (&sh.cfg, plan.head);
+    if sh.l1.is_some() {
+        let now = sh.now_ms();
+        if let Some(e) = local(sh, &slot, now).filter(served) {
+            if plan.want.judge(&e, now) == Judged::Fresh {
+                let res = serve(cfg, &e, now, head, cond, "hit; detail=l1");
+                return Some((res, HIT_L1));
+            }
+        }
+    }
+    let p = sh.home.peek(&slot)?;
+    if !learn_at(sh, &slot, p.now_ms, &p.spec) {
+        return None;
+    }
+    let e = p
+        .entry
+        .and_then(|e| adopt(&slot, e, p.gen))
+        .filter(served)?;
+    match judge(&plan.want, e, p.now_ms, false) {
+        Some(Resolution::Hit(e, _)) => Some((serve(cfg, &e, p.now_ms, head, cond, "hit"), HIT)),
+        _ => None,
+    }
+}
+
+/// A lookup's entry judged for a request: a hit, or a miss.
+fn judge(want: &Want, e: Arc<Entry>, now: u64, stale_ok: bool) -> Option<Resolution> {
+    match want.judge(&e, now) {
+        Judged::Fresh => Some(Resolution::Hit(e, HitKind::Fresh)),
+        Judged::Grace => Some(Resolution::Hit(e, HitKind::Stale)),
+        Judged::Stale if stale_ok && swr_ok(&e, now) => Some(Resolution::Hit(e, HitKind::Stale)),
+        _ => None,
+    }
 }
 
 /// What a failed lookup means under the layer's failure policy.
@@ -55,6 +116,15 @@ pub(super) async fn look(
     stale_ok: bool,
 ) -> Option<Resolution> {
     let want = &ask.want;
+    if let Some(p) = shared.home.peek(&slot) {
+        if !learn_at(shared, &slot, p.now_ms, &p.spec) {
+            return None;
+        }
+        let e = p.entry.and_then(|e| adopt(&slot, e, p.gen));
+        let hit = e.filter(|e| ask.served_by(e));
+        let hit = hit.and_then(|e| judge(want, e, p.now_ms, stale_ok));
+        return Some(hit.unwrap_or(Resolution::Pass("miss")));
+    }
     let q = Lookup {
         slot: slot.clone(),
         lock: None,
@@ -71,20 +141,16 @@ pub(super) async fn look(
     let now = found.now_ms;
     let hit = found.entry.and_then(|raw| {
         let e = decode_for(&slot, raw.clone(), found.gen).filter(|e| ask.served_by(e))?;
-        Some((e, raw))
+        Some((Arc::new(e), raw))
     });
     let Some((e, raw)) = hit else {
         return Some(Resolution::Pass("miss"));
     };
-    Some(match want.judge(&e, now) {
-        Judged::Fresh => {
-            shared.l1_put(&slot, &raw, e.meta.fresh_until_ms(), epoch);
-            Resolution::Hit(e, HitKind::Fresh)
-        }
-        Judged::Grace => Resolution::Hit(e, HitKind::Stale),
-        Judged::Stale if stale_ok && swr_ok(&e, now) => Resolution::Hit(e, HitKind::Stale),
-        _ => Resolution::Pass("miss"),
-    })
+    let r = judge(want, e, now, stale_ok);
+    if let Some(Resolution::Hit(e, HitKind::Fresh)) = &r {
+        shared.l1_put(&slot, e, raw.len(), e.meta.fresh_until_ms(), epoch);
+    }
+    Some(r.unwrap_or(Resolution::Pass("miss")))
 }
 
 /// A range request that a stored part does not hold, outside any flight:
@@ -116,7 +182,7 @@ pub(super) async fn alone(shared: &Arc<Shared>, ask: &Ask, slot: Slot) -> Option
         // Served whole or by a part now; when not fresh, revalidated the
         // usual way (collapsed, under the lock).
         let fresh = ask.want.judge(&e, found.now_ms) == Judged::Fresh;
-        return fresh.then_some(Resolution::Hit(e, HitKind::Fresh));
+        return fresh.then(|| Resolution::Hit(Arc::new(e), HitKind::Fresh));
     }
     let partial = partial?;
     let mut l = Leader::new(

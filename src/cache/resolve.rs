@@ -50,10 +50,10 @@ impl Ask {
 }
 
 pub(crate) enum Resolution {
-    Hit(Entry, HitKind),
+    Hit(Arc<Entry>, HitKind),
     Fill(Leader),
     /// Serve the stale entry now; the leader revalidates it in the background.
-    Refresh(Entry, Leader),
+    Refresh(Arc<Entry>, Leader),
     Pass(&'static str),
     /// The store failed and the layer fails closed.
     Unavailable,
@@ -64,13 +64,17 @@ pub(crate) async fn resolve(shared: Arc<Shared>, ask: Ask) -> Resolution {
     if shared.retries.is_pending(&ask.url) {
         return Resolution::Pass("purge-pending");
     }
-    let deadline = Instant::now() + shared.cfg.wait;
+    // Read once a request waits (a hit never does).
+    let mut deadline = None;
     for _ in 0..4 {
         let spec = shared.spec_of(&ask.url);
         let slot = key::slot(ask.url.clone(), spec, &ask.headers);
-        if let Some(e) = local(&shared, &slot).filter(|e| ask.served_by(e)) {
-            if ask.want.judge(&e, shared.now_ms()) == Judged::Fresh {
-                return Resolution::Hit(e, HitKind::Local);
+        if shared.l1.is_some() {
+            let now = shared.now_ms();
+            if let Some(e) = local(&shared, &slot, now).filter(|e| ask.served_by(e)) {
+                if ask.want.judge(&e, now) == Judged::Fresh {
+                    return Resolution::Hit(e, HitKind::Local);
+                }
             }
         }
         if ask.lookup_only {
@@ -87,6 +91,7 @@ pub(crate) async fn resolve(shared: Arc<Shared>, ask: Ask) -> Resolution {
                 None => continue,
             }
         }
+        let deadline = *deadline.get_or_insert_with(|| Instant::now() + shared.cfg.wait);
         let guard = match shared.flights.join(&slot) {
             Joined::Leader(g) => g,
             Joined::Follower(f) => match follow(&shared, f, &slot, &ask, deadline).await {
@@ -136,7 +141,7 @@ async fn follow(
             Outcome::Stale(raw) if fresh => {
                 let ok = |e: &Entry| swr_ok(e, shared.now_ms()) && ask.served_by(e);
                 if let Some(e) = decode_for(slot, raw, 0).filter(ok) {
-                    return Followed::Resolved(Resolution::Hit(e, HitKind::Stale));
+                    return Followed::Resolved(Resolution::Hit(Arc::new(e), HitKind::Stale));
                 }
             }
             // Revalidating since before this request came: whether the
@@ -170,7 +175,7 @@ async fn follow(
                     {
                         Followed::Again
                     }
-                    Some(e) => Followed::Resolved(Resolution::Hit(e, HitKind::Collapsed)),
+                    Some(e) => Followed::Resolved(Resolution::Hit(Arc::new(e), HitKind::Collapsed)),
                     None => Followed::Again,
                 };
             }
@@ -256,8 +261,8 @@ async fn lead(
                     // Served stale by the request's max-stale: no fill.
                     shared.spawn_release(&slot, token, 0);
                 }
-                let (e, raw) = (entry?, raw.unwrap_or_default());
-                shared.l1_put(&slot, &raw, e.meta.fresh_until_ms(), epoch);
+                let (e, raw) = (Arc::new(entry?), raw.unwrap_or_default());
+                shared.l1_put(&slot, &e, raw.len(), e.meta.fresh_until_ms(), epoch);
                 guard.finish(round, Outcome::Done(raw));
                 return Some(Resolution::Hit(e, kind));
             }
@@ -279,7 +284,7 @@ async fn lead(
                 if let (true, Some(e)) = (background, entry.clone()) {
                     let looked = Some((&found, Some(token)));
                     let l = Leader::new(shared, slot, Some(guard), looked, entry, None);
-                    return Some(Resolution::Refresh(e, l));
+                    return Some(Resolution::Refresh(Arc::new(e), l));
                 }
                 return fill(Some(guard), Some(token), entry, None);
             }

@@ -3,6 +3,8 @@
 //! conditional requests (RFC 9110 §13, see [`conditional`](super::conditional)),
 //! and the header hygiene of what is stored.
 
+use std::sync::OnceLock;
+
 use bytes::Bytes;
 use http::header::{
     HeaderName, AGE, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_RANGE,
@@ -14,7 +16,7 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use super::cache_control::CacheControl;
 use super::conditional::{Cond, Evaluated};
 use super::config::Config;
-use super::entry::Entry;
+use super::entry::{Entry, SERVE_ROOM};
 use crate::problem::Problem;
 
 /// The `Cache-Status` field name.
@@ -77,16 +79,22 @@ pub(crate) fn serve(
                 h.append(name.clone(), v.clone());
             }
         }
-        h.insert(AGE, HeaderValue::from(age));
+        h.insert(AGE, age_value(age));
         h.append(CACHE_STATUS.clone(), status);
         return res;
     }
     let mut res = Response::new(if head { Bytes::new() } else { e.body.clone() });
     *res.status_mut() = code;
-    *res.headers_mut() = e.headers.clone();
-    // Room for the fields added here and by the server (`Age`,
-    // `Cache-Status`, `Content-Length`, `Date`): one growth, not several.
-    res.headers_mut().reserve(4);
+    // A map of its own, with room for the fields added here and by the
+    // server (`Age`, `Cache-Status`, `Content-Length`, `Date`): a clone of
+    // the stored one would grow at once.
+    let mut h = HeaderMap::with_capacity(e.headers.len() + SERVE_ROOM);
+    for (name, value) in &e.headers {
+        if !cfg.tags.hides(name) {
+            h.append(name.clone(), value.clone());
+        }
+    }
+    *res.headers_mut() = h;
     if !head {
         if let Some((partial, body)) = cond.ranges.apply(code, res.headers_mut(), &e.body) {
             *res.status_mut() = partial;
@@ -94,10 +102,37 @@ pub(crate) fn serve(
         }
     }
     let h = res.headers_mut();
-    cfg.tags.strip(h);
-    h.insert(AGE, HeaderValue::from(age));
+    h.insert(AGE, age_value(age));
     h.append(CACHE_STATUS.clone(), status);
     res
+}
+
+/// Ages below this are written once per process, then shared.
+const SMALL_AGES: usize = 1024;
+
+/// An `Age` value: most hits are young, and theirs allocates nothing.
+fn age_value(age: u64) -> HeaderValue {
+    static AGES: OnceLock<Vec<HeaderValue>> = OnceLock::new();
+    let ages = AGES.get_or_init(|| {
+        let mut digits = Vec::new();
+        let mut ends = Vec::with_capacity(SMALL_AGES);
+        for n in 0..SMALL_AGES as u64 {
+            crate::decimal::push_u64(&mut digits, n);
+            ends.push(digits.len());
+        }
+        // Kept for the life of the process (a few KiB, once).
+        let digits: &'static [u8] = digits.leak();
+        let mut start = 0;
+        let mut ages = Vec::with_capacity(SMALL_AGES);
+        for end in ends {
+            let v = HeaderValue::from_maybe_shared(Bytes::from_static(&digits[start..end]));
+            ages.push(v.unwrap_or_else(|_| HeaderValue::from(start as u64)));
+            start = end;
+        }
+        ages
+    });
+    let small = usize::try_from(age).ok().and_then(|i| ages.get(i));
+    small.cloned().unwrap_or_else(|| HeaderValue::from(age))
 }
 
 /// An answer the cache gives without the origin.
@@ -233,6 +268,13 @@ mod tests {
             (i64::MIN, "edge; hit; ttl=-9223372036854775808"),
         ] {
             assert_eq!(hit_status("edge", "hit", ttl), want);
+        }
+    }
+
+    #[test]
+    fn ages_young_and_old_read_as_their_number() {
+        for age in [0, 1, 9, 10, 999, 1023, 1024, 86_400, u64::MAX] {
+            assert_eq!(age_value(age), age.to_string().as_str());
         }
     }
 }

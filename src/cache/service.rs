@@ -11,7 +11,7 @@ use super::conditional::Cond;
 use super::fill::FillCtx;
 use super::future::{After, Pending, ResponseFuture};
 use super::invalidate::Targets;
-use super::range::Ranges;
+use super::look::at_once;
 use super::resolve::{resolve, Ask};
 use super::response::cache_status;
 use super::route::{route, Route};
@@ -52,40 +52,30 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let sh = &self.shared;
-        // The readied service goes into the future; a fresh clone stays here.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
         let plan = match route(sh, req.method(), req.uri(), req.headers()) {
-            Route::Invalidate => {
-                let targets = Targets::of(sh, &req);
-                let after = After::Invalidate(sh.clone(), targets);
-                return ResponseFuture::call(inner.call(req), after, sh.clone());
-            }
-            Route::Pass => {
-                return ResponseFuture::call(inner.call(req), After::Pass(None), sh.clone())
-            }
-            Route::Bypass(why) => {
-                let status = cache_status(&sh.cfg.name, &format!("fwd=bypass; detail={why}"));
-                return ResponseFuture::call(
-                    inner.call(req),
-                    After::Pass(Some(status)),
-                    sh.clone(),
-                );
-            }
             Route::Cache(plan) => plan,
+            other => return self.pass(req, other),
         };
         let h = req.headers();
+        let url = sh.cfg.key.url(req.uri(), h);
+        let cond = Cond::of(h);
+        // A hit in process: no future to resolve, and the inner service
+        // stays readied for the next request.
+        if let Some((res, outcome)) = at_once(sh, &url, &plan, h, &cond) {
+            return ResponseFuture::ready(res, sh.clone(), outcome);
+        }
+        let inner = take(&mut self.inner);
         let request = Arc::new(h.clone());
         let ask = Ask {
-            url: sh.cfg.key.url(req.uri(), h),
+            url,
             headers: request.clone(),
             lookup_only: plan.lookup_only,
             want: plan.want,
-            ranges: Ranges::of(h),
+            ranges: cond.ranges.clone(),
             head: plan.head,
         };
         let ctx = FillCtx {
-            cond: Cond::of(h),
+            cond,
             request,
             asked: plan.asked,
             only_if_cached: plan.only_if_cached,
@@ -100,5 +90,39 @@ where
             ctx,
         };
         ResponseFuture::resolve(fut, pending)
+    }
+}
+
+/// The readied service, for a future; a fresh clone stays here.
+fn take<S: Clone>(inner: &mut S) -> S {
+    let clone = inner.clone();
+    std::mem::replace(inner, clone)
+}
+
+impl<S: Clone> ResponseCache<S> {
+    /// A request the cache does not answer.
+    fn pass<ReqBody, ResBody>(
+        &mut self,
+        req: Request<ReqBody>,
+        route: Route,
+    ) -> ResponseFuture<S, ReqBody, ResBody>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    {
+        let sh = self.shared.clone();
+        let mut inner = take(&mut self.inner);
+        match route {
+            Route::Invalidate => {
+                let targets = Targets::of(&sh, &req);
+                let after = After::Invalidate(sh.clone(), targets);
+                ResponseFuture::call(inner.call(req), after, sh)
+            }
+            Route::Pass => ResponseFuture::call(inner.call(req), After::Pass(None), sh),
+            Route::Bypass(why) => {
+                let status = cache_status(&sh.cfg.name, &format!("fwd=bypass; detail={why}"));
+                ResponseFuture::call(inner.call(req), After::Pass(Some(status)), sh)
+            }
+            Route::Cache(_) => unreachable!("answered through the cache"),
+        }
     }
 }

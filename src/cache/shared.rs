@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use tokio::time::Instant;
 
 use super::config::Config;
+use super::entry::Entry;
 use super::flight::Flights;
 use super::key::Slot;
 use super::l1::{Epoch, L1};
@@ -30,6 +31,8 @@ pub(crate) struct Shared {
     warned: Throttle,
     outcomes: Outcomes,
     specs: Mutex<HashMap<Arc<str>, Arc<str>>>,
+    /// The spec of URLs whose responses do not `Vary` (most of them).
+    base_spec: Arc<str>,
     base: Instant,
     offset_ms: AtomicI64,
 }
@@ -59,6 +62,7 @@ impl Shared {
             &[("scope", &cfg.key.scope)],
             &OUTCOMES,
         );
+        let base_spec = cfg.key.base_spec();
         Self {
             cfg,
             home,
@@ -68,6 +72,7 @@ impl Shared {
             warned: Throttle::default(),
             outcomes,
             specs: Mutex::default(),
+            base_spec,
             base: Instant::now(),
             offset_ms: AtomicI64::new(i64::MIN),
         }
@@ -77,8 +82,13 @@ impl Shared {
         self.base.elapsed().as_millis() as i64
     }
 
-    /// Records the store's clock as seen in a reply.
+    /// Records the store's clock as seen in a reply. An in-process home's
+    /// clock runs with this process's: once seen, its offset holds (and
+    /// is not read again at every lookup).
     pub(crate) fn observe(&self, store_now_ms: u64) {
+        if self.home.is_local() && self.offset_ms.load(Ordering::Relaxed) != i64::MIN {
+            return;
+        }
         self.offset_ms
             .store(store_now_ms as i64 - self.local_ms(), Ordering::Relaxed);
     }
@@ -100,12 +110,12 @@ impl Shared {
         lock(&self.specs)
             .get(url)
             .cloned()
-            .unwrap_or_else(|| self.cfg.key.base_spec())
+            .unwrap_or_else(|| self.base_spec.clone())
     }
 
     pub(crate) fn learn(&self, url: &Arc<str>, spec: &Arc<str>) {
         let mut specs = lock(&self.specs);
-        if **spec == *self.cfg.key.base_spec() {
+        if *spec == self.base_spec {
             specs.remove(url);
             return;
         }
@@ -128,8 +138,14 @@ impl Shared {
         else {
             return;
         };
-        let i = outcome_of(&status[name.len() + 1..]);
-        let Some(i) = i else { return };
+        if let Some(i) = outcome_of(&status[name.len() + 1..]) {
+            self.count_outcome(i);
+        }
+    }
+
+    /// Counts an answer whose outcome is known already (index into
+    /// `OUTCOMES`: [`HIT`], [`HIT_L1`]).
+    pub(crate) fn count_outcome(&self, i: usize) {
         self.outcomes.inc(i);
         tracing::debug_span!(
             "response_cache",
@@ -147,16 +163,42 @@ impl Shared {
             .store_failed("response cache", &self.cfg.key.scope, what, then, e);
     }
 
-    /// Keeps an in-process copy of a fresh entry (when the tier is on).
+    /// Keeps an in-process copy of a fresh entry, decoded from `raw_len`
+    /// stored bytes (when the tier is on).
     pub(crate) fn l1_put(
+        &self,
+        slot: &Slot,
+        entry: &Arc<Entry>,
+        raw_len: usize,
+        fresh_until: u64,
+        seen: Option<Epoch>,
+    ) {
+        if let (Some(l1), Some(seen)) = (&self.l1, seen) {
+            l1.put(
+                slot,
+                entry.clone(),
+                raw_len,
+                self.now_ms(),
+                fresh_until,
+                seen,
+            );
+        }
+    }
+
+    /// [`l1_put`](Self::l1_put) of an entry in its stored form (decoded
+    /// only when the tier is on).
+    pub(crate) fn l1_put_raw(
         &self,
         slot: &Slot,
         raw: &bytes::Bytes,
         fresh_until: u64,
         seen: Option<Epoch>,
     ) {
-        if let (Some(l1), Some(seen)) = (&self.l1, seen) {
-            l1.put(slot, raw.clone(), self.now_ms(), fresh_until, seen);
+        if self.l1.is_none() || seen.is_none() {
+            return;
+        }
+        if let Some(e) = super::decide::decode_for(slot, raw.clone(), 0) {
+            self.l1_put(slot, &Arc::new(e), raw.len(), fresh_until, seen);
         }
     }
 
@@ -224,6 +266,8 @@ const OUTCOMES: [&str; 8] = [
     "store_error",
 ];
 const STORE_ERROR: usize = 7;
+pub(crate) const HIT: usize = 0;
+pub(crate) const HIT_L1: usize = 1;
 
 /// The outcome a `Cache-Status` parameter list (after the cache's name) says.
 fn outcome_of(params: &[u8]) -> Option<usize> {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
+use super::entry::Entry;
 use super::key::Slot;
 use super::l1::Listener;
 use crate::error::StoreError;
@@ -85,6 +86,26 @@ pub trait CacheHome: Send + Sync + std::fmt::Debug {
     fn is_local(&self) -> bool {
         false
     }
+    /// A lookup that takes no lock, answered at once with the entry kept
+    /// decoded (a hit parses nothing); `None` where entries are only
+    /// bytes (then [`lookup`](Self::lookup)).
+    fn peek(&self, _slot: &Slot) -> Option<Peeked> {
+        None
+    }
+}
+
+/// What an in-process home holds for a slot, its entry decoded.
+#[doc(hidden)]
+#[derive(Debug)]
+#[allow(unreachable_pub)]
+pub struct Peeked {
+    /// The store's clock, ms since the epoch.
+    pub(crate) now_ms: u64,
+    /// As [`Found::spec`].
+    pub(crate) spec: Arc<str>,
+    /// `None` too for an entry that does not decode (a miss).
+    pub(crate) entry: Option<Arc<Entry>>,
+    pub(crate) gen: u64,
 }
 
 /// One lookup: a slot, and the fill lock to take if its entry is missing or stale.

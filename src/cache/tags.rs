@@ -56,6 +56,11 @@ impl TagRules {
         out
     }
 
+    /// Whether clients do not see the field `name`.
+    pub(crate) fn hides(&self, name: &HeaderName) -> bool {
+        self.strip && *name == self.header
+    }
+
     /// Removes the tag header from what clients see, when configured.
     pub(crate) fn strip(&self, headers: &mut HeaderMap) {
         if self.strip {

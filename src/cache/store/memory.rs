@@ -6,11 +6,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
 use super::{
-    CacheHome, CacheStore, Found, LockState, Lookup, Tagging, Unpurged, Variants, Write,
+    CacheHome, CacheStore, Found, LockState, Lookup, Peeked, Tagging, Unpurged, Variants, Write,
     FILL_MAX_MS,
 };
 use crate::cache::key::Slot;
@@ -21,7 +20,10 @@ use crate::store::memory::{lock, ExpiringMap};
 use crate::store::MemoryStore;
 use crate::telemetry::{Count, Level};
 
+mod stored;
 mod tags;
+
+use stored::Stored;
 
 type SlotKey = (Arc<str>, Arc<str>);
 
@@ -35,7 +37,7 @@ struct Entries(Mutex<State>);
 #[derive(Debug, Default)]
 struct State {
     index: ExpiringMap<Arc<str>, Index>,
-    entries: Lru<SlotKey, Bytes>,
+    entries: Lru<SlotKey, Stored>,
     locks: ExpiringMap<SlotKey, u64>,
     passes: ExpiringMap<SlotKey, ()>,
     gens: ExpiringMap<Arc<str>, u64>,
@@ -123,7 +125,7 @@ impl State {
             fresh_until = idx.variants.get(&s.variant).map_or(0, |v| v.0);
         }
         let key = key_of(s);
-        let entry = self.entries.get(&key, now_us).cloned();
+        let entry = self.entries.get(&key, now_us).map(|e| e.raw.clone());
         let mut lock_state = LockState::NotTried;
         if let Some((token, ttl_ms)) = q.lock {
             let fresh = entry.is_some() && now_ms < fresh_until && !q.force;
@@ -148,7 +150,7 @@ impl State {
         }
     }
 
-    fn write(&mut self, w: Write, now_us: u64) -> bool {
+    fn write(&mut self, w: Write, stored: Stored, now_us: u64) -> bool {
         let now_ms = now_us / 1000;
         let s = &w.slot;
         if self.gen(&s.url, now_us) != w.gen || now_ms.saturating_sub(w.seen_ms) > FILL_MAX_MS {
@@ -170,10 +172,10 @@ impl State {
             None => Index::new(&s.spec),
         };
         let expires = now_ms + w.keep_ms;
-        let charge = w.entry.len() + s.url.len() + s.variant.len() + OVERHEAD;
+        let charge = stored.size() + s.url.len() + s.variant.len() + OVERHEAD;
         let evicted = self
             .entries
-            .insert(key_of(s), w.entry, charge, expires * 1000, now_us);
+            .insert(key_of(s), stored, charge, expires * 1000, now_us);
         for (url, variant) in evicted {
             if url == s.url {
                 idx.variants.remove(&variant);
@@ -221,7 +223,7 @@ impl State {
             .into_iter()
             .filter_map(|v| {
                 let e = self.entries.get(&(url.clone(), v.clone()), now_us)?;
-                Some((v, e.clone()))
+                Some((v, e.raw.clone()))
             })
             .collect();
         Variants {
@@ -304,9 +306,11 @@ impl CacheHome for MemoryHome {
 
     fn write(&self, w: Write) -> BoxFuture<'static, Result<bool, StoreError>> {
         let m = &self.metrics;
+        // Decoded before the lock is taken.
+        let stored = Stored::new(w.entry.clone());
         ready(self.with(|st, now| {
             let evicted = st.entries.evictions();
-            let written = st.write(w, now);
+            let written = st.write(w, stored, now);
             m.evictions.add(st.entries.evictions() - evicted);
             m.bytes.set(st.entries.bytes() as f64);
             m.count.set(st.entries.len() as f64);
@@ -371,6 +375,10 @@ impl CacheHome for MemoryHome {
 
     fn is_local(&self) -> bool {
         true
+    }
+
+    fn peek(&self, slot: &Slot) -> Option<Peeked> {
+        Some(self.with(|st, now| st.peek(slot, now)))
     }
 }
 

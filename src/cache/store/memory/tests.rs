@@ -1,4 +1,5 @@
 use super::*;
+use bytes::Bytes;
 
 fn slot(url: &str) -> Slot {
     Slot {
@@ -45,13 +46,13 @@ async fn ten_times_the_capacity_stays_within_it_and_evictions_are_counted() {
         assert!(home.write(w).await.unwrap());
         // Measured: the bytes the map really holds, not the counter.
         let st = lock(&home.entries.0);
-        let held: usize = st.entries.values().map(Bytes::len).sum();
+        let held: usize = st.entries.values().map(Stored::size).sum();
         assert!(held <= capacity, "{held} bytes held");
     }
     let st = lock(&home.entries.0);
     let evictions = st.entries.evictions();
     assert!(evictions >= 9 * (capacity / body) as u64, "{evictions}");
-    let held: usize = st.entries.values().map(Bytes::len).sum();
+    let held: usize = st.entries.values().map(Stored::size).sum();
     assert!(held > capacity / 2, "the capacity is used: {held}");
     assert!(st.entries.bytes() <= capacity);
 }
@@ -86,7 +87,7 @@ async fn through_the_layer_the_store_stays_within_its_capacity() {
             64 << 10
         );
         let st = lock(&entries.0);
-        let held: usize = st.entries.values().map(Bytes::len).sum();
+        let held: usize = st.entries.values().map(Stored::size).sum();
         assert!(held <= capacity, "{held} bytes held after {i} responses");
     }
     assert!(lock(&entries.0).entries.evictions() > 0);
