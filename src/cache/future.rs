@@ -78,8 +78,11 @@ pin_project! {
     }
 }
 
+/// A request that waits for the cache's answer: its fields are in
+/// `ctx.request` until it is forwarded.
 pub(crate) struct Pending<S, B> {
-    pub(crate) req: Request<B>,
+    pub(crate) parts: http::request::Parts,
+    pub(crate) body: B,
     pub(crate) inner: S,
     pub(crate) shared: Arc<Shared>,
     pub(crate) ctx: FillCtx,
@@ -158,11 +161,17 @@ where
     R::Error: Send,
 {
     let Pending {
-        mut req,
+        mut parts,
+        body,
         mut inner,
         shared,
         ctx,
     } = p;
+    // Only a forwarded request needs its own fields again.
+    let forward = move |ctx: &FillCtx| {
+        parts.headers = (*ctx.request).clone();
+        Request::from_parts(parts, body)
+    };
     let name = &shared.cfg.name;
     let res = match r {
         Resolution::Hit(e, kind) => {
@@ -181,6 +190,7 @@ where
             )
         }
         Resolution::Fill(leader) => {
+            let mut req = forward(&ctx);
             revalidating(req.headers_mut(), &leader);
             return State::Calling {
                 fut: inner.call(req),
@@ -189,6 +199,7 @@ where
         }
         Resolution::Refresh(e, leader) => {
             let res = serve(&shared.cfg, &e, shared.now_ms(), ctx.head, &ctx.cond, "hit");
+            let mut req = forward(&ctx);
             revalidating(req.headers_mut(), &leader);
             spawn_refresh(inner.call(req), leader, ctx);
             res
@@ -199,7 +210,7 @@ where
         Resolution::Pass(detail) => {
             let status = cache_status(name, &format!("fwd=miss; detail={detail}"));
             return State::Calling {
-                fut: inner.call(req),
+                fut: inner.call(forward(&ctx)),
                 after: Some(After::Pass(Some(status))),
             };
         }

@@ -65,7 +65,11 @@ where
             return ResponseFuture::ready(res, sh.clone(), outcome);
         }
         let inner = take(&mut self.inner);
-        let request = Arc::new(h.clone());
+        // The request's fields move into the shared copy: a hit needs no
+        // clone of them; a forwarded request gets them back (`Pending`).
+        let (mut parts, body) = req.into_parts();
+        let request = Arc::new(std::mem::take(&mut parts.headers));
+        let grpc = crate::problem::is_grpc(&request);
         let ask = Ask {
             url,
             headers: request.clone(),
@@ -79,12 +83,13 @@ where
             request,
             asked: plan.asked,
             only_if_cached: plan.only_if_cached,
-            grpc: crate::problem::is_grpc(h),
+            grpc,
             head: plan.head,
         };
         let fut = Box::pin(resolve(sh.clone(), ask));
         let pending = Pending {
-            req,
+            parts,
+            body,
             inner,
             shared: sh.clone(),
             ctx,
