@@ -125,9 +125,9 @@ impl Reserves {
         }
         let mut pipe = redis::pipe();
         for r in &reads {
+            // `r` is set with `s = c` only, in one step (`complete.lua`).
             pipe.cmd("HMGET")
                 .arg(super::key(&self.prefix, r.record()))
-                .arg("s")
                 .arg("f")
                 .arg("r");
         }
@@ -143,10 +143,8 @@ impl Reserves {
             .into_iter()
             .map(|v| {
                 let Value::Array(v) = v else { return None };
-                match <[Value; 3]>::try_from(v).ok()? {
-                    [Value::BulkString(s), Value::BulkString(f), Value::BulkString(record)]
-                        if s == b"c" =>
-                    {
+                match <[Value; 2]>::try_from(v).ok()? {
+                    [Value::BulkString(f), Value::BulkString(record)] => {
                         Some((f, Bytes::from(record)))
                     }
                     _ => None,
