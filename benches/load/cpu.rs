@@ -63,6 +63,13 @@ pub struct RedisCounters {
 
 /// One `INFO` of the sections needed: the reading itself costs Redis one
 /// read and one `info` call, which the report leaves out.
+/// Empties Redis (keys only: loaded scripts stay), so that a scenario does
+/// not pay for the keys earlier ones left (a larger keyspace costs every
+/// command more).
+pub async fn flush(conn: &mut redis::aio::MultiplexedConnection) {
+    let () = redis::cmd("FLUSHALL").query_async(conn).await.unwrap();
+}
+
 pub async fn redis_counters(conn: &mut redis::aio::MultiplexedConnection) -> RedisCounters {
     let info: String = redis::cmd("INFO")
         .arg("cpu")

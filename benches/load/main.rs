@@ -15,9 +15,10 @@
 //! (and its ratio to bare, against the scenario's target), latency
 //! percentiles, Redis round trips (socket reads Redis processed), script
 //! calls and commands per request (INFO stats, commandstats), and CPU per
-//! request of the server threads (/proc) and of Redis (INFO cpu). Scenarios
-//! that cycle through many URLs or keys fill them first. The table is
-//! printed and written to `target/load-report.md`.
+//! request of the server threads (/proc) and of Redis (INFO cpu). Redis is
+//! flushed before each scenario, which then fills what it cycles through
+//! (URLs, keys): every scenario runs against its own keys only, whatever ran
+//! before it. The table is printed and written to `target/load-report.md`.
 
 #[path = "../../tests/support/server.rs"]
 #[allow(dead_code)]
@@ -211,6 +212,7 @@ fn main() {
             let secs = Duration::from_secs_f64(args.secs);
             let row = client_rt.block_on(async {
                 // Fill, warm up (scripts loaded, connections made), then measure.
+                cpu::flush(&mut admin).await;
                 prime(addr, spec, sc.warm).await;
                 drive(addr, spec, args.conns, Duration::ZERO, warmup).await;
                 let r0 = cpu::redis_counters(&mut admin).await;
@@ -265,6 +267,7 @@ fn inproc_row(
 ) -> Row {
     let warmup = Duration::from_secs_f64(args.warmup);
     let secs = Duration::from_secs_f64(args.secs);
+    client_rt.block_on(cpu::flush(admin));
     server_rt.block_on(async {
         client::prime_inproc(&sc.router, &sc.spec, sc.warm).await;
         client::drive_inproc(sc.router.clone(), &sc.spec, args.conns, warmup).await;
