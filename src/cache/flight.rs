@@ -315,6 +315,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_lone_leader_makes_no_channel_and_a_late_follower_sees_the_latest_outcome() {
+        let f = Arc::new(Flights::default());
+        let g = leader(f.join(&slot()));
+        let round = g.sent();
+        g.stale(round, Bytes::from_static(b"old"));
+        assert!(
+            lock(&lock(&f.map).values().next().unwrap().state)
+                .tx
+                .is_none(),
+            "no follower yet: no channel"
+        );
+        // A follower joining now is served what the leader last published.
+        let mut late = follower(f.join(&slot()));
+        let t = outcome(&mut late);
+        assert!(matches!(t.outcome, Outcome::Stale(ref b) if &b[..] == b"old"));
+        assert_eq!(t.round, round);
+        g.finish(round + 1, Outcome::Done(Bytes::from_static(b"new")));
+        late.rx.changed().await.unwrap();
+        assert!(matches!(outcome(&mut late).outcome, Outcome::Done(_)));
+        drop(late);
+        assert!(lock(&f.map).is_empty());
+    }
+
+    #[tokio::test]
     async fn a_dropped_leader_is_replaced_by_one_follower() {
         let f = Arc::new(Flights::default());
         let g = leader(f.join(&slot()));
