@@ -135,16 +135,13 @@ impl Want {
 /// stale from that purge on. A foreign or corrupt entry is a miss.
 pub(crate) fn decode_for(slot: &Slot, raw: Bytes, gen: u64) -> Option<Entry> {
     match decode(raw) {
-        Ok(mut e) if e.meta.key_tag == slot.tag() => {
+        Ok(mut e) if fits(slot, &e.meta) => {
             if let Some(m) = purged(&e.meta, gen) {
                 e.meta = m;
             }
             Some(e)
         }
-        Ok(_) => {
-            foreign();
-            None
-        }
+        Ok(_) => None,
         Err(err) => {
             tracing::debug!(?err, "response cache: undecodable entry; treated as a miss");
             None
@@ -155,8 +152,7 @@ pub(crate) fn decode_for(slot: &Slot, raw: Bytes, gen: u64) -> Option<Entry> {
 /// An entry kept decoded (in process) for `slot`, read under the URL's
 /// generation `gen`, as [`decode_for`] reads stored bytes.
 pub(crate) fn adopt(slot: &Slot, e: Arc<Entry>, gen: u64) -> Option<Arc<Entry>> {
-    if e.meta.key_tag != slot.tag() {
-        foreign();
+    if !fits(slot, &e.meta) {
         return None;
     }
     Some(match purged(&e.meta, gen) {
@@ -168,8 +164,13 @@ pub(crate) fn adopt(slot: &Slot, e: Arc<Entry>, gen: u64) -> Option<Arc<Entry>> 
     })
 }
 
-fn foreign() {
-    tracing::debug!("response cache: foreign entry; treated as a miss");
+/// Whether an entry with `m` was stored for `slot` (else it is a miss).
+fn fits(slot: &Slot, m: &Meta) -> bool {
+    let fits = m.key_tag == slot.tag();
+    if !fits {
+        tracing::debug!("response cache: foreign entry; treated as a miss");
+    }
+    fits
 }
 
 /// The metadata of an entry stored before the purge of generation `gen`

@@ -101,6 +101,19 @@ pub(crate) struct Reserves {
 }
 
 impl Reserves {
+    /// The reserve script for `items` (no call for none).
+    async fn reserve(
+        &self,
+        lane: &Lane,
+        slot: u16,
+        items: &[&Reserve],
+    ) -> Vec<Result<Reservation, StoreError>> {
+        match items.is_empty() {
+            true => Vec::new(),
+            false => call(lane, slot, &RESERVE, &self.prefix, items, parse).await,
+        }
+    }
+
     /// Step 1 for the reservations of records known completed: one read
     /// each; `None` where the script must decide.
     async fn read(
@@ -181,66 +194,50 @@ impl Protocol for Reserves {
         items: &'a [Reserve],
     ) -> BoxFuture<'a, Vec<Result<Reservation, StoreError>>> {
         Box::pin(async move {
-            let (known, other): (Vec<_>, Vec<_>) = items
-                .iter()
-                .enumerate()
-                .partition(|(_, r)| self.done.knows(r.record()));
-            let (known_items, other_items): (Vec<&Reserve>, Vec<&Reserve>) = (
-                known.iter().map(|(_, r)| *r).collect(),
-                other.iter().map(|(_, r)| *r).collect(),
-            );
+            let pick = |ix: &[usize]| ix.iter().map(|&i| &items[i]).collect::<Vec<_>>();
+            let (known, other): (Vec<usize>, Vec<usize>) =
+                (0..items.len()).partition(|&i| self.done.knows(items[i].record()));
             // The reads and the script of the others, side by side.
-            let script = async {
-                match other_items.is_empty() {
-                    true => Vec::new(),
-                    false => call(lane, slot, &RESERVE, &self.prefix, &other_items, parse).await,
-                }
-            };
-            let (read, scripted) =
-                futures_util::future::join(self.read(lane, slot, &known_items), script).await;
+            let (read, scripted) = futures_util::future::join(
+                self.read(lane, slot, &pick(&known)),
+                self.reserve(lane, slot, &pick(&other)),
+            )
+            .await;
             let mut out: Vec<Option<Result<Reservation, StoreError>>> =
                 items.iter().map(|_| None).collect();
-            for ((i, _), a) in other.iter().zip(scripted) {
-                out[*i] = Some(a);
-            }
             // What the reads could not answer goes to the script, in order.
             let mut again = Vec::new();
             match read {
                 Ok(read) => {
-                    for ((i, r), a) in known.iter().zip(read) {
+                    for (&i, a) in known.iter().zip(read) {
                         match a {
-                            Some(a) => out[*i] = Some(Ok(a)),
+                            Some(a) => out[i] = Some(Ok(a)),
                             None => {
-                                self.done.forget(r.record());
-                                again.push((*i, *r));
+                                self.done.forget(items[i].record());
+                                again.push(i);
                             }
                         }
                     }
                 }
-                Err(e) => {
-                    for (i, _) in &known {
-                        out[*i] = Some(Err(e.duplicate()));
-                    }
-                }
+                Err(e) => known
+                    .iter()
+                    .for_each(|&i| out[i] = Some(Err(e.duplicate()))),
             }
-            if !again.is_empty() {
-                let asked: Vec<&Reserve> = again.iter().map(|(_, r)| *r).collect();
-                let answers = call(lane, slot, &RESERVE, &self.prefix, &asked, parse).await;
-                for ((i, _), a) in again.iter().zip(answers) {
-                    out[*i] = Some(a);
+            let retried = self.reserve(lane, slot, &pick(&again)).await;
+            let scripts = other
+                .iter()
+                .chain(&again)
+                .zip(scripted.into_iter().chain(retried));
+            for (&i, a) in scripts {
+                // The records the script found completed (those read are known).
+                if matches!(a, Ok(Reservation::Completed(_))) {
+                    self.done.learn(items[i].record());
                 }
+                out[i] = Some(a);
             }
-            let out: Vec<_> = out
-                .into_iter()
+            out.into_iter()
                 .map(|a| a.unwrap_or_else(|| Err(StoreError::protocol("no reservation answer"))))
-                .collect();
-            // The records the script found completed (those read are known).
-            for (i, r) in other.iter().chain(&again) {
-                if matches!(out[*i], Ok(Reservation::Completed(_))) {
-                    self.done.learn(r.record());
-                }
-            }
-            out
+                .collect()
         })
     }
 }
