@@ -986,78 +986,80 @@ async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
 
 #[tokio::test]
 async fn a_corrupt_entry_is_answered_from_the_origin_and_repaired() {
-    let store = support::redis_store("corrupt").await;
-    let prefix = store.prefix().to_owned();
-    let origin = versioned(MAX60);
-    let svc = cached(builder(store).build().unwrap(), &origin);
-    send(&svc, get("/fragile")).await;
-    let mut conn = redis_conn(&support::redis_url()).await;
-    // Each URL's entries are fields `e:<variant>` of its index hash.
-    let (index, field) = entry_fields(&mut conn, &prefix).await.remove(0);
-    for garbage in [
-        (0..300u32)
-            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-            .collect::<Vec<u8>>(),
-        b"TRLC\x01garbage".to_vec(),
-        Vec::new(),
-    ] {
-        let _: () = redis::cmd("HSET")
-            .arg(&index)
-            .arg(&field)
-            .arg(&garbage)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        let calls = origin.calls();
+    // A URL without Vary keeps its entry in a key of its own; with Vary,
+    // each variant's entry is a field of the URL's index hash.
+    const VARY: &[(&str, &str)] = &[("cache-control", "max-age=60"), ("vary", "accept")];
+    for (headers, home) in [(MAX60, "an entry key"), (VARY, "an index field")] {
+        let store = support::redis_store("corrupt").await;
+        let prefix = store.prefix().to_owned();
+        let origin = versioned(headers);
+        let svc = cached(builder(store).build().unwrap(), &origin);
+        send(&svc, get("/fragile")).await;
+        let mut conn = redis_conn(&support::redis_url()).await;
+        let homes = entry_homes(&mut conn, &prefix).await;
+        assert_eq!(homes.len(), 1, "{home}: {homes:?}");
+        assert_eq!(homes[0].1.is_some(), headers == VARY, "{home}: {homes:?}");
+        let fragile = homes[0].clone();
+        for garbage in [
+            (0..300u32)
+                .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+                .collect::<Vec<u8>>(),
+            b"TRLC\x01garbage".to_vec(),
+            Vec::new(),
+        ] {
+            put_entry(&mut conn, &fragile, &garbage).await;
+            let calls = origin.calls();
+            let got = send(&svc, get("/fragile")).await;
+            assert_eq!(got.status, StatusCode::OK);
+            assert_eq!(
+                got.body,
+                format!("v{}", calls + 1),
+                "{home}: the origin answered"
+            );
+            let repaired = send(&svc, get("/fragile")).await;
+            assert!(
+                repaired.cache_status().contains("hit"),
+                "{home}: repaired: {}",
+                repaired.cache_status()
+            );
+            assert_eq!(repaired.body, got.body);
+        }
+        // A well-formed entry of another URL copied under this key is foreign: a miss.
+        send(&svc, get("/elsewhere")).await;
+        let all = entry_homes(&mut conn, &prefix).await;
+        let other = all.iter().find(|h| **h != fragile).unwrap();
+        let foreign = get_entry(&mut conn, other).await;
+        put_entry(&mut conn, &fragile, &foreign).await;
+        let elsewhere = send(&svc, get("/elsewhere")).await.body;
         let got = send(&svc, get("/fragile")).await;
-        assert_eq!(got.status, StatusCode::OK);
-        assert_eq!(got.body, format!("v{}", calls + 1), "the origin answered");
-        let repaired = send(&svc, get("/fragile")).await;
+        assert_ne!(got.body, elsewhere, "{home}: never another URL's response");
         assert!(
-            repaired.cache_status().contains("hit"),
-            "repaired: {}",
-            repaired.cache_status()
+            got.cache_status().contains("stored"),
+            "{home}: {}",
+            got.cache_status()
         );
-        assert_eq!(repaired.body, got.body);
     }
-    // A well-formed entry of another URL copied under this key is foreign: a miss.
-    send(&svc, get("/elsewhere")).await;
-    let all = entry_fields(&mut conn, &prefix).await;
-    let (other, other_field) = all.iter().find(|(k, _)| **k != index).unwrap();
-    let foreign: Vec<u8> = redis::cmd("HGET")
-        .arg(other)
-        .arg(other_field)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let _: () = redis::cmd("HSET")
-        .arg(&index)
-        .arg(&field)
-        .arg(&foreign)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let elsewhere = send(&svc, get("/elsewhere")).await.body;
-    let got = send(&svc, get("/fragile")).await;
-    assert_ne!(got.body, elsewhere, "never another URL's response");
-    assert!(
-        got.cache_status().contains("stored"),
-        "{}",
-        got.cache_status()
-    );
 }
 
-/// The (index key, entry field) of every cached entry under `prefix`.
-async fn entry_fields(
-    conn: &mut redis::aio::MultiplexedConnection,
-    prefix: &str,
-) -> Vec<(String, String)> {
-    let indexes: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}:cache:*:i"))
+/// Where an entry lives: a key of its own, or a field of the URL's index.
+type EntryHome = (String, Option<String>);
+
+/// Where every cached entry under `prefix` lives.
+async fn entry_homes(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> Vec<EntryHome> {
+    let keys = |pattern: String| {
+        let mut cmd = redis::cmd("KEYS");
+        cmd.arg(pattern);
+        cmd
+    };
+    let own: Vec<String> = keys(format!("{prefix}:cache:*:h"))
         .query_async(conn)
         .await
         .unwrap();
-    let mut out = Vec::new();
+    let mut out: Vec<EntryHome> = own.into_iter().map(|k| (k, None)).collect();
+    let indexes: Vec<String> = keys(format!("{prefix}:cache:*:i"))
+        .query_async(conn)
+        .await
+        .unwrap();
     for index in indexes {
         let fields: Vec<String> = redis::cmd("HKEYS")
             .arg(&index)
@@ -1065,11 +1067,31 @@ async fn entry_fields(
             .await
             .unwrap();
         for f in fields.into_iter().filter(|f| f.starts_with("e:")) {
-            out.push((index.clone(), f));
+            out.push((index.clone(), Some(f)));
         }
     }
     assert!(!out.is_empty(), "no entries under {prefix}");
     out
+}
+
+async fn put_entry(conn: &mut redis::aio::MultiplexedConnection, at: &EntryHome, bytes: &[u8]) {
+    let cmd = match &at.1 {
+        Some(field) => redis::cmd("HSET").arg(&at.0).arg(field).arg(bytes).clone(),
+        None => redis::cmd("SET")
+            .arg(&at.0)
+            .arg(bytes)
+            .arg("KEEPTTL")
+            .clone(),
+    };
+    let _: () = cmd.query_async(conn).await.unwrap();
+}
+
+async fn get_entry(conn: &mut redis::aio::MultiplexedConnection, at: &EntryHome) -> Vec<u8> {
+    let cmd = match &at.1 {
+        Some(field) => redis::cmd("HGET").arg(&at.0).arg(field).clone(),
+        None => redis::cmd("GET").arg(&at.0).clone(),
+    };
+    cmd.query_async(conn).await.unwrap()
 }
 
 #[tokio::test]
@@ -1106,9 +1128,15 @@ async fn every_key_has_a_ttl_and_a_hit_is_one_round_trip() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    // One index per URL (the response's and the value's): it holds the
-    // entries, so no key is left without the index's TTL.
-    assert_eq!(keys.len(), 2, "{keys:?}");
+    // One index per URL (the response's and the value's); the response
+    // varies, so its entry is a field of its index; the value does not, so
+    // its entry is a key of its own. No key is left without a TTL.
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    assert_eq!(
+        keys.iter().filter(|k| k.ends_with(":h")).count(),
+        1,
+        "{keys:?}"
+    );
     for k in &keys {
         let ttl: i64 = redis::cmd("PTTL")
             .arg(k)
@@ -1133,6 +1161,83 @@ async fn every_key_has_a_ttl_and_a_hit_is_one_round_trip() {
     // times); no script.
     assert_eq!(scripts1 - scripts0, 0, "no script for a fresh hit");
     assert_eq!(others1 - others0, 2, "two reads, in one round trip");
+}
+
+#[tokio::test]
+async fn hits_on_urls_without_vary_are_one_key_read_each_stored_once() {
+    let server = support::RedisServer::start();
+    let mut fleet = Vec::new();
+    for _ in 0..2 {
+        let store = tower_redis_layers::RedisStore::builder(server.url())
+            .prefix("own")
+            .ping_on_connect(true)
+            .connect()
+            .await
+            .unwrap();
+        fleet.push(store);
+    }
+    let origin = versioned(MAX60);
+    let svcs: Vec<_> = fleet
+        .into_iter()
+        .map(|store| cached(builder(store).build().unwrap(), &origin))
+        .collect();
+    const URLS: usize = 40;
+    for i in 0..URLS {
+        send(&svcs[i % 2], get(&format!("/own/{i}"))).await;
+    }
+    assert_eq!(origin.calls(), URLS);
+    let mut conn = redis_conn(&server.url()).await;
+    // Each entry is stored once, in its own key, with its TTL; the index
+    // holds the URL's spec, generation and the entry's times, not the entry.
+    let homes = entry_homes(&mut conn, "own").await;
+    assert_eq!(homes.len(), URLS, "{homes:?}");
+    for (key, field) in &homes {
+        assert!(field.is_none(), "{key}: {field:?}");
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            ttl > 50_000,
+            "{key} lives as long as the entry may be kept: {ttl}"
+        );
+    }
+    let url = server.url();
+    let calls = |pred: fn(&str) -> bool| support::command_calls(&url, pred);
+    let (scripts0, mget0, hmget0, get0) = (
+        calls(|c| c.starts_with("eval")).await,
+        calls(|c| c == "mget").await,
+        calls(|c| c == "hmget").await,
+        calls(|c| c == "get").await,
+    );
+    // Every URL read on both instances at once: 80 hits.
+    let hits = futures_util::future::join_all(
+        (0..2 * URLS).map(|i| send(&svcs[i % 2], get(&format!("/own/{}", i / 2)))),
+    )
+    .await;
+    for (i, hit) in hits.iter().enumerate() {
+        assert!(
+            hit.cache_status().contains("hit"),
+            "{i}: {}",
+            hit.cache_status()
+        );
+        assert_eq!(
+            hit.body,
+            format!("v{}", i / 2 + 1),
+            "{i}: its own URL's response"
+        );
+    }
+    assert_eq!(origin.calls(), URLS, "no origin call");
+    let mget = calls(|c| c == "mget").await - mget0;
+    assert_eq!(
+        calls(|c| c.starts_with("eval")).await - scripts0,
+        0,
+        "no script"
+    );
+    assert_eq!(calls(|c| c == "hmget").await - hmget0, 0, "no index read");
+    assert_eq!(calls(|c| c == "get").await - get0, 0, "batched into MGETs");
+    assert!((1..=2 * URLS as u64).contains(&mget), "{mget} MGETs");
 }
 
 #[tokio::test]

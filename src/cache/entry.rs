@@ -202,6 +202,20 @@ impl Reader<'_> {
     }
 }
 
+/// Until when the entry `raw` holds is fresh (store-clock ms), read from
+/// its fixed header alone, for a store to tell a fresh entry from a stale
+/// one before the entry is decoded (and its checksum checked). `None`:
+/// not an entry.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) fn fresh_until_of(raw: &[u8]) -> Option<u64> {
+    if raw.len() < FIXED || !raw.starts_with(MAGIC) {
+        return None;
+    }
+    let at = |i: usize| raw[i..i + 8].try_into().ok().map(u64::from_be_bytes);
+    // magic, version, flags, status, key_tag: stored_ms at 16, fresh_ms at 24.
+    Some(at(16)?.saturating_add(at(24)?))
+}
+
 /// Decodes stored bytes; any deviation from the layout is an error, never a panic.
 pub(crate) fn decode(raw: Bytes) -> Result<Entry, DecodeError> {
     if raw.len() < 4 || &raw[..4] != MAGIC {
@@ -311,6 +325,19 @@ mod tests {
         assert_eq!(e.meta, meta);
         assert_eq!(e.headers, h);
         assert_eq!(e.body, "hello world");
+    }
+
+    #[test]
+    fn fresh_until_is_read_from_the_header_alone() {
+        let (meta, h, body) = sample();
+        let raw = encode(&meta, &h, &body);
+        assert_eq!(fresh_until_of(&raw), Some(meta.fresh_until_ms()));
+        assert_eq!(fresh_until_of(&raw[..FIXED]), Some(meta.fresh_until_ms()));
+        assert_eq!(fresh_until_of(&raw[..FIXED - 1]), None);
+        assert_eq!(
+            fresh_until_of(b"not an entry at all, but long enough to read"),
+            None
+        );
     }
 
     #[test]

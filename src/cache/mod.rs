@@ -149,10 +149,12 @@
 //! kept (RFC 9111 §4.1); at most
 //! [`max_variants`](ResponseCacheLayerBuilder::max_variants) variants per
 //! URL. URLs and values are hashed before they reach a store key. On Redis:
-//! `{prefix}:cache:{<url digest>}:i` (index: the Vary spec and each
-//! variant's freshness), `…:e:<variant>` (entry), `…:l:<variant>` (fill
-//! lock), `…:p:<variant>` (hit-for-miss) and `…:g` (the URL's generation),
-//! all with a TTL, one hash tag per URL; a tag's URLs and last purge time
+//! `{prefix}:cache:{<url digest>}:i` (index: the Vary spec, the URL's
+//! generation, and each variant's entry, freshness, expiry and strong
+//! `ETag`), `…:h` (the entry of a URL without Vary, as a key of its own, so
+//! that a hit is one plain read: one `MGET` per batch), `…:s` (that entry
+//! after a soft purge), `…:l:<variant>` (fill lock) and `…:p:<variant>`
+//! (hit-for-miss), all with a TTL, one hash tag per URL; a tag's URLs and last purge time
 //! are `{prefix}:cache:{t:<tag digest>}:m` and `…:p`. The path is the one the layer
 //! sees: inside axum's `Router::nest` the nest prefix is stripped, so caches
 //! in different nests sharing a store need [`scope`](ResponseCacheLayerBuilder::scope)s
@@ -289,10 +291,12 @@
 //! lock; it then gets the bytes from the entry. Past the cap, what was read
 //! is sent first and the rest streams through unstored. A body that fails
 //! midway is a 502 (or the stale entry, within `stale-if-error`). A hit on
-//! Redis is one round trip of plain reads (the store's clock, the URL's
-//! index, the entry), batched with the lookups in flight into one pipeline
-//! per hash slot, and its body is a slice of the reply, not a copy; a miss
-//! takes a second round trip, to the lookup script. On a
+//! Redis is one round trip of plain reads, batched with the lookups in
+//! flight into one pipeline per hash slot: the store's clock, one `MGET` of
+//! the entries of the URLs without Vary (each a key of its own), and one
+//! `HMGET` of the index of each URL with Vary (its spec, generation and the
+//! variant's entry and times). Its body is a slice of the reply, not a
+//! copy; a miss takes a second round trip, to the lookup script. On a
 //! [`MemoryStore`](crate::MemoryStore) entries take at most its
 //! [`cache_capacity`](crate::MemoryStoreBuilder::cache_capacity) (64 MiB by
 //! default), the least recently used evicted first.

@@ -1,11 +1,14 @@
 -- Looks a batch of cache slots up, taking the fill lock of each whose entry
 -- is missing or stale, in one round trip.
--- KEYS, per lookup: the URL's index, fill lock, hit-for-miss marker. The
--- index is a hash holding all of the URL's state: vary = spec, g = the
--- URL's generation, and per variant e:<variant> = entry, f:<variant> =
--- fresh-until ms, x:<variant> = expires ms, t:<variant> = the entry's
--- strong ETag, if it has one (fields have no TTL of their
--- own: an entry past its x: time is absent, and its fields are dropped).
+-- KEYS, per lookup: the URL's index, fill lock, hit-for-miss marker,
+-- entry key, soft-purged copy. The index is a hash holding the URL's
+-- state: vary = spec, g = the URL's generation, and per variant
+-- e:<variant> = entry, f:<variant> = fresh-until ms, x:<variant> =
+-- expires ms, t:<variant> = the entry's strong ETag, if it has one
+-- (fields have no TTL of their own: an entry past its x: time is absent,
+-- and its fields are dropped). A URL without Vary (spec '') keeps its one
+-- entry in the entry key instead, with the entry's TTL, so that a hit is
+-- one plain GET; a soft purge renames it to the soft-purged copy.
 -- ARGV, per lookup: spec, variant, lock token ('' = take no lock), lock ttl
 -- ms, '1' = take the lock even if fresh.
 -- Returns {now ms, then per lookup: lock (0 not tried, 1 acquired, 2 held,
@@ -18,8 +21,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 local out = {now}
-for i = 1, #KEYS / 3 do
-  local k, a, o = 3 * (i - 1), 5 * (i - 1), 4 * i - 2
+for i = 1, #KEYS / 5 do
+  local k, a, o = 5 * (i - 1), 5 * (i - 1), 4 * i - 2
   local index = KEYS[k + 1]
   local spec, variant, token = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local f, x, e = 'f:' .. variant, 'x:' .. variant, 'e:' .. variant
@@ -28,7 +31,12 @@ for i = 1, #KEYS / 3 do
   if stored and stored ~= spec then
     out[o], out[o + 1], out[o + 2], out[o + 3] = 0, gen, stored, false
   else
-    if entry and now >= (tonumber(idx[4] or '0') or 0) then
+    local own = false
+    if not entry and spec == '' then
+      entry = redis.call('GET', KEYS[k + 4]) or redis.call('GET', KEYS[k + 5])
+      own = entry ~= false
+    end
+    if entry and not own and now >= (tonumber(idx[4] or '0') or 0) then
       redis.call('HDEL', index, e, f, x, 't:' .. variant)
       entry = false
     end

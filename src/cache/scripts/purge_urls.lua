@@ -2,7 +2,8 @@
 -- each stale so the next lookup takes the fill lock) and advances each
 -- URL's generation, so that no fill that looked up before lands and, soft,
 -- entries stored before read as stale.
--- KEYS: each URL's index (hash, see lookup.lua; the generation is its field g)
+-- KEYS: per URL its index (hash, see lookup.lua; the generation is its
+-- field g), entry key and soft-purged copy (see lookup.lua)
 -- ARGV[1] '1' = soft, ARGV[2] invalidation channel, ARGV[3] how long a
 -- generation is kept at least, ms; then each URL's digest
 -- Returns the number of live entries dropped or marked.
@@ -11,8 +12,8 @@ local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local now = math.floor(now_us / 1000)
 local soft = ARGV[1] == '1'
 local n = 0
-for i = 1, #KEYS do
-  local index = KEYS[i]
+for i = 1, #KEYS / 3 do
+  local index, own, purged = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
   local keep = tonumber(ARGV[3])
   local old = tonumber(redis.call('HGET', index, 'g') or '0') or 0
   local gen = string.format('%.0f', math.max(now_us, old + 1))
@@ -45,12 +46,17 @@ for i = 1, #KEYS do
     for first = 1, #marks, 1000 do
       redis.call('HSET', index, unpack(marks, first, math.min(first + 999, #marks)))
     end
+    -- A URL without Vary: its entry moves aside (plain reads no longer see
+    -- it; lookups that may take the lock read it stale by the generation).
+    if redis.call('EXISTS', own) == 1 then
+      redis.call('RENAME', own, purged)
+    end
     -- Kept while a marked entry lives: it reads stale by the generation.
     if redis.call('PTTL', index) < keep then
       redis.call('PEXPIRE', index, keep)
     end
   else
-    redis.call('DEL', index)
+    redis.call('DEL', index, own, purged)
     redis.call('HSET', index, 'g', gen)
     redis.call('PEXPIRE', index, keep)
   end

@@ -1,7 +1,9 @@
 -- Writes one cache entry into the URL's index, caps the variants and
 -- releases the writer's fill lock; writes nothing if the URL was purged
 -- since the writer's lookup (its generation moved) or that lookup is too old.
--- KEYS[1] the URL's index (hash, see lookup.lua), KEYS[2] fill lock
+-- KEYS[1] the URL's index (hash, see lookup.lua), KEYS[2] fill lock,
+-- KEYS[3] the URL's entry key and KEYS[4] its soft-purged copy (used when
+-- the URL has no Vary spec: see lookup.lua)
 -- ARGV[1] spec, ARGV[2] variant, ARGV[3] entry bytes, ARGV[4] fresh-until ms,
 -- ARGV[5] keep ms, ARGV[6] lock token ('' = none), ARGV[7] max variants,
 -- ARGV[8] invalidation channel, ARGV[9] '<writer>|<URL digest>' (published: in-process copies are dropped),
@@ -41,8 +43,19 @@ if old and old ~= ARGV[1] then
   names, gone = {}, {}
 end
 local keep = tonumber(ARGV[5])
-redis.call('HSET', index, 'vary', ARGV[1], 'e:' .. variant, ARGV[3],
-  'f:' .. variant, ARGV[4], 'x:' .. variant, now + keep)
+if ARGV[1] == '' then
+  -- One variant: the entry is a key of its own, read by a hit with a plain
+  -- GET (one MGET per batch), living as long as the entry may be kept.
+  redis.call('SET', KEYS[3], ARGV[3], 'PX', keep)
+  redis.call('HSET', index, 'vary', '', 'f:' .. variant, ARGV[4], 'x:' .. variant, now + keep)
+  table.insert(gone, 'e:' .. variant)
+else
+  redis.call('DEL', KEYS[3])
+  redis.call('HSET', index, 'vary', ARGV[1], 'e:' .. variant, ARGV[3],
+    'f:' .. variant, ARGV[4], 'x:' .. variant, now + keep)
+end
+-- A soft-purged copy is superseded by any write.
+redis.call('DEL', KEYS[4])
 if ARGV[13] ~= '' then
   redis.call('HSET', index, 't:' .. variant, ARGV[13])
 else

@@ -2,7 +2,8 @@
 -- freshens every response its validator selects (RFC 9111 §4.3.4): only
 -- the matching entries are read.
 -- KEYS[1] the URL's index (hash, see lookup.lua; t:<variant> = the strong
--- ETag of that variant's entry, when it has one)
+-- ETag of that variant's entry, when it has one), KEYS[2] the entry key
+-- and KEYS[3] the soft-purged copy of a URL without Vary (see lookup.lua)
 -- ARGV[1] the strong ETag
 -- Returns {now ms, the stored spec or false, generation ('0': none), then
 -- for each match its variant and entry}.
@@ -22,9 +23,13 @@ for first = 1, #names, 1000 do
     if tags[j - first + 1] == ARGV[1] then
       local v = string.sub(names[j], 3)
       local got = redis.call('HMGET', index, 'x:' .. v, 'e:' .. v)
-      if got[2] and now < (tonumber(got[1]) or 0) then
+      local entry = got[2]
+      if not entry and head[1] == '' then
+        entry = redis.call('GET', KEYS[2]) or redis.call('GET', KEYS[3])
+      end
+      if entry and now < (tonumber(got[1]) or 0) then
         table.insert(out, v)
-        table.insert(out, got[2])
+        table.insert(out, entry)
       end
     end
   end

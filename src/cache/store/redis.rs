@@ -1,10 +1,13 @@
 //! The cache's Redis home: one script per step (`scripts/*.lua`), keys
-//! `{prefix}:cache:{<url digest>}:i|l:<variant>|p:<variant>` — the hash
-//! tag keeps a URL's index, locks and markers in one cluster slot. The
-//! index is a hash holding every variant of the URL (`e:<variant>` entry,
+//! `{prefix}:cache:{<url digest>}:i|h|s|l:<variant>|p:<variant>` — the
+//! hash tag keeps a URL's keys in one cluster slot. The index (`i`) is a
+//! hash holding every variant of the URL (`e:<variant>` entry,
 //! `f:<variant>` fresh-until, `x:<variant>` expiry, `t:<variant>` strong
-//! `ETag`), its Vary spec and its generation, so each script touches only
-//! the keys it declares in `KEYS`.
+//! `ETag`), its Vary spec and its generation. A URL without Vary has one
+//! variant, whose entry is a key of its own (`h`, with the entry's TTL) so
+//! that a hit is one plain `GET` (one `MGET` per batch); a soft purge
+//! renames it to `s`. Each script touches only the keys it declares in
+//! `KEYS`.
 //! Invalidations are published on `{prefix}:cache:inval` for the
 //! in-process tiers of the fleet.
 
@@ -170,12 +173,15 @@ fn variants_of(reply: Value) -> Result<Variants, StoreError> {
     })
 }
 
-/// The keys of a slot: the URL's index, the variant's lock and hit-for-miss marker.
-fn keys(base: &str, s: &Slot) -> [String; 3] {
+/// The keys of a slot: the URL's index, the variant's lock and hit-for-miss
+/// marker, the entry key and soft-purged copy of a URL without Vary.
+fn keys(base: &str, s: &Slot) -> [String; 5] {
     [
         format!("{base}i"),
         format!("{base}l:{}", s.variant),
         format!("{base}p:{}", s.variant),
+        format!("{base}h"),
+        format!("{base}s"),
     ]
 }
 
@@ -188,9 +194,9 @@ impl CacheHome for RedisHome {
 
     fn write(&self, w: Write) -> BoxFuture<'static, Result<bool, StoreError>> {
         let base = self.base(&w.slot.url);
-        let [index, lock, _] = keys(&base, &w.slot);
+        let [index, lock, _, own, purged] = keys(&base, &w.slot);
         let mut inv = STORE.prepare_invoke();
-        inv.key(index).key(lock);
+        inv.key(index).key(lock).key(own).key(purged);
         inv.arg(&*w.slot.spec)
             .arg(&*w.slot.variant)
             .arg(&w.entry[..])
@@ -215,7 +221,7 @@ impl CacheHome for RedisHome {
         pass_ms: u64,
     ) -> BoxFuture<'static, Result<(), StoreError>> {
         let base = self.base(&slot.url);
-        let [_, lock, pass] = keys(&base, slot);
+        let [_, lock, pass, ..] = keys(&base, slot);
         let mut inv = RELEASE.prepare_invoke();
         inv.key(lock).key(pass).arg(token.to_string()).arg(pass_ms);
         // A clean-up: past the breaker (see `Lane::call_cleanup`).
@@ -255,7 +261,10 @@ impl CacheHome for RedisHome {
     fn variants(&self, url: &str, etag: &[u8]) -> BoxFuture<'static, Result<Variants, StoreError>> {
         let base = self.base(url);
         let mut inv = VARIANTS.prepare_invoke();
-        inv.key(format!("{base}i")).arg(etag);
+        inv.key(format!("{base}i"))
+            .key(format!("{base}h"))
+            .key(format!("{base}s"))
+            .arg(etag);
         let call = self.run::<Value>(base, inv);
         Box::pin(async move { variants_of(call.await?) })
     }

@@ -1,12 +1,15 @@
 //! Cache lookups, batched like rate-limit decisions: the lookups in flight
 //! go out together, per hash slot, in two steps.
 //!
-//! 1. One pipeline of plain reads: `TIME`, then per lookup one `HMGET` of
-//!    the URL's index (its Vary spec and generation, the variant's entry,
-//!    fresh-until and expiry). A lookup whose entry is fresh (or that takes
-//!    no lock, or whose URL's Vary changed) is answered from it: a hit
-//!    costs Redis one read and no script. An entry past its expiry reads
-//!    as absent (hash fields have no TTL of their own).
+//! 1. One pipeline of plain reads: `TIME`, then one `MGET` of the entry
+//!    keys of the URLs without Vary (their one entry is a key of its own,
+//!    living as long as the entry may be kept), then per other lookup one
+//!    `HMGET` of the URL's index (its Vary spec and generation, the
+//!    variant's entry, fresh-until and expiry). A lookup whose entry is
+//!    fresh (or that takes no lock, or whose URL's Vary changed) is
+//!    answered from it: a hit costs Redis one key read and no script. An
+//!    entry past its expiry reads as absent (hash fields have no TTL of
+//!    their own).
 //! 2. The others (a miss, a stale entry, a forced revalidation: those that
 //!    may take the fill lock) in one call of `scripts/lookup.lua`, which
 //!    reads again and takes the locks atomically.
@@ -18,6 +21,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use redis::{Cmd, RedisWrite as _, Script, Value};
 
+use crate::cache::entry;
 use crate::cache::key::Slot;
 use crate::cache::store::{Found, LockState, Lookup};
 use crate::error::StoreError;
@@ -34,12 +38,40 @@ pub(crate) struct Lookups {
 
 /// The keys of a slot after `{prefix}:cache:{<url digest>}:` (with the
 /// variant after those that take it), in the script's order: index (the
-/// URL's entries and generation), lock, hit-for-miss marker.
-const PARTS: [(&str, bool); 3] = [("i", false), ("l:", true), ("p:", true)];
+/// URL's entries and generation), lock, hit-for-miss marker, the entry key
+/// and soft-purged copy of a URL without Vary.
+const PARTS: [(&str, bool); 5] = [
+    ("i", false),
+    ("l:", true),
+    ("p:", true),
+    ("h", false),
+    ("s", false),
+];
+/// [`PARTS`]' entry key.
+const OWN: (&str, bool) = PARTS[3];
 
 /// The index fields a lookup reads, in order: the URL's Vary spec and
 /// generation, then the variant's fresh-until, expiry and entry.
 const FIELDS: [&str; 5] = ["vary", "g", "f:", "x:", "e:"];
+
+/// How step 1 reads a lookup.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// In the batch's `MGET`: a URL without Vary.
+    Own,
+    /// One `HMGET` of the URL's index.
+    Index,
+    /// Not at all: a forced revalidation goes to the script.
+    Skip,
+}
+
+fn how(q: &Lookup) -> Read {
+    match () {
+        _ if q.force => Read::Skip,
+        _ if q.slot.spec.is_empty() => Read::Own,
+        _ => Read::Index,
+    }
+}
 
 impl Lookups {
     fn key(&self, w: &mut impl std::io::Write, slot: &Slot, (part, variant): (&str, bool)) {
@@ -53,11 +85,20 @@ impl Lookups {
         }
     }
 
-    /// Step 1: the plain reads of every lookup.
-    fn reads(&self, items: &[Lookup]) -> redis::Pipeline {
+    /// Step 1: the plain reads of the lookups (`None`: none to make).
+    fn reads(&self, items: &[Lookup]) -> Option<redis::Pipeline> {
         let mut pipe = redis::pipe();
         pipe.cmd("TIME");
-        for q in items {
+        let mut own = redis::cmd("MGET");
+        let mut any = false;
+        for q in items.iter().filter(|q| how(q) == Read::Own) {
+            self.key(&mut own.writer_for_next_arg(), &q.slot, OWN);
+            any = true;
+        }
+        if any {
+            pipe.add_command(own);
+        }
+        for q in items.iter().filter(|q| how(q) == Read::Index) {
             let mut cmd = redis::cmd("HMGET");
             self.key(&mut cmd.writer_for_next_arg(), &q.slot, PARTS[0]);
             for field in FIELDS {
@@ -70,10 +111,10 @@ impl Lookups {
                 }
             }
             pipe.add_command(cmd);
+            any = true;
         }
-        pipe
+        any.then_some(pipe)
     }
-
     /// Step 2: the lookups that may take a lock, in one script call.
     fn script(&self, items: &[&Lookup]) -> Cmd {
         let mut cmd = evalsha(&LOOKUP);
@@ -112,14 +153,19 @@ impl Protocol for Lookups {
         let pipe = self.reads(items);
         Box::pin(async move {
             let fail = |e: &StoreError| items.iter().map(|_| Err(e.duplicate())).collect();
-            let mut conn = lane.conn();
-            let read = lane
-                .call_in_slot(slot, pipe.query_async::<Vec<Value>>(&mut conn))
-                .await
-                .and_then(|values| read(items, values));
-            let mut answers = match read {
-                Ok(answers) => answers,
-                Err(e) => return fail(&e),
+            let mut answers = match pipe {
+                Some(pipe) => {
+                    let mut conn = lane.conn();
+                    let read = lane
+                        .call_in_slot(slot, pipe.query_async::<Vec<Value>>(&mut conn))
+                        .await
+                        .and_then(|values| read(items, values));
+                    match read {
+                        Ok(answers) => answers,
+                        Err(e) => return fail(&e),
+                    }
+                }
+                None => (0..items.len()).map(|_| None).collect(),
             };
             let locking: Vec<usize> = (0..items.len()).filter(|&i| answers[i].is_none()).collect();
             if !locking.is_empty() {
@@ -156,7 +202,9 @@ fn bad(what: &str) -> StoreError {
 
 /// Step 1's answers: `None` for a lookup that step 2 must make.
 fn read(items: &[Lookup], values: Vec<Value>) -> Result<Vec<Option<Found>>, StoreError> {
-    if values.len() != 1 + items.len() {
+    let own = items.iter().filter(|q| how(q) == Read::Own).count();
+    let index = items.iter().filter(|q| how(q) == Read::Index).count();
+    if values.len() != 1 + usize::from(own > 0) + index {
         return Err(bad("unexpected pipeline reply"));
     }
     let mut it = values.into_iter();
@@ -170,33 +218,60 @@ fn read(items: &[Lookup], values: Vec<Value>) -> Result<Vec<Option<Found>>, Stor
         }
         _ => return Err(bad("TIME")),
     };
+    let mut owned = match (own > 0).then(|| it.next()).flatten() {
+        Some(Value::Array(v)) if v.len() == own => v.into_iter(),
+        None => Vec::new().into_iter(),
+        _ => return Err(bad("unexpected MGET reply")),
+    };
+    let found = |spec: Arc<str>, entry: Option<Vec<u8>>, gen| Found {
+        now_ms,
+        spec,
+        entry: entry.map(Bytes::from),
+        lock: LockState::NotTried,
+        gen,
+    };
     let mut out = Vec::with_capacity(items.len());
     for q in items {
-        let Some(Value::Array(index)) = it.next() else {
-            return Err(bad("unexpected read"));
-        };
-        let mut index = index.into_iter();
-        let mut next = || index.next().unwrap_or(Value::Nil);
-        let (stored, gen) = (bytes_of(next()), int_of(next()).unwrap_or(0));
-        let (fresh_until, expires, raw) = (int_of(next()), int_of(next()), bytes_of(next()));
-        // Past its expiry an entry is absent: its field outlives it.
-        let raw = raw.filter(|_| expires.is_some_and(|x| now_ms < x));
-        let found = |spec: Arc<str>, entry: Option<Vec<u8>>| Found {
-            now_ms,
-            spec,
-            entry: entry.map(Bytes::from),
-            lock: LockState::NotTried,
-            gen,
-        };
-        out.push(match stored {
-            Some(s) if s != q.slot.spec.as_bytes() => {
-                Some(found(String::from_utf8_lossy(&s).into(), None))
+        out.push(match how(q) {
+            Read::Skip => None,
+            Read::Own => {
+                // The key lives as long as the entry may be kept, and a
+                // purge drops it or moves it aside: what it holds is the
+                // URL's entry, unpurged (generation 0 is no purge after it).
+                let raw = bytes_of(owned.next().unwrap_or(Value::Nil));
+                let fresh = raw
+                    .as_deref()
+                    .and_then(entry::fresh_until_of)
+                    .is_some_and(|f| now_ms < f);
+                match raw {
+                    Some(raw) if fresh || q.lock.is_none() => {
+                        Some(found(q.slot.spec.clone(), Some(raw), 0))
+                    }
+                    _ => None,
+                }
             }
-            _ if q.lock.is_none() => Some(found(q.slot.spec.clone(), raw)),
-            _ if raw.is_some() && !q.force && fresh_until.is_some_and(|f| now_ms < f) => {
-                Some(found(q.slot.spec.clone(), raw))
+            Read::Index => {
+                let Some(Value::Array(index)) = it.next() else {
+                    return Err(bad("unexpected read"));
+                };
+                let mut index = index.into_iter();
+                let mut next = || index.next().unwrap_or(Value::Nil);
+                let (stored, gen) = (bytes_of(next()), int_of(next()).unwrap_or(0));
+                let (fresh_until, expires, raw) =
+                    (int_of(next()), int_of(next()), bytes_of(next()));
+                // Past its expiry an entry is absent: its field outlives it.
+                let raw = raw.filter(|_| expires.is_some_and(|x| now_ms < x));
+                match stored {
+                    Some(s) if s != q.slot.spec.as_bytes() => {
+                        Some(found(String::from_utf8_lossy(&s).into(), None, gen))
+                    }
+                    _ if q.lock.is_none() => Some(found(q.slot.spec.clone(), raw, gen)),
+                    _ if raw.is_some() && fresh_until.is_some_and(|f| now_ms < f) => {
+                        Some(found(q.slot.spec.clone(), raw, gen))
+                    }
+                    _ => None,
+                }
             }
-            _ => None,
         });
     }
     Ok(out)

@@ -89,7 +89,11 @@ impl RedisHome {
                     .arg(&self.channel)
                     .arg(FILL_MAX_MS);
                 for url in chunk {
-                    inv.key(format!("{}i", self.base(url))).arg(&**url);
+                    let base = self.base(url);
+                    inv.key(format!("{base}i"))
+                        .key(format!("{base}h"))
+                        .key(format!("{base}s"))
+                        .arg(&**url);
                 }
                 let (call, chunk) = (self.run::<i64>(self.base(&chunk[0]), inv), chunk.to_vec());
                 calls.push(async move { (call.await, chunk) });
