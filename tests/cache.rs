@@ -1240,6 +1240,86 @@ async fn hits_on_urls_without_vary_are_one_key_read_each_stored_once() {
     assert!((1..=2 * URLS as u64).contains(&mget), "{mget} MGETs");
 }
 
+/// A URL without Vary: a soft purge moves its entry key aside (the next
+/// request revalidates it, and the refreshed entry is a key of its own
+/// again), a purge drops both, and a refill that starts to vary drops it.
+#[tokio::test]
+async fn the_entry_key_of_a_url_without_vary_follows_purges_and_vary() {
+    let store = support::redis_store("moves").await;
+    let prefix = store.prefix().to_owned();
+    let varies = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let origin = Origin::new({
+        let varies = varies.clone();
+        let plain = validating("max-age=3600");
+        move |req, n| {
+            if varies.load(Ordering::SeqCst) {
+                let cc = ("cache-control", "max-age=60");
+                return res(&[cc, ("vary", "accept")], &format!("w{n}"));
+            }
+            plain(req, n)
+        }
+    });
+    let layer = builder(store).build().unwrap();
+    let svc = cached(layer.clone(), &origin);
+    let conn = redis_conn(&support::redis_url()).await;
+    let keys = |suffix: &'static str| {
+        let (mut conn, pattern) = (conn.clone(), format!("{prefix}:cache:*:{suffix}"));
+        async move {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(pattern)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            keys
+        }
+    };
+    let copies = || async { (keys("h").await.len(), keys("s").await.len()) };
+    let uri: http::Uri = "http://api.example/m".parse().unwrap();
+    let m = || with(Method::GET, "/m", &[("host", "api.example")]);
+    send(&svc, m()).await;
+    assert_eq!(copies().await, (1, 0));
+    layer.handle().soft_purge_url(&uri).await.unwrap();
+    assert_eq!(copies().await, (0, 1), "moved aside");
+    let reval = send(&svc, m()).await;
+    assert_eq!(reval.body, "v1");
+    let status = reval.cache_status();
+    assert!(status.contains("fwd=stale; fwd-status=304"), "{status}");
+    assert_eq!(copies().await, (1, 0), "refreshed: a key of its own again");
+    let index = keys("i").await.remove(0);
+    let mut conn = conn.clone();
+    let fields: Vec<String> = redis::cmd("HKEYS")
+        .arg(&index)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        !fields.iter().any(|f| f == "sp" || f.starts_with("e:")),
+        "{fields:?}"
+    );
+    let hit = send(&svc, m()).await;
+    assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
+    // Soft, then hard: both copies go.
+    layer.handle().soft_purge_url(&uri).await.unwrap();
+    layer.handle().invalidate(&uri).await.unwrap();
+    assert_eq!(copies().await, (0, 0));
+    assert_eq!(send(&svc, m()).await.body, "v3");
+    // Stale, then refilled with a response that varies: the entry key
+    // goes, the variant is a field of the index.
+    layer.handle().soft_purge_url(&uri).await.unwrap();
+    varies.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let refill = send(&svc, m()).await;
+    assert_eq!(refill.body, "w4");
+    assert_eq!(copies().await, (0, 0));
+    let fields: Vec<String> = redis::cmd("HKEYS")
+        .arg(&index)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(fields.iter().any(|f| f.starts_with("e:")), "{fields:?}");
+    assert!(!fields.iter().any(|f| f == "sp"), "{fields:?}");
+}
+
 #[tokio::test]
 async fn a_failing_store_is_a_miss_served_by_the_origin() {
     let mut server = support::RedisServer::start();

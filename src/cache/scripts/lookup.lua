@@ -8,7 +8,8 @@
 -- (fields have no TTL of their own: an entry past its x: time is absent,
 -- and its fields are dropped). A URL without Vary (spec '') keeps its one
 -- entry in the entry key instead, with the entry's TTL, so that a hit is
--- one plain GET; a soft purge renames it to the soft-purged copy.
+-- one plain GET; a soft purge renames it to the soft-purged copy and sets
+-- the index's field sp.
 -- ARGV, per lookup: spec, variant, lock token ('' = take no lock), lock ttl
 -- ms, '1' = take the lock even if fresh.
 -- Returns {now ms, then per lookup: lock (0 not tried, 1 acquired, 2 held,
@@ -26,14 +27,18 @@ for i = 1, #KEYS / 5 do
   local index = KEYS[k + 1]
   local spec, variant, token = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local f, x, e = 'f:' .. variant, 'x:' .. variant, 'e:' .. variant
-  local idx = redis.call('HMGET', index, 'vary', 'g', f, x, e)
+  local idx = redis.call('HMGET', index, 'vary', 'g', f, x, e, 'sp')
   local stored, gen, fresh_until, entry = idx[1], idx[2] or '0', idx[3], idx[5]
   if stored and stored ~= spec then
     out[o], out[o + 1], out[o + 2], out[o + 3] = 0, gen, stored, false
   else
     local own = false
-    if not entry and spec == '' then
-      entry = redis.call('GET', KEYS[k + 4]) or redis.call('GET', KEYS[k + 5])
+    -- Read only where the index has the entry's times (a miss reads none).
+    if not entry and spec == '' and idx[4] then
+      entry = redis.call('GET', KEYS[k + 4])
+      if not entry and idx[6] then
+        entry = redis.call('GET', KEYS[k + 5])
+      end
       own = entry ~= false
     end
     if entry and not own and now >= (tonumber(idx[4] or '0') or 0) then

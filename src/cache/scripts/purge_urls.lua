@@ -43,13 +43,16 @@ for i = 1, #KEYS / 3 do
     end
   end
   if soft then
-    for first = 1, #marks, 1000 do
-      redis.call('HSET', index, unpack(marks, first, math.min(first + 999, #marks)))
-    end
     -- A URL without Vary: its entry moves aside (plain reads no longer see
-    -- it; lookups that may take the lock read it stale by the generation).
+    -- it; lookups that may take the lock read it stale by the generation),
+    -- and the index says so (field sp).
     if redis.call('EXISTS', own) == 1 then
       redis.call('RENAME', own, purged)
+      table.insert(marks, 'sp')
+      table.insert(marks, '1')
+    end
+    for first = 1, #marks, 1000 do
+      redis.call('HSET', index, unpack(marks, first, math.min(first + 999, #marks)))
     end
     -- Kept while a marked entry lives: it reads stale by the generation.
     if redis.call('PTTL', index) < keep then

@@ -31,7 +31,8 @@ if (redis.call('HGET', index, 'g') or '0') ~= ARGV[10]
   return 0
 end
 local names = redis.call('HKEYS', index)
-local old = redis.call('HGET', index, 'vary')
+local head = redis.call('HMGET', index, 'vary', 'sp')
+local old, soft = head[1], head[2]
 local gone = {}
 if old and old ~= ARGV[1] then
   -- The URL's Vary changed: the old variants are keyed on other headers.
@@ -50,12 +51,17 @@ if ARGV[1] == '' then
   redis.call('HSET', index, 'vary', '', 'f:' .. variant, ARGV[4], 'x:' .. variant, now + keep)
   table.insert(gone, 'e:' .. variant)
 else
+  -- Even with no index left (evicted), no entry of the URL without Vary
+  -- may answer for a URL that now varies.
   redis.call('DEL', KEYS[3])
   redis.call('HSET', index, 'vary', ARGV[1], 'e:' .. variant, ARGV[3],
     'f:' .. variant, ARGV[4], 'x:' .. variant, now + keep)
 end
--- A soft-purged copy is superseded by any write.
-redis.call('DEL', KEYS[4])
+-- A soft-purged copy (field sp, see purge_urls.lua) is superseded by any write.
+if soft then
+  redis.call('DEL', KEYS[4])
+  table.insert(gone, 'sp')
+end
 if ARGV[13] ~= '' then
   redis.call('HSET', index, 't:' .. variant, ARGV[13])
 else
