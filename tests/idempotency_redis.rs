@@ -176,8 +176,8 @@ async fn with_wait_every_other_request_gets_the_replay() {
 }
 
 /// A first execution costs two script calls (reserve, complete); a replay
-/// on another instance one; a replay on the instance that stored the
-/// response (or replayed it before) none, one plain read.
+/// on another instance one; then, on that instance, one plain read; on the
+/// instance that stored the response, nothing: it keeps the response.
 #[tokio::test]
 async fn a_replay_is_one_round_trip_and_a_first_execution_two() {
     let server = support::RedisServer::start();
@@ -199,13 +199,14 @@ async fn a_replay_is_one_round_trip_and_a_first_execution_two() {
     let url = server.url();
     let scripts = || support::command_calls(&url, |n| n.starts_with("eval"));
     let reads = || support::command_calls(&url, |n| n == "hmget");
+    let commands = || support::command_calls(&url, |n| n != "info");
     // Load the scripts first (EVALSHA, NOSCRIPT, EVAL): not what is measured.
     for key in ["warm-1", "warm-1"] {
         svc.clone().oneshot(post(key)).await.unwrap();
         other.clone().oneshot(post(key)).await.unwrap();
     }
     let before = scripts().await;
-    let (s, _, _) = parts(svc.clone().oneshot(post("k")).await.unwrap()).await;
+    let (s, _, first) = parts(svc.clone().oneshot(post("k")).await.unwrap()).await;
     assert_eq!(s, StatusCode::CREATED);
     let after_first = scripts().await;
     assert_eq!(after_first - before, 2, "reserve + complete");
@@ -218,16 +219,33 @@ async fn a_replay_is_one_round_trip_and_a_first_execution_two() {
         "a replay elsewhere is one call"
     );
     let reads_before = reads().await;
-    for instance in [&svc, &other] {
-        let (_, h, _) = parts(instance.clone().oneshot(post("k")).await.unwrap()).await;
-        assert_eq!(h["idempotent-replayed"], "true");
-    }
+    let (_, h, body) = parts(other.clone().oneshot(post("k")).await.unwrap()).await;
+    assert_eq!(h["idempotent-replayed"], "true");
+    assert_eq!(body, first);
     assert_eq!(scripts().await, after_other, "known completed: no script");
-    assert_eq!(reads().await - reads_before, 2, "one read each");
+    assert_eq!(reads().await - reads_before, 1, "one read");
+    // The instance that stored the response answers its retries itself.
+    let commands_before = commands().await;
+    for _ in 0..3 {
+        let (_, h, body) = parts(svc.clone().oneshot(post("k")).await.unwrap()).await;
+        assert_eq!(h["idempotent-replayed"], "true");
+        assert_eq!(body, first);
+    }
+    assert_eq!(commands().await, commands_before, "no command at all");
+    // A different request under the key is still the script's to judge.
+    let mut changed = post("k");
+    *changed.body_mut() = Full::new(Bytes::from_static(b"another body"));
+    let (s, _, _) = parts(svc.clone().oneshot(changed).await.unwrap()).await;
+    assert_eq!(
+        s,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "from the known record's read"
+    );
+    assert_eq!(scripts().await, after_other);
     // Retries of one record in flight together share one read.
     let reads_before = reads().await;
     let retries: Vec<_> = (0..50)
-        .map(|_| tokio::spawn(svc.clone().oneshot(post("k"))))
+        .map(|_| tokio::spawn(other.clone().oneshot(post("k"))))
         .collect();
     for r in retries {
         let (_, h, _) = parts(r.await.unwrap().unwrap()).await;
@@ -241,26 +259,32 @@ async fn a_replay_is_one_round_trip_and_a_first_execution_two() {
 
 /// The read of a record known completed is only a shortcut: a record gone
 /// from Redis is reserved again by the script and the handler runs, and a
-/// different request under the key is still a mismatch.
+/// different request under the key is still a mismatch. The instance that
+/// stored the response keeps replaying it until the record would have
+/// expired: a completed record never changes.
 #[tokio::test]
 async fn a_record_known_completed_but_gone_runs_again() {
-    let store = support::redis_store("known-gone").await;
-    let prefix = store.prefix().to_owned();
+    let fleet = support::redis_fleet("known-gone", 2).await;
+    let prefix = fleet[0].prefix().to_owned();
     let calls = Arc::new(AtomicUsize::new(0));
-    let svc = ServiceBuilder::new()
-        .layer(layer(store, Conflict::Reject))
-        .service(handler(calls.clone()));
-    svc.clone().oneshot(post("gone")).await.unwrap();
-    let (_, h, _) = parts(svc.clone().oneshot(post("gone")).await.unwrap()).await;
-    assert_eq!(h["idempotent-replayed"], "true");
+    let instances: Vec<_> = fleet
+        .into_iter()
+        .map(|store| {
+            ServiceBuilder::new()
+                .layer(layer(store, Conflict::Reject))
+                .service(handler(calls.clone()))
+        })
+        .collect();
+    let (ran, svc) = (&instances[0], &instances[1]);
+    let (_, _, stored) = parts(ran.clone().oneshot(post("gone")).await.unwrap()).await;
+    for _ in 0..2 {
+        let (_, h, _) = parts(svc.clone().oneshot(post("gone")).await.unwrap()).await;
+        assert_eq!(h["idempotent-replayed"], "true");
+    }
     let mut other = post("gone");
     *other.body_mut() = Full::new(Bytes::from_static(b"another body"));
     let (s, _, _) = parts(svc.clone().oneshot(other).await.unwrap()).await;
-    assert_eq!(
-        s,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "a mismatch from the read"
-    );
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "a mismatch");
     let keys = record_keys(&support::redis_url(), &prefix).await;
     let client = redis::Client::open(support::redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -277,6 +301,10 @@ async fn a_record_known_completed_but_gone_runs_again() {
         2,
         "ran again once the record was gone"
     );
+    let (_, h, kept) = parts(ran.clone().oneshot(post("gone")).await.unwrap()).await;
+    assert_eq!(h["idempotent-replayed"], "true");
+    assert_eq!(kept, stored, "the instance that stored it replays its copy");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
@@ -315,13 +343,18 @@ async fn record_keys_are_hashed_tagged_and_expire() {
 
 #[tokio::test]
 async fn a_corrupt_record_is_a_store_failure_not_a_panic() {
-    let store = support::redis_store("corrupt").await;
-    let prefix = store.prefix().to_owned();
+    // Stored by one instance, read from Redis by another (the first keeps
+    // its own copy of the response).
+    let fleet = support::redis_fleet("corrupt", 2).await;
+    let prefix = fleet[0].prefix().to_owned();
     let calls = Arc::new(AtomicUsize::new(0));
-    let svc = ServiceBuilder::new()
-        .layer(layer(store, Conflict::Reject))
-        .service(handler(calls.clone()));
-    svc.clone().oneshot(post("k")).await.unwrap();
+    let mut instances = fleet.into_iter().map(|store| {
+        ServiceBuilder::new()
+            .layer(layer(store, Conflict::Reject))
+            .service(handler(calls.clone()))
+    });
+    let (ran, svc) = (instances.next().unwrap(), instances.next().unwrap());
+    ran.oneshot(post("k")).await.unwrap();
     let client = redis::Client::open(support::redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let keys: Vec<String> = redis::cmd("KEYS")

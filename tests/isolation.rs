@@ -73,13 +73,18 @@ async fn one_layers_failures_never_open_another_layers_breaker() {
     let server = RedisServer::start();
     let store = store(&server, Duration::from_millis(500)).await;
     let limit = limiter(store.clone());
-    let idem = ServiceBuilder::new()
-        .layer(IdempotencyLayer::builder(store).build().unwrap())
-        .service(tower::service_fn(
-            |_r: Request<RequestBody<Full<Bytes>>>| async {
-                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("created"))))
-            },
-        ));
+    let instance = || {
+        ServiceBuilder::new()
+            .layer(IdempotencyLayer::builder(store.clone()).build().unwrap())
+            .service(tower::service_fn(
+                |_r: Request<RequestBody<Full<Bytes>>>| async {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("created"))))
+                },
+            ))
+    };
+    // The record is written by another instance (the writer keeps its
+    // response in process and would replay it without asking Redis).
+    let (writer, idem) = (instance(), instance());
     // Every record key of this run holds a list: each script call errors.
     let client = redis::Client::open(server.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -89,7 +94,7 @@ async fn one_layers_failures_never_open_another_layers_breaker() {
             .body(Full::new(Bytes::from("x")))
             .unwrap()
     };
-    idem.clone().oneshot(post(0)).await.unwrap();
+    writer.oneshot(post(0)).await.unwrap();
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg("iso:idem:*")
         .query_async(&mut conn)

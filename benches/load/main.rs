@@ -213,7 +213,10 @@ fn main() {
             let row = client_rt.block_on(async {
                 // Fill, warm up (scripts loaded, connections made), then measure.
                 cpu::flush(&mut admin).await;
-                prime(addr, spec, sc.warm).await;
+                match &sc.primer {
+                    Some(other) => client::prime_inproc(&other(), spec, sc.warm).await,
+                    None => prime(addr, spec, sc.warm).await,
+                }
                 drive(addr, spec, args.conns, Duration::ZERO, warmup).await;
                 let r0 = cpu::redis_counters(&mut admin).await;
                 let s_cpu0 = threads.cpu();
@@ -269,7 +272,11 @@ fn inproc_row(
     let secs = Duration::from_secs_f64(args.secs);
     client_rt.block_on(cpu::flush(admin));
     server_rt.block_on(async {
-        client::prime_inproc(&sc.router, &sc.spec, sc.warm).await;
+        let primer = sc
+            .primer
+            .as_ref()
+            .map_or_else(|| sc.router.clone(), |p| p());
+        client::prime_inproc(&primer, &sc.spec, sc.warm).await;
         client::drive_inproc(sc.router.clone(), &sc.spec, args.conns, warmup).await;
     });
     let r0 = client_rt.block_on(cpu::redis_counters(admin));

@@ -31,6 +31,11 @@ pub struct Scenario {
     pub warm: u64,
     /// The ratio to bare this scenario should reach (marked in the report).
     pub target: Option<f64>,
+    /// What sends the `warm` requests instead of `router`, in process:
+    /// another instance of the service, sharing its store, made anew for
+    /// each round (Redis is flushed between rounds; a long-lived instance
+    /// would answer from what it keeps in process and store nothing).
+    pub primer: Option<Arc<dyn Fn() -> Router + Send + Sync>>,
 }
 
 /// Distinct keys, URLs and clients of the "many" scenarios.
@@ -239,6 +244,7 @@ fn scenario(name: &str, router: Router, spec: RequestSpec) -> Scenario {
         spec,
         warm: 0,
         target: None,
+        primer: None,
     }
 }
 
@@ -252,16 +258,26 @@ impl Scenario {
         self.target = Some(ratio);
         self
     }
+
+    fn primed_by(mut self, other: impl Fn() -> Router + Send + Sync + 'static) -> Self {
+        self.primer = Some(Arc::new(other));
+        self
+    }
 }
 
 pub async fn all(redis_url: &str) -> Vec<Scenario> {
-    let redis = RedisStore::builder(redis_url)
-        .prefix("bench")
-        .deadline(Duration::from_millis(500))
-        .ping_on_connect(true)
-        .connect()
-        .await
-        .expect("bench redis");
+    let connect = || async {
+        RedisStore::builder(redis_url)
+            .prefix("bench")
+            .deadline(Duration::from_millis(500))
+            .ping_on_connect(true)
+            .connect()
+            .await
+            .expect("bench redis")
+    };
+    let redis = connect().await;
+    // Another instance of the service: its own connection to the same Redis.
+    let elsewhere = connect().await;
     // A fresh memory store per scenario: one scenario's records (a million
     // first-run idempotency keys, say) must not weigh on the next.
     let mem = MemoryStore::new;
@@ -331,6 +347,14 @@ pub async fn all(redis_url: &str) -> Vec<Scenario> {
             post_replay_many(),
         )
         .warm(DISTINCT)
+        .target(0.5),
+        scenario(
+            "idempotency, redis, replay, 1000 keys stored by another instance",
+            app().layer(idempotency(r(), "r4")),
+            post_replay_many(),
+        )
+        .warm(DISTINCT)
+        .primed_by(move || app().layer(idempotency(elsewhere.clone(), "r4")))
         .target(0.5),
         scenario(
             "idempotency, redis, replay, one hot key",

@@ -230,8 +230,8 @@ where
         hold: Hold {
             key: ctx.key,
             token: Token::generate(),
+            fingerprint: Fingerprint::new(&ctx.parts, &data),
         },
-        fingerprint: Fingerprint::new(&ctx.parts, &data),
         lease: ctx.config.lease,
     };
     let fut = ctx.config.home.reserve(&reserve);

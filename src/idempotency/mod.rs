@@ -182,7 +182,14 @@
 //! instance has seen completed (it stored the response or replayed it, among
 //! the latest 8192 such records) is a plain read instead, sent beside the
 //! batch's script call: a fraction of a script's cost to Redis; a read that
-//! finds the record gone or in progress hands it to the script.
+//! finds the record gone or in progress hands it to the script. The
+//! instance that stored a response keeps a copy of it in process until
+//! the record expires (at most 8 MiB of responses per layer, the least
+//! recently used out first; none over 128 KiB), and answers the retries
+//! of the same request that come back to it with no round trip at all: a
+//! completed record never changes. Where Redis lost the record (evicted,
+//! flushed), that instance still replays it while another would run the
+//! request again.
 //! Each step is one Lua script on one key, `{prefix}:idem:{<sha256>}`, with
 //! a TTL (the lease, then the record TTL, from Redis's clock); keys,
 //! principals and paths are hashed before they enter it. The stored

@@ -90,6 +90,8 @@ pub(crate) type Flag = BoxFuture<'static, Result<bool, StoreError>>;
 pub struct Hold {
     pub(crate) key: RecordKey,
     pub(crate) token: Token,
+    /// The request's fingerprint (what the record's response answers).
+    pub(crate) fingerprint: Fingerprint,
 }
 
 /// One reservation attempt.
@@ -98,7 +100,6 @@ pub struct Hold {
 #[allow(unreachable_pub)]
 pub struct Reserve {
     pub(crate) hold: Hold,
-    pub(crate) fingerprint: Fingerprint,
     pub(crate) lease: Duration,
 }
 

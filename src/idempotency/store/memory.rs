@@ -131,7 +131,7 @@ impl MemoryHome {
             None => {
                 let expires = now + micros(r.lease);
                 let rec = Record {
-                    fingerprint: r.fingerprint,
+                    fingerprint: r.hold.fingerprint,
                     seq: 0,
                     state: State::InProgress {
                         token: r.hold.token.clone(),
@@ -141,7 +141,7 @@ impl MemoryHome {
                 map.put(r.hold.key.clone(), rec, expires, now, self.max());
                 Reservation::Reserved
             }
-            Some(rec) if rec.fingerprint != r.fingerprint => Reservation::Mismatch,
+            Some(rec) if rec.fingerprint != r.hold.fingerprint => Reservation::Mismatch,
             Some(Record {
                 state: State::InProgress { expires, .. },
                 ..
@@ -226,10 +226,10 @@ mod tests {
         let hold = Hold {
             key: RecordKey(format!("k{i}")),
             token: Token::generate(),
+            fingerprint: Fingerprint([0; 32]),
         };
         let r = Reserve {
             hold: hold.clone(),
-            fingerprint: Fingerprint([0; 32]),
             lease: Duration::from_secs(10),
         };
         (home.decide(&r), hold)

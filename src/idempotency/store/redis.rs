@@ -4,6 +4,7 @@
 
 mod batches;
 mod done;
+mod replays;
 
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -22,6 +23,7 @@ use crate::store::lane::Lane;
 use crate::RedisStore;
 use batches::{Completes, Completion, Reserves, COMPLETE, RESERVE};
 use done::Done;
+use replays::Replays;
 
 static RELEASE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../scripts/release.lua")));
@@ -36,6 +38,8 @@ pub(crate) struct RedisHome {
     lane: Lane,
     reserves: Arc<Batcher<Reserves>>,
     completes: Arc<Batcher<Completes>>,
+    /// The responses this instance stored, for retries that come back to it.
+    replays: Arc<Replays>,
 }
 
 impl IdempotencyStore for RedisStore {
@@ -57,6 +61,7 @@ impl IdempotencyStore for RedisStore {
                 prefix: self.prefix().to_owned(),
                 done,
             }),
+            replays: Arc::new(Replays::new()),
         })
     }
 }
@@ -142,6 +147,9 @@ impl RedisHome {
 
 impl IdempotencyHome for RedisHome {
     fn reserve(&self, r: &Reserve) -> BoxFuture<'static, Result<Reservation, StoreError>> {
+        if let Some(record) = self.replays.get(&r.hold.key, &r.hold.fingerprint) {
+            return Box::pin(std::future::ready(Ok(Reservation::Completed(record))));
+        }
         let (lane, batcher, r) = (self.lane.clone(), self.reserves.clone(), r.clone());
         Box::pin(async move { batcher.submit(&lane, r).await })
     }
@@ -154,10 +162,12 @@ impl IdempotencyHome for RedisHome {
         replicas: Option<Replicas>,
     ) -> BoxFuture<'static, Result<Written, StoreError>> {
         let (lane, batcher) = (self.lane.clone(), self.completes.clone());
+        let (replays, until) = (self.replays.clone(), self.replays.until(ttl));
+        let (key, fingerprint) = (hold.key.clone(), hold.fingerprint);
         let completion = Completion {
             key: hold.key.clone(),
             token: hold.token.clone(),
-            record,
+            record: record.clone(),
             ttl,
         };
         let confirm = replicas.map(|r| self.wait(&hold.key, r));
@@ -165,6 +175,7 @@ impl IdempotencyHome for RedisHome {
             if !batcher.submit(&lane, completion).await? {
                 return Ok(Written::Lost);
             }
+            replays.keep(&key, fingerprint, record, until);
             Ok(match confirm {
                 None => Written::Stored,
                 Some(wait) => wait.await,

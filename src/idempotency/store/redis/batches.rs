@@ -45,7 +45,7 @@ impl OnRecord for Reserve {
 
     fn args(&self, cmd: &mut Cmd) {
         cmd.arg(&self.hold.token.0[..])
-            .arg(&self.fingerprint.0[..])
+            .arg(&self.hold.fingerprint.0[..])
             .arg(super::millis(self.lease));
     }
 }
@@ -169,7 +169,7 @@ impl Reserves {
             .zip(first)
             .map(|(r, u)| {
                 let (f, record) = completed[u].as_ref()?;
-                Some(if f[..] == r.fingerprint.0[..] {
+                Some(if f[..] == r.hold.fingerprint.0[..] {
                     Reservation::Completed(record.clone())
                 } else {
                     Reservation::Mismatch
