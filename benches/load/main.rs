@@ -181,7 +181,7 @@ fn main() {
     let mut runs: Vec<Vec<Row>> = selected.iter().map(|_| Vec::new()).collect();
     for round in 0..args.rounds {
         for (i, sc) in selected.iter().enumerate() {
-            let Scenario { router, spec, .. } = sc;
+            let spec = &sc.spec;
             if args.inproc {
                 let row = inproc_row(&args, sc, &server_rt, &client_rt, &mut admin, &threads);
                 eprintln!(
@@ -197,7 +197,7 @@ fn main() {
                 .unwrap();
             let addr: SocketAddr = listener.local_addr().unwrap();
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let router = router.clone();
+            let router = sc.router();
             let handle = server_rt.spawn(async move {
                 axum::serve(
                     listener,
@@ -213,8 +213,8 @@ fn main() {
             let row = client_rt.block_on(async {
                 // Fill, warm up (scripts loaded, connections made), then measure.
                 cpu::flush(&mut admin).await;
-                match &sc.primer {
-                    Some(other) => client::prime_inproc(&other(), spec, sc.warm).await,
+                match sc.primer() {
+                    Some(other) => client::prime_inproc(&other, spec, sc.warm).await,
                     None => prime(addr, spec, sc.warm).await,
                 }
                 drive(addr, spec, args.conns, Duration::ZERO, warmup).await;
@@ -271,22 +271,15 @@ fn inproc_row(
     let warmup = Duration::from_secs_f64(args.warmup);
     let secs = Duration::from_secs_f64(args.secs);
     client_rt.block_on(cpu::flush(admin));
+    let router = sc.router();
     server_rt.block_on(async {
-        let primer = sc
-            .primer
-            .as_ref()
-            .map_or_else(|| sc.router.clone(), |p| p());
+        let primer = sc.primer().unwrap_or_else(|| router.clone());
         client::prime_inproc(&primer, &sc.spec, sc.warm).await;
-        client::drive_inproc(sc.router.clone(), &sc.spec, args.conns, warmup).await;
+        client::drive_inproc(router.clone(), &sc.spec, args.conns, warmup).await;
     });
     let r0 = client_rt.block_on(cpu::redis_counters(admin));
     let s_cpu0 = threads.cpu();
-    let run = server_rt.block_on(client::drive_inproc(
-        sc.router.clone(),
-        &sc.spec,
-        args.conns,
-        secs,
-    ));
+    let run = server_rt.block_on(client::drive_inproc(router, &sc.spec, args.conns, secs));
     let s_cpu1 = threads.cpu();
     let r1 = client_rt.block_on(cpu::redis_counters(admin));
     Row::of(sc, run, (r0, r1), (s_cpu0, s_cpu1))

@@ -23,7 +23,11 @@ use crate::client::RequestSpec;
 
 pub struct Scenario {
     pub name: String,
-    pub router: Router,
+    /// Makes the service, anew for each round: what one round's service
+    /// keeps in process (a memory store's million records, say, and the
+    /// sweeping of them) must not weigh on the next scenarios.
+    make: Make,
+    stores: Arc<Stores>,
     pub spec: RequestSpec,
     /// Requests sent one by one on one connection before the warm-up (`spec`
     /// of connection 0, sequence 0..warm): fills every URL or key the
@@ -31,12 +35,35 @@ pub struct Scenario {
     pub warm: u64,
     /// The ratio to bare this scenario should reach (marked in the report).
     pub target: Option<f64>,
-    /// What sends the `warm` requests instead of `router`, in process:
-    /// another instance of the service, sharing its store, made anew for
-    /// each round (Redis is flushed between rounds; a long-lived instance
-    /// would answer from what it keeps in process and store nothing).
-    pub primer: Option<Arc<dyn Fn() -> Router + Send + Sync>>,
+    /// What sends the `warm` requests instead of the service, in process:
+    /// another instance of it, sharing its store (made anew each round too:
+    /// Redis is flushed between rounds, and a long-lived instance would
+    /// answer from what it keeps in process and store nothing).
+    primer: Option<Make>,
 }
+
+type Make = Arc<dyn Fn(&Stores) -> Router + Send + Sync>;
+
+/// The Redis stores the scenarios share: two instances' connections.
+pub struct Stores {
+    redis: RedisStore,
+    elsewhere: RedisStore,
+}
+
+impl Scenario {
+    /// This round's service.
+    pub fn router(&self) -> Router {
+        (self.make)(&self.stores)
+    }
+
+    /// This round's primer, if another instance primes the scenario.
+    pub fn primer(&self) -> Option<Router> {
+        self.primer.as_ref().map(|p| p(&self.stores))
+    }
+}
+
+/// A limit no scenario reaches.
+const BIG: u64 = 1_000_000_000;
 
 /// Distinct keys, URLs and clients of the "many" scenarios.
 pub const DISTINCT: u64 = 1000;
@@ -237,17 +264,6 @@ where
     )
 }
 
-fn scenario(name: &str, router: Router, spec: RequestSpec) -> Scenario {
-    Scenario {
-        name: name.to_owned(),
-        router,
-        spec,
-        warm: 0,
-        target: None,
-        primer: None,
-    }
-}
-
 impl Scenario {
     fn warm(mut self, n: u64) -> Self {
         self.warm = n;
@@ -259,7 +275,7 @@ impl Scenario {
         self
     }
 
-    fn primed_by(mut self, other: impl Fn() -> Router + Send + Sync + 'static) -> Self {
+    fn primed_by(mut self, other: impl Fn(&Stores) -> Router + Send + Sync + 'static) -> Self {
         self.primer = Some(Arc::new(other));
         self
     }
@@ -275,90 +291,99 @@ pub async fn all(redis_url: &str) -> Vec<Scenario> {
             .await
             .expect("bench redis")
     };
-    let redis = connect().await;
-    // Another instance of the service: its own connection to the same Redis.
-    let elsewhere = connect().await;
-    // A fresh memory store per scenario: one scenario's records (a million
-    // first-run idempotency keys, say) must not weigh on the next.
+    let stores = Arc::new(Stores {
+        redis: connect().await,
+        // Another instance of the service: its own connection to the same Redis.
+        elsewhere: connect().await,
+    });
+    // A fresh memory store per scenario and round.
     let mem = MemoryStore::new;
-    let big = 1_000_000_000;
-    let r = || redis.clone();
+    let r = |s: &Stores| s.redis.clone();
+    let scenario = |name: &str, make: Make, spec: RequestSpec| Scenario {
+        name: name.to_owned(),
+        make,
+        stores: stores.clone(),
+        spec,
+        warm: 0,
+        target: None,
+        primer: None,
+    };
     vec![
-        scenario("bare", app(), hot_client()),
+        scenario("bare", Arc::new(|_| app()), hot_client()),
         // Rate limit: many clients, then one hot key.
         scenario(
             "tower_governor (peer, memory), 1000 clients",
-            governor(),
+            Arc::new(|_| governor()),
             many_clients(),
         ),
         scenario(
             "rate limit, memory, 1000 clients",
-            app().layer(rate_limit(mem(), big, "m")),
+            Arc::new(move |_| app().layer(rate_limit(mem(), BIG, "m"))),
             many_clients(),
         ),
         scenario(
             "rate limit, redis, 1000 clients",
-            app().layer(rate_limit(r(), big, "a")),
+            Arc::new(move |s| app().layer(rate_limit(r(s), BIG, "a"))),
             many_clients(),
         )
         .target(0.6),
         scenario(
             "rate limit, redis, one hot key",
-            app().layer(rate_limit(r(), big, "h")),
+            Arc::new(move |s| app().layer(rate_limit(r(s), BIG, "h"))),
             hot_client(),
         )
         .target(0.6),
         scenario(
             "rate limit, redis, one hot key, leases",
-            app().layer(rate_limit_leased(r(), big, "hl")),
+            Arc::new(move |s| app().layer(rate_limit_leased(r(s), BIG, "hl"))),
             hot_client(),
         )
         .target(0.9),
         scenario(
             "rate limit, redis, 1000 clients, leases",
-            app().layer(rate_limit_leased(r(), big, "al")),
+            Arc::new(move |s| app().layer(rate_limit_leased(r(s), BIG, "al"))),
             many_clients(),
         ),
         scenario(
             "rate limit, redis, one hot key, denied",
-            app().layer(rate_limit(r(), 1, "d")),
+            Arc::new(move |s| app().layer(rate_limit(r(s), 1, "d"))),
             hot_client(),
         ),
         // Idempotency.
         scenario(
             "idempotency, memory, first run",
-            app().layer(idempotency(mem(), "m1")),
+            Arc::new(move |_| app().layer(idempotency(mem(), "m1"))),
             post_first_run(),
         ),
         scenario(
             "idempotency, memory, replay, 1000 keys",
-            app().layer(idempotency(mem(), "m2")),
+            Arc::new(move |_| app().layer(idempotency(mem(), "m2"))),
             post_replay_many(),
         )
         .warm(DISTINCT),
         scenario(
             "idempotency, redis, first run",
-            app().layer(idempotency(r(), "r1")),
+            Arc::new(move |s| app().layer(idempotency(r(s), "r1"))),
             post_first_run(),
         ),
         scenario(
             "idempotency, redis, replay, 1000 keys",
-            app().layer(idempotency(r(), "r2")),
+            Arc::new(move |s| app().layer(idempotency(r(s), "r2"))),
             post_replay_many(),
         )
         .warm(DISTINCT)
         .target(0.5),
         scenario(
             "idempotency, redis, replay, 1000 keys stored by another instance",
-            app().layer(idempotency(r(), "r4")),
+            Arc::new(move |s| app().layer(idempotency(r(s), "r4"))),
             post_replay_many(),
         )
         .warm(DISTINCT)
-        .primed_by(move || app().layer(idempotency(elsewhere.clone(), "r4")))
+        .primed_by(|s| app().layer(idempotency(s.elsewhere.clone(), "r4")))
         .target(0.5),
         scenario(
             "idempotency, redis, replay, one hot key",
-            app().layer(idempotency(r(), "r3")),
+            Arc::new(move |s| app().layer(idempotency(r(s), "r3"))),
             post_replay_hot(),
         )
         .warm(1)
@@ -366,63 +391,63 @@ pub async fn all(redis_url: &str) -> Vec<Scenario> {
         // Cache.
         scenario(
             "cache, memory, hit, 1000 URLs",
-            app().layer(cache(mem(), "m1")),
+            Arc::new(move |_| app().layer(cache(mem(), "m1"))),
             get_many(),
         )
         .warm(DISTINCT),
         scenario(
             "cache, memory, miss",
-            app().layer(cache(mem(), "m2")),
+            Arc::new(move |_| app().layer(cache(mem(), "m2"))),
             get_miss(),
         ),
         scenario(
             "cache, redis, hit, 1000 URLs",
-            app().layer(cache(r(), "r1")),
+            Arc::new(move |s| app().layer(cache(r(s), "r1"))),
             get_many(),
         )
         .warm(DISTINCT)
         .target(0.6),
         scenario(
             "cache, redis, hit, one hot URL",
-            app().layer(cache(r(), "r3")),
+            Arc::new(move |s| app().layer(cache(r(s), "r3"))),
             get_hot(),
         )
         .warm(1),
         scenario(
             "cache, redis, hit, one URL × 16 Vary variants",
-            app().layer(cache(r(), "r4")),
+            Arc::new(move |s| app().layer(cache(r(s), "r4"))),
             get_variants(),
         )
         .warm(VARIANTS),
         scenario(
             "cache, redis + L1 tier, hit, 1000 URLs",
-            app().layer(cache_l1(r(), "l1")),
+            Arc::new(move |s| app().layer(cache_l1(r(s), "l1"))),
             get_many(),
         )
         .warm(DISTINCT)
         .target(0.9),
         scenario(
             "cache, redis, miss",
-            app().layer(cache(r(), "r2")),
+            Arc::new(move |s| app().layer(cache(r(s), "r2"))),
             get_miss(),
         ),
         // All three stacked.
         scenario(
             "all three, memory, GET hit, 1000 URLs",
-            stacked(mem(), "s"),
+            Arc::new(move |_| stacked(mem(), "s")),
             get_many(),
         )
         .warm(DISTINCT),
         scenario(
             "all three, redis, GET hit, 1000 URLs",
-            stacked(r(), "s"),
+            Arc::new(move |s| stacked(r(s), "s")),
             get_many(),
         )
         .warm(DISTINCT)
         .target(0.5),
         scenario(
             "all three, redis, GET hit, one hot URL",
-            stacked(r(), "s1"),
+            Arc::new(move |s| stacked(r(s), "s1")),
             get_hot(),
         )
         .warm(1)
