@@ -197,7 +197,11 @@ fn main() {
                 .unwrap();
             let addr: SocketAddr = listener.local_addr().unwrap();
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let router = sc.router();
+            // Made in the server's runtime: a layer may start tasks there.
+            let router = {
+                let _rt = server_rt.enter();
+                sc.router()
+            };
             let handle = server_rt.spawn(async move {
                 axum::serve(
                     listener,
@@ -271,7 +275,10 @@ fn inproc_row(
     let warmup = Duration::from_secs_f64(args.warmup);
     let secs = Duration::from_secs_f64(args.secs);
     client_rt.block_on(cpu::flush(admin));
-    let router = sc.router();
+    let router = {
+        let _rt = server_rt.enter();
+        sc.router()
+    };
     server_rt.block_on(async {
         let primer = sc.primer().unwrap_or_else(|| router.clone());
         client::prime_inproc(&primer, &sc.spec, sc.warm).await;
