@@ -68,6 +68,20 @@ pub struct RedisCounters {
 /// command more).
 pub async fn flush(conn: &mut redis::aio::MultiplexedConnection) {
     let () = redis::cmd("FLUSHALL").query_async(conn).await.unwrap();
+    trim();
+}
+
+/// Gives the memory the earlier scenarios freed back to the system: glibc
+/// keeps freed chunks in its bins, and a scenario after one that churned
+/// through tens of MiB (a memory cache's misses) allocates among them, far
+/// slower (a Redis cache hit over 1000 URLs measured 0.27× after the
+/// memory store's misses, 0.52× alone).
+fn trim() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory; no pointer is touched.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 pub async fn redis_counters(conn: &mut redis::aio::MultiplexedConnection) -> RedisCounters {
