@@ -73,9 +73,7 @@ pub async fn flush(conn: &mut redis::aio::MultiplexedConnection) {
 
 /// Gives the memory the earlier scenarios freed back to the system: glibc
 /// keeps freed chunks in its bins, and a scenario after one that churned
-/// through tens of MiB (a memory cache's misses) allocates among them, far
-/// slower (a Redis cache hit over 1000 URLs measured 0.27× after the
-/// memory store's misses, 0.52× alone).
+/// through tens of MiB (a memory cache's misses) would allocate among them.
 fn trim() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases free memory; no pointer is touched.
