@@ -1166,16 +1166,7 @@ async fn every_key_has_a_ttl_and_a_hit_is_one_round_trip() {
 #[tokio::test]
 async fn hits_on_urls_without_vary_are_one_key_read_each_stored_once() {
     let server = support::RedisServer::start();
-    let mut fleet = Vec::new();
-    for _ in 0..2 {
-        let store = tower_redis_layers::RedisStore::builder(server.url())
-            .prefix("own")
-            .ping_on_connect(true)
-            .connect()
-            .await
-            .unwrap();
-        fleet.push(store);
-    }
+    let fleet = support::fleet_at(&server.url(), "own", 2).await;
     let origin = versioned(MAX60);
     let svcs: Vec<_> = fleet
         .into_iter()
@@ -1413,15 +1404,7 @@ async fn l1_pair(fleet: &[tower_redis_layers::RedisStore]) -> (Cached, Cached) {
 #[tokio::test]
 async fn the_l1_tier_serves_hot_hits_without_a_round_trip_and_stays_coherent() {
     let server = support::RedisServer::start();
-    let mut fleet = Vec::new();
-    for _ in 0..2 {
-        let store = tower_redis_layers::RedisStore::builder(server.url())
-            .prefix("l1")
-            .connect()
-            .await
-            .unwrap();
-        fleet.push(store);
-    }
+    let fleet = support::fleet_at(&server.url(), "l1", 2).await;
     let (a, b) = l1_pair(&fleet).await;
     let url = server.url();
     let evals = || support::command_calls(&url, |c| c.starts_with("eval"));

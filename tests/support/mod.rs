@@ -76,12 +76,16 @@ pub async fn redis_store(name: &str) -> RedisStore {
 
 /// Several stores (as several instances would have) sharing one prefix.
 pub async fn redis_fleet(name: &str, n: usize) -> Vec<RedisStore> {
-    let prefix = unique_prefix(name);
+    fleet_at(&redis_url(), &unique_prefix(name), n).await
+}
+
+/// Several stores on the Redis at `url`, sharing `prefix`.
+pub async fn fleet_at(url: &str, prefix: &str, n: usize) -> Vec<RedisStore> {
     let mut stores = Vec::new();
     for _ in 0..n {
         stores.push(
-            RedisStore::builder(redis_url())
-                .prefix(prefix.clone())
+            RedisStore::builder(url)
+                .prefix(prefix)
                 .deadline(std::time::Duration::from_secs(2))
                 .ping_on_connect(true)
                 .connect()

@@ -173,16 +173,21 @@ fn variants_of(reply: Value) -> Result<Variants, StoreError> {
     })
 }
 
+/// The keys of a URL, in the order its scripts take them: its index, then
+/// the entry key and soft-purged copy of a URL without Vary.
+pub(super) fn url_keys(base: &str) -> [String; 3] {
+    [format!("{base}i"), format!("{base}h"), format!("{base}s")]
+}
+
 /// The keys of a slot: the URL's index, the variant's lock and hit-for-miss
 /// marker, the entry key and soft-purged copy of a URL without Vary.
 fn keys(base: &str, s: &Slot) -> [String; 5] {
-    [
-        format!("{base}i"),
+    let [index, own, purged] = url_keys(base);
+    let (lock, pass) = (
         format!("{base}l:{}", s.variant),
         format!("{base}p:{}", s.variant),
-        format!("{base}h"),
-        format!("{base}s"),
-    ]
+    );
+    [index, lock, pass, own, purged]
 }
 
 impl CacheHome for RedisHome {
@@ -261,10 +266,10 @@ impl CacheHome for RedisHome {
     fn variants(&self, url: &str, etag: &[u8]) -> BoxFuture<'static, Result<Variants, StoreError>> {
         let base = self.base(url);
         let mut inv = VARIANTS.prepare_invoke();
-        inv.key(format!("{base}i"))
-            .key(format!("{base}h"))
-            .key(format!("{base}s"))
-            .arg(etag);
+        for key in url_keys(&base) {
+            inv.key(key);
+        }
+        inv.arg(etag);
         let call = self.run::<Value>(base, inv);
         Box::pin(async move { variants_of(call.await?) })
     }

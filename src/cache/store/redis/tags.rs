@@ -89,11 +89,10 @@ impl RedisHome {
                     .arg(&self.channel)
                     .arg(FILL_MAX_MS);
                 for url in chunk {
-                    let base = self.base(url);
-                    inv.key(format!("{base}i"))
-                        .key(format!("{base}h"))
-                        .key(format!("{base}s"))
-                        .arg(&**url);
+                    for key in super::url_keys(&self.base(url)) {
+                        inv.key(key);
+                    }
+                    inv.arg(&**url);
                 }
                 let (call, chunk) = (self.run::<i64>(self.base(&chunk[0]), inv), chunk.to_vec());
                 calls.push(async move { (call.await, chunk) });
