@@ -1,7 +1,8 @@
 //! Batching of script calls: while one call is on the wire, the calls that
 //! arrive queue up and go out together as ONE script invocation when it
 //! returns. No added latency when idle; under load, one round trip and one
-//! script run decide a whole batch.
+//! script run decide a whole batch, and a busy batcher lingers a few turns
+//! of the runtime before it sends (see [`LINGER_TURNS`]).
 //!
 //! What a batch looks like on the wire is the [`Protocol`] of the layer that
 //! batches: usually it writes the keys and arguments of a whole batch
@@ -132,12 +133,28 @@ impl Batchers {
 /// same median latency.
 const IN_FLIGHT: usize = 1;
 
+/// Turns of the runtime a busy batcher lets pass before it sends a batch:
+/// one turn runs every task that is ready and polls the I/O driver once
+/// (no timer, no sleep). Without them, batches leapfrog: while one is on
+/// the wire the next fills with half of the callers, and the callers its
+/// answers let go (and the requests whose bytes arrive meanwhile) miss it
+/// by a few microseconds and wait a whole round trip. With them a batch
+/// takes nearly every caller. Measured at 32 connections on the load
+/// bench (rate limit on Redis over 1000 clients): 0.08 → 0.04 round trips
+/// per request, server CPU 17.4 → 14.3 µs and Redis CPU 7.3 → 5.7 µs per
+/// request; more turns (8) gained no more round trips and cost CPU, and
+/// stopping at the first turn that adds nothing gave back half the gain.
+/// Only a batcher whose last batch carried more than one call lingers: a
+/// lone request goes out at once.
+const LINGER_TURNS: usize = 4;
+
 async fn run<P: Protocol>(
     protocol: Arc<P>,
     lane: Lane,
     mut rx: mpsc::UnboundedReceiver<Queued<P>>,
 ) {
     let permits = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut busy = false;
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
@@ -148,6 +165,14 @@ async fn run<P: Protocol>(
         let Some(first) = rx.recv().await else {
             return;
         };
+        if busy {
+            for _ in 0..LINGER_TURNS {
+                if rx.len() + 1 >= MAX_BATCH {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        }
         let mut batch = Vec::with_capacity((rx.len() + 1).min(MAX_BATCH));
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -156,6 +181,7 @@ async fn run<P: Protocol>(
                 Err(_) => break,
             }
         }
+        busy = batch.len() > 1;
         // Callers that gave up (deadline) need no answer.
         batch.retain(|q| !q.reply.is_closed());
         if batch.is_empty() {
