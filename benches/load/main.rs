@@ -7,6 +7,7 @@
 //! cargo bench --bench load -- --smoke            # a quick run that only proves it works
 //! cargo bench --bench load -- --pin              # client on core 0, server + Redis on core 1
 //! cargo bench --bench load -- --inproc           # the router called in process: the layers' own cost
+//! cargo bench --bench load -- --only 'cache, redis, miss$'   # one scenario (`$`: exactly), no bare
 //! ```
 //!
 //! It starts its own `redis-server` on a free port, serves each scenario from
@@ -172,7 +173,12 @@ fn main() {
     let selected: Vec<Scenario> = scenarios
         .into_iter()
         .filter(|s| match &args.filter {
-            Some(f) => (s.name == "bare" && !args.only) || s.name.contains(f.as_str()),
+            // A filter ending in `$` names one scenario exactly.
+            Some(f) => {
+                (s.name == "bare" && !args.only)
+                    || f.strip_suffix('$')
+                        .map_or(s.name.contains(f.as_str()), |f| s.name == f)
+            }
             None => true,
         })
         .collect();
