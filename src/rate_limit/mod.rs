@@ -67,7 +67,10 @@
 //! skewed clocks share one limit; every key has a TTL and its client part in
 //! a hash tag. Concurrent decisions of one process are batched into one call,
 //! the requests of one client in a batch decided against one read of its
-//! state. A denied client is remembered in process until it could pass, so
+//! state; under load (the last batch carried more than one decision) the
+//! batcher lets a few turns of the runtime pass before it sends, so the
+//! requests about to arrive join the batch, and a lone request goes out at
+//! once. A denied client is remembered in process until it could pass, so
 //! hammering past a limit costs no round trip. Busy clients can be decided in
 //! process from slices of their quota leased from the store
 //! ([`lease`](RateLimitLayerBuilder::lease), opt-in): one store call per
