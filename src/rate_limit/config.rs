@@ -43,7 +43,31 @@ pub(crate) struct Config {
 /// passed have charged: two stacked layers charging the same one count
 /// every request twice.
 #[derive(Clone, Debug, Default)]
-struct Counted(Vec<u64>);
+struct Counted {
+    /// The first ones in place: a request passes a few layers of a few
+    /// policies, and this costs it no allocation but the extension's box.
+    first: [u64; 4],
+    len: usize,
+    more: Vec<u64>,
+}
+
+impl Counted {
+    fn iter(&self) -> impl Iterator<Item = &u64> {
+        self.first[..self.len].iter().chain(&self.more)
+    }
+
+    fn extend(&mut self, counters: &[u64]) {
+        for &c in counters {
+            match self.first.get_mut(self.len) {
+                Some(slot) => {
+                    *slot = c;
+                    self.len += 1;
+                }
+                None => self.more.push(c),
+            }
+        }
+    }
+}
 
 impl Config {
     /// The hashes of the counters the layer's plans charge on `store`.
@@ -96,7 +120,7 @@ impl Config {
     /// outer layer already charged one of them.
     pub(crate) fn mark_counted(&self, ext: &mut http::Extensions) {
         let counted = ext.get_or_insert_default::<Counted>();
-        if counted.0.iter().any(|c| self.counters.contains(c)) {
+        if counted.iter().any(|c| self.counters.contains(c)) {
             self.warned_twice.call_once(|| {
                 tracing::warn!(
                     layer = "rate limit",
@@ -107,7 +131,7 @@ impl Config {
                 );
             });
         }
-        counted.0.extend_from_slice(&self.counters);
+        counted.extend(&self.counters);
     }
 
     /// Once per layer: every request without a key is rejected, which is
@@ -136,5 +160,21 @@ impl fmt::Debug for Config {
             .field("on_failure", &self.on_failure)
             .field("shadow", &self.shadow)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Counted;
+
+    #[test]
+    fn counted_keeps_every_counter_past_the_ones_in_place() {
+        let mut c = Counted::default();
+        c.extend(&[1, 2, 3]);
+        assert_eq!(c.iter().copied().collect::<Vec<_>>(), [1, 2, 3]);
+        c.extend(&[4, 5, 6]);
+        assert_eq!(c.iter().copied().collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6]);
+        assert!(c.iter().any(|&x| x == 6));
+        assert!(!c.iter().any(|&x| x == 7));
     }
 }

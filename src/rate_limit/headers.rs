@@ -54,7 +54,8 @@ pub(crate) fn render_names(meta: &[PolicyMeta]) -> Vec<String> {
 /// `"name";r=remaining;t=reset` for each policy: a list of sf-strings with
 /// two integer parameters (RFC 9651 §4.1.1, §4.1.4).
 fn render_state(names: &[String], d: &RateLimitDecision) -> Option<HeaderValue> {
-    let mut out = Vec::with_capacity(32 * d.policies.len());
+    // Each member: its name, `;r=` and `;t=` with up to 20 digits each, `, `.
+    let mut out = Vec::with_capacity(names.iter().map(|n| n.len() + 48).sum());
     for (p, item) in d.policies.iter().zip(names) {
         if !out.is_empty() {
             out.extend_from_slice(b", ");

@@ -2,6 +2,7 @@
 //! swept as the maps grow, so memory follows the live keys, not the history.
 
 use std::any::{Any, TypeId};
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -203,10 +204,27 @@ impl<K, V> ExpiringMap<K, V> {
 
 impl<K: Hash + Eq, V> ExpiringMap<K, V> {
     /// The live value of `key` at `now`.
-    pub(crate) fn get_mut(&mut self, key: &K, now: u64) -> Option<&mut V> {
+    pub(crate) fn get_mut<Q>(&mut self, key: &Q, now: u64) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         match self.map.get_mut(key) {
             Some((v, exp)) if *exp > now => Some(v),
             _ => None,
+        }
+    }
+
+    /// Replaces the entry of `key` in place, or inserts a copy of `key`:
+    /// no key is allocated for an entry that is there.
+    pub(crate) fn set<Q>(&mut self, key: &Q, value: V, expires_at: u64, now: u64)
+    where
+        K: Borrow<Q> + Clone,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        match self.map.get_mut(key) {
+            Some(slot) => *slot = (value, expires_at),
+            None => self.insert(key.to_owned(), value, expires_at, now),
         }
     }
 

@@ -49,7 +49,9 @@ impl MemoryHome {
     pub(crate) fn decide(&self, q: &Question) -> Answer {
         let now = self.store.now_us();
         let mut map = lock(&self.states.0);
-        let keys: Vec<Vec<u8>> = q.policies.iter().map(|p| key(q, &p.key_suffix)).collect();
+        // Every policy's key in one buffer: a known client's state is
+        // looked up and written in place, a key is copied out only when new.
+        let keys = Keys::of(q);
         let cost = match &q.ask {
             Ask::Check => q.cost,
             Ask::Lease { want } => {
@@ -58,16 +60,16 @@ impl MemoryHome {
                 let grant = q
                     .policies
                     .iter()
-                    .zip(&keys)
+                    .zip(keys.iter())
                     .map(|(p, k)| available(p, map.get_mut(k, now).map(|s| &*s), now))
                     .fold(*want, u64::min);
                 grant.max(q.cost)
             }
             Ask::Refund { unused, marks } => {
-                for ((p, k), &m) in q.policies.iter().zip(keys).zip(marks.iter()) {
-                    let s = map.get_mut(&k, now).map(|s| &*s);
+                for ((p, k), &m) in q.policies.iter().zip(keys.iter()).zip(marks.iter()) {
+                    let s = map.get_mut(k, now).map(|s| &*s);
                     if let Some((next, expires_in)) = refund(p, s, *unused, m, now) {
-                        map.insert(k, next, now + expires_in.max(1), now);
+                        map.set(k, next, now + expires_in.max(1), now);
                     }
                 }
                 return Answer {
@@ -81,7 +83,7 @@ impl MemoryHome {
         let peeks: Vec<_> = q
             .policies
             .iter()
-            .zip(&keys)
+            .zip(keys.iter())
             .map(|(p, k)| peek(p, map.get_mut(k, now).map(|s| &*s), cost, now))
             .collect();
         let allowed = peeks.iter().all(|p| p.allowed);
@@ -99,10 +101,10 @@ impl MemoryHome {
             _ => None,
         };
         if allowed && cost > 0 {
-            for (peek, key) in peeks.into_iter().zip(keys) {
+            for (peek, key) in peeks.into_iter().zip(keys.iter()) {
                 let expires = now + peek.expires_in().max(1);
                 if let Some(next) = peek.next {
-                    map.insert(key, next, expires, now);
+                    map.set(key, next, expires, now);
                 }
             }
             self.entries.set(map.len() as f64);
@@ -116,16 +118,46 @@ impl MemoryHome {
     }
 }
 
-/// `scope \0 policy \0 client`: the Redis key's parts, unambiguous.
-fn key(q: &Question, suffix: &str) -> Vec<u8> {
-    let client = q.key.as_bytes();
-    let mut k = Vec::with_capacity(q.scope.len() + suffix.len() + client.len() + 2);
-    k.extend_from_slice(q.scope.as_bytes());
-    k.push(0);
-    k.extend_from_slice(suffix.as_bytes());
-    k.push(0);
-    k.extend_from_slice(client);
-    k
+/// The keys of a question's policies, `scope \0 policy \0 client` each
+/// (the Redis key's parts, unambiguous), in one buffer.
+struct Keys {
+    buf: Vec<u8>,
+    /// Where each key but the last ends in `buf` (none for one policy, the
+    /// common case: no allocation).
+    ends: Vec<usize>,
+}
+
+impl Keys {
+    fn of(q: &Question) -> Self {
+        let client = q.key.as_bytes();
+        let fixed = q.scope.len() + client.len() + 2;
+        let len = q.policies.iter().map(|p| fixed + p.key_suffix.len()).sum();
+        let mut keys = Self {
+            buf: Vec::with_capacity(len),
+            ends: Vec::new(),
+        };
+        for (i, p) in q.policies.iter().enumerate() {
+            if i > 0 {
+                keys.ends.push(keys.buf.len());
+            }
+            keys.buf.extend_from_slice(q.scope.as_bytes());
+            keys.buf.push(0);
+            keys.buf.extend_from_slice(p.key_suffix.as_bytes());
+            keys.buf.push(0);
+            keys.buf.extend_from_slice(client);
+        }
+        keys
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        let ends = self
+            .ends
+            .iter()
+            .copied()
+            .chain(std::iter::once(self.buf.len()));
+        starts.zip(ends).map(|(s, e)| &self.buf[s..e])
+    }
 }
 
 impl RateLimitHome for MemoryHome {
