@@ -81,6 +81,18 @@ async fn handler() -> &'static str {
     "ok"
 }
 
+/// The handler after one wait (a task wake after the I/O driver ran, as an
+/// answer from Redis is), holding the request meanwhile as a layer that
+/// waits before passing it on does: what any such wait costs the server,
+/// whatever it waits for. (While the request is held, hyper's look for
+/// the connection's end cannot reuse its read buffer, which the request's
+/// fields still point into: it allocates another.)
+async fn waiting_handler(req: axum::extract::Request) -> &'static str {
+    tokio::task::yield_now().await;
+    drop(req);
+    "ok"
+}
+
 async fn vary_handler() -> ([(http::HeaderName, &'static str); 1], &'static str) {
     ([(http::header::VARY, "x-variant")], "ok")
 }
@@ -310,6 +322,13 @@ pub async fn all(redis_url: &str) -> Vec<Scenario> {
     };
     vec![
         scenario("bare", Arc::new(|_| app()), hot_client()),
+        // What one wait costs, with no layer: the floor under every row
+        // that waits for Redis.
+        scenario(
+            "bare, the handler waiting once",
+            Arc::new(|_| Router::new().route("/", get(waiting_handler))),
+            hot_client(),
+        ),
         // Rate limit: many clients, then one hot key.
         scenario(
             "tower_governor (peer, memory), 1000 clients",
