@@ -160,8 +160,6 @@ async fn run<P: Protocol>(
             return;
         };
         let permit = Arc::new(permit);
-        // Sized to what is queued: a buffer of MAX_BATCH items per batch
-        // would be a large allocation (and a malloc consolidation) each time.
         let Some(first) = rx.recv().await else {
             return;
         };
@@ -173,6 +171,8 @@ async fn run<P: Protocol>(
                 tokio::task::yield_now().await;
             }
         }
+        // Sized to what is queued: a buffer of MAX_BATCH items per batch
+        // would be a large allocation (and a malloc consolidation) each time.
         let mut batch = Vec::with_capacity((rx.len() + 1).min(MAX_BATCH));
         batch.push(first);
         while batch.len() < MAX_BATCH {
