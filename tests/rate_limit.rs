@@ -560,12 +560,9 @@ async fn clients_in_a_closed_loop_are_decided_in_about_one_script_call_per_round
     const CLIENTS: usize = 32;
     const ROUNDS: usize = 20;
     let server = support::RedisServer::start();
-    let store = tower_redis_layers::RedisStore::builder(server.url())
-        .prefix("closed-loop")
-        .ping_on_connect(true)
-        .connect()
+    let store = support::fleet_at(&server.url(), "closed-loop", 1)
         .await
-        .unwrap();
+        .remove(0);
     let calls = Arc::new(AtomicUsize::new(0));
     let mut svc = ServiceBuilder::new()
         .layer(layer(
