@@ -443,15 +443,7 @@ async fn a_paused_redis_misses_the_deadline_and_fails_closed() {
     let svc = ServiceBuilder::new()
         .layer(layer(store, Conflict::Reject))
         .service(handler(calls.clone()));
-    let client = redis::Client::open(server.url()).unwrap();
-    let mut admin = client.get_multiplexed_async_connection().await.unwrap();
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(1000)
-        .arg("ALL")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    support::pause_clients(&server.url(), 1000).await;
     let started = std::time::Instant::now();
     let res = svc.clone().oneshot(post("k")).await.unwrap();
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);

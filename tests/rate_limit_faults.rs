@@ -23,9 +23,13 @@ const DEADLINE: Duration = Duration::from_millis(50);
 const MARGIN: Duration = Duration::from_millis(250);
 
 async fn store(server: &RedisServer) -> RedisStore {
+    store_with(server, DEADLINE).await
+}
+
+async fn store_with(server: &RedisServer, deadline: Duration) -> RedisStore {
     RedisStore::builder(server.url())
         .prefix("faults")
-        .deadline(DEADLINE)
+        .deadline(deadline)
         .breaker(
             BreakerConfig::default()
                 .failures(3)
@@ -151,15 +155,7 @@ async fn redis_paused_requests_time_out_at_the_deadline_concurrently() {
     let open = service(store.clone(), FailurePolicy::Open, 1000);
     timed(&open, "warm").await;
 
-    let client = redis::Client::open(server.url()).unwrap();
-    let mut admin = client.get_multiplexed_async_connection().await.unwrap();
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(1500)
-        .arg("ALL")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    support::pause_clients(&server.url(), 1500).await;
     let tasks: Vec<_> = (0..64)
         .map(|i| {
             let open = open.clone();
@@ -175,6 +171,40 @@ async fn redis_paused_requests_time_out_at_the_deadline_concurrently() {
         assert_eq!(res.status(), StatusCode::OK);
         assert_eq!(source(&res), DecisionSource::FailOpen);
     }
+}
+
+/// A request that queues while a batch is stuck on a paused Redis is
+/// answered at its own deadline, counted from when it asked: not a whole
+/// deadline after the stuck batch gave up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_queued_behind_a_stuck_batch_is_answered_at_its_own_deadline() {
+    const LONG: Duration = Duration::from_millis(600);
+    let server = RedisServer::start();
+    let store = store_with(&server, LONG).await;
+    let open = service(store, FailurePolicy::Open, 1000);
+    timed(&open, "warm").await;
+
+    support::pause_clients(&server.url(), 3000).await;
+    let stuck = {
+        let open = open.clone();
+        tokio::spawn(async move { timed(&open, "first").await })
+    };
+    // The first batch is on the wire (and stuck) by now: this one queues.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (res, took) = timed(&open, "second").await;
+    assert_eq!(source(&res), DecisionSource::FailOpen);
+    // Counting its deadline from when the stuck batch gave up would take
+    // LONG + 550 ms.
+    assert!(
+        took < LONG + Duration::from_millis(250),
+        "the queued request took {took:?}"
+    );
+    let (res, took) = stuck.await.unwrap();
+    assert_eq!(source(&res), DecisionSource::FailOpen);
+    assert!(
+        took < LONG + Duration::from_millis(250),
+        "the stuck one took {took:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

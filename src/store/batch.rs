@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use futures_util::future::BoxFuture;
 use redis::{Cmd, Script, Value};
 use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::time::Instant;
 
 use super::lane::Lane;
 use super::memory::lock;
@@ -44,10 +45,11 @@ pub(crate) trait Protocol: Send + Sync + 'static {
 
 type Answer<P> = Result<<P as Protocol>::Reply, StoreError>;
 
-/// One queued call and where its answer goes.
+/// One queued call, where its answer goes and when its caller gives up.
 struct Queued<P: Protocol> {
     item: P::Item,
     reply: oneshot::Sender<Answer<P>>,
+    until: Instant,
 }
 
 /// Most items in one invocation: bounds the script's run time (Redis is
@@ -77,14 +79,17 @@ impl<P: Protocol> Batcher<P> {
     }
 
     /// Queues `item` and waits for its share of the batch's reply. The
-    /// lane's deadline bounds the wait.
+    /// lane's deadline from now bounds the wait: the batcher answers a
+    /// caller whose deadline passed in the queue at once, and a batch's call
+    /// gives up at its first caller's deadline. One timer per batch, none
+    /// per caller (a timer is a lock and a wheel entry each way).
     pub(crate) async fn submit(&self, lane: &Lane, item: P::Item) -> Answer<P> {
         let (reply, rx) = oneshot::channel();
-        self.send(lane, Queued { item, reply });
-        match tokio::time::timeout(lane.deadline(), rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(StoreError::protocol("the batch task ended")),
-            Err(_) => Err(StoreError::timeout(lane.deadline())),
+        let until = Instant::now() + lane.deadline();
+        self.send(lane, Queued { item, reply, until });
+        match rx.await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::protocol("the batch task ended")),
         }
     }
 
@@ -182,11 +187,17 @@ async fn run<P: Protocol>(
             }
         }
         busy = batch.len() > 1;
-        // Callers that gave up (deadline) need no answer.
-        batch.retain(|q| !q.reply.is_closed());
-        if batch.is_empty() {
-            continue;
+        // Callers that went away need no answer; those whose deadline passed
+        // while they queued get their timeout now.
+        let now = Instant::now();
+        for late in batch.extract_if(.., |q| q.until <= now || q.reply.is_closed()) {
+            // Fails only for a caller that went away: nothing to tell.
+            let _ = late.reply.send(Err(StoreError::timeout(lane.deadline())));
         }
+        let Some(until) = batch.iter().map(|q| q.until).min() else {
+            continue;
+        };
+        let lane = lane.until(until);
         for group in by_slot(&*protocol, &lane, batch) {
             let (lane, protocol, permit) = (lane.clone(), protocol.clone(), permit.clone());
             tokio::spawn(async move {

@@ -19,6 +19,9 @@ use crate::telemetry::{CallOutcome, StoreCalls};
 #[derive(Clone, Debug)]
 pub(crate) struct Lane {
     inner: Arc<Inner>,
+    /// When calls through this clone give up, if earlier than the deadline
+    /// from their start (a batch: its first caller's deadline).
+    until: Option<tokio::time::Instant>,
 }
 
 #[derive(Debug)]
@@ -46,6 +49,7 @@ impl Lane {
         config: BreakerConfig,
     ) -> Self {
         Self {
+            until: None,
             inner: Arc::new(Inner {
                 name,
                 breakers: breakers(&conn, config),
@@ -76,6 +80,15 @@ impl Lane {
         self.inner.deadline
     }
 
+    /// This lane, its calls giving up at `until` (a time before the
+    /// deadline from their start) as well.
+    pub(crate) fn until(&self, until: tokio::time::Instant) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            until: Some(until),
+        }
+    }
+
     /// Runs one call about `key` under the breaker of `key`'s slots and the
     /// deadline. The call that opens a breaker starts its background probe.
     pub(crate) async fn call<T, F>(&self, key: &str, fut: F) -> Result<T, StoreError>
@@ -102,7 +115,9 @@ impl Lane {
             return Err(StoreError::circuit_open());
         }
         let started = Instant::now();
-        let (result, outcome) = match tokio::time::timeout(inner.deadline, fut).await {
+        let until = tokio::time::Instant::now() + inner.deadline;
+        let until = self.until.map_or(until, |u| u.min(until));
+        let (result, outcome) = match tokio::time::timeout_at(until, fut).await {
             Ok(Ok(v)) => {
                 inner.metrics.record(CallOutcome::Ok, started.elapsed());
                 if breaker.record_success() {

@@ -113,6 +113,20 @@ pub fn memory_store(_name: &str) -> MemoryStore {
     MemoryStore::new()
 }
 
+/// `CLIENT PAUSE ms ALL` on the Redis at `url`: it holds every client's
+/// commands, unanswered, for `ms`.
+pub async fn pause_clients(url: &str, ms: u64) {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(ms)
+        .arg("ALL")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
 /// Sum of `calls` for the commands of `INFO commandstats` matching `pred`.
 pub async fn command_calls(url: &str, pred: impl Fn(&str) -> bool) -> u64 {
     let client = redis::Client::open(url).unwrap();
