@@ -480,6 +480,51 @@ async fn a_remembered_denial_costs_no_redis_command() {
     let _ = before_more;
 }
 
+/// Every key a policy writes on Redis carries an expiry, at most the time
+/// its state takes to forget the client (two windows for the sliding
+/// window, whose previous window still counts): a client that stops
+/// asking leaves nothing behind.
+#[tokio::test]
+async fn every_algorithm_writes_its_keys_with_an_expiry() {
+    let url = support::redis_url();
+    let period = Duration::from_secs(60);
+    let mut admin = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for policy in [
+        Policy::gcra(10, period),
+        Policy::token_bucket(10, period),
+        Policy::sliding_log(10, period),
+        Policy::sliding_window(10, period),
+        Policy::fixed_window(10, period),
+    ] {
+        let prefix = support::unique_prefix("expiry");
+        let store = support::fleet_at(&url, &prefix, 1).await.remove(0);
+        let (allowed, _) = count_allowed(store, policy.clone(), 12).await;
+        assert_eq!(allowed, 10, "{policy:?}");
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}:*"))
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        assert!(!keys.is_empty(), "{policy:?} wrote no key");
+        for key in keys {
+            let pttl: i64 = redis::cmd("PTTL")
+                .arg(&key)
+                .query_async(&mut admin)
+                .await
+                .unwrap();
+            let most = 2 * period.as_millis() as i64 + 1;
+            assert!(
+                pttl > 0 && pttl <= most,
+                "{policy:?}: {key} expires in {pttl} ms"
+            );
+        }
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn memory_quota_refills_with_time() {
     let store = tower_redis_layers::MemoryStore::new();

@@ -152,15 +152,24 @@ local function decide(k, p, x, y, z, cost)
   return false, rem, reset, retry
 end
 
+-- The absolute expiry (ms) of a state that lasts `us` from now. Hashes
+-- and sets expire with PEXPIREAT: Redis rewrites a relative PEXPIRE into
+-- an absolute one for its replicas, a copy of the command each time
+-- (callgrind: 8.6k instructions per call against 4.9k). A string's PSETEX
+-- is rewritten too, but SET … PXAT costs as much (it parses its options
+-- and is rewritten all the same).
+local function expiry(us)
+  return fmt('%d', floor((now + us) / 1000) + 1)
+end
+
 local function save(k, b)
   local key, p = KEYS[k], S[b + 1]
   local alg = P[p]
-  local px = fmt('%d', floor(S[b + 5] / 1000) + 1)
   if alg == 1 then
-    redis.call('PSETEX', key, px, fmt('%d', S[b + 2]))
+    redis.call('PSETEX', key, fmt('%d', floor(S[b + 5] / 1000) + 1), fmt('%d', S[b + 2]))
   elseif alg == 5 then
     redis.call('HSET', key, 't', fmt('%d', S[b + 2]), 'l', fmt('%d', S[b + 3]))
-    redis.call('PEXPIRE', key, px)
+    redis.call('PEXPIREAT', key, expiry(S[b + 5]))
   elseif alg == 2 then
     -- Members `now:n`, n counting on from the entries before: unique.
     local args, n, at = {}, 0, fmt('%d', now)
@@ -173,10 +182,10 @@ local function save(k, b)
         n = 0
       end
     end
-    redis.call('PEXPIRE', key, fmt('%d', floor(P[p + 2] / 1000) + 1))
+    redis.call('PEXPIREAT', key, expiry(P[p + 2]))
   else
     redis.call('HSET', key, 'w', fmt('%d', S[b + 2]), 'c', fmt('%d', S[b + 3]),
       'p', fmt('%d', S[b + 4]))
-    redis.call('PEXPIRE', key, px)
+    redis.call('PEXPIREAT', key, expiry(S[b + 5]))
   end
 end
