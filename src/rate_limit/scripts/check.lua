@@ -171,6 +171,20 @@ local function group(k, first, npol, items)
   end
 end
 
+-- Decimal text of numbers written this call: the clients of a batch that
+-- were idle for an interval or more all move to the same state
+-- (now + cost × interval, expiring together), so most writes share their
+-- text and each text costs one string.format (a sprintf) per call.
+local text = {}
+local function dec(x)
+  local t = text[x]
+  if not t then
+    t = fmt('%d', x)
+    text[x] = t
+  end
+  return t
+end
+
 -- The common case, one GCRA policy per set: its keys read already (MGET),
 -- each group's state kept in locals and written once here.
 local function gcra_group(k, first, items)
@@ -209,7 +223,7 @@ local function gcra_group(k, first, items)
     end
   end
   if changed then
-    redis.call('PSETEX', KEYS[k], fmt('%d', floor((tat - now) / 1000) + 1), fmt('%d', tat))
+    redis.call('PSETEX', KEYS[k], dec(floor((tat - now) / 1000) + 1), dec(tat))
   end
 end
 
