@@ -173,16 +173,33 @@ async fn redis_paused_requests_time_out_at_the_deadline_concurrently() {
     }
 }
 
+/// A Redis of its own and a fail-open service on it with `deadline`, its
+/// connection up.
+async fn fail_open_with(
+    deadline: Duration,
+) -> (
+    RedisServer,
+    impl Service<
+            Request<Full<Bytes>>,
+            Response = Response<tower_redis_layers::ResponseBody<Full<Bytes>>>,
+            Error = Infallible,
+            Future: Send,
+        > + Clone,
+) {
+    let server = RedisServer::start();
+    let store = store_with(&server, deadline).await;
+    let open = service(store, FailurePolicy::Open, 1000);
+    timed(&open, "warm").await;
+    (server, open)
+}
+
 /// A request that queues while a batch is stuck on a paused Redis is
 /// answered at its own deadline, counted from when it asked: not a whole
 /// deadline after the stuck batch gave up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_queued_behind_a_stuck_batch_is_answered_at_its_own_deadline() {
     const LONG: Duration = Duration::from_millis(600);
-    let server = RedisServer::start();
-    let store = store_with(&server, LONG).await;
-    let open = service(store, FailurePolicy::Open, 1000);
-    timed(&open, "warm").await;
+    let (server, open) = fail_open_with(LONG).await;
 
     support::pause_clients(&server.url(), 3000).await;
     let stuck = {
@@ -204,6 +221,43 @@ async fn a_request_queued_behind_a_stuck_batch_is_answered_at_its_own_deadline()
     assert!(
         took < LONG + Duration::from_millis(250),
         "the stuck one took {took:?}"
+    );
+}
+
+/// A batch Redis answers late answers each of its callers on its own
+/// terms: the one whose deadline passed meanwhile times out then, the one
+/// that can still wait gets Redis's decision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_batch_still_answers_the_callers_whose_deadline_has_not_passed() {
+    const LONG: Duration = Duration::from_millis(400);
+    let (server, open) = fail_open_with(LONG).await;
+
+    // Redis answers nothing for 600 ms. At 0 ms `a` goes out alone and
+    // gives up at 400; `b` (100 ms) and `c` (300 ms) queue behind it and
+    // go out together at 400; Redis answers them at 600, after `b`'s
+    // deadline (500) and before `c`'s (700).
+    support::pause_clients(&server.url(), 600).await;
+    let at = |delay: u64, key: &'static str| {
+        let open = open.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            timed(&open, key).await
+        })
+    };
+    let (a, b, c) = (at(0, "a"), at(100, "b"), at(300, "c"));
+    let (a, took_a) = a.await.unwrap();
+    let (b, took_b) = b.await.unwrap();
+    let (c, took_c) = c.await.unwrap();
+    assert_eq!(source(&a), DecisionSource::FailOpen, "a took {took_a:?}");
+    assert_eq!(source(&b), DecisionSource::FailOpen, "b took {took_b:?}");
+    assert!(
+        took_b < LONG + Duration::from_millis(80),
+        "b took {took_b:?}"
+    );
+    assert_eq!(
+        source(&c),
+        DecisionSource::Store,
+        "c took {took_c:?}: its batch's answer came within its deadline"
     );
 }
 

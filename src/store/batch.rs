@@ -10,7 +10,11 @@
 //! splits the reply.
 
 use std::any::Any;
+use std::future::Future;
+use std::pin::pin;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use redis::{Cmd, Script, Value};
@@ -80,9 +84,10 @@ impl<P: Protocol> Batcher<P> {
 
     /// Queues `item` and waits for its share of the batch's reply. The
     /// lane's deadline from now bounds the wait: the batcher answers a
-    /// caller whose deadline passed in the queue at once, and a batch's call
-    /// gives up at its first caller's deadline. One timer per batch, none
-    /// per caller (a timer is a lock and a wheel entry each way).
+    /// caller whose deadline passed in the queue at once, and one whose
+    /// deadline passes while its batch is out when it passes; the batch's
+    /// call gives up at its last caller's deadline. One timer per batch,
+    /// none per caller (a timer is a lock and a wheel entry each way).
     pub(crate) async fn submit(&self, lane: &Lane, item: P::Item) -> Answer<P> {
         let (reply, rx) = oneshot::channel();
         let until = Instant::now() + lane.deadline();
@@ -194,23 +199,75 @@ async fn run<P: Protocol>(
             // Fails only for a caller that went away: nothing to tell.
             let _ = late.reply.send(Err(StoreError::timeout(lane.deadline())));
         }
-        let Some(until) = batch.iter().map(|q| q.until).min() else {
+        if batch.is_empty() {
             continue;
-        };
-        let lane = lane.until(until);
+        }
         for group in by_slot(&*protocol, &lane, batch) {
             let (lane, protocol, permit) = (lane.clone(), protocol.clone(), permit.clone());
             tokio::spawn(async move {
-                let (items, replies): (Vec<_>, Vec<_>) =
-                    group.into_iter().map(|q| (q.item, q.reply)).unzip();
-                let answers = invoke(&*protocol, &lane, &items).await;
+                let (items, mut callers): (Vec<_>, Vec<_>) = group
+                    .into_iter()
+                    .map(|q| (q.item, (Some(q.reply), q.until)))
+                    .unzip();
+                // The call gives up when no caller waits any longer.
+                let last = callers.iter().map(|c| c.1).max();
+                let lane = last.map_or(lane.clone(), |last| lane.until(last));
+                let call = invoke(&*protocol, &lane, &items);
+                let answers = answer_late(call, &mut callers, lane.deadline()).await;
                 drop(permit);
-                for (tx, answer) in replies.into_iter().zip(answers) {
-                    let _ = tx.send(answer);
+                for ((tx, _), answer) in callers.into_iter().zip(answers) {
+                    if let Some(tx) = tx {
+                        let _ = tx.send(answer);
+                    }
                 }
             });
         }
     }
+}
+
+/// A batch's caller: where its answer goes (until it is given) and when it
+/// gives up.
+type Caller<R> = (Option<oneshot::Sender<Result<R, StoreError>>>, Instant);
+
+/// Awaits a batch's `call`, answering each caller whose deadline passes
+/// meanwhile with a timeout (the others still get the call's answer): one
+/// timer for the batch, set again only when a deadline passes.
+async fn answer_late<T, R>(
+    call: impl Future<Output = T>,
+    callers: &mut [Caller<R>],
+    deadline: Duration,
+) -> T {
+    let mut call = pin!(call);
+    let next = |callers: &[Caller<R>]| callers.iter().filter(|c| c.0.is_some()).map(|c| c.1).min();
+    let Some(first) = next(callers) else {
+        return call.await;
+    };
+    let mut timer = pin!(tokio::time::sleep_until(first));
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = call.as_mut().poll(cx) {
+            return Poll::Ready(out);
+        }
+        while let Some(until) = next(callers) {
+            if timer.deadline() != until {
+                timer.as_mut().reset(until);
+            }
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let now = Instant::now();
+            for (reply, until) in callers.iter_mut() {
+                if *until <= now {
+                    if let Some(tx) = reply.take() {
+                        let _ = tx.send(Err(StoreError::timeout(deadline)));
+                    }
+                }
+            }
+        }
+        // Every caller has its answer; the call goes on to its own end,
+        // for the breaker.
+        Poll::Pending
+    })
+    .await
 }
 
 /// On a cluster, one script call may only touch keys of one hash slot: the
