@@ -210,8 +210,10 @@ async fn run<P: Protocol>(
                     .map(|q| (q.item, (Some(q.reply), q.until)))
                     .unzip();
                 // The call gives up when no caller waits any longer.
-                let last = callers.iter().map(|c| c.1).max();
-                let lane = last.map_or(lane.clone(), |last| lane.until(last));
+                let lane = match callers.iter().map(|c| c.1).max() {
+                    Some(last) => lane.until(last),
+                    None => lane,
+                };
                 let call = invoke(&*protocol, &lane, &items);
                 let answers = answer_late(call, &mut callers, lane.deadline()).await;
                 drop(permit);
