@@ -20,7 +20,7 @@ use crate::telemetry::{CallOutcome, StoreCalls};
 pub(crate) struct Lane {
     inner: Arc<Inner>,
     /// When calls through this clone give up, if earlier than the deadline
-    /// from their start (a batch: its first caller's deadline).
+    /// from their start (a batch: its last caller's deadline).
     until: Option<tokio::time::Instant>,
 }
 
